@@ -1,0 +1,4114 @@
+#!/usr/bin/env python3
+"""server.py: an asyncio HTTP/1.1 server, a small web framework, and the site it serves.
+
+One file, the Python standard library only (3.10 to 3.13).
+
+Run the site::
+
+    python3 server.py                     # http://127.0.0.1:8000, data in ./data
+    python3 server.py --help              # every option
+    python3 server.py messages [--csv]    # the contact messages, newest first
+
+Use it as a framework::
+
+    import server
+    app = server.App()
+
+    @app.route('/hello/<name>')
+    def hello(request, name):
+        return f'Hello, {server.escape(name)}!'
+
+    app.run(port=8000)
+
+The file reads top to bottom; ``grep -n '^# ===' server.py`` is its table of contents.
+"""
+
+import asyncio
+import base64
+import codecs
+import collections
+import concurrent.futures
+import contextlib
+import csv
+import email.utils
+import gzip
+import hashlib
+import hmac
+import html
+import http
+import inspect
+import io
+import ipaddress
+import json
+import logging
+import mimetypes
+import os
+import re
+import secrets
+import signal
+import socket
+import sqlite3
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+__version__ = '0.1.0'
+__all__ = [
+    'App', 'Request', 'Response', 'HTTPError', 'Headers', 'UploadedFile', 'Database',
+    'abort', 'redirect', 'render', 'url_for', 'escape', 'Config', 'main',
+]
+
+log = logging.getLogger('server')
+access_log = logging.getLogger('server.access')
+
+# === 1. Limits and config ===
+# Every limit maps to exactly one status. Precedents: nginx, aiohttp, h11.
+
+#: Longest request line; longer -> 414 (nginx large_client_header_buffers 8k, aiohttp 8190).
+MAX_REQUEST_LINE_BYTES = 8192
+#: Largest header section, request line included; larger -> 431.
+MAX_HEADER_BYTES = 64 * 1024
+#: Most header fields in one request; more -> 431 (aiohttp allows 128, Apache 100).
+MAX_HEADER_COUNT = 100
+#: Default body limit for forms and JSON; larger -> 413 (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is 2.5 MB).
+MAX_BODY_BYTES = 1024 * 1024
+#: Body limit of upload routes; larger -> 413. nginx.conf's client_max_body_size matches it.
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+#: Most parts in one multipart body; more -> 413.
+MAX_MULTIPART_PARTS = 100
+#: Largest non-file multipart field or part header block; larger -> 413.
+MAX_FIELD_BYTES = 64 * 1024
+#: A body the handler left unread is discarded up to this size to keep the connection; past it we close.
+MAX_DRAIN_BYTES = 256 * 1024
+#: Bytes buffered ahead of the application (pipelined requests or body) before we stop reading.
+READ_HIGH_WATER_BYTES = 256 * 1024
+#: The request head must arrive within this many seconds of its first byte (slowloris) -> 408.
+HEADER_TIMEOUT_S = 10.0
+#: A request body may stall at most this long between two reads -> 408.
+BODY_TIMEOUT_S = 30.0
+#: An idle keep-alive connection is closed after this long (nginx keepalive_timeout is 75 s, 5 s is Apache's).
+KEEPALIVE_TIMEOUT_S = 5.0
+#: A client that reads none of its response for this long is cut off.
+WRITE_TIMEOUT_S = 30.0
+#: How often the reaper checks every connection's deadline.
+REAPER_INTERVAL_S = 1.0
+#: On SIGTERM, requests in flight get this long to finish.
+SHUTDOWN_GRACE_S = 10.0
+#: Files up to this size are served from memory, revalidated with stat() at most once a second.
+STATIC_CACHE_FILE_BYTES = 256 * 1024
+#: Total bytes of the in-memory static cache.
+STATIC_CACHE_BYTES = 32 * 1024 * 1024
+#: Files larger than this are sent with sendfile or in chunks read in a thread.
+STATIC_CHUNK_BYTES = 256 * 1024
+#: Sessions expire after this many idle seconds (sliding).
+SESSION_LIFETIME_S = 14 * 24 * 3600
+#: SQLite waits this long for a lock held by another process before giving up -> 503.
+DB_BUSY_TIMEOUT_MS = 5000
+
+
+class Config:
+    """Settings from defaults <- environment (SERVER_*) <- command line; see ``--help``."""
+
+    FIELDS = {
+        # name: (default, type, help)
+        'host': ('127.0.0.1', str, 'address to listen on'),
+        'port': (8000, int, 'TCP port to listen on (0 picks a free one)'),
+        'root': ('www', str, 'web root: static files and templates/'),
+        'data': ('data', str, 'data folder: app.db and uploads/'),
+        'workers': (1, int, 'worker processes sharing the port (SO_REUSEPORT)'),
+        'certfile': ('', str, 'TLS certificate (PEM): serve HTTPS'),
+        'keyfile': ('', str, 'TLS private key (PEM)'),
+        'trusted_proxy': ('127.0.0.1', str, 'comma-separated proxy addresses whose X-Forwarded-* headers are believed'),
+        'log_level': ('info', str, 'debug, info, warning or error'),
+        'access_log': (True, bool, 'write the access log'),
+        'reload': (False, bool, 'restart when server.py or a template changes (development)'),
+    }
+
+    def __init__(self, **values):
+        for name, (default, _, _) in self.FIELDS.items():
+            setattr(self, name, values.pop(name, default))
+        if values:
+            raise TypeError(f'unknown settings: {", ".join(values)}')
+
+    @classmethod
+    def from_env(cls, environ=None):
+        """Defaults overridden by SERVER_HOST, SERVER_PORT, ... (booleans: 1/0, true/false)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for name, (default, kind, _) in cls.FIELDS.items():
+            raw = environ.get('SERVER_' + name.upper())
+            if raw is None or raw == '':
+                continue
+            if kind is bool:
+                if raw.lower() not in ('1', '0', 'true', 'false', 'yes', 'no', 'on', 'off'):
+                    raise ValueError(f'SERVER_{name.upper()}: expected 1 or 0, got {raw!r}')
+                values[name] = raw.lower() in ('1', 'true', 'yes', 'on')
+            elif kind is int:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise ValueError(f'SERVER_{name.upper()}: expected a number, got {raw!r}') from None
+            else:
+                values[name] = raw
+        return cls(**values)
+
+
+# === 2. HTTP errors ===
+
+class HTTPError(Exception):
+    """An error that is also a response: ``raise HTTPError(404, 'no such page')``.
+
+    ``close=True`` makes the connection close after the answer (framing errors).
+    """
+
+    def __init__(self, status, detail='', headers=None, close=False):
+        super().__init__(status, detail)
+        self.status = int(status)
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.close = close
+
+    @property
+    def reason(self):
+        return reason_phrase(self.status)
+
+    def __str__(self):
+        return f'{self.status} {self.reason}' + (f': {self.detail}' if self.detail else '')
+
+
+def reason_phrase(status):
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return 'Unknown'
+
+
+def abort(status, detail=''):
+    """Stop handling the request with an error status: ``abort(403, 'not yours')``."""
+    raise HTTPError(status, detail)
+
+
+# === 3. HTTP/1.1 parsing (pure: bytes in, values out, no I/O) ===
+# RFC 9112 section 2-7 and RFC 9110. Strictness defends against request smuggling:
+# ambiguity is refused, never guessed at.
+
+# RFC 9110 5.6.2: token = 1*tchar
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# RFC 9112 3: request-line = method SP request-target SP HTTP-version. The target is any
+# run of visible ASCII; its form is checked after.
+_REQUEST_LINE_RE = re.compile(rb'(' + _TOKEN + rb') ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])')
+_VERSION_RE = re.compile(rb'HTTP/[0-9]+\.[0-9]+')
+_TOKEN_RE = re.compile(_TOKEN)
+# RFC 9110 5.5: field-value is VCHAR, SP, HTAB and obs-text; we refuse every other control
+# character, NUL and bare CR included.
+_BAD_VALUE_CHAR_RE = re.compile(rb'[\x00-\x08\x0a-\x1f\x7f]')
+_CONTENT_LENGTH_RE = re.compile(rb'[0-9]+')
+# RFC 9112 7.1: chunk-size is 1*HEXDIG; extensions follow a ';' and are ignored.
+_CHUNK_SIZE_RE = re.compile(rb'([0-9A-Fa-f]+)[ \t]*(;.*)?')
+_METHODS_WITH_BODY_SEMANTICS = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
+
+
+class Headers:
+    """Case-insensitive, multi-valued header fields in arrival order.
+
+    ``headers['host']`` is the first value (KeyError if none), ``headers.get_all('cookie')``
+    every one of them.
+    """
+
+    __slots__ = ('_items', '_index')
+
+    def __init__(self, items=()):
+        self._items = []
+        self._index = {}
+        for name, value in items.items() if isinstance(items, dict) else items:
+            self.add(name, value)
+
+    def add(self, name, value):
+        self._items.append((name, value))
+        self._index.setdefault(name.lower(), []).append(value)
+
+    def __setitem__(self, name, value):
+        """Replace every field called ``name`` with one."""
+        key = name.lower()
+        if key in self._index:
+            self._items = [(n, v) for n, v in self._items if n.lower() != key]
+            del self._index[key]
+        self.add(name, value)
+
+    def __delitem__(self, name):
+        key = name.lower()
+        self._items = [(n, v) for n, v in self._items if n.lower() != key]
+        self._index.pop(key, None)
+
+    def setdefault(self, name, value):
+        if name.lower() not in self._index:
+            self.add(name, value)
+        return self.get(name)
+
+    def get(self, name, default=None):
+        values = self._index.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name):
+        return list(self._index.get(name.lower(), ()))
+
+    def __getitem__(self, name):
+        values = self._index.get(name.lower())
+        if not values:
+            raise KeyError(name)
+        return values[0]
+
+    def __contains__(self, name):
+        return name.lower() in self._index
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def keys(self):
+        return [name for name, _ in self._items]
+
+    def items(self):
+        return list(self._items)
+
+    def __repr__(self):
+        return f'Headers({self._items!r})'
+
+
+class RequestHead:
+    """What the request line and header section said."""
+
+    __slots__ = ('method', 'target', 'version', 'headers', 'path', 'query_string',
+                 'keep_alive', 'body_length', 'chunked', 'expect_continue')
+
+    def __init__(self, method, target, version, headers):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+
+
+def find_head_end(buf, start=0):
+    """Index just past the blank line ending the head in ``buf``, or -1.
+
+    RFC 9112 2.2 lets a recipient accept a bare LF as a line terminator, so both
+    CRLF CRLF and LF LF (and mixtures) end the head; bare CR is refused later.
+    """
+    i = buf.find(b'\n', start)
+    while i != -1:
+        nxt = buf[i + 1:i + 2]
+        if nxt == b'\n':
+            return i + 2
+        if nxt == b'\r' and buf[i + 2:i + 3] == b'\n':
+            return i + 3
+        if not nxt or (nxt == b'\r' and len(buf) == i + 2):
+            return -1
+        i = buf.find(b'\n', i + 1)
+    return -1
+
+
+def check_head_size(buf):
+    """Raise 414/431 while an incomplete head in ``buf`` has already grown too large."""
+    nl = buf.find(b'\n')
+    if nl == -1 and len(buf) > MAX_REQUEST_LINE_BYTES:
+        raise HTTPError(414, 'request line too long', close=True)
+    if nl > MAX_REQUEST_LINE_BYTES:
+        raise HTTPError(414, 'request line too long', close=True)
+    if len(buf) > MAX_HEADER_BYTES:
+        raise HTTPError(431, 'header section too large', close=True)
+
+
+def parse_request_line(line):
+    """``b'GET /a?b HTTP/1.1'`` -> ('GET', '/a?b', (1, 1)); 400, 414 or 505 otherwise."""
+    if len(line) > MAX_REQUEST_LINE_BYTES:
+        raise HTTPError(414, 'request line too long', close=True)
+    m = _REQUEST_LINE_RE.fullmatch(line)
+    if m is None:
+        parts = line.split(b' ')
+        if len(parts) == 3 and _TOKEN_RE.fullmatch(parts[0]) and _VERSION_RE.fullmatch(parts[2]):
+            raise HTTPError(505, 'only HTTP/1.0 and HTTP/1.1 are supported', close=True)
+        raise HTTPError(400, 'malformed request line', close=True)
+    method, target, version = m.groups()
+    if version == b'HTTP/1.1':
+        ver = (1, 1)
+    elif version == b'HTTP/1.0':
+        ver = (1, 0)
+    else:
+        raise HTTPError(505, 'only HTTP/1.0 and HTTP/1.1 are supported', close=True)
+    return method.decode('ascii'), target.decode('ascii'), ver
+
+
+def parse_header_lines(lines):
+    """Header field lines (bytes, no terminators) -> Headers; 400 or 431 on anything odd."""
+    if len(lines) > MAX_HEADER_COUNT:
+        raise HTTPError(431, f'more than {MAX_HEADER_COUNT} header fields', close=True)
+    headers = Headers()
+    for line in lines:
+        name, colon, value = line.partition(b':')
+        if not colon:
+            raise HTTPError(400, 'header line without a colon', close=True)
+        if not _TOKEN_RE.fullmatch(name):
+            # Covers obs-fold (a leading space), whitespace before the colon (RFC 9112 5.1)
+            # and empty or non-token names.
+            raise HTTPError(400, 'malformed header field name', close=True)
+        value = value.strip(b' \t')
+        if _BAD_VALUE_CHAR_RE.search(value):
+            raise HTTPError(400, 'control character in header value', close=True)
+        headers.add(name.decode('ascii'), value.decode('latin-1'))
+    return headers
+
+
+def parse_head(head):
+    """The bytes of a complete head, its blank line included -> RequestHead.
+
+    Raises HTTPError (400, 414, 431, 501, 505) for anything RFC 9112 does not allow.
+    """
+    if len(head) > MAX_HEADER_BYTES:
+        raise HTTPError(431, 'header section too large', close=True)
+    if b'\r' in head.replace(b'\r\n', b''):
+        raise HTTPError(400, 'bare CR in request head', close=True)
+    lines = head.replace(b'\r\n', b'\n').split(b'\n')
+    # The head ends with an empty line, so the split leaves two empty strings at the end.
+    del lines[-2:]
+    line = lines[0] if lines else b''
+    req = RequestHead(*parse_request_line(line), parse_header_lines(lines[1:]))
+    frame_request(req)
+    return req
+
+
+def frame_request(req):
+    """Decide keep-alive and body framing from the parsed head (RFC 9112 6, 9.3)."""
+    headers = req.headers
+    version = req.version
+    conn_tokens = {t.strip().lower() for v in headers.get_all('connection') for t in v.split(',')}
+    if version == (1, 1):
+        req.keep_alive = 'close' not in conn_tokens
+        hosts = headers.get_all('host')
+        if len(hosts) != 1:
+            raise HTTPError(400, 'HTTP/1.1 requires exactly one Host header', close=True)
+    else:
+        req.keep_alive = 'keep-alive' in conn_tokens and 'close' not in conn_tokens
+        if len(headers.get_all('host')) > 1:
+            raise HTTPError(400, 'more than one Host header', close=True)
+
+    te_values = headers.get_all('transfer-encoding')
+    cl_values = headers.get_all('content-length')
+    req.chunked = False
+    req.body_length = 0
+    if te_values:
+        if cl_values:
+            # RFC 9112 6.3 (3): a classic smuggling vector; refuse rather than pick one.
+            raise HTTPError(400, 'both Transfer-Encoding and Content-Length', close=True)
+        if version == (1, 0):
+            # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
+            raise HTTPError(400, 'Transfer-Encoding in an HTTP/1.0 request', close=True)
+        codings = [c.strip().lower() for v in te_values for c in v.split(',')]
+        if codings[-1] != 'chunked':
+            # RFC 9112 6.3 (4): without chunked last the length cannot be known: 400, close.
+            raise HTTPError(400, 'Transfer-Encoding must end with chunked', close=True)
+        if len(codings) > 1:
+            if 'chunked' in codings[:-1]:
+                raise HTTPError(400, 'chunked applied more than once', close=True)
+            # RFC 9110 and 9112 6.1: a coding we do not implement.
+            raise HTTPError(501, f'unsupported transfer coding {codings[0]!r}', close=True)
+        req.chunked = True
+        req.body_length = None
+    elif cl_values:
+        lengths = {v.strip() for value in cl_values for v in value.split(',')}
+        if len(lengths) != 1:
+            raise HTTPError(400, 'conflicting Content-Length values', close=True)
+        raw = lengths.pop()
+        if not _CONTENT_LENGTH_RE.fullmatch(raw.encode('latin-1')):
+            raise HTTPError(400, 'Content-Length must be digits', close=True)
+        req.body_length = int(raw)
+
+    expect = headers.get('expect')
+    req.expect_continue = False
+    if expect is not None:
+        if expect.strip().lower() != '100-continue' or len(headers.get_all('expect')) > 1:
+            raise HTTPError(417, 'only Expect: 100-continue is supported')
+        # RFC 9110 10.1.1: ignore 100-continue from HTTP/1.0 clients.
+        req.expect_continue = version == (1, 1)
+
+    target = req.target
+    if target.startswith('/'):
+        path, _, query = target.partition('?')
+    elif target == '*':
+        if req.method != 'OPTIONS':
+            raise HTTPError(400, "'*' is only valid with OPTIONS")
+        path, query = '*', ''
+    elif target.lower().startswith(('http://', 'https://')):
+        # RFC 9112 3.2.2: absolute-form; the host in the target wins over Host.
+        parts = urllib.parse.urlsplit(target)
+        if not parts.netloc:
+            raise HTTPError(400, 'absolute-form target without a host')
+        path, query = parts.path or '/', parts.query
+    else:
+        # authority-form (CONNECT) and anything else: we are not a proxy.
+        raise HTTPError(400, 'unsupported request target')
+    if '#' in path or '#' in query:
+        raise HTTPError(400, 'fragment in request target')
+    req.path = path
+    req.query_string = query
+
+
+class ChunkedDecoder:
+    """Incremental decoder of a chunked body (RFC 9112 7.1).
+
+    ``feed(data)`` returns the decoded bytes it could produce; ``done`` turns true after
+    the last chunk and trailers, and ``leftover`` then holds the bytes that followed
+    (the next pipelined request). Trailers are read and dropped. Errors raise 400.
+    """
+
+    __slots__ = ('_buf', '_state', '_remaining', 'done', 'leftover', '_line_limit', '_trailer_bytes')
+
+    def __init__(self):
+        self._buf = b''
+        self._state = 'size'
+        self._remaining = 0
+        self.done = False
+        self.leftover = b''
+        self._trailer_bytes = 0
+
+    def feed(self, data):
+        buf = self._buf + data if self._buf else data
+        out = []
+        pos = 0
+        n = len(buf)
+        while pos < n and not self.done:
+            state = self._state
+            if state == 'data':
+                take = min(self._remaining, n - pos)
+                out.append(buf[pos:pos + take])
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = 'data_end'
+                continue
+            nl = buf.find(b'\n', pos)
+            if nl == -1:
+                if n - pos > 4096:
+                    raise HTTPError(400, 'chunk line too long', close=True)
+                break
+            line = buf[pos:nl]
+            pos = nl + 1
+            if line.endswith(b'\r'):
+                line = line[:-1]
+            if b'\r' in line:
+                raise HTTPError(400, 'bare CR in chunked body', close=True)
+            if state == 'size':
+                m = _CHUNK_SIZE_RE.fullmatch(line)
+                if m is None or len(m.group(1)) > 16:
+                    raise HTTPError(400, 'malformed chunk size', close=True)
+                size = int(m.group(1), 16)
+                if size == 0:
+                    self._state = 'trailer'
+                else:
+                    self._remaining = size
+                    self._state = 'data'
+            elif state == 'data_end':
+                if line:
+                    raise HTTPError(400, 'chunk data longer than its size', close=True)
+                self._state = 'size'
+            else:  # trailer section: field lines until an empty one
+                if not line:
+                    self.done = True
+                else:
+                    self._trailer_bytes += len(line)
+                    if self._trailer_bytes > MAX_HEADER_BYTES:
+                        raise HTTPError(431, 'trailer section too large', close=True)
+        if self.done:
+            self.leftover = buf[pos:]
+            self._buf = b''
+        else:
+            self._buf = buf[pos:]
+        return b''.join(out)
+
+
+def parse_query(query, max_fields=1000):
+    """Decode ``a=1&a=2&b`` into a MultiDict (UTF-8, '+' is space). Bad UTF-8 -> 400."""
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, encoding='utf-8',
+                                       errors='strict', max_num_fields=max_fields)
+    except UnicodeDecodeError:
+        raise HTTPError(400, 'query or form is not valid UTF-8') from None
+    except ValueError:
+        raise HTTPError(413, 'too many fields') from None
+    return MultiDict(pairs)
+
+
+class MultiDict(dict):
+    """A dict of first values that also keeps every value: ``form['a']``, ``form.getlist('a')``."""
+
+    def __init__(self, pairs=()):
+        super().__init__()
+        self._lists = {}
+        for key, value in pairs:
+            self.add(key, value)
+
+    def add(self, key, value):
+        self._lists.setdefault(key, []).append(value)
+        if key not in self:
+            dict.__setitem__(self, key, value)
+
+    def getlist(self, key):
+        return list(self._lists.get(key, ()))
+
+    def __setitem__(self, key, value):
+        self._lists[key] = [value]
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key):
+        del self._lists[key]
+        dict.__delitem__(self, key)
+
+    def allitems(self):
+        return [(k, v) for k, values in self._lists.items() for v in values]
+
+
+def parse_cookies(header_values):
+    """Cookie header values -> dict (RFC 6265 5.4); malformed pairs are skipped, first wins."""
+    cookies = {}
+    for header in header_values:
+        for pair in header.split(';'):
+            name, eq, value = pair.partition('=')
+            name = name.strip()
+            if not eq or not name:
+                continue
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            cookies.setdefault(name, value)
+    return cookies
+
+
+def parse_content_type(value):
+    """``'text/html; charset="utf-8"'`` -> ('text/html', {'charset': 'utf-8'})."""
+    if not value:
+        return '', {}
+    mime, _, rest = value.partition(';')
+    params = {}
+    # A small state machine, because quoted strings may contain ';' (RFC 9110 5.6.6).
+    rest = rest.strip()
+    while rest:
+        name, eq, rest = rest.partition('=')
+        name = name.strip().lower()
+        if not eq:
+            break
+        rest = rest.lstrip()
+        if rest.startswith('"'):
+            i, chars = 1, []
+            while i < len(rest) and rest[i] != '"':
+                if rest[i] == '\\' and i + 1 < len(rest):
+                    i += 1
+                chars.append(rest[i])
+                i += 1
+            value, rest = ''.join(chars), rest[i + 1:]
+            rest = rest.partition(';')[2]
+        else:
+            value, _, rest = rest.partition(';')
+            value = value.strip()
+        if name:
+            params[name] = value
+        rest = rest.strip()
+    return mime.strip().lower(), params
+
+
+def parse_range(header, size):
+    """One ``bytes=`` range against a resource of ``size`` bytes (RFC 9110 14.2).
+
+    Returns (start, end_inclusive), None when the header should be ignored (malformed, not
+    bytes, or several ranges: we answer those with the whole resource, which RFC 9110
+    allows), or raises HTTPError 416 when it cannot be satisfied.
+    """
+    unit, eq, spec = header.partition('=')
+    if not eq or unit.strip().lower() != 'bytes' or ',' in spec:
+        return None
+    first, dash, last = spec.strip().partition('-')
+    if not dash or not (first.isdigit() or first == '') or not (last.isdigit() or last == ''):
+        return None
+    if not first.isascii() or not last.isascii():
+        return None
+    if first == '':
+        if last == '':
+            return None
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise HTTPError(416, headers={'Content-Range': f'bytes */{size}'})
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        raise HTTPError(416, headers={'Content-Range': f'bytes */{size}'})
+    return start, min(end, size - 1)
+
+
+def http_date(timestamp):
+    """A timestamp as an IMF-fixdate (RFC 9110 5.6.7)."""
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def parse_http_date(value):
+    """An HTTP date (any of the three RFC 9110 forms) -> timestamp, or None."""
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    return parsed.timestamp()
+
+
+def etag_matches(header, etag, weak=True):
+    """Does an If-None-Match / If-Match list match ``etag``? (RFC 9110 13.1)."""
+    header = header.strip()
+    if header == '*':
+        return True
+    bare = etag[2:] if etag.startswith('W/') else etag
+    for candidate in header.split(','):
+        candidate = candidate.strip()
+        if weak and candidate.startswith('W/'):
+            candidate = candidate[2:]
+        if candidate == bare and (weak or not etag.startswith('W/')):
+            return True
+    return False
+
+
+# === 4. Forms ===
+# application/x-www-form-urlencoded is parse_query above. multipart/form-data (RFC 7578)
+# is parsed incrementally: the parser is pure (bytes in, events out) and the request
+# drives it, spooling file parts to disk as they arrive.
+
+_SAFE_FILENAME_RE = re.compile(r'[^A-Za-z0-9._ -]+')
+
+
+def safe_filename(name, default='file'):
+    """A client's filename reduced to a harmless base name: no folders, dots or controls.
+
+    >>> safe_filename('../../etc/pass wd.txt')
+    'pass wd.txt'
+    """
+    name = name.replace('\\', '/').rsplit('/', 1)[-1]
+    name = _SAFE_FILENAME_RE.sub('_', name).strip(' ._')
+    return name[:120] or default
+
+
+def parse_header_params(value):
+    """``form-data; name="a"; filename="b.txt"`` -> ('form-data', {'name': 'a', ...})."""
+    kind, params = parse_content_type(value)
+    if 'filename*' in params:
+        # RFC 5987 ext-value: charset'lang'percent-encoded
+        charset, _, rest = params['filename*'].partition("'")
+        _, _, encoded = rest.partition("'")
+        try:
+            params['filename'] = urllib.parse.unquote(encoded, encoding=charset or 'utf-8', errors='strict')
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return kind, params
+
+
+class MultipartParser:
+    """Incremental ``multipart/form-data`` parser (RFC 7578, RFC 2046 5.1).
+
+    ``feed(data)`` returns a list of events:
+    ('part', headers)  a part begins; headers is a Headers
+    ('data', bytes)    some of its body
+    ('end', None)      the part ended
+    and ``done`` turns true at the close delimiter. Malformed input raises HTTPError 400;
+    too many parts or oversized part headers 413.
+    """
+
+    def __init__(self, boundary, max_parts=MAX_MULTIPART_PARTS):
+        if not boundary or len(boundary) > 70:
+            raise HTTPError(400, 'multipart boundary missing or too long')
+        self._delim = b'\r\n--' + boundary.encode('latin-1')
+        self._buf = b'\r\n'  # so the first delimiter matches like every other
+        self._state = 'preamble'
+        self._parts = 0
+        self._max_parts = max_parts
+        self.done = False
+
+    def feed(self, data):
+        events = []
+        buf = self._buf + data
+        delim = self._delim
+        while True:
+            state = self._state
+            if state == 'preamble' or state == 'body':
+                i = buf.find(delim)
+                if i == -1:
+                    # Keep enough to recognise a delimiter split across feeds.
+                    keep = len(delim)
+                    if state == 'body' and len(buf) > keep:
+                        events.append(('data', buf[:-keep]))
+                        buf = buf[-keep:]
+                    elif state == 'preamble' and len(buf) > keep:
+                        buf = buf[-keep:]
+                    break
+                if state == 'body':
+                    if i:
+                        events.append(('data', buf[:i]))
+                    events.append(('end', None))
+                buf = buf[i + len(delim):]
+                self._state = 'after_delim'
+            elif state == 'after_delim':
+                if len(buf) < 2:
+                    break
+                if buf[:2] == b'--':
+                    self.done = True
+                    self._state = 'epilogue'
+                    buf = b''
+                    break
+                # transport-padding (LWSP) then CRLF
+                nl = buf.find(b'\r\n')
+                if nl == -1:
+                    if len(buf) > 256:
+                        raise HTTPError(400, 'malformed multipart delimiter line')
+                    break
+                if buf[:nl].strip(b' \t'):
+                    raise HTTPError(400, 'malformed multipart delimiter line')
+                buf = buf[nl + 2:]
+                self._parts += 1
+                if self._parts > self._max_parts:
+                    raise HTTPError(413, f'more than {self._max_parts} multipart parts')
+                self._state = 'headers'
+            elif state == 'headers':
+                end = buf.find(b'\r\n\r\n')
+                if buf.startswith(b'\r\n'):
+                    end, head = 0, b''
+                    buf = buf[2:]
+                elif end == -1:
+                    if len(buf) > MAX_FIELD_BYTES:
+                        raise HTTPError(413, 'multipart part headers too large')
+                    break
+                else:
+                    head = buf[:end]
+                    buf = buf[end + 4:]
+                lines = head.split(b'\r\n') if head else []
+                if any(line[:1] in (b' ', b'\t') for line in lines):
+                    raise HTTPError(400, 'folded multipart header')
+                headers = parse_header_lines(lines) if lines else Headers()
+                events.append(('part', headers))
+                self._state = 'body'
+            else:  # epilogue: ignore everything
+                buf = b''
+                break
+        self._buf = buf
+        return events
+
+
+class UploadedFile:
+    """A file part of a multipart form, already spooled to disk under the uploads folder.
+
+    ``filename`` is the client's name made safe, ``path`` where the bytes are, ``size``
+    their count. ``save(dest)`` moves it (same filesystem) and fsyncs; files left unsaved
+    are deleted when the request ends.
+    """
+
+    __slots__ = ('name', 'filename', 'content_type', 'path', 'size', '_file')
+
+    def __init__(self, name, filename, content_type, path, file):
+        self.name = name
+        self.filename = filename
+        self.content_type = content_type
+        self.path = path
+        self.size = 0
+        self._file = file
+
+    def read(self):
+        """The whole file as bytes (blocking: call it from a thread or a plain def handler)."""
+        with open(self.path, 'rb') as f:
+            return f.read()
+
+    def save(self, dest):
+        """Move the upload to ``dest`` durably (fsync of file and folder); blocking."""
+        os.replace(self.path, dest)
+        self.path = dest
+        fsync_dir(os.path.dirname(os.path.abspath(dest)))
+        return dest
+
+    def __repr__(self):
+        return f'<UploadedFile {self.name}={self.filename!r} {self.size} bytes>'
+
+
+def fsync_dir(path):
+    """Make a rename or a new file in ``path`` durable (POSIX); a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# === 5. Request and Response ===
+
+_current_request = __import__('contextvars').ContextVar('server_request', default=None)
+
+
+class Request:
+    """One HTTP request, handed to handlers as their first argument.
+
+    ``method``, ``path`` (percent-decoded), ``query`` (MultiDict), ``headers`` (Headers),
+    ``cookies``, ``client`` (the address, through a trusted proxy), ``scheme``, ``body``,
+    ``form`` and ``files`` (MultiDict), ``json``, ``session`` and ``csrf_token``.
+    """
+
+    def __init__(self, app, head, client, scheme='http', body_source=None):
+        self.app = app
+        self.method = head.method
+        self.target = head.target
+        self.version = head.version
+        self.headers = head.headers
+        self.raw_path = head.path
+        self.query_string = head.query_string
+        self.peer = client
+        self._scheme = scheme
+        self._body_source = body_source
+        self._head = head
+        self.params = {}
+        self.route = None
+        self.session = None
+        self.state = {}
+        self._body = None
+        self._form = None
+        self._files = None
+        self._query = None
+        self._cookies = None
+        self._json = _MISSING
+        self._cleanup = []
+        try:
+            path = urllib.parse.unquote(head.path, encoding='utf-8', errors='strict')
+        except UnicodeDecodeError:
+            raise HTTPError(400, 'path is not valid UTF-8') from None
+        self.path = path
+
+    # -- what the client said --
+    @property
+    def query(self):
+        if self._query is None:
+            self._query = parse_query(self.query_string)
+        return self._query
+
+    @property
+    def cookies(self):
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.headers.get_all('cookie'))
+        return self._cookies
+
+    @property
+    def content_type(self):
+        return parse_content_type(self.headers.get('content-type', ''))[0]
+
+    @property
+    def content_length(self):
+        return self._head.body_length
+
+    def _trusted(self):
+        return self.app.config_trusted(self.peer)
+
+    @property
+    def client(self):
+        """The client's IP: the peer, or the last untrusted X-Forwarded-For hop behind a trusted proxy."""
+        if self._trusted():
+            forwarded = ','.join(self.headers.get_all('x-forwarded-for'))
+            for hop in reversed([h.strip() for h in forwarded.split(',') if h.strip()]):
+                if not self.app.config_trusted(hop):
+                    return hop
+            real = self.headers.get('x-real-ip')
+            if real:
+                return real.strip()
+        return self.peer
+
+    @property
+    def scheme(self):
+        """'https' when the connection is TLS or a trusted proxy says so in X-Forwarded-Proto."""
+        if self._scheme == 'http' and self._trusted():
+            proto = self.headers.get('x-forwarded-proto', '').strip().lower()
+            if proto in ('http', 'https'):
+                return proto
+        return self._scheme
+
+    @property
+    def is_secure(self):
+        return self.scheme == 'https'
+
+    @property
+    def host(self):
+        return self.headers.get('host', '')
+
+    @property
+    def url(self):
+        return f'{self.scheme}://{self.host}{self.target if self.target.startswith("/") else self.path}'
+
+    # -- the body --
+    @property
+    def body(self):
+        """The request body as bytes (read before the handler ran)."""
+        if self._body is None:
+            if self.route is not None and self.route.stream:
+                raise RuntimeError('a stream=True route reads request.stream(), not request.body')
+            return b''
+        return self._body
+
+    @property
+    def form(self):
+        """Fields of a urlencoded or multipart form (MultiDict); empty otherwise."""
+        if self._form is None:
+            self._form = MultiDict()
+        return self._form
+
+    @property
+    def files(self):
+        """Uploaded files of a multipart form by field name (MultiDict of UploadedFile)."""
+        if self._files is None:
+            self._files = MultiDict()
+        return self._files
+
+    @property
+    def json(self):
+        """The body parsed as JSON (None when there is no body); invalid JSON -> 400."""
+        if self._json is _MISSING:
+            body = self.body
+            if not body:
+                self._json = None
+            else:
+                try:
+                    self._json = json.loads(body)
+                except (ValueError, UnicodeDecodeError):
+                    raise HTTPError(400, 'invalid JSON body') from None
+        return self._json
+
+    async def stream(self):
+        """Yield the body in chunks as it arrives (routes declared with ``stream=True``)."""
+        source = self._body_source
+        if source is None:
+            return
+        while True:
+            chunk = await source.receive()
+            if not chunk:
+                return
+            yield chunk
+
+    async def _read_body(self, limit):
+        """Read the whole body within ``limit`` bytes and parse forms; called before the handler."""
+        length = self._head.body_length
+        if length is not None and length > limit:
+            raise HTTPError(413, f'body larger than {limit} bytes')
+        if self._body_source is None or length == 0:
+            self._body = b''
+            return
+        ctype, params = parse_content_type(self.headers.get('content-type', ''))
+        if ctype == 'multipart/form-data':
+            await self._read_multipart(params.get('boundary', ''), limit)
+            return
+        chunks, total = [], 0
+        async for chunk in self.stream():
+            total += len(chunk)
+            if total > limit:
+                raise HTTPError(413, f'body larger than {limit} bytes', close=True)
+            chunks.append(chunk)
+        self._body = b''.join(chunks)
+        if ctype == 'application/x-www-form-urlencoded':
+            try:
+                text = self._body.decode('utf-8')
+            except UnicodeDecodeError:
+                raise HTTPError(400, 'form is not valid UTF-8') from None
+            self._form = parse_query(text)
+
+    async def _read_multipart(self, boundary, limit):
+        parser = MultipartParser(boundary)
+        form, files = MultiDict(), MultiDict()
+        self._form, self._files, self._body = form, files, b''
+        upload_dir = self.app.upload_dir
+        field = None          # (name, [chunks], size) of a non-file part
+        upload = None         # UploadedFile being written
+        pending = []          # bytes for the current upload not yet written
+        pending_size = 0
+        total = 0
+        form_bytes = 0
+
+        async def flush():
+            nonlocal pending, pending_size
+            if pending and upload is not None:
+                data = b''.join(pending)
+                pending, pending_size = [], 0
+                await asyncio.to_thread(upload._file.write, data)
+
+        async for chunk in self.stream():
+            total += len(chunk)
+            if total > limit:
+                raise HTTPError(413, f'body larger than {limit} bytes', close=True)
+            for kind, value in parser.feed(chunk):
+                if kind == 'data':
+                    if upload is not None:
+                        upload.size += len(value)
+                        pending.append(value)
+                        pending_size += len(value)
+                        if pending_size >= 256 * 1024:
+                            await flush()
+                    elif field is not None:
+                        field[2] += len(value)
+                        form_bytes += len(value)
+                        if field[2] > MAX_FIELD_BYTES or form_bytes > MAX_BODY_BYTES:
+                            raise HTTPError(413, 'form field too large')
+                        field[1].append(value)
+                elif kind == 'part':
+                    disposition, dparams = parse_header_params(value.get('content-disposition', ''))
+                    if disposition != 'form-data' or 'name' not in dparams:
+                        raise HTTPError(400, 'multipart part without form-data name')
+                    name = dparams['name']
+                    if 'filename' in dparams:
+                        upload = await asyncio.to_thread(
+                            _open_spool, upload_dir, name, safe_filename(dparams['filename']),
+                            value.get('content-type', 'application/octet-stream'))
+                        self._cleanup.append(upload)
+                    else:
+                        field = [name, [], 0]
+                else:  # end of part
+                    if upload is not None:
+                        await flush()
+                        await asyncio.to_thread(_close_spool, upload)
+                        files.add(upload.name, upload)
+                        upload = None
+                    elif field is not None:
+                        try:
+                            text = b''.join(field[1]).decode('utf-8')
+                        except UnicodeDecodeError:
+                            raise HTTPError(400, 'form field is not valid UTF-8') from None
+                        form.add(field[0], text)
+                        field = None
+            if parser.done:
+                break
+        if not parser.done:
+            raise HTTPError(400, 'multipart body ended before its close delimiter')
+        # The epilogue, if any, is discarded by the body reader's drain.
+
+    def _discard_uploads(self):
+        """Delete spooled files the handler did not save elsewhere (blocking; runs in a thread)."""
+        for upload in self._cleanup:
+            try:
+                if not upload._file.closed:
+                    upload._file.close()
+            except OSError:
+                pass
+            if os.path.basename(upload.path).startswith('.part-'):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(upload.path)
+
+    # -- session and CSRF --
+    @property
+    def csrf_token(self):
+        """This session's CSRF token, created on first use (put it in forms as ``csrf_token``)."""
+        if self.session is None:
+            raise RuntimeError('sessions need App(data=...) and a request through the app')
+        token = self.session.get('_csrf')
+        if not token:
+            token = secrets.token_urlsafe(32)
+            self.session['_csrf'] = token
+        return token
+
+    def __repr__(self):
+        return f'<Request {self.method} {self.target}>'
+
+
+_MISSING = object()
+
+
+def _open_spool(upload_dir, name, filename, content_type):
+    os.makedirs(upload_dir, exist_ok=True)
+    path = os.path.join(upload_dir, '.part-' + secrets.token_hex(16))
+    f = open(path, 'xb')
+    return UploadedFile(name, filename, content_type, path, f)
+
+
+def _close_spool(upload):
+    upload._file.flush()
+    os.fsync(upload._file.fileno())
+    upload._file.close()
+
+
+_HEADER_INJECTION_RE = re.compile(r'[\r\n\x00]')
+_STATUS_LINES = {}
+
+
+def _status_line(status):
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = f'HTTP/1.1 {status} {reason_phrase(status)}\r\n'.encode()
+    return line
+
+
+class Response:
+    """What a handler answers. ``body`` is str, bytes, an iterator or an async iterator.
+
+    ``Response('<p>hi</p>')`` is HTML, ``Response.json({...})``, ``Response.redirect('/x')``,
+    ``Response.send_file(path)``; ``set_cookie`` and ``delete_cookie`` add Set-Cookie fields.
+    """
+
+    __slots__ = ('status', 'headers', 'body', 'file', 'close')
+
+    def __init__(self, body=b'', status=200, headers=None, content_type=None):
+        self.status = int(status)
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers or ())
+        self.file = None
+        self.close = False
+        if isinstance(body, str):
+            body = body.encode('utf-8')
+            if content_type is None and 'content-type' not in self.headers:
+                content_type = 'text/html; charset=utf-8'
+        elif isinstance(body, (bytearray, memoryview)):
+            body = bytes(body)
+        if content_type is not None:
+            self.headers['Content-Type'] = content_type
+        self.body = body
+
+    @classmethod
+    def json(cls, data, status=200, headers=None):
+        body = json.dumps(data, ensure_ascii=False, separators=(',', ':')).encode('utf-8')
+        return cls(body, status, headers, 'application/json')
+
+    @classmethod
+    def text(cls, text, status=200, headers=None):
+        return cls(text.encode('utf-8'), status, headers, 'text/plain; charset=utf-8')
+
+    @classmethod
+    def html(cls, text, status=200, headers=None):
+        return cls(text.encode('utf-8'), status, headers, 'text/html; charset=utf-8')
+
+    @classmethod
+    def redirect(cls, location, status=303):
+        return redirect(location, status)
+
+    @classmethod
+    def send_file(cls, path, content_type=None, download_name=None, headers=None):
+        """Send a file from disk (read off the loop); ``download_name`` makes it an attachment."""
+        resp = cls(b'', 200, headers, content_type or guess_type(path))
+        resp.file = (path, 0, None)
+        if download_name is not None:
+            resp.headers['Content-Disposition'] = content_disposition(download_name)
+        return resp
+
+    def set_cookie(self, name, value, max_age=None, path='/', domain=None, secure=False,
+                   httponly=True, samesite='Lax', expires=None):
+        """Add a Set-Cookie field (RFC 6265); refuses characters that could split the header."""
+        if not _TOKEN_RE.fullmatch(name.encode('latin-1', 'replace')):
+            raise ValueError(f'invalid cookie name {name!r}')
+        if not _COOKIE_VALUE_RE.fullmatch(value):
+            raise ValueError('cookie value may not contain controls, spaces, quotes, commas, ; or \\')
+        parts = [f'{name}={value}']
+        if max_age is not None:
+            parts.append(f'Max-Age={int(max_age)}')
+        if expires is not None:
+            parts.append(f'Expires={http_date(expires)}')
+        for label, attr in (('Path', path), ('Domain', domain)):
+            if attr:
+                if _HEADER_INJECTION_RE.search(attr) or ';' in attr:
+                    raise ValueError(f'invalid cookie {label}')
+                parts.append(f'{label}={attr}')
+        if secure:
+            parts.append('Secure')
+        if httponly:
+            parts.append('HttpOnly')
+        if samesite:
+            if samesite.lower() not in ('lax', 'strict', 'none'):
+                raise ValueError('samesite must be Lax, Strict or None')
+            parts.append(f'SameSite={samesite.capitalize()}')
+        self.headers.add('Set-Cookie', '; '.join(parts))
+
+    def delete_cookie(self, name, path='/', domain=None, secure=False, samesite='Lax'):
+        self.set_cookie(name, '', max_age=0, path=path, domain=domain, secure=secure,
+                        samesite=samesite, expires=0)
+
+    def __repr__(self):
+        return f'<Response {self.status}>'
+
+
+# RFC 6265 4.1.1 cookie-octet
+_COOKIE_VALUE_RE = re.compile(r'[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*')
+
+
+def content_disposition(filename, disposition='attachment'):
+    """A Content-Disposition value with an ASCII fallback and the RFC 6266 UTF-8 form."""
+    ascii_name = safe_filename(filename.encode('ascii', 'replace').decode('ascii').replace('?', '_'))
+    quoted = urllib.parse.quote(filename, safe='')
+    return f'{disposition}; filename="{ascii_name}"; filename*=UTF-8\'\'{quoted}'
+
+
+def redirect(location, status=303):
+    """A redirect response (303 See Other by default, the right answer to a POST).
+
+    The location is percent-encoded where needed, so it can never split the header.
+    """
+    safe = urllib.parse.quote(location, safe="/:?#[]@!$&'()*+,;=%~-._")
+    resp = Response(b'', status)
+    resp.headers['Location'] = safe
+    return resp
+
+
+def escape(value):
+    """HTML-escape ``value`` (quotes included)."""
+    return html.escape(str(value), quote=True)
+
+
+def guess_type(path):
+    ctype, encoding = mimetypes.guess_type(path, strict=False)
+    if ctype is None or encoding:
+        return 'application/octet-stream'
+    if ctype.startswith('text/') or ctype in _CHARSET_TYPES:
+        ctype += '; charset=utf-8'
+    return ctype
+
+
+_CHARSET_TYPES = {'application/javascript', 'application/json', 'image/svg+xml',
+                  'application/xml', 'application/manifest+json'}
+mimetypes.add_type('text/javascript', '.js')
+mimetypes.add_type('text/javascript', '.mjs')
+mimetypes.add_type('image/svg+xml', '.svg')
+mimetypes.add_type('application/manifest+json', '.webmanifest')
+mimetypes.add_type('image/webp', '.webp')
+mimetypes.add_type('font/woff2', '.woff2')
+
+
+def make_response(rv):
+    """Normalise what a handler returned into a Response.
+
+    Response as is; str -> HTML; bytes -> octet-stream; dict or list -> JSON; an iterator or
+    async iterator -> streamed; a tuple (body, status), (body, headers) or
+    (body, status, headers).
+    """
+    if isinstance(rv, Response):
+        return rv
+    if isinstance(rv, tuple):
+        body, status, headers = rv[0], 200, None
+        for extra in rv[1:]:
+            if isinstance(extra, int):
+                status = extra
+            else:
+                headers = extra
+        resp = make_response(body)
+        resp.status = status
+        if headers:
+            for name, value in (headers.items() if hasattr(headers, 'items') else headers):
+                resp.headers[name] = value
+        return resp
+    if isinstance(rv, str):
+        return Response(rv)
+    if isinstance(rv, (bytes, bytearray, memoryview)):
+        return Response(bytes(rv), content_type='application/octet-stream')
+    if isinstance(rv, (dict, list)):
+        return Response.json(rv)
+    if hasattr(rv, '__aiter__') or hasattr(rv, '__next__'):
+        return Response(rv, content_type='text/html; charset=utf-8')
+    if rv is None:
+        raise TypeError('the handler returned None; return a str, bytes, dict, list or Response')
+    raise TypeError(f'cannot make a response from {type(rv).__name__}')
+
+
+# === 6. Router and App ===
+
+# Converters: name -> (regex, to_python, to_url). The default converter is one path segment.
+CONVERTERS = {
+    'str': (r'[^/]+', str, lambda v: urllib.parse.quote(str(v), safe='')),
+    'int': (r'[0-9]+', int, lambda v: str(int(v))),
+    'path': (r'.+', str, lambda v: urllib.parse.quote(str(v), safe='/')),
+}
+_PLACEHOLDER_RE = re.compile(r'<(?:([a-zA-Z_]\w*):)?([a-zA-Z_]\w*)>')
+_STATE_CHANGING = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
+# Content types a cross-site form or a no-CORS fetch can send (the CORS-safelisted ones);
+# anything else needs a preflight, so CSRF checks only these.
+_CSRF_CONTENT_TYPES = frozenset({'', 'application/x-www-form-urlencoded', 'multipart/form-data', 'text/plain'})
+
+
+class Route:
+    """One registered handler: its pattern, methods and options."""
+
+    def __init__(self, pattern, handler, methods, name, max_body, stream, csrf):
+        self.pattern = pattern
+        self.handler = handler
+        self.methods = frozenset(m.upper() for m in methods)
+        self.name = name
+        self.max_body = max_body
+        self.stream = stream
+        self.csrf = csrf
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self.converters = {}
+        self.builder = None
+        if isinstance(pattern, re.Pattern):
+            self.regex = pattern
+            self.is_static = False
+            self.key = pattern.pattern
+            self.first_segment = None
+        else:
+            if not pattern.startswith('/'):
+                raise ValueError(f'route pattern must start with /: {pattern!r}')
+            self.key = pattern
+            parts, regex, pos = [], [], 0
+            for m in _PLACEHOLDER_RE.finditer(pattern):
+                literal = pattern[pos:m.start()]
+                regex.append(re.escape(literal))
+                parts.append((literal, None, None))
+                kind, pname = m.group(1) or 'str', m.group(2)
+                if kind not in CONVERTERS:
+                    raise ValueError(f'unknown converter {kind!r} in {pattern!r}')
+                rx, to_python, to_url = CONVERTERS[kind]
+                regex.append(f'(?P<{pname}>{rx})')
+                parts.append(('', pname, to_url))
+                self.converters[pname] = to_python
+                pos = m.end()
+            regex.append(re.escape(pattern[pos:]))
+            parts.append((pattern[pos:], None, None))
+            self.builder = parts
+            self.is_static = not self.converters
+            self.regex = re.compile(''.join(regex))
+            first = pattern[1:].split('/', 1)[0]
+            self.first_segment = None if '<' in first else first
+
+    def match(self, path):
+        m = self.regex.fullmatch(path)
+        if m is None:
+            return None
+        params = m.groupdict()
+        for key, convert in self.converters.items():
+            params[key] = convert(params[key])
+        return params
+
+    def build(self, params):
+        """The URL of this route with ``params`` filled in; leftovers become the query."""
+        if self.builder is None:
+            raise ValueError(f'cannot build a URL for the regular-expression route {self.key!r}')
+        params = dict(params)
+        out = []
+        for literal, pname, to_url in self.builder:
+            out.append(literal)
+            if pname is not None:
+                if pname not in params:
+                    raise KeyError(f'url_for({self.name!r}) needs {pname!r}')
+                out.append(to_url(params.pop(pname)))
+        url = ''.join(out)
+        if params:
+            url += '?' + urllib.parse.urlencode(params, doseq=True)
+        return url
+
+
+class Router:
+    """Finds the route of a path in time that does not grow with the number of routes.
+
+    Static paths are a dictionary lookup. Dynamic patterns are grouped by their first
+    literal segment; each group is one combined regular expression whose matching
+    alternative is named by ``lastgroup``. Patterns whose first segment is variable
+    (and raw regular expressions) form a catch-all group tried after the specific one.
+    """
+
+    def __init__(self):
+        self.static = {}      # path -> {method: Route}
+        self.dynamic = {}     # first segment or None -> [(key, {method: Route}, sample Route)]
+        self._compiled = {}   # first segment or None -> combined regex
+        self.by_name = {}
+        self.methods = set()
+
+    def add(self, route):
+        self.methods |= route.methods
+        self.by_name.setdefault(route.name, route)
+        if route.is_static:
+            table = self.static.setdefault(route.pattern, {})
+        else:
+            group = self.dynamic.setdefault(route.first_segment, [])
+            for key, table, _ in group:
+                if key == route.key:
+                    break
+            else:
+                table = {}
+                group.append((route.key, table, route))
+            self._compiled.pop(route.first_segment, None)
+        for method in route.methods:
+            table[method] = route
+
+    def _combined(self, segment):
+        rx = self._compiled.get(segment)
+        if rx is None:
+            group = self.dynamic[segment]
+            # Inner named groups would clash between alternatives, so each alternative's own
+            # groups are made anonymous; the route's regex extracts the parameters after.
+            alts = [f'(?P<r{i}>{_anonymous_groups(sample.regex.pattern)})'
+                    for i, (_, _, sample) in enumerate(group)]
+            rx = self._compiled[segment] = re.compile('|'.join(alts))
+        return rx
+
+    def _candidates(self, path):
+        """Yield (table, params) for every pattern matching ``path``, most specific first."""
+        table = self.static.get(path)
+        if table is not None:
+            yield table, {}
+        segment = path[1:].split('/', 1)[0]
+        for key in (segment, None):
+            group = self.dynamic.get(key)
+            if not group:
+                continue
+            m = self._combined(key).fullmatch(path)
+            if m is None:
+                continue
+            first = int(m.lastgroup[1:])
+            for _, table, sample in group[first:]:
+                params = sample.match(path)
+                if params is not None:
+                    yield table, params
+
+    def match(self, method, path):
+        """(Route, params) for a request; raises 404, 405 (with Allow) or 501."""
+        allowed = set()
+        for table, params in self._candidates(path):
+            route = table.get(method) or (table.get('GET') if method == 'HEAD' else None)
+            if route is not None:
+                return route, params
+            allowed |= table.keys()
+        if allowed:
+            if method == 'OPTIONS':
+                return None, {'allow': allowed}
+            if method not in self.methods and method not in ('GET', 'HEAD', 'OPTIONS'):
+                raise HTTPError(501, f'method {method} is not implemented')
+            raise HTTPError(405, headers={'Allow': format_allow(allowed)})
+        if method not in self.methods and method not in ('GET', 'HEAD', 'OPTIONS'):
+            raise HTTPError(501, f'method {method} is not implemented')
+        raise HTTPError(404)
+
+
+def _anonymous_groups(pattern):
+    return re.sub(r'\(\?P<[^>]+>', '(?:', pattern)
+
+
+def format_allow(methods):
+    methods = set(methods)
+    if 'GET' in methods:
+        methods.add('HEAD')
+    methods.add('OPTIONS')
+    return ', '.join(sorted(methods))
+
+
+async def _call(fn, *args, **kwargs):
+    """Run a handler or hook: ``async def`` on the loop, plain ``def`` in a worker thread."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+class App:
+    """A web application: routes, hooks, error handlers, templates, sessions and a database.
+
+    ``root`` holds static files and ``templates/``; ``data`` holds ``app.db`` and ``uploads/``.
+    ``trusted_proxy`` is a comma-separated list of addresses whose X-Forwarded-* headers count.
+    """
+
+    _default = None
+
+    def __init__(self, root=None, data='data', *, trusted_proxy='127.0.0.1', sessions=True,
+                 csrf=True, static=True, migrations=()):
+        self.root = os.path.abspath(root) if root else None
+        self.data = os.path.abspath(data)
+        self.upload_dir = os.path.join(self.data, 'uploads')
+        self.router = Router()
+        self.before_hooks = []
+        self.after_hooks = []
+        self.startup_hooks = []
+        self.shutdown_hooks = []
+        self.error_handlers = {}
+        self.sessions_enabled = sessions
+        self.csrf_enabled = csrf
+        self.trusted = _parse_trusted(trusted_proxy)
+        self.db = Database(os.path.join(self.data, 'app.db'), migrations)
+        self.sessions = SessionStore(self.db)
+        self.templates = Templates(os.path.join(self.root, 'templates') if self.root else None)
+        self.template_globals = {}
+        self.static = StaticFiles(self.root, exclude=('templates',)) if (self.root and static) else None
+        App._default = self
+
+    # -- registration --
+    def route(self, pattern, methods=('GET',), *, name=None, max_body=MAX_BODY_BYTES,
+              stream=False, csrf=None):
+        """Register a handler: ``@app.route('/item/<int:id>', methods=['GET', 'POST'])``.
+
+        ``pattern`` may also be a compiled regular expression whose named groups become
+        keyword arguments. ``max_body`` is the body limit (413 past it), ``stream=True``
+        leaves the body to ``request.stream()``, ``csrf=False`` turns the CSRF check off.
+        """
+        if isinstance(methods, str):
+            methods = (methods,)
+
+        def decorator(handler):
+            route = Route(pattern, handler, methods, name or handler.__name__, max_body, stream,
+                          self.csrf_enabled if csrf is None else csrf)
+            self.router.add(route)
+            return handler
+        return decorator
+
+    def get(self, pattern, **options):
+        return self.route(pattern, ('GET',), **options)
+
+    def post(self, pattern, **options):
+        return self.route(pattern, ('POST',), **options)
+
+    def before_request(self, fn):
+        """``fn(request)`` runs before each handler; a non-None return value is the response."""
+        self.before_hooks.append(fn)
+        return fn
+
+    def after_request(self, fn):
+        """``fn(request, response)`` runs after each request; it may return a new response."""
+        self.after_hooks.append(fn)
+        return fn
+
+    def errorhandler(self, status):
+        """``@app.errorhandler(404)``: ``fn(request, error)`` renders that status."""
+        def decorator(fn):
+            self.error_handlers[int(status)] = fn
+            return fn
+        return decorator
+
+    def on_startup(self, fn):
+        self.startup_hooks.append(fn)
+        return fn
+
+    def on_shutdown(self, fn):
+        self.shutdown_hooks.append(fn)
+        return fn
+
+    def url_for(self, endpoint, /, **params):
+        route = self.router.by_name.get(endpoint)
+        if route is None:
+            raise KeyError(f'no route named {endpoint!r}')
+        return route.build(params)
+
+    def config_trusted(self, address):
+        if not address or not self.trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split('%', 1)[0])
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    # -- lifecycle --
+    async def startup(self):
+        await asyncio.to_thread(self.templates.preload)
+        for fn in self.startup_hooks:
+            await _call(fn, self)
+
+    async def shutdown(self):
+        for fn in self.shutdown_hooks:
+            try:
+                await _call(fn, self)
+            except Exception:
+                log.exception('shutdown hook failed')
+        await self.db.close()
+
+    # -- handling: the one place where errors become responses --
+    async def handle(self, request):
+        """Answer ``request``; never raises. Exceptions become error responses here."""
+        token = _current_request.set(request)
+        try:
+            try:
+                response = await self._dispatch(request)
+            except HTTPError as exc:
+                response = await self.error_response(request, exc)
+            except (ConnectionError, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception('error handling %s %s', request.method, _log_escape(request.target))
+                response = await self.error_response(request, HTTPError(500))
+            try:
+                for hook in self.after_hooks:
+                    rv = await _call(hook, request, response)
+                    if rv is not None:
+                        response = make_response(rv)
+                if request.session is not None:
+                    await self._save_session(request, response)
+            except HTTPError as exc:
+                response = await self.error_response(request, exc)
+            except Exception:
+                log.exception('error finishing %s %s', request.method, _log_escape(request.target))
+                response = await self.error_response(request, HTTPError(500))
+            return response
+        finally:
+            _current_request.reset(token)
+            if request._cleanup:
+                await asyncio.to_thread(request._discard_uploads)
+
+    async def _dispatch(self, request):
+        method = request.method
+        if request.path == '*':
+            if method == 'OPTIONS':
+                return Response(b'', 204, {'Allow': format_allow(self.router.methods | {'GET'})})
+            raise HTTPError(400)
+        try:
+            route, params = self.router.match(method, request.path)
+        except HTTPError as exc:
+            if exc.status == 404 and self.static is not None:
+                return await self._serve_static(request, exc)
+            raise
+        if route is None:  # automatic OPTIONS
+            return Response(b'', 204, {'Allow': format_allow(params['allow'])})
+        request.route = route
+        request.params = params
+        for hook in self.before_hooks:
+            rv = await _call(hook, request)
+            if rv is not None:
+                return make_response(rv)
+        if self.sessions_enabled:
+            await self._load_session(request)
+        if route.stream:
+            length = request.content_length
+            if length is not None and length > route.max_body:
+                raise HTTPError(413, f'body larger than {route.max_body} bytes')
+        else:
+            await request._read_body(route.max_body)
+        if route.csrf and method in _STATE_CHANGING and request.content_type in _CSRF_CONTENT_TYPES:
+            self._check_csrf(request)
+        if route.is_async:
+            rv = await route.handler(request, **params)
+        else:
+            rv = await asyncio.to_thread(route.handler, request, **params)
+        return make_response(rv)
+
+    async def _serve_static(self, request, not_found):
+        if request.method in ('GET', 'HEAD'):
+            return await self.static.serve(request, request.path)
+        if not await self.static.exists(request.path):
+            raise not_found
+        if request.method == 'OPTIONS':
+            return Response(b'', 204, {'Allow': 'GET, HEAD, OPTIONS'})
+        raise HTTPError(405, headers={'Allow': 'GET, HEAD, OPTIONS'})
+
+    def _check_csrf(self, request):
+        if request.session is None:
+            raise HTTPError(403, 'CSRF check needs sessions')
+        expected = request.session.get('_csrf')
+        sent = request.headers.get('x-csrf-token') or request.form.get('csrf_token') or ''
+        if not expected or not hmac.compare_digest(expected.encode(), sent.encode('utf-8', 'replace')):
+            raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
+
+    async def _load_session(self, request):
+        sid = request.cookies.get('sid')
+        request.session = await self.sessions.load(sid) if sid else Session()
+
+    async def _save_session(self, request, response):
+        session = request.session
+        if session.destroyed:
+            if session.old_id:
+                await self.sessions.delete(session.old_id)
+            response.delete_cookie('sid', secure=request.is_secure)
+            return
+        if not session.should_save():
+            return
+        await self.sessions.save(session)
+        response.set_cookie('sid', session.id, max_age=SESSION_LIFETIME_S,
+                            secure=request.is_secure, httponly=True, samesite='Lax')
+
+    async def error_response(self, request, error):
+        """The response for an HTTPError: the app's handler for that status, else plain text."""
+        handler = self.error_handlers.get(error.status)
+        response = None
+        if handler is not None and request is not None:
+            try:
+                response = make_response(await _call(handler, request, error))
+            except Exception:
+                log.exception('error handler for %d failed', error.status)
+        if response is None:
+            response = error_page(error)
+        else:
+            if response.status == 200:
+                response.status = error.status
+            for name, value in error.headers.items():
+                response.headers.setdefault(name, value)
+        response.close = response.close or error.close
+        return response
+
+    # -- running --
+    def test_client(self):
+        """An in-process client: ``app.test_client().get('/')`` -> TestResponse (no sockets)."""
+        return TestClient(self)
+
+    def run(self, host='127.0.0.1', port=8000, *, workers=1, certfile=None, keyfile=None,
+            access_log=True, log_level='info', reload=False):
+        """Serve this app until SIGINT or SIGTERM (what ``python3 server.py`` does for the site)."""
+        configure_logging(log_level)
+        config = Config(host=host, port=port, workers=workers, certfile=certfile or '',
+                        keyfile=keyfile or '', access_log=access_log, log_level=log_level,
+                        reload=reload)
+        return serve_forever(lambda: self, config)
+
+
+def error_page(error):
+    """A short plain-text error body; the detail is the client's text only after escaping."""
+    body = f'{error.status} {error.reason}\n'
+    if error.detail:
+        body += f'{error.detail}\n'
+    resp = Response(body.encode('utf-8'), error.status, error.headers,
+                    'text/plain; charset=utf-8')
+    resp.close = error.close
+    return resp
+
+
+def _parse_trusted(value):
+    nets = []
+    for item in (value.split(',') if isinstance(value, str) else value or ()):
+        item = item.strip()
+        if item:
+            nets.append(ipaddress.ip_network(item, strict=False))
+    return nets
+
+
+def url_for(endpoint, /, **params):
+    """The URL of a named route (the handler's name by default): ``url_for('profile', name='a')``."""
+    request = _current_request.get()
+    app = request.app if request is not None else App._default
+    if app is None:
+        raise RuntimeError('url_for needs an App')
+    return app.url_for(endpoint, **params)
+
+
+class _LazyCSRFToken:
+    """Creates the session's CSRF token only when a template prints it, so pages without a
+    form set no cookie and write no session row."""
+
+    __slots__ = ('request',)
+
+    def __init__(self, request):
+        self.request = request
+
+    def __str__(self):
+        return self.request.csrf_token
+
+    def __bool__(self):
+        return True
+
+
+def render(template, /, **context):
+    """Render a template of the current app to an HTML Response: ``render('page.html', x=1)``.
+
+    ``csrf_token`` and the app's ``template_globals`` are added to the context.
+    """
+    request = _current_request.get()
+    app = request.app if request is not None else App._default
+    if app is None:
+        raise RuntimeError('render needs an App')
+    full = dict(app.template_globals)
+    if request is not None:
+        full['request'] = request
+        full['path'] = request.path
+        if request.session is not None:
+            full['csrf_token'] = _LazyCSRFToken(request)
+    full.update(context)
+    return Response(app.templates.get(template).render(full), content_type='text/html; charset=utf-8')
+
+
+# === 7. Templates ===
+# A small engine: {{ expr|filter }} autoescaped, {% if/elif/else %}, {% for %} with
+# loop.index, {% include %}, {% extends %} with {% block %}, {# comments #}. Expressions
+# are checked against a tiny grammar and compiled to Python that can only look names up
+# in the context and call the listed filters: a template cannot run arbitrary code.
+
+class TemplateError(Exception):
+    """A template that cannot be compiled or rendered; names the file and line."""
+
+    def __init__(self, message, filename='<string>', lineno=0):
+        super().__init__(f'{filename}:{lineno}: {message}')
+        self.filename = filename
+        self.lineno = lineno
+
+
+class Markup(str):
+    """A string that is already safe HTML and is not escaped again."""
+
+    __slots__ = ()
+
+
+def _escape_value(value):
+    if isinstance(value, Markup):
+        return value
+    if value is None:
+        return ''
+    return html.escape(str(value), quote=True)
+
+
+_TEMPLATE_TOKEN_RE = re.compile(r'({{.*?}}|{%.*?%}|{#.*?#})', re.S)
+_EXPR_TOKEN_RE = re.compile(r'''
+    \s*(?:
+      (?P<string>"[^"\\]*(?:\\.[^"\\]*)*"|'[^'\\]*(?:\\.[^'\\]*)*')
+    | (?P<number>-?\d+(?:\.\d+)?)
+    | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)
+    | (?P<op>==|!=|<=|>=|<|>|\(|\)|\||,)
+    )''', re.X)
+_LITERALS = {'true': 'True', 'false': 'False', 'none': 'None',
+             'True': 'True', 'False': 'False', 'None': 'None'}
+_COMPARISONS = {'==', '!=', '<', '>', '<=', '>=', 'in'}
+
+
+def _filter_default(value, fallback=''):
+    return fallback if value is None or value == '' else value
+
+
+TEMPLATE_FILTERS = {
+    'safe': lambda v: Markup('' if v is None else v),
+    'upper': lambda v: str(v).upper(),
+    'lower': lambda v: str(v).lower(),
+    'title': lambda v: str(v).title(),
+    'trim': lambda v: str(v).strip(),
+    'length': lambda v: len(v) if v is not None else 0,
+    'default': _filter_default,
+    'join': lambda v, sep=', ': str(sep).join(str(x) for x in v),
+    'urlencode': lambda v: urllib.parse.quote(str(v), safe=''),
+}
+
+
+def _lookup(context, dotted):
+    """``a.b.0`` against the context: dict keys, then attributes, then list indexes.
+
+    Names starting with '_' are never reached, so ``__class__`` and friends stay out, and
+    nothing is ever called.
+    """
+    parts = dotted.split('.')
+    value = context.get(parts[0])
+    for part in parts[1:]:
+        if value is None or part.startswith('_'):
+            return None
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif part.isdigit() and isinstance(value, (list, tuple)):
+            index = int(part)
+            value = value[index] if index < len(value) else None
+        else:
+            value = getattr(value, part, None)
+            if callable(value):
+                return None
+    return value
+
+
+class _ExpressionParser:
+    """Recursive descent over the expression grammar, emitting Python source.
+
+    expr := or;  or := and ('or' and)*;  and := not ('and' not)*;  not := 'not' not | cmp
+    cmp := filtered [('=='|'!='|'<'|'>'|'<='|'>='|'in'|'not' 'in') filtered]
+    filtered := primary ('|' FILTER ['(' expr (',' expr)* ')'])*
+    primary := STRING | NUMBER | NAME('.'NAME)* | true | false | none | '(' expr ')'
+    """
+
+    def __init__(self, text, filename, lineno):
+        self.where = (filename, lineno)
+        self.text = text
+        self.tokens = []
+        pos, text = 0, text.rstrip()
+        while pos < len(text):
+            m = _EXPR_TOKEN_RE.match(text, pos)
+            if m is None or m.end() == pos:
+                self.fail(f'cannot parse expression {self.text.strip()!r}')
+            pos = m.end()
+            self.tokens.append((m.lastgroup, m.group(m.lastgroup)))
+        self.i = 0
+
+    def fail(self, message):
+        raise TemplateError(message, *self.where)
+
+    def peek(self):
+        return self.tokens[self.i] if self.i < len(self.tokens) else (None, None)
+
+    def take(self):
+        token = self.peek()
+        self.i += 1
+        return token
+
+    def expect(self, value):
+        if self.take()[1] != value:
+            self.fail(f'expected {value!r} in {self.text.strip()!r}')
+
+    def parse(self):
+        if not self.tokens:
+            self.fail('empty expression')
+        source = self.or_()
+        if self.i != len(self.tokens):
+            self.fail(f'unexpected {self.peek()[1]!r} in {self.text.strip()!r}')
+        return source
+
+    def or_(self):
+        left = self.and_()
+        while self.peek() == ('name', 'or'):
+            self.take()
+            left = f'({left} or {self.and_()})'
+        return left
+
+    def and_(self):
+        left = self.not_()
+        while self.peek() == ('name', 'and'):
+            self.take()
+            left = f'({left} and {self.not_()})'
+        return left
+
+    def not_(self):
+        if self.peek() == ('name', 'not'):
+            self.take()
+            return f'(not {self.not_()})'
+        return self.cmp()
+
+    def cmp(self):
+        left = self.filtered()
+        kind, value = self.peek()
+        if value in _COMPARISONS and kind in ('op', 'name'):
+            self.take()
+            return f'_cmp({value!r}, {left}, {self.filtered()})'
+        if (kind, value) == ('name', 'not') and self.tokens[self.i + 1:self.i + 2] == [('name', 'in')]:
+            self.i += 2
+            return f"(not _cmp('in', {left}, {self.filtered()}))"
+        return left
+
+    def filtered(self):
+        value = self.primary()
+        while self.peek() == ('op', '|'):
+            self.take()
+            kind, name = self.take()
+            if kind != 'name' or name not in TEMPLATE_FILTERS:
+                self.fail(f'unknown filter {name!r}')
+            args = ''
+            if self.peek() == ('op', '('):
+                self.take()
+                parts = [self.or_()]
+                while self.peek() == ('op', ','):
+                    self.take()
+                    parts.append(self.or_())
+                self.expect(')')
+                args = ', ' + ', '.join(parts)
+            value = f'_f[{name!r}]({value}{args})'
+        return value
+
+    def primary(self):
+        kind, value = self.take()
+        if kind == 'string':
+            import ast
+            return repr(ast.literal_eval(value))
+        if kind == 'number':
+            return value
+        if kind == 'name':
+            if value in _LITERALS:
+                return _LITERALS[value]
+            if value in ('and', 'or', 'not', 'in'):
+                self.fail(f'unexpected {value!r} in {self.text.strip()!r}')
+            return f'_l(_c, {value!r})'
+        if value == '(':
+            inner = self.or_()
+            self.expect(')')
+            return inner
+        self.fail(f'unexpected {value!r} in {self.text.strip()!r}')
+
+
+def _compare(op, left, right):
+    if op == 'in':
+        return right is not None and left in right
+    if op == '==':
+        return left == right
+    if op == '!=':
+        return left != right
+    try:
+        return {'<': left < right, '>': left > right, '<=': left <= right, '>=': left >= right}[op]
+    except TypeError:
+        return False
+
+
+_EXPRESSION_ENV = {'__builtins__': {}, '_l': _lookup, '_f': TEMPLATE_FILTERS, '_cmp': _compare}
+
+
+def compile_expression(text, filename='<string>', lineno=0):
+    """A template expression -> a function of the context. Refuses anything off-grammar."""
+    source = _ExpressionParser(text, filename, lineno).parse()
+    code = compile(source, filename, 'eval')
+
+    def evaluate(context):
+        return eval(code, _EXPRESSION_ENV, {'_c': context})
+    return evaluate
+
+
+class Template:
+    """A compiled template. ``render(context)`` -> str. Built by ``Templates`` from files."""
+
+    def __init__(self, source, name='<string>', loader=None):
+        self.name = name
+        self.loader = loader
+        self.extends = None
+        self.blocks = {}
+        self.nodes = self._parse(source)
+
+    # Each node is a function render(context, blocks, out) appending strings to out.
+    def _parse(self, source):
+        tokens = _TEMPLATE_TOKEN_RE.split(source)
+        lineno = 1
+        stack = [('root', [], None, 1)]   # (tag, nodes, extra, lineno)
+        for i, token in enumerate(tokens):
+            start_line = lineno
+            lineno += token.count('\n')
+            if i % 2 == 0:
+                if token:
+                    stack[-1][1].append(self._text(token))
+                continue
+            if token.startswith('{#'):
+                continue
+            if token.startswith('{{'):
+                expr = compile_expression(token[2:-2], self.name, start_line)
+                stack[-1][1].append(self._output(expr, start_line))
+                continue
+            words = token[2:-2].strip().split(None, 1)
+            if not words:
+                raise TemplateError('empty tag', self.name, start_line)
+            tag, arg = words[0], (words[1] if len(words) > 1 else '')
+            if tag == 'if':
+                stack.append(('if', [], [(compile_expression(arg, self.name, start_line), None)], start_line))
+            elif tag in ('elif', 'else') and stack[-1][0] == 'if':
+                kind, nodes, branches, ln = stack.pop()
+                branches[-1] = (branches[-1][0], nodes)
+                if branches[-1][0] is None:
+                    raise TemplateError(f'{{% {tag} %}} after {{% else %}}', self.name, start_line)
+                cond = compile_expression(arg, self.name, start_line) if tag == 'elif' else None
+                branches.append((cond, None))
+                stack.append(('if', [], branches, ln))
+            elif tag == 'else' and stack[-1][0] == 'for':
+                kind, nodes, extra, ln = stack.pop()
+                extra['body'] = nodes
+                stack.append(('for-else', [], extra, ln))
+            elif tag == 'endif':
+                if stack[-1][0] != 'if':
+                    raise TemplateError('{% endif %} without {% if %}', self.name, start_line)
+                _, nodes, branches, ln = stack.pop()
+                branches[-1] = (branches[-1][0], nodes)
+                stack[-1][1].append(self._if(branches, ln))
+            elif tag == 'for':
+                m = re.fullmatch(r'([A-Za-z_]\w*)\s+in\s+(.+)', arg.strip(), re.S)
+                if not m:
+                    raise TemplateError('expected {% for name in expression %}', self.name, start_line)
+                extra = {'var': m.group(1), 'iter': compile_expression(m.group(2), self.name, start_line)}
+                stack.append(('for', [], extra, start_line))
+            elif tag == 'endfor':
+                if stack[-1][0] not in ('for', 'for-else'):
+                    raise TemplateError('{% endfor %} without {% for %}', self.name, start_line)
+                kind, nodes, extra, ln = stack.pop()
+                if kind == 'for':
+                    extra['body'], extra['else'] = nodes, []
+                else:
+                    extra['else'] = nodes
+                stack[-1][1].append(self._for(extra, ln))
+            elif tag == 'block':
+                name = arg.strip()
+                if not re.fullmatch(r'\w+', name):
+                    raise TemplateError('expected {% block name %}', self.name, start_line)
+                stack.append(('block', [], name, start_line))
+            elif tag == 'endblock':
+                if stack[-1][0] != 'block':
+                    raise TemplateError('{% endblock %} without {% block %}', self.name, start_line)
+                _, nodes, name, _ = stack.pop()
+                self.blocks[name] = nodes
+                stack[-1][1].append(self._block(name, nodes))
+            elif tag == 'include':
+                stack[-1][1].append(self._include(self._string_arg(arg, start_line), start_line))
+            elif tag == 'extends':
+                if self.extends is not None or len(stack) > 1:
+                    raise TemplateError('{% extends %} must be a top-level tag, once', self.name, start_line)
+                self.extends = self._string_arg(arg, start_line)
+            else:
+                raise TemplateError(f'unknown tag {{% {tag} %}}', self.name, start_line)
+        if len(stack) > 1:
+            tag, _, _, ln = stack[-1]
+            raise TemplateError(f'{{% {tag} %}} is never closed', self.name, ln)
+        return stack[0][1]
+
+    def _string_arg(self, arg, lineno):
+        arg = arg.strip()
+        if len(arg) < 2 or arg[0] != arg[-1] or arg[0] not in '"\'':
+            raise TemplateError('expected a quoted template name', self.name, lineno)
+        return arg[1:-1]
+
+    @staticmethod
+    def _text(text):
+        def node(ctx, blocks, out):
+            out.append(text)
+        return node
+
+    def _output(self, expr, lineno):
+        name = self.name
+
+        def node(ctx, blocks, out):
+            try:
+                value = expr(ctx)
+            except TemplateError:
+                raise
+            except Exception as exc:
+                raise TemplateError(f'{type(exc).__name__}: {exc}', name, lineno) from None
+            out.append(_escape_value(value))
+        return node
+
+    def _if(self, branches, lineno):
+        name = self.name
+
+        def node(ctx, blocks, out):
+            for cond, nodes in branches:
+                try:
+                    taken = cond is None or cond(ctx)
+                except Exception as exc:
+                    raise TemplateError(f'{type(exc).__name__}: {exc}', name, lineno) from None
+                if taken:
+                    for child in nodes:
+                        child(ctx, blocks, out)
+                    return
+        return node
+
+    def _for(self, spec, lineno):
+        name, var, iterable, body, orelse = self.name, spec['var'], spec['iter'], spec['body'], spec['else']
+
+        def node(ctx, blocks, out):
+            try:
+                items = iterable(ctx)
+                items = list(items) if items is not None else []
+            except Exception as exc:
+                raise TemplateError(f'cannot loop: {type(exc).__name__}: {exc}', name, lineno) from None
+            if not items:
+                for child in orelse:
+                    child(ctx, blocks, out)
+                return
+            last = len(items)
+            for index, item in enumerate(items, 1):
+                scope = collections.ChainMap(
+                    {var: item, 'loop': {'index': index, 'first': index == 1, 'last': index == last,
+                                         'length': last}}, ctx)
+                for child in body:
+                    child(scope, blocks, out)
+        return node
+
+    @staticmethod
+    def _block(block_name, default):
+        def node(ctx, blocks, out):
+            for child in blocks.get(block_name, default):
+                child(ctx, blocks, out)
+        return node
+
+    def _include(self, target, lineno):
+        def node(ctx, blocks, out):
+            if self.loader is None:
+                raise TemplateError('include needs a template folder', self.name, lineno)
+            depth = ctx.get('_include_depth', 0) if isinstance(ctx, dict) else 0
+            if depth > 20:
+                raise TemplateError('includes nested too deeply', self.name, lineno)
+            self.loader.get(target)._render_into(ctx, {}, out)
+        return node
+
+    def _render_into(self, ctx, blocks, out):
+        if self.extends is not None:
+            if self.loader is None:
+                raise TemplateError('extends needs a template folder', self.name, 0)
+            merged = dict(self.blocks)
+            merged.update(blocks)
+            self.loader.get(self.extends)._render_into(ctx, merged, out)
+            return
+        for node in self.nodes:
+            node(ctx, blocks, out)
+
+    def render(self, context=None, **kwargs):
+        ctx = dict(context or {}, **kwargs)
+        out = []
+        self._render_into(ctx, {}, out)
+        return ''.join(out)
+
+
+class Templates:
+    """Templates from a folder, compiled once and recompiled when the file changes.
+
+    ``preload()`` (run in a thread at startup) compiles them all; after that ``get`` reads
+    the disk at most once a second per template, so rendering stays off the filesystem.
+    """
+
+    def __init__(self, folder):
+        self.folder = os.path.realpath(folder) if folder else None
+        self._cache = {}   # name -> (Template, mtime_ns, checked_at)
+        self._lock = threading.Lock()
+
+    def _path(self, name):
+        if self.folder is None:
+            raise TemplateError(f'no template folder for {name!r}', name)
+        path = os.path.realpath(os.path.join(self.folder, name))
+        if os.path.commonpath([path, self.folder]) != self.folder:
+            raise TemplateError('template outside the template folder', name)
+        return path
+
+    def get(self, name):
+        entry = self._cache.get(name)
+        now = time.monotonic()
+        if entry is not None and now - entry[2] < 1.0:
+            return entry[0]
+        with self._lock:
+            path = self._path(name)
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:
+                raise TemplateError('template not found', name) from None
+            if entry is not None and entry[1] == mtime:
+                self._cache[name] = (entry[0], mtime, now)
+                return entry[0]
+            with open(path, encoding='utf-8') as f:
+                template = Template(f.read(), os.path.relpath(path, os.path.dirname(self.folder)), self)
+            self._cache[name] = (template, mtime, now)
+            return template
+
+    def preload(self):
+        if self.folder is None or not os.path.isdir(self.folder):
+            return
+        for dirpath, _, filenames in os.walk(self.folder):
+            for filename in filenames:
+                if filename.endswith('.html'):
+                    self.get(os.path.relpath(os.path.join(dirpath, filename), self.folder))
+
+    def refresh(self):
+        """Re-check every cached template now (blocking; for a thread)."""
+        for name in list(self._cache):
+            template, mtime, _ = self._cache[name]
+            self._cache[name] = (template, mtime, 0.0)
+            try:
+                self.get(name)
+            except TemplateError:
+                log.exception('template %s', name)
+
+
+# === 8. Storage, sessions, CSRF ===
+
+class Database:
+    """SQLite on one dedicated thread, so the event loop never waits on it.
+
+    WAL journal, ``busy_timeout``, foreign keys, ``synchronous=FULL`` (a commit that was
+    acknowledged survives a crash). ``migrations`` is a list of SQL scripts: script N runs
+    once, when ``PRAGMA user_version`` is below N. Every call takes parameters; a lock held
+    too long by another process becomes HTTPError 503 with Retry-After.
+
+    ``await db.execute(sql, params)`` -> lastrowid; ``await db.fetchall(...)`` -> list of
+    dicts; ``await db.fetchone(...)``; ``await db.run(fn, *args)`` runs ``fn(conn, *args)``
+    in the database thread (``with conn:`` makes it one transaction). From a plain def
+    handler use ``db.run_sync(fn, *args)``.
+    """
+
+    #: Tables the framework itself needs; created if missing, never dropped.
+    FRAMEWORK_SCHEMA = '''
+        CREATE TABLE IF NOT EXISTS sessions (
+            id TEXT PRIMARY KEY,          -- sha256 of the cookie value, never the value itself
+            data TEXT NOT NULL,
+            expires REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires);
+    '''
+
+    def __init__(self, path, migrations=()):
+        self.path = path
+        self.migrations = list(migrations)
+        self._executor = None
+        self._conn = None
+        self._lock = threading.Lock()
+
+    def _ensure_executor(self):
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='sqlite')
+            return self._executor
+
+    def _connect(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=DB_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f'PRAGMA busy_timeout = {int(DB_BUSY_TIMEOUT_MS)}')
+        conn.execute('PRAGMA journal_mode = WAL')
+        conn.execute('PRAGMA synchronous = FULL')
+        conn.execute('PRAGMA foreign_keys = ON')
+        conn.executescript(self.FRAMEWORK_SCHEMA)
+        version = conn.execute('PRAGMA user_version').fetchone()[0]
+        for number, script in enumerate(self.migrations, 1):
+            if number > version:
+                # executescript commits first; the script and the version bump commit together.
+                conn.executescript(f'BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;')
+        self._conn = conn
+
+    def _call(self, fn, args):
+        try:
+            if self._conn is None:
+                self._connect()
+            return fn(self._conn, *args)
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if 'locked' in text or 'busy' in text:
+                raise HTTPError(503, 'the database is busy; try again', {'Retry-After': '2'}) from exc
+            raise
+
+    async def run(self, fn, *args):
+        """Run ``fn(conn, *args)`` in the database thread and return its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._ensure_executor(), self._call, fn, args)
+
+    def run_sync(self, fn, *args):
+        """The same as ``run`` for plain def handlers (worker threads); blocks until done."""
+        return self._ensure_executor().submit(self._call, fn, args).result()
+
+    async def execute(self, sql, params=()):
+        return await self.run(_db_execute, sql, params)
+
+    async def fetchall(self, sql, params=()):
+        return await self.run(_db_fetchall, sql, params)
+
+    async def fetchone(self, sql, params=()):
+        rows = await self.run(_db_fetchall, sql, params)
+        return rows[0] if rows else None
+
+    async def close(self):
+        if self._executor is None:
+            return
+        await self.run(_db_close)
+        self._conn = None
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+
+def _db_execute(conn, sql, params):
+    return conn.execute(sql, params).lastrowid
+
+
+def _db_fetchall(conn, sql, params):
+    return [dict(row) for row in conn.execute(sql, params).fetchall()]
+
+
+def _db_close(conn):
+    conn.close()
+
+
+class Session(dict):
+    """Server-side session data for one browser (dict-like, JSON-serialisable values).
+
+    ``rotate()`` gives it a new id (do it at login: no session fixation); ``destroy()``
+    deletes it at the end of the request.
+    """
+
+    def __init__(self, data=None, sid=None, expires=0.0):
+        super().__init__(data or {})
+        self.id = sid
+        self.old_id = None
+        self.expires = expires
+        self.modified = False
+        self.destroyed = False
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.modified = True
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self.modified = True
+
+    def pop(self, *args):
+        self.modified = True
+        return super().pop(*args)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self.modified = True
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        super().update(*args, **kwargs)
+        self.modified = True
+
+    def clear(self):
+        super().clear()
+        self.modified = True
+
+    def rotate(self):
+        """Move the data to a fresh id; the old one is deleted when the session is saved."""
+        if self.id is not None and self.old_id is None:
+            self.old_id = self.id
+        self.id = None
+        self.modified = True
+
+    def destroy(self):
+        self.clear()
+        self.destroyed = True
+        if self.id is not None:
+            self.old_id = self.id
+
+    def should_save(self):
+        if self.modified:
+            return bool(self) or self.id is not None
+        # Sliding expiry: push the expiry forward at most once an hour.
+        return self.id is not None and self.expires - time.time() < SESSION_LIFETIME_S - 3600
+
+
+def _session_key(sid):
+    return hashlib.sha256(sid.encode('utf-8', 'replace')).hexdigest()
+
+
+class SessionStore:
+    """Sessions as rows keyed by the sha256 of a ``secrets.token_urlsafe(32)`` cookie value.
+
+    An id the server never issued (or one that expired) is never adopted: the visitor gets
+    a fresh, empty session with a new id.
+    """
+
+    def __init__(self, db):
+        self.db = db
+        self._last_purge = 0.0
+
+    async def load(self, sid):
+        if not sid or len(sid) > 100:
+            return Session()
+        row = await self.db.fetchone('SELECT data, expires FROM sessions WHERE id = ? AND expires > ?',
+                                     (_session_key(sid), time.time()))
+        if row is None:
+            return Session()
+        try:
+            data = json.loads(row['data'])
+        except ValueError:
+            data = {}
+        return Session(data, sid, row['expires'])
+
+    async def save(self, session):
+        new = session.id is None
+        if new:
+            session.id = secrets.token_urlsafe(32)
+        session.expires = time.time() + SESSION_LIFETIME_S
+        await self.db.run(_save_session, _session_key(session.id),
+                          _session_key(session.old_id) if session.old_id else None,
+                          json.dumps(dict(session)), session.expires)
+        session.modified = False
+        session.old_id = None
+        if time.monotonic() - self._last_purge > 3600:
+            self._last_purge = time.monotonic()
+            await self.purge()
+
+    async def delete(self, sid):
+        await self.db.execute('DELETE FROM sessions WHERE id = ?', (_session_key(sid),))
+
+    async def purge(self):
+        """Delete expired sessions."""
+        await self.db.execute('DELETE FROM sessions WHERE expires < ?', (time.time(),))
+
+
+def _save_session(conn, key, old_key, data, expires):
+    with conn:
+        conn.execute('BEGIN IMMEDIATE')
+        if old_key:
+            conn.execute('DELETE FROM sessions WHERE id = ?', (old_key,))
+        conn.execute('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?) '
+                     'ON CONFLICT(id) DO UPDATE SET data = excluded.data, expires = excluded.expires',
+                     (key, data, expires))
+
+
+# === 9. Static files ===
+
+_COMPRESSIBLE = ('text/', 'application/javascript', 'application/json', 'image/svg+xml',
+                 'application/xml', 'application/manifest+json', 'image/x-icon')
+mimetypes.add_type('image/x-icon', '.ico')
+
+
+class StaticEntry:
+    """What we know of one file: where it is, its validators, and (if small) its bytes."""
+
+    __slots__ = ('path', 'mtime_ns', 'size', 'etag', 'last_modified', 'content_type',
+                 'body', 'gzipped', 'checked_at')
+
+
+class StaticFiles:
+    """Files under ``root``, behind the file jail, with ETag/304, Range and gzip.
+
+    Small files are answered from memory and revalidated with stat() (in a thread) at most
+    once a second; large ones are streamed by the connection (sendfile over plain TCP).
+    Folders serve their index.html; there are no listings. ``exclude`` names top-level
+    folders that are never served (templates).
+    """
+
+    def __init__(self, root, exclude=()):
+        self.root = os.path.realpath(root)
+        self.exclude = set(exclude)
+        self._cache = collections.OrderedDict()   # url path -> StaticEntry
+        self._cached_bytes = 0
+
+    def resolve(self, url_path):
+        """The jail: a decoded URL path -> a real file path inside the root (blocking).
+
+        Raises HTTPError 403 for traversal attempts, 404 for dotfiles, excluded folders,
+        paths that leave the root through a symlink, and missing files; 301 adds the
+        slash to a folder's URL.
+        """
+        if '\x00' in url_path or '\\' in url_path:
+            raise HTTPError(403, 'forbidden path')
+        segments = url_path.split('/')[1:]
+        for segment in segments:
+            if segment in ('.', '..'):
+                raise HTTPError(403, 'forbidden path')
+            if segment.startswith('.'):
+                raise HTTPError(404)
+        if segments and segments[0] in self.exclude:
+            raise HTTPError(404)
+        candidate = os.path.join(self.root, *[s for s in segments if s])
+        real = os.path.realpath(candidate)
+        if real != self.root and os.path.commonpath([real, self.root]) != self.root:
+            raise HTTPError(404, 'outside the web root')
+        if os.path.isdir(real):
+            if not url_path.endswith('/'):
+                raise HTTPError(301, headers={'Location': urllib.parse.quote(url_path + '/')})
+            real = os.path.join(real, 'index.html')
+        if not os.path.isfile(real):
+            raise HTTPError(404)
+        return real
+
+    async def exists(self, url_path):
+        try:
+            await asyncio.to_thread(self.resolve, url_path)
+        except HTTPError:
+            return False
+        return True
+
+    def _load(self, url_path):
+        """Resolve and stat a file, reading it whole when small (blocking; runs in a thread)."""
+        path = self.resolve(url_path)
+        st = os.stat(path)
+        entry = StaticEntry()
+        entry.path = path
+        entry.mtime_ns = st.st_mtime_ns
+        entry.size = st.st_size
+        entry.etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+        entry.last_modified = http_date(st.st_mtime)
+        entry.content_type = guess_type(path)
+        entry.body = None
+        entry.gzipped = None
+        entry.checked_at = time.monotonic()
+        if st.st_size <= STATIC_CACHE_FILE_BYTES:
+            with open(path, 'rb') as f:
+                entry.body = f.read()
+            if len(entry.body) != st.st_size:   # changed under us: treat as uncacheable
+                entry.size = len(entry.body)
+            if entry.size >= 256 and entry.content_type.startswith(_COMPRESSIBLE):
+                packed = gzip.compress(entry.body, 6, mtime=0)
+                if len(packed) < entry.size * 0.9:
+                    entry.gzipped = packed
+        return entry
+
+    def _still_valid(self, entry):
+        try:
+            st = os.stat(entry.path)
+        except OSError:
+            return False
+        return st.st_mtime_ns == entry.mtime_ns and st.st_size == entry.size
+
+    async def _entry(self, url_path):
+        entry = self._cache.get(url_path)
+        if entry is not None:
+            now = time.monotonic()
+            if now - entry.checked_at < 1.0:
+                return entry
+            if await asyncio.to_thread(self._still_valid, entry):
+                entry.checked_at = now
+                return entry
+            self._forget(url_path)
+        try:
+            entry = await asyncio.to_thread(self._load, url_path)
+        except HTTPError as exc:
+            if exc.status in (403, 404) and exc.detail:
+                log.warning('static: refused %s (%s)', _log_escape(url_path), exc.detail)
+            raise
+        except OSError:
+            raise HTTPError(404) from None
+        if entry.body is not None:
+            self._remember(url_path, entry)
+        return entry
+
+    def _remember(self, url_path, entry):
+        self._cache[url_path] = entry
+        self._cached_bytes += len(entry.body) + len(entry.gzipped or b'')
+        while self._cached_bytes > STATIC_CACHE_BYTES and self._cache:
+            self._forget(next(iter(self._cache)))
+
+    def _forget(self, url_path):
+        entry = self._cache.pop(url_path, None)
+        if entry is not None:
+            self._cached_bytes -= len(entry.body) + len(entry.gzipped or b'')
+
+    async def serve(self, request, url_path):
+        """The Response for a GET or HEAD of ``url_path``."""
+        entry = await self._entry(url_path)
+        headers = Headers()
+        headers.add('Content-Type', entry.content_type)
+        headers.add('ETag', entry.etag)
+        headers.add('Last-Modified', entry.last_modified)
+        headers.add('Cache-Control', 'no-cache')
+        headers.add('Accept-Ranges', 'bytes')
+        headers.add('X-Content-Type-Options', 'nosniff')
+        compressible = entry.gzipped is not None
+        if compressible:
+            headers.add('Vary', 'Accept-Encoding')
+        req_headers = request.headers
+        if not_modified(req_headers, entry.etag, entry.mtime_ns / 1e9):
+            return Response(b'', 304, headers)
+
+        range_header = req_headers.get('range')
+        if range_header is not None and request.method == 'GET':
+            if_range = req_headers.get('if-range')
+            if if_range is None or if_range.strip() == entry.etag or (
+                    parse_http_date(if_range) is not None and parse_http_date(if_range) >= int(entry.mtime_ns / 1e9)
+                    and not if_range.strip().startswith(('"', 'W/'))):
+                span = parse_range(range_header, entry.size)
+                if span is not None:
+                    start, end = span
+                    headers.add('Content-Range', f'bytes {start}-{end}/{entry.size}')
+                    resp = Response(b'', 206, headers)
+                    if entry.body is not None:
+                        resp.body = entry.body[start:end + 1]
+                    else:
+                        resp.file = (entry.path, start, end - start + 1)
+                    return resp
+
+        if compressible and accepts_gzip(req_headers.get('accept-encoding', '')):
+            headers['ETag'] = entry.etag[:-1] + '-gz"'
+            headers.add('Content-Encoding', 'gzip')
+            return Response(entry.gzipped, 200, headers)
+        resp = Response(b'', 200, headers)
+        if entry.body is not None:
+            resp.body = entry.body
+        else:
+            resp.file = (entry.path, 0, entry.size)
+        return resp
+
+
+def not_modified(headers, etag, mtime):
+    """RFC 9110 13.2.2: If-None-Match wins over If-Modified-Since."""
+    inm = headers.get('if-none-match')
+    if inm is not None:
+        gz = etag[:-1] + '-gz"'
+        return etag_matches(inm, etag) or etag_matches(inm, gz)
+    ims = headers.get('if-modified-since')
+    if ims is not None:
+        since = parse_http_date(ims)
+        return since is not None and int(mtime) <= since
+    return False
+
+
+def accepts_gzip(accept_encoding):
+    for item in accept_encoding.lower().split(','):
+        coding, _, params = item.partition(';')
+        if coding.strip() in ('gzip', '*', 'x-gzip'):
+            q = params.strip()
+            if q.startswith('q='):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
+
+
+# === 10. Connection and server ===
+
+_CONTROL_CHARS_RE = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
+
+
+def _log_escape(text):
+    """Escape controls, quotes and backslashes as nginx does (\\xHH), so a log line stays one line."""
+    return _CONTROL_CHARS_RE.sub(lambda m: f'\\x{ord(m.group()):02X}', str(text))
+
+
+class _Clock:
+    """The Date header and the access-log time, formatted at most once a second."""
+
+    def __init__(self):
+        self._second = None
+        self.date_line = b''
+        self.log_time = ''
+
+    def tick(self):
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self.date_line = f'Date: {http_date(second)}\r\n'.encode('ascii')
+            self.log_time = time.strftime('%d/%b/%Y:%H:%M:%S +0000', time.gmtime(second))
+        return self.date_line
+
+
+CLOCK = _Clock()
+_CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class BodyReader:
+    """The body of one request as it arrives: decoded by Content-Length or chunked framing.
+
+    The connection feeds raw bytes; the handler awaits ``receive()``. Past
+    READ_HIGH_WATER_BYTES of unread body the transport stops reading (flow control).
+    """
+
+    __slots__ = ('conn', 'remaining', 'decoder', 'chunks', 'buffered', 'complete', 'error',
+                 'waiter', 'expect_continue', 'continue_sent', 'received', 'discarding')
+
+    def __init__(self, conn, head):
+        self.conn = conn
+        self.remaining = head.body_length     # None when chunked
+        self.decoder = ChunkedDecoder() if head.chunked else None
+        self.chunks = collections.deque()
+        self.buffered = 0
+        self.complete = False
+        self.error = None
+        self.waiter = None
+        self.expect_continue = head.expect_continue
+        self.continue_sent = False
+        self.received = 0
+        self.discarding = False
+
+    def feed(self, data):
+        """Take the body's bytes from ``data``; return what follows the body (the next request)."""
+        leftover = b''
+        if self.decoder is not None:
+            try:
+                chunk = self.decoder.feed(data)
+            except HTTPError as exc:
+                self.fail(exc)
+                return b''
+            if self.decoder.done:
+                self.complete = True
+                leftover = self.decoder.leftover
+        else:
+            if len(data) >= self.remaining:
+                chunk, leftover = data[:self.remaining], data[self.remaining:]
+                self.remaining = 0
+                self.complete = True
+            else:
+                chunk = data
+                self.remaining -= len(data)
+        if chunk:
+            self.received += len(chunk)
+            if self.discarding:
+                if self.received > MAX_DRAIN_BYTES:
+                    self.fail(HTTPError(413, 'unread body too large to drain', close=True))
+            else:
+                self.chunks.append(chunk)
+                self.buffered += len(chunk)
+        self._wake()
+        return leftover
+
+    def fail(self, exc):
+        self.error = exc
+        self._wake()
+
+    def _wake(self):
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(self):
+        """The next decoded chunk, or b'' at the end of the body."""
+        while True:
+            if self.chunks:
+                chunk = self.chunks.popleft()
+                self.buffered -= len(chunk)
+                if self.buffered < READ_HIGH_WATER_BYTES:
+                    self.conn._resume_reading_body()
+                return chunk
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return b''
+            if self.expect_continue and not self.continue_sent:
+                self.continue_sent = True
+                self.conn.transport.write(_CONTINUE)
+            self.waiter = self.conn.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+
+class HTTPConnection(asyncio.Protocol):
+    """One client connection: parses requests, runs them one at a time, writes responses.
+
+    Pipelined requests wait in the buffer and are answered in order. Every phase has a
+    deadline (head, idle keep-alive, stalled body, client not reading) checked by the
+    server's reaper once a second, so thousands of connections cost no timers.
+    """
+
+    def __init__(self, server):
+        self.server = server
+        self.app = server.app
+        self.loop = server.loop
+        self.transport = None
+        self.peer = ''
+        self.scheme = 'http'
+        self.buf = bytearray()
+        self.active = False            # a request is being handled
+        self.reader = None             # BodyReader of the active request
+        self.deadline = 0.0
+        self.deadline_kind = None
+        self.paused_reading = False
+        self.write_paused = False
+        self.drain_waiter = None
+        self.closed = False
+        self.requests = 0
+        self.task = None
+        self.eof = False
+
+    # -- asyncio.Protocol --
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info('peername')
+        self.peer = peer[0] if isinstance(peer, tuple) else ''
+        if transport.get_extra_info('sslcontext') is not None:
+            self.scheme = 'https'
+        sock = transport.get_extra_info('socket')
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._set_deadline('head', HEADER_TIMEOUT_S)
+        self.server.connections.add(self)
+        if self.server.closing:
+            transport.close()
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.server.connections.discard(self)
+        if self.reader is not None and not self.reader.complete:
+            self.reader.fail(ConnectionResetError('client went away'))
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError('client went away'))
+
+    def pause_writing(self):
+        self.write_paused = True
+        self._set_deadline('write', WRITE_TIMEOUT_S)
+
+    def resume_writing(self):
+        self.write_paused = False
+        if self.deadline_kind == 'write':
+            self.deadline_kind = None
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def data_received(self, data):
+        reader = self.reader
+        if reader is not None and not reader.complete and reader.error is None:
+            if self.deadline_kind == 'body':
+                self.deadline = self.loop.time() + BODY_TIMEOUT_S
+            data = reader.feed(data)
+            if reader.buffered >= READ_HIGH_WATER_BYTES and not self.paused_reading:
+                self._pause_reading()
+            if reader.complete:
+                if self.deadline_kind == 'body':
+                    self.deadline_kind = None
+                if reader.discarding:
+                    self.reader = None
+                    self.buf += data
+                    self._next_request()
+                    return
+            elif reader.error is not None and reader.discarding:
+                self.transport.close()
+                return
+            if not data:
+                return
+        self.buf += data
+        if not self.active:
+            if self.deadline_kind == 'idle':
+                self._set_deadline('head', HEADER_TIMEOUT_S)
+            self._parse()
+        elif len(self.buf) > READ_HIGH_WATER_BYTES and not self.paused_reading:
+            self._pause_reading()
+
+    def eof_received(self):
+        # The client half-closed: answer what it already sent, then close.
+        self.eof = True
+        reader = self.reader
+        if reader is not None and not reader.complete:
+            # The body can never be completed now.
+            if reader.discarding:
+                return None
+            reader.fail(HTTPError(400, 'connection closed before the end of the body', close=True))
+        if not self.active:
+            self._parse()
+        return True if self.active else None
+
+    # -- deadlines and flow control --
+    def _set_deadline(self, kind, seconds):
+        self.deadline_kind = kind
+        self.deadline = self.loop.time() + seconds
+
+    def timed_out(self):
+        kind = self.deadline_kind
+        self.deadline_kind = None
+        if kind == 'head':
+            if self.buf.strip(b'\r\n'):
+                self._send_error(HTTPError(408, 'request head not received in time', close=True))
+            else:
+                self.transport.close()
+        elif kind == 'idle':
+            self.transport.close()
+        elif kind == 'body':
+            if self.reader is not None:
+                self.reader.fail(HTTPError(408, 'request body stalled', close=True))
+                if self.reader.discarding:
+                    self.transport.close()
+            else:
+                self.transport.close()
+        elif kind == 'write':
+            log.info('closing a connection from %s that stopped reading its response', self.peer)
+            self.transport.abort()
+
+    def _pause_reading(self):
+        self.paused_reading = True
+        with contextlib.suppress(RuntimeError, AttributeError):
+            self.transport.pause_reading()
+
+    def _resume_reading_body(self):
+        if self.paused_reading and len(self.buf) < READ_HIGH_WATER_BYTES:
+            self.paused_reading = False
+            with contextlib.suppress(RuntimeError, AttributeError):
+                self.transport.resume_reading()
+
+    async def drain(self):
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self.closed:
+            raise ConnectionResetError('client went away')
+        if self.write_paused:
+            self.drain_waiter = self.loop.create_future()
+            try:
+                await self.drain_waiter
+            finally:
+                self.drain_waiter = None
+
+    # -- requests --
+    def _parse(self):
+        """Start the next request if its head is complete in the buffer."""
+        if self.closed or self.active:
+            return
+        buf = self.buf
+        if buf[:1] in (b'\r', b'\n'):
+            # RFC 9112 2.2: ignore empty lines before a request line.
+            stripped = bytes(buf).lstrip(b'\r\n')
+            del buf[:len(buf) - len(stripped)]
+        end = find_head_end(buf)
+        if end == -1:
+            try:
+                check_head_size(buf)
+            except HTTPError as exc:
+                self._send_error(exc)
+            return
+        try:
+            head = parse_head(bytes(buf[:end]))
+        except HTTPError as exc:
+            self._send_error(exc)
+            return
+        del buf[:end]
+        self.active = True
+        self.requests += 1
+        reader = None
+        if head.chunked or head.body_length:
+            reader = self.reader = BodyReader(self, head)
+            self._set_deadline('body', BODY_TIMEOUT_S)
+            if buf:
+                rest = reader.feed(bytes(buf))
+                buf.clear()
+                buf += rest
+                if reader.complete:
+                    self.deadline_kind = None
+        else:
+            self.deadline_kind = None
+        self.task = self.loop.create_task(self._respond(head, reader))
+
+    async def _respond(self, head, reader):
+        request = None
+        try:
+            try:
+                request = Request(self.app, head, self.peer, self.scheme, reader)
+            except HTTPError as exc:
+                response = error_page(exc)
+            else:
+                response = await self.app.handle(request)
+            await self._write_response(head, request, response, reader)
+        except (ConnectionError, asyncio.CancelledError):
+            self.transport.abort()
+        except Exception:
+            log.exception('error writing a response')
+            self.transport.abort()
+
+    def _keep_alive(self, head, response, reader):
+        if not head.keep_alive or response.close or self.server.closing or self.eof:
+            return False
+        if reader is not None and not reader.complete:
+            if reader.error is not None:
+                return False
+            if reader.expect_continue and not reader.continue_sent:
+                return False   # the client may never send it; RFC 9110 10.1.1
+            if reader.decoder is not None or reader.remaining > MAX_DRAIN_BYTES:
+                return False
+        return True
+
+    async def _write_response(self, head, request, response, reader):
+        status = response.status
+        keep_alive = self._keep_alive(head, response, reader)
+        body = response.body
+        headers = response.headers
+        head_only = head.method == 'HEAD' or status in _NO_BODY_STATUSES or status < 200
+        stream = None
+        file_spec = response.file
+        if file_spec is not None:
+            length = file_spec[2]
+            if length is None:
+                length = (await asyncio.to_thread(os.stat, file_spec[0])).st_size - file_spec[1]
+                file_spec = (file_spec[0], file_spec[1], length)
+        elif isinstance(body, bytes):
+            length = len(body)
+        else:
+            stream, length = body, None
+            if head.version < (1, 1):
+                keep_alive = False
+
+        lines = [_status_line(status), CLOCK.tick()]
+        text = []
+        for name, value in headers:
+            text.append(f'{name}: {value}\r\n')
+        if status in _NO_BODY_STATUSES or status < 200:
+            pass
+        elif length is not None:
+            if 'content-length' not in headers:
+                text.append(f'Content-Length: {length}\r\n')
+        elif head.version >= (1, 1):
+            text.append('Transfer-Encoding: chunked\r\n')
+        if not keep_alive:
+            text.append('Connection: close\r\n')
+        elif head.version < (1, 1):
+            text.append('Connection: keep-alive\r\n')
+        text.append('\r\n')
+        block = ''.join(text)
+        if _HEADER_INJECTION_RE.search(''.join([name + value for name, value in headers])):
+            log.error('refusing a response header with CR, LF or NUL for %s', _log_escape(head.target))
+            response = error_page(HTTPError(500))
+            response.close = True
+            await self._write_response(head, request, response, None)
+            return
+        lines.append(block.encode('latin-1', 'replace'))
+        transport = self.transport
+        sent = 0
+        if head_only:
+            transport.write(b''.join(lines))
+            if stream is not None and hasattr(stream, 'close'):
+                with contextlib.suppress(Exception):
+                    stream.close()
+        elif stream is None and file_spec is None:
+            lines.append(body)
+            transport.write(b''.join(lines))
+            sent = length
+        else:
+            transport.write(b''.join(lines))
+            if file_spec is not None:
+                sent = await self._send_file(*file_spec)
+            else:
+                sent = await self._send_stream(stream, chunked=head.version >= (1, 1))
+        self._finish(head, request, status, sent, keep_alive, reader)
+
+    async def _send_stream(self, stream, chunked):
+        sent = 0
+        write = self.transport.write
+        if hasattr(stream, '__aiter__'):
+            async for chunk in stream:
+                sent += await self._write_chunk(write, chunk, chunked)
+        else:
+            iterator = iter(stream)
+            done = object()
+            try:
+                while True:
+                    chunk = await asyncio.to_thread(next, iterator, done)
+                    if chunk is done:
+                        break
+                    sent += await self._write_chunk(write, chunk, chunked)
+            finally:
+                if hasattr(iterator, 'close'):
+                    await asyncio.to_thread(iterator.close)
+        if chunked:
+            write(b'0\r\n\r\n')
+        return sent
+
+    async def _write_chunk(self, write, chunk, chunked):
+        if isinstance(chunk, str):
+            chunk = chunk.encode('utf-8')
+        if not chunk:
+            return 0
+        if chunked:
+            write(b'%x\r\n%b\r\n' % (len(chunk), chunk))
+        else:
+            write(chunk)
+        await self.drain()
+        return len(chunk)
+
+    async def _send_file(self, path, offset, length):
+        f = await asyncio.to_thread(open, path, 'rb')
+        try:
+            sent = 0
+            use_sendfile = self.scheme == 'http' and hasattr(os, 'sendfile')
+            while sent < length:
+                step = min(STATIC_CHUNK_BYTES * 4, length - sent)
+                if use_sendfile:
+                    await self.drain()
+                    self._set_deadline('write', WRITE_TIMEOUT_S)
+                    try:
+                        n = await self.loop.sendfile(self.transport, f, offset + sent, step, fallback=False)
+                    except (asyncio.SendfileNotAvailableError, NotImplementedError):
+                        use_sendfile = False
+                        continue
+                    finally:
+                        if self.deadline_kind == 'write':
+                            self.deadline_kind = None
+                    if n == 0:
+                        break
+                    sent += n
+                else:
+                    step = min(STATIC_CHUNK_BYTES, length - sent)
+                    data = await asyncio.to_thread(_read_at, f, offset + sent, step)
+                    if not data:
+                        break
+                    self.transport.write(data)
+                    sent += len(data)
+                    await self.drain()
+            if sent < length:
+                # The file shrank while we sent it; the length we promised is now a lie.
+                self.transport.abort()
+                raise ConnectionResetError('file changed while being sent')
+            return sent
+        finally:
+            await asyncio.to_thread(f.close)
+
+    def _finish(self, head, request, status, sent, keep_alive, reader):
+        if self.server.access_log_enabled:
+            self.server.log_access(head, request, self.peer, status, sent)
+        self.task = None
+        if self.closed:
+            return
+        if not keep_alive:
+            self.transport.close()
+            return
+        if reader is not None and not reader.complete:
+            # Discard the unread rest of the body, then go on with the next request.
+            reader.discarding = True
+            reader.chunks.clear()
+            reader.buffered = 0
+            self._set_deadline('body', BODY_TIMEOUT_S)
+            self._resume_reading_body()
+            return
+        self.reader = None
+        self._next_request()
+
+    def _next_request(self):
+        self.active = False
+        if self.paused_reading:
+            self.paused_reading = False
+            with contextlib.suppress(RuntimeError, AttributeError):
+                self.transport.resume_reading()
+        if self.server.closing:
+            self.transport.close()
+            return
+        if self.buf:
+            self._set_deadline('head', HEADER_TIMEOUT_S)
+            self._parse()
+        else:
+            self._set_deadline('idle', KEEPALIVE_TIMEOUT_S)
+
+    def _send_error(self, error):
+        """Answer a request we could not even parse, then close."""
+        self.active = True
+        self.deadline_kind = None
+        response = error_page(error)
+        response.close = True
+        head = RequestHead('GET', '-', (1, 1), Headers())
+        head.keep_alive = False
+        head.path, head.query_string = '-', ''
+        self.loop.create_task(self._write_response(head, None, response, None))
+
+
+def _read_at(f, offset, size):
+    f.seek(offset)
+    return f.read(size)
+
+
+class Server:
+    """Listening sockets, the set of live connections, the reaper, and graceful shutdown."""
+
+    def __init__(self, app, config):
+        self.app = app
+        self.config = config
+        self.loop = None
+        self.servers = []
+        self.connections = set()
+        self.closing = False
+        self.access_log_enabled = bool(config.access_log)
+        self._reaper = None
+        self.sockets = []
+
+    def log_access(self, head, request, peer, status, sent):
+        """One line in the Combined Log Format, the one nginx writes."""
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        headers = head.headers
+        client = request.client if request is not None else peer
+        line = f'{head.method} {head.target} HTTP/{head.version[0]}.{head.version[1]}' if head.target != '-' else '-'
+        CLOCK.tick()
+        access_log.info('%s - - [%s] "%s" %d %d "%s" "%s"', _log_escape(client), CLOCK.log_time,
+                        _log_escape(line), status, sent, _log_escape(headers.get('referer', '-')),
+                        _log_escape(headers.get('user-agent', '-')))
+
+    async def start(self, sock=None):
+        self.loop = asyncio.get_running_loop()
+        ssl_context = make_ssl_context(self.config.certfile, self.config.keyfile)
+        await self.app.startup()
+
+        def factory():
+            return HTTPConnection(self)
+        if sock is not None:
+            server = await self.loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=1024)
+        else:
+            server = await self.loop.create_server(
+                factory, self.config.host, self.config.port, ssl=ssl_context, backlog=1024,
+                reuse_port=self.config.workers > 1 or None)
+        self.servers.append(server)
+        self.sockets = server.sockets
+        self._reaper = self.loop.create_task(self._reap())
+        return server
+
+    @property
+    def port(self):
+        return self.sockets[0].getsockname()[1]
+
+    async def _reap(self):
+        """Enforce every connection's deadline: one timer for all connections."""
+        while True:
+            await asyncio.sleep(REAPER_INTERVAL_S)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                if conn.deadline_kind is not None and now >= conn.deadline:
+                    try:
+                        conn.timed_out()
+                    except Exception:
+                        log.exception('timing out a connection')
+                        conn.transport.abort()
+
+    async def shutdown(self, grace=SHUTDOWN_GRACE_S):
+        """Stop accepting, close idle connections, let requests in flight finish, close the database."""
+        self.closing = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            if not conn.active:
+                conn.transport.close()
+        deadline = self.loop.time() + grace
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.transport.abort()
+        if self._reaper is not None:
+            self._reaper.cancel()
+        await self.app.shutdown()
+
+
+def make_ssl_context(certfile, keyfile):
+    """An ssl.SSLContext for serving HTTPS, or None without a certificate."""
+    if not certfile:
+        if keyfile:
+            raise ConfigError('--keyfile needs --certfile')
+        return None
+    for label, path in (('certificate', certfile), ('key', keyfile or certfile)):
+        if not os.path.isfile(path):
+            raise ConfigError(f'TLS {label} file not found: {path}')
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(['http/1.1'])
+    try:
+        context.load_cert_chain(certfile, keyfile or None)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f'cannot load the TLS certificate or key: {exc}') from None
+    return context
+
+
+class ConfigError(Exception):
+    """A setting that cannot work; main() prints it on one line and exits 2."""
+
+
+class TestResponse:
+    """What the test client got: ``status``, ``headers``, ``body``, ``text`` and ``json()``."""
+
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def text(self):
+        return self.body.decode('utf-8', 'replace')
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f'<TestResponse {self.status}>'
+
+
+class _BytesBody:
+    """A request body source for the test client: the whole body at once."""
+
+    def __init__(self, data):
+        self.data = data
+
+    async def receive(self):
+        data, self.data = self.data, b''
+        return data
+
+
+class TestClient:
+    """Calls an App in-process, through the same App.handle as the server, keeping cookies.
+
+    ``client.get('/')``, ``client.post('/form', data={'a': '1'})``, ``json=``, ``files=``
+    (name -> (filename, bytes[, content type])), ``headers=``; use it as a context manager
+    or call ``close()``.
+    """
+
+    __test__ = False   # not a unittest/pytest class
+
+    def __init__(self, app, scheme='http', client='127.0.0.1'):
+        self.app = app
+        self.cookies = {}
+        self.scheme = scheme
+        self.client = client
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(app.startup())
+
+    def close(self):
+        self.loop.run_until_complete(self.app.shutdown())
+        self.loop.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def request(self, method, url, *, headers=None, data=None, json_body=None, files=None, body=None):
+        path, _, query = url.partition('?')
+        if data is not None and not isinstance(data, (bytes, str)):
+            data = urllib.parse.urlencode(data, doseq=True)
+        head_headers = Headers(headers or ())
+        if 'host' not in head_headers:
+            head_headers.add('Host', 'testserver')
+        if files is not None:
+            body, ctype = encode_multipart(data_fields=dict(urllib.parse.parse_qsl(data or '')), files=files)
+            head_headers.setdefault('Content-Type', ctype)
+        elif json_body is not None:
+            body = json.dumps(json_body).encode()
+            head_headers.setdefault('Content-Type', 'application/json')
+        elif data is not None:
+            body = data.encode() if isinstance(data, str) else data
+            head_headers.setdefault('Content-Type', 'application/x-www-form-urlencoded')
+        body = body or b''
+        if body:
+            head_headers.setdefault('Content-Length', str(len(body)))
+        if self.cookies:
+            head_headers.add('Cookie', '; '.join(f'{k}={v}' for k, v in self.cookies.items()))
+        raw = f'{method} {url} HTTP/1.1\r\n'.encode() + b''.join(
+            f'{k}: {v}\r\n'.encode('latin-1') for k, v in head_headers) + b'\r\n'
+        head = parse_head(raw)
+        request = Request(self.app, head, self.client, self.scheme, _BytesBody(body) if body else None)
+        response = self.loop.run_until_complete(self.app.handle(request))
+        payload = self.loop.run_until_complete(_collect_body(response, method))
+        for value in response.headers.get_all('set-cookie'):
+            pair = value.split(';', 1)[0]
+            name, _, val = pair.partition('=')
+            if 'max-age=0' in value.lower():
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = val
+        return TestResponse(response.status, response.headers, payload)
+
+    def get(self, url, **kw):
+        return self.request('GET', url, **kw)
+
+    def head(self, url, **kw):
+        return self.request('HEAD', url, **kw)
+
+    def post(self, url, data=None, **kw):
+        if 'json' in kw:
+            kw['json_body'] = kw.pop('json')
+        return self.request('POST', url, data=data, **kw)
+
+
+async def _collect_body(response, method):
+    if method == 'HEAD':
+        return b''
+    if response.file is not None:
+        path, offset, length = response.file
+        data = await asyncio.to_thread(_read_whole, path)
+        return data[offset:offset + length] if length is not None else data[offset:]
+    body = response.body
+    if isinstance(body, bytes):
+        return body
+    parts = []
+    if hasattr(body, '__aiter__'):
+        async for chunk in body:
+            parts.append(chunk.encode() if isinstance(chunk, str) else chunk)
+    else:
+        for chunk in body:
+            parts.append(chunk.encode() if isinstance(chunk, str) else chunk)
+    return b''.join(parts)
+
+
+def _read_whole(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def encode_multipart(data_fields=None, files=None, boundary=None):
+    """A multipart/form-data body -> (bytes, content type). files: name -> (filename, bytes[, type])."""
+    boundary = boundary or '----server-py-' + secrets.token_hex(12)
+    out = []
+    for name, value in (data_fields or {}).items():
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
+        out.append(str(value).encode() + b'\r\n')
+    for name, spec in (files or {}).items():
+        filename, content = spec[0], spec[1]
+        ctype = spec[2] if len(spec) > 2 else 'application/octet-stream'
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                   f'filename="{filename}"\r\nContent-Type: {ctype}\r\n\r\n'.encode())
+        out.append(content + b'\r\n')
+    out.append(f'--{boundary}--\r\n'.encode())
+    return b''.join(out), f'multipart/form-data; boundary={boundary}'
+
+
+def configure_logging(level='info'):
+    """Errors and notices to stderr with a timestamp; the access log to stdout, one line each."""
+    numeric = getattr(logging, str(level).upper(), None)
+    if not isinstance(numeric, int):
+        raise ConfigError(f'unknown log level {level!r}: use debug, info, warning or error')
+    root = logging.getLogger()
+    if not any(getattr(h, '_server_py', False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+        handler._server_py = True
+        root.addHandler(handler)
+        access = logging.StreamHandler(sys.stdout)
+        access.setFormatter(logging.Formatter('%(message)s'))
+        access._server_py = True
+        access_log.addHandler(access)
+        access_log.propagate = False
+    root.setLevel(numeric)
+
+
+async def serve(app, config, sock=None, ready=None):
+    """Serve ``app`` until SIGINT/SIGTERM, then shut down gracefully. The single-process core."""
+    server = Server(app, config)
+    await server.start(sock)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal():
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning('second signal: exiting at once')
+            os._exit(1)
+        stop.set()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    scheme = 'https' if config.certfile else 'http'
+    host = config.host if ':' not in config.host else f'[{config.host}]'
+    if ready is not None:
+        ready(server)
+    else:
+        print(f'server.py {__version__}: serving {scheme}://{host}:{server.port}/ '
+              f'(pid {os.getpid()}; Ctrl+C stops)', flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info('shutting down: finishing requests in flight (at most %.0f s)', SHUTDOWN_GRACE_S)
+        await server.shutdown()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def serve_forever(app_factory, config):
+    """Run the server in this process, or supervise ``config.workers`` forked workers."""
+    if config.workers <= 1:
+        return asyncio.run(serve(app_factory(), config))
+    return supervise_workers(app_factory, config)
+
+
+def supervise_workers(app_factory, config):
+    """Fork N workers that each bind the port with SO_REUSEPORT; restart any that crash."""
+    if not hasattr(os, 'fork') or not hasattr(socket, 'SO_REUSEPORT'):
+        raise ConfigError('--workers needs fork() and SO_REUSEPORT (Linux, BSD, macOS)')
+    if config.port == 0:
+        probe = socket.socket(socket.AF_INET6 if ':' in config.host else socket.AF_INET)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        probe.bind((config.host, 0))
+        config.port = probe.getsockname()[1]
+    else:
+        probe = None
+    children = {}
+    stopping = False
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                code = asyncio.run(serve(app_factory(), config, ready=lambda s: None))
+            except BaseException:
+                log.exception('worker %d failed', os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        if stopping:
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            os._exit(1)
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    for _ in range(config.workers):
+        spawn()
+    scheme = 'https' if config.certfile else 'http'
+    print(f'server.py {__version__}: serving {scheme}://{config.host}:{config.port}/ with '
+          f'{config.workers} workers (pid {os.getpid()}; Ctrl+C stops)', flush=True)
+    if probe is not None:
+        probe.close()
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        started = children.pop(pid, None)
+        if started is None or stopping:
+            continue
+        log.error('worker %d exited (status %d); starting another', pid, status)
+        if time.monotonic() - started < 1.0:
+            time.sleep(1.0)   # a worker that dies at once should not spin the CPU
+        spawn()
+    return 0
+
+
+# === 11. The site ===
+# The portfolio, built only from the public API above, as a user's app would be.
+
+SITE_MIGRATIONS = [
+    '''
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        email TEXT NOT NULL,
+        body TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX messages_ip_created ON messages (ip, created);
+    CREATE TABLE uploads (
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,              -- a random token kept in the uploader's session
+        name TEXT NOT NULL,               -- the client's file name, made safe
+        stored TEXT NOT NULL UNIQUE,      -- the random name under data/uploads/
+        size INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX uploads_owner ON uploads (owner);
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO counters (name, value) VALUES ('visits', 0);
+    ''',
+]
+
+#: Contact messages allowed per client address in CONTACT_WINDOW_S; more -> 429.
+CONTACT_LIMIT = 5
+CONTACT_WINDOW_S = 600
+#: Failed admin logins per client address before a lockout of ADMIN_LOCKOUT_S -> 429.
+ADMIN_MAX_FAILURES = 5
+ADMIN_LOCKOUT_S = 900
+_EMAIL_RE = re.compile(r"[^@\s<>\"']{1,64}@[^@\s<>\"']+\.[^@\s<>\"'.]{2,}")
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                           "script-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+                           "base-uri 'self'; object-src 'none'")
+
+
+def human_size(size):
+    for unit in ('bytes', 'KB', 'MB', 'GB'):
+        if size < 1024 or unit == 'GB':
+            return f'{size} {unit}' if unit == 'bytes' else f'{size:.1f} {unit}'
+        size /= 1024
+
+
+def _format_time(ts):
+    return time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(ts))
+
+
+class VisitCounter:
+    """Counts page views in memory and adds them to the database once a second.
+
+    A count is not an acknowledged write, so batching it costs nothing the user relies on
+    and keeps an fsync off every home-page view.
+    """
+
+    def __init__(self, db):
+        self.db = db
+        self.stored = 0
+        self.pending = 0
+
+    async def load(self):
+        row = await self.db.fetchone("SELECT value FROM counters WHERE name = 'visits'")
+        self.stored = row['value'] if row else 0
+
+    def hit(self):
+        self.pending += 1
+        return self.stored + self.pending
+
+    async def flush(self):
+        if self.pending:
+            pending, self.pending = self.pending, 0
+            self.stored = await self.db.run(_add_visits, pending)
+
+
+def _add_visits(conn, count):
+    with conn:
+        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'visits'", (count,))
+        return conn.execute("SELECT value FROM counters WHERE name = 'visits'").fetchone()[0]
+
+
+def _sweep_uploads(conn, upload_dir):
+    """Remove spool files and files no row points at: what a crash may leave behind."""
+    os.makedirs(upload_dir, exist_ok=True)
+    known = {row[0] for row in conn.execute('SELECT stored FROM uploads')}
+    removed = 0
+    for name in os.listdir(upload_dir):
+        if name not in known:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(upload_dir, name))
+                removed += 1
+    return removed
+
+
+def _store_upload(conn, upload, upload_dir, owner):
+    """Move a spooled upload to its final random name, then record it; the row commits last."""
+    stored = secrets.token_hex(16)
+    upload.save(os.path.join(upload_dir, stored))
+    with conn:
+        return conn.execute(
+            'INSERT INTO uploads (owner, name, stored, size, content_type, created) VALUES (?, ?, ?, ?, ?, ?)',
+            (owner, upload.filename, stored, upload.size, upload.content_type[:100], time.time())).lastrowid
+
+
+def build_site(config):
+    """The portfolio site as an App."""
+    app = App(root=config.root, data=config.data, trusted_proxy=config.trusted_proxy,
+              migrations=SITE_MIGRATIONS)
+    counter = VisitCounter(app.db)
+    admin_password = os.environ.get('ADMIN_PASSWORD', '')
+    failures = {}   # client -> (count, first failure time)
+    background = []
+
+    @app.on_startup
+    async def start(app):
+        await app.db.execute('SELECT 1')     # creates data/app.db and migrates it
+        removed = await app.db.run(_sweep_uploads, app.upload_dir)
+        if removed:
+            log.info('removed %d unfinished or orphaned upload files', removed)
+        await app.sessions.purge()
+        await counter.load()
+        person_path = os.path.join(app.root, 'templates', 'person.json')
+        app.template_globals['person'] = json.loads(await asyncio.to_thread(_read_text, person_path))
+        app.template_globals['year'] = time.gmtime().tm_year
+
+        async def flush_forever():
+            while True:
+                await asyncio.sleep(1.0)
+                try:
+                    await counter.flush()
+                except Exception:
+                    log.exception('saving the visit count')
+        background.append(asyncio.get_running_loop().create_task(flush_forever()))
+
+    @app.on_shutdown
+    async def stop(app):
+        for task in background:
+            task.cancel()
+        await counter.flush()
+
+    @app.after_request
+    async def security_headers(request, response):
+        headers = response.headers
+        headers.setdefault('X-Content-Type-Options', 'nosniff')
+        if headers.get('content-type', '').startswith('text/html'):
+            headers.setdefault('Content-Security-Policy', CONTENT_SECURITY_POLICY)
+            headers.setdefault('X-Frame-Options', 'DENY')
+            headers.setdefault('Referrer-Policy', 'strict-origin-when-cross-origin')
+            headers.setdefault('Permissions-Policy', 'camera=(), microphone=(), geolocation=(), interest-cohort=()')
+        if request.is_secure:
+            headers.setdefault('Strict-Transport-Security', 'max-age=31536000; includeSubDomains')
+
+    @app.errorhandler(404)
+    async def not_found(request, error):
+        return render('404.html', path=request.path)
+
+    def error_view(request, error):
+        return render('error.html', status=error.status, title=error.reason, detail=error.detail)
+    for status in (400, 403, 405, 408, 413, 429, 500, 503):
+        app.errorhandler(status)(error_view)
+
+    @app.get('/')
+    async def home(request):
+        return render('index.html', VISIT_COUNT=counter.hit())
+
+    @app.route('/contact', methods=['GET', 'POST'])
+    async def contact(request):
+        values = {'name': '', 'email': '', 'message': ''}
+        if request.method == 'GET':
+            return render('contact.html', values=values, errors={})
+        form = request.form
+        values = {key: form.get(key, '').strip() for key in values}
+        if form.get('website'):       # the honeypot: only bots fill it; they get a quiet "thanks"
+            log.info('contact: honeypot filled by %s', request.client)
+            return redirect('/contact/thanks')
+        errors = {}
+        if not values['name']:
+            errors['name'] = 'Please enter your name.'
+        elif len(values['name']) > 100:
+            errors['name'] = 'Your name can be at most 100 characters.'
+        if not values['email']:
+            errors['email'] = 'Please enter your email address.'
+        elif len(values['email']) > 200 or not _EMAIL_RE.fullmatch(values['email']):
+            errors['email'] = 'Please enter an email address like name@example.com.'
+        if not values['message']:
+            errors['message'] = 'Please write a message.'
+        elif len(values['message']) > 5000:
+            errors['message'] = 'Your message can be at most 5000 characters.'
+        if errors:
+            return render('contact.html', values=values, errors=errors), 400
+        client = request.client
+        since = time.time() - CONTACT_WINDOW_S
+        row = await app.db.fetchone('SELECT COUNT(*) AS n, MIN(created) AS first FROM messages '
+                                    'WHERE ip = ? AND created > ?', (client, since))
+        if row['n'] >= CONTACT_LIMIT:
+            retry = max(1, int(row['first'] + CONTACT_WINDOW_S - time.time()) + 1)
+            raise HTTPError(429, f'You have sent {CONTACT_LIMIT} messages in the last '
+                                 f'{CONTACT_WINDOW_S // 60} minutes; please try again later.',
+                            headers={'Retry-After': str(retry)})
+        await app.db.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
+                             (values['name'], values['email'], values['message'], client, time.time()))
+        return redirect('/contact/thanks')
+
+    @app.get('/contact/thanks')
+    async def thanks(request):
+        return render('thanks.html')
+
+    async def upload_page(request, error='', message='', status=200):
+        owner = request.session.get('upload_owner')
+        rows = await app.db.fetchall('SELECT id, name, size, created FROM uploads WHERE owner = ? '
+                                     'ORDER BY id DESC', (owner,)) if owner else []
+        uploads = [{'id': r['id'], 'name': r['name'], 'size_h': human_size(r['size']),
+                    'created': _format_time(r['created'])} for r in rows]
+        return render('upload.html', uploads=uploads, error=error, message=message,
+                      max_upload_mb=MAX_UPLOAD_BYTES // (1024 * 1024)), status
+
+    @app.route('/upload', methods=['GET', 'POST'], max_body=MAX_UPLOAD_BYTES)
+    async def upload(request):
+        if request.method == 'GET':
+            message = 'Your file was uploaded.' if request.query.get('done') else ''
+            return await upload_page(request, message=message)
+        upload = request.files.get('file')
+        if upload is None or not upload.filename or upload.size == 0:
+            return await upload_page(request, error='Please choose a non-empty file to upload.', status=400)
+        owner = request.session.get('upload_owner')
+        if not owner:
+            owner = request.session['upload_owner'] = secrets.token_urlsafe(24)
+        await app.db.run(_store_upload, upload, app.upload_dir, owner)
+        return redirect('/upload?done=1')
+
+    @app.get('/upload/<int:upload_id>')
+    async def download(request, upload_id):
+        owner = request.session.get('upload_owner')
+        row = await app.db.fetchone('SELECT name, stored, owner FROM uploads WHERE id = ?', (upload_id,))
+        if row is None or not owner or not hmac.compare_digest(row['owner'], owner):
+            abort(404)
+        # Never rendered by the browser in our origin: an uploaded HTML or SVG file stays a download.
+        resp = Response.send_file(os.path.join(app.upload_dir, row['stored']), 'application/octet-stream',
+                                  download_name=row['name'])
+        resp.headers['Content-Security-Policy'] = "default-src 'none'; sandbox"
+        resp.headers['X-Content-Type-Options'] = 'nosniff'
+        resp.headers['Cache-Control'] = 'private, no-store'
+        return resp
+
+    @app.get('/profile/<name>')
+    async def profile(request, name):
+        if len(name) > 100:
+            abort(404, 'That name is too long.')
+        return render('profile.html', name=name)
+
+    @app.get('/healthz')
+    async def healthz(request):
+        try:
+            await app.db.fetchone('SELECT 1 AS ok')
+        except Exception as exc:
+            log.error('health check: database unavailable: %s', exc)
+            return Response.text('database unavailable\n', 503, {'Retry-After': '5'})
+        return Response.text('ok\n')
+
+    def admin_enabled():
+        if not admin_password:
+            abort(404)
+
+    def is_admin(request):
+        return request.session.get('admin') is True
+
+    @app.get('/admin')
+    async def admin(request):
+        admin_enabled()
+        if not is_admin(request):
+            return render('admin_login.html', error='')
+        messages = await app.db.fetchall('SELECT id, name, email, body, ip, created FROM messages ORDER BY id DESC')
+        for m in messages:
+            m['created'] = _format_time(m['created'])
+        rows = await app.db.fetchall('SELECT id, name, size, created FROM uploads ORDER BY id DESC')
+        uploads = [{'id': r['id'], 'name': r['name'], 'size_h': human_size(r['size']),
+                    'created': _format_time(r['created'])} for r in rows]
+        resp = render('admin.html', messages=messages, uploads=uploads)
+        resp.headers['Cache-Control'] = 'private, no-store'
+        return resp
+
+    @app.post('/admin/login')
+    async def admin_login(request):
+        admin_enabled()
+        client = request.client
+        count, first = failures.get(client, (0, 0.0))
+        if count >= ADMIN_MAX_FAILURES and time.time() - first < ADMIN_LOCKOUT_S:
+            raise HTTPError(429, 'Too many failed sign-in attempts; try again later.',
+                            headers={'Retry-After': str(int(first + ADMIN_LOCKOUT_S - time.time()) + 1)})
+        given = request.form.get('password', '')
+        if hmac.compare_digest(hashlib.sha256(given.encode('utf-8', 'replace')).digest(),
+                               hashlib.sha256(admin_password.encode('utf-8')).digest()):
+            failures.pop(client, None)
+            request.session.rotate()            # a new id at login: no session fixation
+            request.session['admin'] = True
+            return redirect('/admin')
+        if count >= ADMIN_MAX_FAILURES:
+            count, first = 0, time.time()
+        failures[client] = (count + 1, first or time.time())
+        log.warning('admin: failed sign-in from %s', _log_escape(client))
+        return render('admin_login.html', error='That password is not right.'), 403
+
+    @app.post('/admin/logout')
+    async def admin_logout(request):
+        admin_enabled()
+        request.session.destroy()
+        return redirect('/')
+
+    return app
+
+
+def _read_text(path):
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+# === 12. CLI and main ===
+
+class _ArgumentParser(__import__('argparse').ArgumentParser):
+    def error(self, message):
+        # One line, not usage plus error: bad values say what is wrong and nothing else.
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def build_parser(defaults):
+    import argparse
+    parser = _ArgumentParser(
+        prog='server.py',
+        description='Serve the portfolio site (or `messages` to print the contact messages). '
+                    'Every option can also be set as an environment variable SERVER_<NAME>, '
+                    'e.g. SERVER_PORT=9000; a flag wins over the environment.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--host', default=defaults.host, help='address to listen on')
+    parser.add_argument('--port', type=int, default=defaults.port, help='TCP port (0 picks a free one)')
+    parser.add_argument('--root', default=defaults.root, help='web root: static files and templates/')
+    parser.add_argument('--data', default=defaults.data, help='data folder: app.db and uploads/')
+    parser.add_argument('--workers', type=int, default=defaults.workers,
+                        help='worker processes sharing the port with SO_REUSEPORT')
+    parser.add_argument('--certfile', default=defaults.certfile, help='TLS certificate (PEM): serve HTTPS')
+    parser.add_argument('--keyfile', default=defaults.keyfile, help='TLS private key (PEM)')
+    parser.add_argument('--trusted-proxy', default=defaults.trusted_proxy,
+                        help='comma-separated addresses or networks whose X-Forwarded-For and '
+                             'X-Forwarded-Proto are believed')
+    parser.add_argument('--log-level', default=defaults.log_level,
+                        choices=['debug', 'info', 'warning', 'error'], help='how much to log')
+    parser.add_argument('--no-access-log', dest='access_log', action='store_false',
+                        default=defaults.access_log, help='do not write the access log')
+    parser.add_argument('--reload', action='store_true', default=defaults.reload,
+                        help='restart when server.py or a template changes (development only)')
+    return parser
+
+
+def config_from_args(argv, environ=None):
+    """Config from defaults <- environment <- argv; raises ConfigError or exits 2 on bad input."""
+    try:
+        defaults = Config.from_env(environ)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    args = build_parser(defaults).parse_args(argv)
+    config = Config(**vars(args))
+    if not 0 <= config.port <= 65535:
+        raise ConfigError(f'--port must be 0 to 65535, not {config.port}')
+    if config.workers < 1 or config.workers > 64:
+        raise ConfigError(f'--workers must be 1 to 64, not {config.workers}')
+    if not os.path.isdir(config.root):
+        raise ConfigError(f'web root not found: {config.root} (use --root)')
+    try:
+        _parse_trusted(config.trusted_proxy)
+    except ValueError as exc:
+        raise ConfigError(f'--trusted-proxy: {exc}') from None
+    make_ssl_context(config.certfile, config.keyfile)
+    check_data_folder(config.data)
+    return config
+
+
+def check_data_folder(data):
+    try:
+        os.makedirs(os.path.join(data, 'uploads'), exist_ok=True)
+        probe = os.path.join(data, f'.write-test-{os.getpid()}')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f'the data folder {data} is not writable: {exc.strerror}') from None
+
+
+def print_messages(argv):
+    """``server.py messages [--csv] [--data DIR]``: the contact messages, newest first."""
+    parser = _ArgumentParser(prog='server.py messages', description='Print the contact messages, newest first.')
+    parser.add_argument('--csv', action='store_true', help='CSV for a spreadsheet')
+    parser.add_argument('--data', default=Config.from_env().data, help='data folder')
+    args = parser.parse_args(argv)
+    path = os.path.join(args.data, 'app.db')
+    if not os.path.exists(path):
+        print(f'server.py: no database at {path} yet: no messages', file=sys.stderr)
+        return 0
+    conn = sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=DB_BUSY_TIMEOUT_MS / 1000)
+    try:
+        try:
+            rows = conn.execute('SELECT id, created, name, email, ip, body FROM messages ORDER BY created DESC, id DESC').fetchall()
+        except sqlite3.OperationalError as exc:
+            print(f'server.py: cannot read messages: {exc}', file=sys.stderr)
+            return 1
+    finally:
+        conn.close()
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(['id', 'created_utc', 'name', 'email', 'ip', 'message'])
+        for id_, created, name, email_, ip, body in rows:
+            writer.writerow([id_, _format_time(created), name, email_, ip, body])
+        return 0
+    if not rows:
+        print('No messages yet.')
+    for id_, created, name, email_, ip, body in rows:
+        print(f'#{id_}  {_format_time(created)}  {_log_escape(name)} <{_log_escape(email_)}>  from {ip}')
+        for line in body.splitlines() or ['']:
+            print(f'    {line}')
+        print()
+    return 0
+
+
+def run_with_reload(argv):
+    """Run the server as a child process and restart it whenever server.py or www/ changes."""
+    import subprocess
+    child_argv = [sys.executable, os.path.abspath(__file__)] + [a for a in argv if a != '--reload']
+    env = dict(os.environ, SERVER_RELOAD='0')
+    watched_root = Config.from_env().root
+    for i, arg in enumerate(argv):
+        if arg == '--root' and i + 1 < len(argv):
+            watched_root = argv[i + 1]
+        elif arg.startswith('--root='):
+            watched_root = arg.split('=', 1)[1]
+
+    def snapshot():
+        stamps = {}
+        for base in (os.path.abspath(__file__), watched_root):
+            paths = [base] if os.path.isfile(base) else [
+                os.path.join(d, f) for d, _, files in os.walk(base) for f in files]
+            for p in paths:
+                with contextlib.suppress(OSError):
+                    stamps[p] = os.stat(p).st_mtime_ns
+        return stamps
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    while True:
+        child = subprocess.Popen(child_argv, env=env)
+        seen = snapshot()
+        while not stop and child.poll() is None and snapshot() == seen:
+            time.sleep(0.5)
+        if child.poll() is None:
+            child.terminate()
+            child.wait()
+        if stop:
+            return 0
+        if child.returncode not in (0, -signal.SIGTERM) and snapshot() == seen:
+            print('server.py: the server exited; waiting for a change to restart it', file=sys.stderr)
+            while not stop and snapshot() == seen:
+                time.sleep(0.5)
+            if stop:
+                return 0
+        print('server.py: change detected, restarting', file=sys.stderr)
+
+
+def main(argv=None):
+    """The command line; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == 'messages':
+        return print_messages(argv[1:])
+    try:
+        config = config_from_args(argv)
+        configure_logging(config.log_level)
+        if config.reload:
+            return run_with_reload(argv)
+        return serve_forever(lambda: build_site(config), config)
+    except ConfigError as exc:
+        print(f'server.py: error: {exc}', file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Most often the port: in use, or below 1024 without the right to bind it.
+        print(f'server.py: error: cannot listen: {exc.strerror or exc}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
