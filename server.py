@@ -922,13 +922,15 @@ class Request:
     def client(self):
         """The client's IP: the peer, or the last untrusted X-Forwarded-For hop behind a trusted proxy."""
         if self._trusted():
+            # X-Real-IP is set (not appended) by the proxy in front, so it is exact; else the
+            # right-most X-Forwarded-For hop that is not itself a trusted proxy.
+            real = self.headers.get('x-real-ip', '').strip()
+            if real and _is_ip(real):
+                return real
             forwarded = ','.join(self.headers.get_all('x-forwarded-for'))
             for hop in reversed([h.strip() for h in forwarded.split(',') if h.strip()]):
-                if not self.app.config_trusted(hop):
+                if not self.app.config_trusted(hop) and _is_ip(hop):
                     return hop
-            real = self.headers.get('x-real-ip')
-            if real:
-                return real.strip()
         return self.peer
 
     @property
@@ -1124,6 +1126,14 @@ class Request:
 
 
 _MISSING = object()
+
+
+def _is_ip(text):
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _open_spool(upload_dir, name, filename, content_type):
@@ -2713,12 +2723,17 @@ def accepts_gzip(accept_encoding):
 
 # === 10. Connection and server ===
 
-_CONTROL_CHARS_RE = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
+_CONTROL_CHARS_RE = re.compile(r'[^\x20-\x7e]|["\\]')
 
 
 def _log_escape(text):
     """Escape controls, quotes and backslashes as nginx does (\\xHH), so a log line stays one line."""
-    return _CONTROL_CHARS_RE.sub(lambda m: f'\\x{ord(m.group()):02X}', str(text))
+    return _CONTROL_CHARS_RE.sub(_hex_escape, str(text))
+
+
+def _hex_escape(m):
+    code = ord(m.group())
+    return f'\\x{code:02X}' if code < 256 else m.group().encode('unicode_escape').decode('ascii')
 
 
 class _Clock:

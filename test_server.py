@@ -697,5 +697,311 @@ class TimeoutTest(unittest.TestCase):
         self.assertEqual(status_of(self.live.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
 
 
+
+# --- TLS, the command line, graceful shutdown, nginx -----------------------------------------
+
+def make_certificate(folder):
+    """A throwaway self-signed certificate for 127.0.0.1 with openssl, or None without it."""
+    openssl = shutil.which('openssl')
+    if not openssl:
+        return None
+    cert, key = os.path.join(folder, 'cert.pem'), os.path.join(folder, 'key.pem')
+    result = subprocess.run([openssl, 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1',
+                             '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
+                             '-keyout', key, '-out', cert], capture_output=True, timeout=60)
+    return (cert, key) if result.returncode == 0 else None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """python3 server.py as a real subprocess on a free port with its own data folder."""
+
+    def __init__(self, *args, data=None, env=None):
+        self.tmp = tempfile.mkdtemp(prefix='server-proc-')
+        self.data = data or os.path.join(self.tmp, 'data')
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, 'server.py'), '--port', str(self.port),
+             '--data', self.data, '--root', WWW, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})))
+        self.banner = self.proc.stdout.readline().decode()
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.communicate()
+        return self.proc.returncode, out.decode(errors='replace'), err.decode(errors='replace')
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class TLSTest(unittest.TestCase):
+
+    def test_https_with_a_throwaway_certificate(self):
+        folder = tempfile.mkdtemp(prefix='server-tls-')
+        self.addCleanup(shutil.rmtree, folder, True)
+        pair = make_certificate(folder)
+        if pair is None:
+            self.skipTest('openssl is not installed')
+        live = LiveServer(certfile=pair[0], keyfile=pair[1])
+        self.addCleanup(live.stop)
+        context = ssl.create_default_context(cafile=pair[0])
+        conn = http.client.HTTPSConnection('127.0.0.1', live.port, context=context, timeout=5)
+        conn.request('GET', '/')
+        resp = conn.getresponse()
+        body = resp.read()
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b'<html', body)
+        self.assertIn('max-age', resp.getheader('Strict-Transport-Security'))
+        self.assertIn('Secure', resp.getheader('Set-Cookie') or 'Secure')
+        conn.request('GET', '/img/og.png')        # a file through the TLS (non-sendfile) path
+        resp = conn.getresponse()
+        with open(os.path.join(WWW, 'img', 'og.png'), 'rb') as f:
+            self.assertEqual(resp.read(), f.read())
+        conn.close()
+
+    def test_missing_certificate_is_a_clear_error(self):
+        result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--certfile',
+                                 '/nonexistent/cert.pem', '--port', '0', '--data', tempfile.gettempdir()],
+                                capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 2)
+        self.assertEqual(result.stderr.count('\n'), 1, result.stderr)
+        self.assertIn('certificate file not found', result.stderr)
+        self.assertNotIn('Traceback', result.stderr)
+
+
+class CommandLineTest(unittest.TestCase):
+
+    def run_cli(self, *args, env=None):
+        return subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), *args],
+                              capture_output=True, text=True, timeout=30,
+                              env=dict(os.environ, **(env or {})))
+
+    def test_help_names_every_option(self):
+        result = self.run_cli('--help')
+        self.assertEqual(result.returncode, 0)
+        for option in ('--host', '--port', '--root', '--data', '--workers', '--certfile', '--keyfile',
+                       '--trusted-proxy', '--log-level', '--no-access-log', '--reload'):
+            self.assertIn(option, result.stdout)
+
+    def test_bad_values_are_one_line_errors(self):
+        tmp = tempfile.mkdtemp(prefix='server-cli-')
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for args, env in ((['--port', 'abc'], None), (['--port', '70000'], None), (['--workers', '0'], None),
+                          (['--root', '/nonexistent'], None), (['--log-level', 'loud'], None),
+                          (['--trusted-proxy', 'not-an-ip'], None), ([], {'SERVER_PORT': 'x'}),
+                          (['--keyfile', 'k.pem'], None)):
+            with self.subTest(args=args, env=env):
+                result = self.run_cli(*args, '--data', os.path.join(tmp, 'd'), env=env)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertEqual(result.stderr.count('\n'), 1, result.stderr)
+                self.assertNotIn('Traceback', result.stderr)
+
+    def test_port_in_use(self):
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            s.listen()
+            tmp = tempfile.mkdtemp(prefix='server-cli-')
+            self.addCleanup(shutil.rmtree, tmp, True)
+            result = self.run_cli('--port', str(s.getsockname()[1]), '--data', os.path.join(tmp, 'd'))
+        self.assertEqual(result.returncode, 1)
+        self.assertIn('cannot listen', result.stderr)
+        self.assertNotIn('Traceback', result.stderr)
+
+    def test_data_folder_not_writable(self):
+        if os.geteuid() == 0:
+            blocker = tempfile.NamedTemporaryFile(prefix='server-cli-')   # a file where a folder should be
+            self.addCleanup(blocker.close)
+            data = os.path.join(blocker.name, 'data')
+        else:
+            data = '/proc/server-py-data'
+        result = self.run_cli('--port', '0', '--data', data)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn('not writable', result.stderr)
+        self.assertNotIn('Traceback', result.stderr)
+
+    def test_environment_and_flag_precedence(self):
+        config = server.config_from_args(['--port', '9001', '--data', tempfile.mkdtemp()],
+                                         environ={'SERVER_PORT': '9000', 'SERVER_HOST': '0.0.0.0',
+                                                  'SERVER_ACCESS_LOG': '0'})
+        self.assertEqual((config.port, config.host, config.access_log), (9001, '0.0.0.0', False))
+
+
+class GracefulShutdownTest(unittest.TestCase):
+
+    def test_sigterm_finishes_the_request_in_flight(self):
+        proc = ServerProcess('--no-access-log')
+        self.addCleanup(proc.cleanup)
+        self.assertIn('serving http://127.0.0.1:', proc.banner)
+        # A request in flight: the head is sent, the body comes after the signal.
+        sock = socket.create_connection(('127.0.0.1', proc.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(b'GET /contact HTTP/1.1\r\nHost: a\r\n\r\n')
+        f = sock.makefile('rb')
+        status, headers, body = read_response(f)
+        cookie = headers['set-cookie'].split(';')[0]
+        token = re.search(rb'name="csrf_token" value="([^"]+)"', body).group(1)
+        form = b'name=Ann&email=ann%40example.com&message=hello+there&csrf_token=' + token
+        sock.sendall(b'POST /contact HTTP/1.1\r\nHost: a\r\nCookie: ' + cookie.encode() +
+                     b'\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n' % len(form)
+                     + form[:10])
+        time.sleep(0.2)
+        proc.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        with self.assertRaises(OSError):     # no longer accepting
+            socket.create_connection(('127.0.0.1', proc.port), timeout=2).close()
+        sock.sendall(form[10:])
+        status, headers, _ = read_response(f)
+        self.assertEqual(status, 303)
+        self.assertEqual(headers['connection'], 'close')
+        code, out, err = proc.stop(sig=None)
+        self.assertEqual(code, 0, err)
+        db = sqlite3.connect(os.path.join(proc.data, 'app.db'))
+        self.assertEqual(db.execute('SELECT name, body FROM messages').fetchall(), [('Ann', 'hello there')])
+        db.close()
+
+    def test_messages_command(self):
+        proc = ServerProcess('--no-access-log')
+        self.addCleanup(proc.cleanup)
+        code, _, err = proc.stop()
+        self.assertEqual(code, 0, err)
+        db = sqlite3.connect(os.path.join(proc.data, 'app.db'))
+        with db:
+            db.execute("INSERT INTO messages (name, email, body, ip, created) VALUES "
+                       "('Old', 'o@example.com', 'first', '1.2.3.4', 1000), "
+                       "('New', 'n@example.com', 'line1\nline2, \"quoted\"', '1.2.3.5', 2000)")
+        db.close()
+        out = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), 'messages', '--data', proc.data],
+                             capture_output=True, text=True, timeout=30).stdout
+        self.assertLess(out.index('New'), out.index('Old'))
+        out = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), 'messages', '--csv', '--data',
+                              proc.data], capture_output=True, text=True, timeout=30).stdout
+        import csv
+        rows = list(csv.reader(io.StringIO(out)))
+        self.assertEqual(rows[0][0], 'id')
+        self.assertEqual([r[2] for r in rows[1:]], ['New', 'Old'])
+        self.assertEqual(rows[1][5], 'line1\nline2, "quoted"')
+
+
+class AccessLogTest(unittest.TestCase):
+
+    def test_combined_log_format_and_escaping(self):
+        live = LiveServer(access_log=True)
+        self.addCleanup(live.stop)
+        with self.assertLogs('server.access', 'INFO') as logs:
+            exchange(live.port, b'GET /healthz?x=1 HTTP/1.1\r\nHost: a\r\nReferer: http://r.example/\r\n'
+                                b'User-Agent: evil"agent\xff\r\n\r\n')
+        line = logs.records[-1].getMessage()
+        self.assertRegex(line, r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
+                               r'"GET /healthz\?x=1 HTTP/1\.1" 200 3 "http://r\.example/" "evil\\x22agent\\xFF"$')
+
+
+class NginxTest(unittest.TestCase):
+    """The shipped nginx.conf, made local, in front of the real site."""
+
+    def test_nginx_conf_in_front_of_the_app(self):
+        nginx = shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
+        if nginx is None:
+            self.skipTest('nginx is not installed')
+        tmp = tempfile.mkdtemp(prefix='server-nginx-')
+        self.addCleanup(shutil.rmtree, tmp, True)
+        pair = make_certificate(tmp)
+        if pair is None:
+            self.skipTest('openssl is not installed')
+        live = LiveServer()
+        self.addCleanup(live.stop)
+
+        @live.app.route('/whoami', methods=['GET', 'POST'], csrf=False)
+        async def whoami(request):
+            return {'client': request.client, 'scheme': request.scheme, 'form': dict(request.form)}
+
+        http_port, https_port = free_port(), free_port()
+        with open(os.path.join(HERE, 'nginx.conf')) as f:
+            conf = f.read()
+        for old, new in [
+            ('user www-data;', ''),
+            ('pid /run/nginx.pid;', f'pid {tmp}/nginx.pid;'),
+            ('/var/log/nginx/', f'{tmp}/'),
+            ('listen [::]:80;', ''), ('listen [::]:443 ssl;', ''),
+            ('listen 80;', f'listen 127.0.0.1:{http_port};'),
+            ('listen 443 ssl;', f'listen 127.0.0.1:{https_port} ssl;'),
+            ('/etc/letsencrypt/live/example.com/fullchain.pem', pair[0]),
+            ('/etc/letsencrypt/live/example.com/privkey.pem', pair[1]),
+            ('/srv/portfolio/www', WWW),
+            ('server 127.0.0.1:8000;', f'server 127.0.0.1:{live.port};'),
+            ('http {', f'http {{\n    client_body_temp_path {tmp}/body;\n    proxy_temp_path {tmp}/proxy;\n'
+                       f'    fastcgi_temp_path {tmp}/fastcgi;\n    uwsgi_temp_path {tmp}/uwsgi;\n'
+                       f'    scgi_temp_path {tmp}/scgi;'),
+        ]:
+            self.assertIn(old, conf)
+            conf = conf.replace(old, new)
+        path = os.path.join(tmp, 'nginx.conf')
+        with open(path, 'w') as f:
+            f.write(conf)
+        check = subprocess.run([nginx, '-t', '-c', path, '-p', tmp], capture_output=True, text=True, timeout=30)
+        self.assertEqual(check.returncode, 0, check.stderr)
+        proc = subprocess.Popen([nginx, '-c', path, '-p', tmp, '-g', 'daemon off;'],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: (proc.terminate(), proc.wait(10)))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', https_port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.fail('nginx did not start: ' + proc.stderr.read1().decode())
+                time.sleep(0.05)
+
+        plain = http.client.HTTPConnection('127.0.0.1', http_port, timeout=5)
+        plain.request('GET', '/contact?x=1')
+        resp = plain.getresponse()
+        resp.read()
+        self.assertEqual(resp.status, 301)
+        self.assertTrue(resp.getheader('Location').startswith('https://'))
+        context = ssl.create_default_context(cafile=pair[0])
+        conn = http.client.HTTPSConnection('127.0.0.1', https_port, context=context, timeout=5)
+        conn.request('GET', '/')
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b'<html', resp.read())
+        self.assertIn('max-age', resp.getheader('Strict-Transport-Security'))
+        conn.request('GET', '/css/site.css', headers={'Accept-Encoding': 'gzip'})
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.getheader('Content-Encoding'), 'gzip')
+        self.assertIn('max-age=604800', resp.getheader('Cache-Control'))
+        resp.read()
+        # From another loopback address, so the real client differs from the proxy's address.
+        conn = http.client.HTTPSConnection('127.0.0.1', https_port, context=context, timeout=5,
+                                           source_address=('127.0.0.2', 0))
+        conn.request('POST', '/whoami', body='a=1&b=2', headers={
+            'Content-Type': 'application/x-www-form-urlencoded', 'X-Forwarded-For': '6.6.6.6'})
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        seen = json.loads(resp.read())
+        # nginx appends the real peer to the client's (forgeable) header; the app takes the real one.
+        self.assertEqual(seen, {'client': '127.0.0.2', 'scheme': 'https', 'form': {'a': '1', 'b': '2'}})
+        conn.request('GET', '/.git/config')
+        resp = conn.getresponse()
+        resp.read()
+        self.assertEqual(resp.status, 404)
+        conn.close()
+
+
 if __name__ == '__main__':
     unittest.main()
