@@ -2873,6 +2873,7 @@ class HTTPConnection(asyncio.Protocol):
         self.requests = 0
         self.task = None
         self.eof = False
+        self.scanned = 0               # how far the buffer was searched for the end of a head
 
     # -- asyncio.Protocol --
     def connection_made(self, transport):
@@ -3011,13 +3012,18 @@ class HTTPConnection(asyncio.Protocol):
             # RFC 9112 2.2: ignore empty lines before a request line.
             stripped = bytes(buf).lstrip(b'\r\n')
             del buf[:len(buf) - len(stripped)]
-        end = find_head_end(buf)
+            self.scanned = 0
+        end = find_head_end(buf, self.scanned)
         if end == -1:
+            # Resume the search where this one stopped: a head sent a byte at a time costs
+            # linear time, not quadratic.
+            self.scanned = max(0, len(buf) - 3)
             try:
                 check_head_size(buf)
             except HTTPError as exc:
                 self._send_error(exc)
             return
+        self.scanned = 0
         try:
             head = parse_head(bytes(buf[:end]))
         except HTTPError as exc:
@@ -3523,8 +3529,13 @@ def configure_logging(level='info'):
     root.setLevel(numeric)
 
 
-async def serve(app, config, sock=None, ready=None):
-    """Serve ``app`` until SIGINT/SIGTERM, then shut down gracefully. The single-process core."""
+async def serve(app, config, sock=None, ready=None, worker=False):
+    """Serve ``app`` until SIGINT/SIGTERM, then shut down gracefully. The single-process core.
+
+    A worker (``worker=True``) leaves SIGINT to its parent and ignores repeated SIGTERMs:
+    systemd signals the whole group and the parent forwards too, so duplicates are normal;
+    the parent alone turns a second signal into an immediate exit.
+    """
     server = Server(app, config)
     await server.start(sock)
     loop = asyncio.get_running_loop()
@@ -3534,12 +3545,14 @@ async def serve(app, config, sock=None, ready=None):
     def on_signal():
         nonlocal signals
         signals += 1
-        if signals > 1:
+        if signals > 1 and not worker:
             log.warning('second signal: exiting at once')
             os._exit(1)
         stop.set()
     installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    if worker:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
@@ -3590,7 +3603,7 @@ def supervise_workers(app_factory, config):
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                code = asyncio.run(serve(app_factory(), config, ready=lambda s: None))
+                code = asyncio.run(serve(app_factory(), config, ready=lambda s: None, worker=True))
             except BaseException:
                 log.exception('worker %d failed', os.getpid())
             finally:
