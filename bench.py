@@ -581,16 +581,19 @@ class Bench:
     def measure(self, case, entry, duration, record=True):
         srv = self.servers[entry.server_key]
         url = f'http://127.0.0.1:{srv.port}{case.path}'
+        error = None
         try:
             result = self.client.run(url, case.connections, duration)
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-            case.failures[entry.label] = f'load generator failed: {exc}'
-            print(f'  ERROR {entry.label}: {exc}')
-            return
+            error = exc
         if not srv.alive():
             srv.failure = f'crashed (exit status {srv.proc.returncode})'
             case.failures[entry.label] = srv.failure
             print(f'  ERROR: {srv.label} {srv.failure} during the run:\n{srv.log_tail()}')
+            return
+        if error is not None:
+            case.failures[entry.label] = f'load generator failed: {error}'
+            print(f'  ERROR {entry.label}: {error}')
             return
         if record:
             case.results.setdefault(entry.label, []).append(result)
@@ -649,7 +652,7 @@ def table(cases, client_bound):
             failure = case.failures.get(entry.label)
             if failure and not runs:
                 rows.append((case.scenario, str(case.connections), entry.label,
-                             'failed: ' + failure.splitlines()[0][:70], '', '', '', '', ''))
+                             'failed: ' + failure.splitlines()[0][:50], '', '', '', '', ''))
                 continue
             rps = statistics.median(r.rps for r in runs)
             spread = (max(r.rps for r in runs) - min(r.rps for r in runs)) / rps if rps else 0.0

@@ -745,7 +745,7 @@ class ServerProcess:
     def cleanup(self):
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+        self.proc.communicate()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -1001,6 +1001,204 @@ class NginxTest(unittest.TestCase):
         resp.read()
         self.assertEqual(resp.status, 404)
         conn.close()
+
+
+
+# --- Reliability: fuzzing and crash safety ---------------------------------------------------
+
+VALID_REQUESTS = [
+    b'GET /hello?x=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n',
+    b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello',
+    b'POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\nT: y\r\n\r\n',
+    b'GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n',
+    b'OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n',
+    b'HEAD /hello HTTP/1.1\r\nHost: a\r\nCookie: a=1; b=2\r\nRange: bytes=0-1\r\n\r\n',
+]
+INSERTS = [b'\r', b'\n', b'\r\n', b'\x00', b'\xff', b'\x80', b' ', b'\t', b':', b'%', b'%00', b'..',
+           b'99999999999999999999', b'-1', b'chunked', b'Content-Length: 7\r\n', b'Transfer-Encoding: chunked\r\n',
+           b'Host: b\r\n', b'\r\n\r\n']
+
+
+def mutate(rng, data):
+    """One random mutation of a request: flip, truncate, duplicate, insert or repeat."""
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.randrange(6)
+        pos = rng.randrange(len(data) + 1) if data else 0
+        if kind == 0 and data:
+            i = rng.randrange(len(data))
+            data[i] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            del data[pos:]
+        elif kind == 2 and data:
+            end = min(len(data), pos + rng.randint(1, 40))
+            data[pos:pos] = data[pos:end]
+        elif kind == 3:
+            data[pos:pos] = rng.choice(INSERTS)
+        elif kind == 4:
+            line_end = data.find(b'\r\n')
+            if line_end != -1:
+                data[line_end + 2:line_end + 2] = b'X-Rep: 1\r\n' * rng.randint(1, 150)
+        else:
+            data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+    return bytes(data)
+
+
+class FuzzTest(unittest.TestCase):
+
+    SEED = int(os.environ.get('FUZZ_SEED', '0')) or random.SystemRandom().randrange(1, 10**9)
+    ALLOWED = {400, 404, 405, 408, 411, 413, 414, 416, 417, 431, 501, 505}
+
+    def test_parser_never_fails_uncleanly(self):
+        rng = random.Random(self.SEED)
+        print(f'\nFuzzTest parser seed: FUZZ_SEED={self.SEED}', file=sys.stderr)
+        for _ in range(5000):
+            data = mutate(rng, rng.choice(VALID_REQUESTS))
+            end = server.find_head_end(data)
+            if end == -1:
+                try:
+                    server.check_head_size(data)
+                except server.HTTPError as exc:
+                    self.assertIn(exc.status, self.ALLOWED, data)
+                continue
+            try:
+                head = server.parse_head(data[:end])
+            except server.HTTPError as exc:
+                self.assertIn(exc.status, self.ALLOWED, data)
+                continue
+            except Exception as exc:   # pragma: no cover - the failure message is the point
+                self.fail(f'seed {self.SEED}: {type(exc).__name__}: {exc} for {data!r}')
+            if head.chunked:
+                try:
+                    server.ChunkedDecoder().feed(data[end:])
+                except server.HTTPError as exc:
+                    self.assertIn(exc.status, self.ALLOWED, data)
+
+    def test_live_server_answers_4xx_or_closes(self):
+        rng = random.Random(self.SEED + 1)
+        print(f'\nFuzzTest live seed: FUZZ_SEED={self.SEED}', file=sys.stderr)
+        live = LiveServer(echo_app())
+        self.addCleanup(live.stop)
+        with patched(HEADER_TIMEOUT_S=0.3, BODY_TIMEOUT_S=0.3, REAPER_INTERVAL_S=0.05):
+            for i in range(300):
+                data = mutate(rng, rng.choice(VALID_REQUESTS))
+                with socket.create_connection(('127.0.0.1', live.port), timeout=5) as sock:
+                    sock.sendall(data)
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_WR)
+                    received = b''
+                    try:
+                        while True:
+                            chunk = sock.recv(65536)
+                            if not chunk:
+                                break
+                            received += chunk
+                    except ConnectionResetError:
+                        pass
+                    except socket.timeout:
+                        self.fail(f'seed {self.SEED}: the server hung on {data!r}')
+                for status in re.findall(rb'HTTP/1\.1 (\d{3}) ', received):
+                    status = int(status)
+                    self.assertTrue(status < 500 or status in self.ALLOWED,
+                                    f'seed {self.SEED}: {status} for {data!r}')
+                self.assertNotIn(b'Traceback', received)
+        self.assertEqual(status_of(live.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+
+
+class CrashSafetyTest(unittest.TestCase):
+    """SIGKILL at random moments while messages and uploads stream in: nothing acknowledged is lost."""
+
+    def test_kill_9_loses_nothing_acknowledged(self):
+        rng = random.Random(FuzzTest.SEED)
+        data_dir = tempfile.mkdtemp(prefix='server-crash-')
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        acked_messages, acked_uploads = set(), {}
+        counter = iter(range(10**6))
+        for round_ in range(3):
+            proc = ServerProcess('--no-access-log', data=data_dir)
+            self.addCleanup(proc.cleanup)
+            stop = threading.Event()
+
+            def messages():
+                while not stop.is_set():
+                    n = next(counter)
+                    nonce = f'msg-{round_}-{n}'
+                    try:
+                        conn = http.client.HTTPConnection('127.0.0.1', proc.port, timeout=5)
+                        conn.request('GET', '/contact')
+                        resp = conn.getresponse()
+                        page = resp.read()
+                        cookie = resp.getheader('Set-Cookie').split(';')[0]
+                        token = re.search(rb'name="csrf_token" value="([^"]+)"', page).group(1).decode()
+                        body = urllib.parse.urlencode({'name': 'N', 'email': 'n@example.com', 'message': nonce,
+                                                       'csrf_token': token})
+                        conn.request('POST', '/contact', body=body, headers={
+                            'Cookie': cookie, 'Content-Type': 'application/x-www-form-urlencoded',
+                            'X-Real-IP': f'10.{round_}.{n // 250 % 250}.{n % 250}'})
+                        resp = conn.getresponse()
+                        resp.read()
+                        if resp.status == 303:
+                            acked_messages.add(nonce)
+                        conn.close()
+                    except (OSError, http.client.HTTPException, AttributeError):
+                        time.sleep(0.01)
+
+            def uploads():
+                while not stop.is_set():
+                    n = next(counter)
+                    content = f'upload-{round_}-{n}-'.encode() * rng.randint(1, 20000)
+                    try:
+                        conn = http.client.HTTPConnection('127.0.0.1', proc.port, timeout=5)
+                        conn.request('GET', '/upload')
+                        resp = conn.getresponse()
+                        page = resp.read()
+                        cookie = resp.getheader('Set-Cookie').split(';')[0]
+                        token = re.search(rb'name="csrf_token" value="([^"]+)"', page).group(1).decode()
+                        body, ctype = server.encode_multipart({'csrf_token': token}, {'file': (f'f{n}.txt', content)})
+                        conn.request('POST', '/upload', body=body, headers={'Cookie': cookie, 'Content-Type': ctype})
+                        resp = conn.getresponse()
+                        resp.read()
+                        if resp.status == 303:
+                            acked_uploads[f'f{n}.txt'] = content
+                        conn.close()
+                    except (OSError, http.client.HTTPException, AttributeError):
+                        time.sleep(0.01)
+
+            threads = [threading.Thread(target=messages), threading.Thread(target=uploads)]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.4, 1.0))
+            proc.proc.kill()                     # SIGKILL: no cleanup of any kind
+            proc.proc.wait(10)
+            stop.set()
+            for t in threads:
+                t.join(10)
+
+        # Restart once more: the startup sweep runs, then everything is checked.
+        proc = ServerProcess('--no-access-log', data=data_dir)
+        self.addCleanup(proc.cleanup)
+        self.assertEqual(status_of(proc.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+        code, _, err = proc.stop()
+        self.assertEqual(code, 0, err)
+        self.assertTrue(acked_messages and acked_uploads, 'the test acknowledged nothing')
+        if os.environ.get('CRASH_VERBOSE'):
+            print(f'\nacknowledged: {len(acked_messages)} messages, {len(acked_uploads)} uploads', file=sys.stderr)
+        db = sqlite3.connect(os.path.join(data_dir, 'app.db'))
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute('PRAGMA integrity_check').fetchone()[0], 'ok')
+        stored = [row[0] for row in db.execute('SELECT body FROM messages')]
+        self.assertEqual(len(stored), len(set(stored)), 'a message stored twice')
+        self.assertLessEqual(acked_messages, set(stored))
+        rows = db.execute('SELECT name, stored, size FROM uploads').fetchall()
+        files = set(os.listdir(os.path.join(data_dir, 'uploads')))
+        self.assertEqual(files, {row[1] for row in rows}, 'orphan files or rows without files')
+        by_name = {}
+        for name, stored_name, size in rows:
+            with open(os.path.join(data_dir, 'uploads', stored_name), 'rb') as f:
+                by_name.setdefault(name, []).append(f.read())
+            self.assertEqual(size, len(by_name[name][-1]))
+        for name, content in acked_uploads.items():
+            self.assertEqual(by_name.get(name), [content], f'upload {name} lost, duplicated or changed')
 
 
 if __name__ == '__main__':
