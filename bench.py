@@ -650,9 +650,9 @@ def table(cases, client_bound):
         for entry in case.entries:
             runs = case.results.get(entry.label)
             failure = case.failures.get(entry.label)
-            if failure and not runs:
-                rows.append((case.scenario, str(case.connections), entry.label,
-                             'failed: ' + failure.splitlines()[0][:50], '', '', '', '', ''))
+            if not runs:
+                why = 'failed: ' + failure.splitlines()[0][:50] if failure else 'not measured'
+                rows.append((case.scenario, str(case.connections), entry.label, why, '', '', '', '', ''))
                 continue
             rps = statistics.median(r.rps for r in runs)
             spread = (max(r.rps for r in runs) - min(r.rps for r in runs)) / rps if rps else 0.0

@@ -383,21 +383,22 @@ def parse_head(head):
 
 def frame_request(req):
     """Decide keep-alive and body framing from the parsed head (RFC 9112 6, 9.3)."""
-    headers = req.headers
+    index = req.headers._index
     version = req.version
-    conn_tokens = {t.strip().lower() for v in headers.get_all('connection') for t in v.split(',')}
+    connection = index.get('connection')
+    conn_tokens = {t.strip().lower() for v in connection for t in v.split(',')} if connection else ()
+    hosts = index.get('host', ())
     if version == (1, 1):
         req.keep_alive = 'close' not in conn_tokens
-        hosts = headers.get_all('host')
         if len(hosts) != 1:
             raise HTTPError(400, 'HTTP/1.1 requires exactly one Host header', close=True)
     else:
         req.keep_alive = 'keep-alive' in conn_tokens and 'close' not in conn_tokens
-        if len(headers.get_all('host')) > 1:
+        if len(hosts) > 1:
             raise HTTPError(400, 'more than one Host header', close=True)
 
-    te_values = headers.get_all('transfer-encoding')
-    cl_values = headers.get_all('content-length')
+    te_values = index.get('transfer-encoding')
+    cl_values = index.get('content-length')
     req.chunked = False
     req.body_length = 0
     if te_values:
@@ -427,10 +428,10 @@ def frame_request(req):
             raise HTTPError(400, 'Content-Length must be digits', close=True)
         req.body_length = int(raw)
 
-    expect = headers.get('expect')
+    expect = index.get('expect')
     req.expect_continue = False
     if expect is not None:
-        if expect.strip().lower() != '100-continue' or len(headers.get_all('expect')) > 1:
+        if len(expect) > 1 or expect[0].strip().lower() != '100-continue':
             raise HTTPError(417, 'only Expect: 100-continue is supported')
         # RFC 9110 10.1.1: ignore 100-continue from HTTP/1.0 clients.
         req.expect_continue = version == (1, 1)
@@ -2755,8 +2756,12 @@ class _Clock:
 
 
 CLOCK = _Clock()
+# Python 3.12+ can run a task's first step at once: a handler that never waits then costs no
+# trip through the event loop's queue.
+_EAGER_TASKS = sys.version_info >= (3, 12)
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _NO_BODY_STATUSES = frozenset({204, 304})
+_FRAMING_HEADERS = frozenset({'content-length', 'transfer-encoding', 'connection'})
 
 
 class BodyReader:
@@ -2871,7 +2876,6 @@ class HTTPConnection(asyncio.Protocol):
         self.drain_waiter = None
         self.closed = False
         self.requests = 0
-        self.task = None
         self.eof = False
         self.scanned = 0               # how far the buffer was searched for the end of a head
 
@@ -3044,7 +3048,10 @@ class HTTPConnection(asyncio.Protocol):
                     self.deadline_kind = None
         else:
             self.deadline_kind = None
-        self.task = self.loop.create_task(self._respond(head, reader))
+        if _EAGER_TASKS:
+            asyncio.Task(self._respond(head, reader), loop=self.loop, eager_start=True)
+        else:
+            self.loop.create_task(self._respond(head, reader))
 
     async def _respond(self, head, reader):
         request = None
@@ -3094,30 +3101,33 @@ class HTTPConnection(asyncio.Protocol):
             if head.version < (1, 1):
                 keep_alive = False
 
-        lines = [_status_line(status), CLOCK.tick()]
-        text = []
-        for name, value in headers:
-            text.append(f'{name}: {value}\r\n')
-        if status in _NO_BODY_STATUSES or status < 200:
-            pass
-        elif length is not None:
-            if 'content-length' not in headers:
-                text.append(f'Content-Length: {length}\r\n')
-        elif head.version >= (1, 1):
-            text.append('Transfer-Encoding: chunked\r\n')
-        if not keep_alive:
-            text.append('Connection: close\r\n')
-        elif head.version < (1, 1):
-            text.append('Connection: keep-alive\r\n')
-        text.append('\r\n')
-        block = ''.join(text)
-        if _HEADER_INJECTION_RE.search(''.join([name + value for name, value in headers])):
+        # Framing is ours alone: an app's Content-Length, Transfer-Encoding or Connection
+        # could desynchronise the client, so they are dropped.
+        fields = [f'{name}: {value}\r\n' for name, value in headers._items
+                  if name.lower() not in _FRAMING_HEADERS]
+        user = ''.join(fields)
+        # Each field line has exactly one CR and one LF; more means a value carried its own.
+        if user.count('\n') != len(fields) or user.count('\r') != len(fields) or '\x00' in user:
             log.error('refusing a response header with CR, LF or NUL for %s', _log_escape(head.target))
             response = error_page(HTTPError(500))
             response.close = True
             await self._write_response(head, request, response, None)
             return
-        lines.append(block.encode('latin-1', 'replace'))
+        if status in _NO_BODY_STATUSES or status < 200:
+            framing = ''
+        elif length is not None:
+            framing = f'Content-Length: {length}\r\n'
+        elif head.version >= (1, 1):
+            framing = 'Transfer-Encoding: chunked\r\n'
+        else:
+            framing = ''
+        if not keep_alive:
+            framing += 'Connection: close\r\n\r\n'
+        elif head.version < (1, 1):
+            framing += 'Connection: keep-alive\r\n\r\n'
+        else:
+            framing += '\r\n'
+        lines = [_status_line(status), CLOCK.tick(), (user + framing).encode('latin-1', 'replace')]
         transport = self.transport
         sent = 0
         if head_only:
@@ -3126,8 +3136,12 @@ class HTTPConnection(asyncio.Protocol):
                 with contextlib.suppress(Exception):
                     stream.close()
         elif stream is None and file_spec is None:
-            lines.append(body)
-            transport.write(b''.join(lines))
+            if length > 65536:   # not worth copying a large body just to save one send()
+                transport.write(b''.join(lines))
+                transport.write(body)
+            else:
+                lines.append(body)
+                transport.write(b''.join(lines))
             sent = length
         else:
             transport.write(b''.join(lines))
@@ -3211,7 +3225,6 @@ class HTTPConnection(asyncio.Protocol):
     def _finish(self, head, request, status, sent, keep_alive, reader):
         if self.server.access_log_enabled:
             self.server.log_access(head, request, self.peer, status, sent)
-        self.task = None
         if self.closed:
             return
         if not keep_alive:
@@ -3239,7 +3252,9 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self.buf:
             self._set_deadline('head', HEADER_TIMEOUT_S)
-            self._parse()
+            # Through the loop, not recursion: eagerly run handlers would otherwise nest one
+            # stack frame deeper per pipelined request.
+            self.loop.call_soon(self._parse)
         else:
             self._set_deadline('idle', KEEPALIVE_TIMEOUT_S)
 
