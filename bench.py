@@ -547,7 +547,7 @@ class Bench:
                 srv.start()
                 print(f'  started {srv.label} on port {srv.port}: {srv.describe()}')
             except ServerError as exc:
-                srv.failure = f'did not start'
+                srv.failure = 'did not start'
                 print(f'  ERROR: {exc}')
                 srv.stop()
         return srv
@@ -637,7 +637,9 @@ def fmt_ms(ms):
         return f'{ms:.0f} ms'
     if ms >= 10:
         return f'{ms:.1f} ms'
-    return f'{ms:.2f} ms'
+    if ms >= 1:
+        return f'{ms:.2f} ms'
+    return f'{ms * 1000:.0f} µs'
 
 
 def table(cases, client_bound):

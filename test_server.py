@@ -1201,5 +1201,50 @@ class CrashSafetyTest(unittest.TestCase):
             self.assertEqual(by_name.get(name), [content], f'upload {name} lost, duplicated or changed')
 
 
+
+class WorkersTest(unittest.TestCase):
+
+    def children(self, pid):
+        path = f'/proc/{pid}/task/{pid}/children'
+        with open(path) as f:
+            return [int(p) for p in f.read().split()]
+
+    def test_workers_share_the_port_restart_and_stop_together(self):
+        if not os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children') or not hasattr(os, 'fork'):
+            self.skipTest('needs Linux /proc')
+        proc = ServerProcess('--workers', '2', '--no-access-log')
+        self.addCleanup(proc.cleanup)
+        self.assertIn('with 2 workers', proc.banner)
+        deadline = time.monotonic() + 10
+        while len(self.children(proc.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = self.children(proc.proc.pid)
+        self.assertEqual(len(first), 2)
+
+        def healthy():
+            while time.monotonic() < deadline:
+                try:
+                    return status_of(proc.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n')
+                except OSError:
+                    time.sleep(0.05)
+        self.assertEqual(healthy(), 200)
+        os.kill(first[0], signal.SIGKILL)                # a crashed worker is replaced
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now = self.children(proc.proc.pid)
+            if len(now) == 2 and first[0] not in now:
+                break
+            time.sleep(0.05)
+        self.assertEqual(len(now), 2)
+        self.assertNotIn(first[0], now)
+        for _ in range(10):
+            self.assertEqual(healthy(), 200)
+        code, out, err = proc.stop()                      # one SIGTERM stops them all
+        self.assertEqual(code, 0, err)
+        for pid in now:
+            self.assertFalse(os.path.exists(f'/proc/{pid}/status') and
+                             'zombie' not in open(f'/proc/{pid}/status').read(), f'worker {pid} still running')
+
+
 if __name__ == '__main__':
     unittest.main()
