@@ -831,7 +831,8 @@ def main(argv=None):
         'closes every connection (listen backlog 5), so its latency includes reconnects.', 92))
     for i, cmd in enumerate(args.compare, 1):
         print(f'compare {i}: {cmd}')
-    print(f'\ntotal time: {elapsed:.0f} s')
+    load = ' '.join(f'{x:.2f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else '?'
+    print(f'\ntotal time: {elapsed:.0f} s; load average now {load} (other work on the machine skews figures)')
     return 130 if interrupted else 0
 
 

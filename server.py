@@ -1844,12 +1844,20 @@ class Markup(str):
     __slots__ = ()
 
 
+_ESCAPES = str.maketrans({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#x27;'})
+
+
 def _escape_value(value):
+    if value.__class__ is str:
+        return value.translate(_ESCAPES) if _NEEDS_ESCAPE(value) else value
     if isinstance(value, Markup):
         return value
     if value is None:
         return ''
-    return html.escape(str(value), quote=True)
+    return str(value).translate(_ESCAPES)
+
+
+_NEEDS_ESCAPE = re.compile(r'[&<>"\']').search
 
 
 _TEMPLATE_TOKEN_RE = re.compile(r'({{.*?}}|{%.*?%}|{#.*?#})', re.S)
@@ -2036,8 +2044,19 @@ def _compare(op, left, right):
 _EXPRESSION_ENV = {'__builtins__': {}, '_l': _lookup, '_f': TEMPLATE_FILTERS, '_cmp': _compare}
 
 
+_PLAIN_NAME_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\s*')
+
+
 def compile_expression(text, filename='<string>', lineno=0):
     """A template expression -> a function of the context. Refuses anything off-grammar."""
+    m = _PLAIN_NAME_RE.fullmatch(text)
+    if m and m.group(1) not in _LITERALS and m.group(1) not in ('and', 'or', 'not', 'in'):
+        # The common case, a (dotted) name, skips eval: a direct lookup, split in advance.
+        first, rest = m.group(1), m.group(2)
+        if not rest:
+            return lambda context: context.get(first)
+        dotted = m.group(1) + rest
+        return lambda context: _lookup(context, dotted)
     source = _ExpressionParser(text, filename, lineno).parse()
     code = compile(source, filename, 'eval')
 
@@ -2191,10 +2210,11 @@ class Template:
                     child(ctx, blocks, out)
                 return
             last = len(items)
+            scope = dict(ctx)   # one copy per loop; each iteration rebinds two names in it
             for index, item in enumerate(items, 1):
-                scope = collections.ChainMap(
-                    {var: item, 'loop': {'index': index, 'first': index == 1, 'last': index == last,
-                                         'length': last}}, ctx)
+                scope[var] = item
+                scope['loop'] = {'index': index, 'first': index == 1, 'last': index == last,
+                                 'length': last}
                 for child in body:
                     child(scope, blocks, out)
         return node
