@@ -31,6 +31,7 @@ import concurrent.futures
 import contextlib
 import csv
 import email.utils
+import errno
 import gzip
 import hashlib
 import hmac
@@ -3209,38 +3210,58 @@ class HTTPConnection(asyncio.Protocol):
         f = await asyncio.to_thread(open, path, 'rb')
         try:
             sent = 0
-            use_sendfile = self.scheme == 'http' and hasattr(os, 'sendfile')
+            sock = self.transport.get_extra_info('socket')
+            if (self.scheme == 'http' and hasattr(os, 'sendfile') and sock is not None
+                    and self.transport.get_write_buffer_size() == 0):
+                sent = await self._sendfile(sock.fileno(), f.fileno(), offset, length)
             while sent < length:
-                step = min(STATIC_CHUNK_BYTES * 4, length - sent)
-                if use_sendfile:
-                    await self.drain()
-                    self._set_deadline('write', WRITE_TIMEOUT_S)
-                    try:
-                        n = await self.loop.sendfile(self.transport, f, offset + sent, step, fallback=False)
-                    except (asyncio.SendfileNotAvailableError, NotImplementedError):
-                        use_sendfile = False
-                        continue
-                    finally:
-                        if self.deadline_kind == 'write':
-                            self.deadline_kind = None
-                    if n == 0:
-                        break
-                    sent += n
-                else:
-                    step = min(STATIC_CHUNK_BYTES, length - sent)
-                    data = await asyncio.to_thread(_read_at, f, offset + sent, step)
-                    if not data:
-                        break
-                    self.transport.write(data)
-                    sent += len(data)
-                    await self.drain()
-            if sent < length:
-                # The file shrank while we sent it; the length we promised is now a lie.
-                self.transport.abort()
-                raise ConnectionResetError('file changed while being sent')
+                step = min(STATIC_CHUNK_BYTES, length - sent)
+                data = await asyncio.to_thread(_read_at, f, offset + sent, step)
+                if not data:
+                    # The file shrank while we sent it; the length we promised is now a lie.
+                    self.transport.abort()
+                    raise ConnectionResetError('file changed while being sent')
+                self.transport.write(data)
+                sent += len(data)
+                await self.drain()
             return sent
         finally:
             await asyncio.to_thread(f.close)
+
+    async def _sendfile(self, sock_fd, file_fd, offset, length):
+        """Zero-copy send straight to the socket while the transport's buffer is empty.
+
+        asyncio's loop.sendfile does the same with more bookkeeping per call; here one
+        os.sendfile moves as much as the socket takes, and a full socket waits for
+        writability under the write deadline. Returns the bytes sent (less on EOF).
+        """
+        sent = 0
+        while sent < length:
+            try:
+                n = os.sendfile(sock_fd, file_fd, offset + sent, min(length - sent, 1 << 30))
+            except BlockingIOError:
+                n = None
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP):
+                    return sent           # sendfile not supported here: the caller reads and writes
+                raise ConnectionResetError(str(exc)) from exc
+            if n == 0:
+                return sent
+            if n is not None:
+                sent += n
+                continue
+            waiter = self.drain_waiter = self.loop.create_future()
+            self.loop.add_writer(sock_fd, _set_done, waiter)
+            self._set_deadline('write', WRITE_TIMEOUT_S)
+            try:
+                await waiter
+            finally:
+                self.drain_waiter = None
+                if self.deadline_kind == 'write':
+                    self.deadline_kind = None
+                if not self.closed:
+                    self.loop.remove_writer(sock_fd)
+        return sent
 
     def _finish(self, head, request, status, sent, keep_alive, reader):
         if self.server.access_log_enabled:
@@ -3288,6 +3309,11 @@ class HTTPConnection(asyncio.Protocol):
         head.keep_alive = False
         head.path, head.query_string = '-', ''
         self.loop.create_task(self._write_response(head, None, response, None))
+
+
+def _set_done(future):
+    if not future.done():
+        future.set_result(None)
 
 
 def _read_at(f, offset, size):
