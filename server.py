@@ -791,6 +791,8 @@ class MultipartParser:
                         raise HTTPError(413, 'multipart part headers too large')
                     break
                 else:
+                    if end > MAX_FIELD_BYTES:
+                        raise HTTPError(413, 'multipart part headers too large')
                     head = buf[:end]
                     buf = buf[end + 4:]
                 lines = head.split(b'\r\n') if head else []
@@ -995,14 +997,23 @@ class Request:
         return self._json
 
     async def stream(self):
-        """Yield the body in chunks as it arrives (routes declared with ``stream=True``)."""
+        """Yield the body in chunks as it arrives (routes declared with ``stream=True``).
+
+        Past the route's ``max_body`` it raises HTTPError 413, so an endless chunked body
+        is cut off here too.
+        """
         source = self._body_source
         if source is None:
             return
+        limit = self.route.max_body if self.route is not None else MAX_BODY_BYTES
+        total = 0
         while True:
             chunk = await source.receive()
             if not chunk:
                 return
+            total += len(chunk)
+            if total > limit:
+                raise HTTPError(413, f'body larger than {limit} bytes', close=True)
             yield chunk
 
     async def _read_body(self, limit):
@@ -1048,7 +1059,7 @@ class Request:
             if pending and upload is not None:
                 data = b''.join(pending)
                 pending, pending_size = [], 0
-                await asyncio.to_thread(upload._file.write, data)
+                await _storage(upload._file.write, data)
 
         async for chunk in self.stream():
             total += len(chunk)
@@ -1074,7 +1085,7 @@ class Request:
                         raise HTTPError(400, 'multipart part without form-data name')
                     name = dparams['name']
                     if 'filename' in dparams:
-                        upload = await asyncio.to_thread(
+                        upload = await _storage(
                             _open_spool, upload_dir, name, safe_filename(dparams['filename']),
                             value.get('content-type', 'application/octet-stream'))
                         self._cleanup.append(upload)
@@ -1083,7 +1094,7 @@ class Request:
                 else:  # end of part
                     if upload is not None:
                         await flush()
-                        await asyncio.to_thread(_close_spool, upload)
+                        await _storage(_close_spool, upload)
                         files.add(upload.name, upload)
                         upload = None
                     elif field is not None:
@@ -1136,6 +1147,17 @@ def _is_ip(text):
     except ValueError:
         return False
     return True
+
+
+async def _storage(fn, *args):
+    """Run blocking file work in a thread; a full disk or quota becomes 507, not a 500."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            log.error('upload refused: %s', exc.strerror)
+            raise HTTPError(507, 'not enough storage for this upload', close=True) from None
+        raise
 
 
 def _open_spool(upload_dir, name, filename, content_type):
@@ -1311,9 +1333,12 @@ def make_response(rv):
                 headers = extra
         resp = make_response(body)
         resp.status = status
-        if headers:
-            for name, value in (headers.items() if hasattr(headers, 'items') else headers):
+        if isinstance(headers, dict):
+            for name, value in headers.items():
                 resp.headers[name] = value
+        elif headers:
+            for name, value in headers:       # a list of pairs may repeat a name (Set-Cookie)
+                resp.headers.add(name, value)
         return resp
     if isinstance(rv, str):
         return Response(rv)
@@ -1333,7 +1358,9 @@ def make_response(rv):
 # Converters: name -> (regex, to_python, to_url). The default converter is one path segment.
 CONVERTERS = {
     'str': (r'[^/]+', str, lambda v: urllib.parse.quote(str(v), safe='')),
-    'int': (r'[0-9]+', int, lambda v: str(int(v))),
+    # At most 18 digits: every value fits SQLite's 64-bit integers, and int() never sees a
+    # number long enough to hit Python's digit limit.
+    'int': (r'[0-9]{1,18}', int, lambda v: str(int(v))),
     'path': (r'.+', str, lambda v: urllib.parse.quote(str(v), safe='/')),
 }
 _PLACEHOLDER_RE = re.compile(r'<(?:([a-zA-Z_]\w*):)?([a-zA-Z_]\w*)>')
@@ -1419,13 +1446,15 @@ class Router:
 
     Static paths are a dictionary lookup. Dynamic patterns are grouped by their first
     literal segment; each group is one combined regular expression whose matching
-    alternative is named by ``lastgroup``. Patterns whose first segment is variable
-    (and raw regular expressions) form a catch-all group tried after the specific one.
+    alternative is named by ``lastgroup``. Patterns whose first segment is variable form a
+    catch-all group tried after the specific one; compiled regular expressions given by the
+    app come last, each matched alone so that its flags hold.
     """
 
     def __init__(self):
         self.static = {}      # path -> {method: Route}
         self.dynamic = {}     # first segment or None -> [(key, {method: Route}, sample Route)]
+        self.raw = []         # [(key, {method: Route}, sample Route)] for compiled regexes
         self._compiled = {}   # first segment or None -> combined regex
         self.by_name = {}
         self.methods = set()
@@ -1436,14 +1465,16 @@ class Router:
         if route.is_static:
             table = self.static.setdefault(route.pattern, {})
         else:
-            group = self.dynamic.setdefault(route.first_segment, [])
+            # A user's compiled regex keeps its own flags, so it is matched on its own.
+            group = self.raw if route.builder is None else self.dynamic.setdefault(route.first_segment, [])
             for key, table, _ in group:
                 if key == route.key:
                     break
             else:
                 table = {}
                 group.append((route.key, table, route))
-            self._compiled.pop(route.first_segment, None)
+            if route.builder is not None:
+                self._compiled.pop(route.first_segment, None)
         for method in route.methods:
             table[method] = route
 
@@ -1476,6 +1507,10 @@ class Router:
                 params = sample.match(path)
                 if params is not None:
                     yield table, params
+        for _, table, sample in self.raw:
+            params = sample.match(path)
+            if params is not None:
+                yield table, params
 
     def match(self, method, path):
         """(Route, params) for a request; raises 404, 405 (with Allow) or 501."""
@@ -1645,6 +1680,8 @@ class App:
                         response = make_response(rv)
                 if request.session is not None:
                     await self._save_session(request, response)
+                if response.file is not None and response.file[2] is None:
+                    response.file = await self._file_span(response.file)
             except HTTPError as exc:
                 response = await self.error_response(request, exc)
             except Exception:
@@ -1655,6 +1692,16 @@ class App:
             _current_request.reset(token)
             if request._cleanup:
                 await asyncio.to_thread(request._discard_uploads)
+
+    @staticmethod
+    async def _file_span(spec):
+        path, offset, _ = spec
+        try:
+            size = (await asyncio.to_thread(os.stat, path)).st_size
+        except OSError:
+            log.error('file to send is missing: %s', _log_escape(path))
+            raise HTTPError(404, 'file not found') from None
+        return path, offset, max(0, size - offset)
 
     async def _dispatch(self, request):
         method = request.method
@@ -1853,7 +1900,7 @@ def _escape_value(value):
         return value.translate(_ESCAPES) if _NEEDS_ESCAPE(value) else value
     if isinstance(value, Markup):
         return value
-    if value is None:
+    if value is None or callable(value):   # nothing is ever called, nor its repr shown
         return ''
     return str(value).translate(_ESCAPES)
 
@@ -2066,6 +2113,9 @@ def compile_expression(text, filename='<string>', lineno=0):
     return evaluate
 
 
+_render_depth = threading.local()
+
+
 class Template:
     """A compiled template. ``render(context)`` -> str. Built by ``Templates`` from files."""
 
@@ -2231,22 +2281,26 @@ class Template:
         def node(ctx, blocks, out):
             if self.loader is None:
                 raise TemplateError('include needs a template folder', self.name, lineno)
-            depth = ctx.get('_include_depth', 0) if isinstance(ctx, dict) else 0
-            if depth > 20:
-                raise TemplateError('includes nested too deeply', self.name, lineno)
-            self.loader.get(target)._render_into(ctx, {}, out)
+            self.loader.get(target)._render_into(ctx, {}, out, lineno)
         return node
 
-    def _render_into(self, ctx, blocks, out):
-        if self.extends is not None:
-            if self.loader is None:
-                raise TemplateError('extends needs a template folder', self.name, 0)
-            merged = dict(self.blocks)
-            merged.update(blocks)
-            self.loader.get(self.extends)._render_into(ctx, merged, out)
-            return
-        for node in self.nodes:
-            node(ctx, blocks, out)
+    def _render_into(self, ctx, blocks, out, lineno=0):
+        depth = getattr(_render_depth, 'value', 0)
+        if depth >= 20:
+            raise TemplateError('includes or extends nested more than 20 deep (a cycle?)', self.name, lineno)
+        _render_depth.value = depth + 1
+        try:
+            if self.extends is not None:
+                if self.loader is None:
+                    raise TemplateError('extends needs a template folder', self.name, 0)
+                merged = dict(self.blocks)
+                merged.update(blocks)
+                self.loader.get(self.extends)._render_into(ctx, merged, out)
+                return
+            for node in self.nodes:
+                node(ctx, blocks, out)
+        finally:
+            _render_depth.value = depth
 
     def render(self, context=None, **kwargs):
         ctx = dict(context or {}, **kwargs)
@@ -2356,17 +2410,21 @@ class Database:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=DB_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute(f'PRAGMA busy_timeout = {int(DB_BUSY_TIMEOUT_MS)}')
-        conn.execute('PRAGMA journal_mode = WAL')
-        conn.execute('PRAGMA synchronous = FULL')
-        conn.execute('PRAGMA foreign_keys = ON')
-        conn.executescript(self.FRAMEWORK_SCHEMA)
-        version = conn.execute('PRAGMA user_version').fetchone()[0]
-        for number, script in enumerate(self.migrations, 1):
-            if number > version:
-                # executescript commits first; the script and the version bump commit together.
-                conn.executescript(f'BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;')
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f'PRAGMA busy_timeout = {int(DB_BUSY_TIMEOUT_MS)}')
+            conn.execute('PRAGMA journal_mode = WAL')
+            conn.execute('PRAGMA synchronous = FULL')
+            conn.execute('PRAGMA foreign_keys = ON')
+            conn.executescript(self.FRAMEWORK_SCHEMA)
+            version = conn.execute('PRAGMA user_version').fetchone()[0]
+            for number, script in enumerate(self.migrations, 1):
+                if number > version:
+                    # executescript commits first; the script and the version bump commit together.
+                    conn.executescript(f'BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;')
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
 
     def _call(self, fn, args):
@@ -2400,12 +2458,18 @@ class Database:
         return rows[0] if rows else None
 
     async def close(self):
-        if self._executor is None:
+        """Close the connection (if one was ever opened) and stop the database thread."""
+        executor = self._executor
+        if executor is None:
             return
-        await self.run(_db_close)
-        self._conn = None
-        self._executor.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(executor, self._close_connection)
+        executor.shutdown(wait=True)
         self._executor = None
+
+    def _close_connection(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _db_execute(conn, sql, params):
@@ -2414,10 +2478,6 @@ def _db_execute(conn, sql, params):
 
 def _db_fetchall(conn, sql, params):
     return [dict(row) for row in conn.execute(sql, params).fetchall()]
-
-
-def _db_close(conn):
-    conn.close()
 
 
 class Session(dict):
@@ -2592,7 +2652,8 @@ class StaticFiles:
             raise HTTPError(404, 'outside the web root')
         if os.path.isdir(real):
             if not url_path.endswith('/'):
-                raise HTTPError(301, headers={'Location': urllib.parse.quote(url_path + '/')})
+                # One leading slash only: '//host/' would send the browser to another site.
+                raise HTTPError(301, headers={'Location': urllib.parse.quote('/' + url_path.lstrip('/') + '/')})
             real = os.path.join(real, 'index.html')
         if not os.path.isfile(real):
             raise HTTPError(404)
@@ -3347,8 +3408,23 @@ class Server:
                         _log_escape(line), status, sent, _log_escape(headers.get('referer', '-')),
                         _log_escape(headers.get('user-agent', '-')))
 
+    def _loop_exception(self, loop, context):
+        """asyncio's accept loop logs every retry when file descriptors run out; say it once a minute."""
+        message = context.get('message', '')
+        if 'out of system resource' in message:
+            now = time.monotonic()
+            if now - self._last_fd_warning < 60:
+                return
+            self._last_fd_warning = now
+            log.error('out of file descriptors: new connections wait until some close (%s)',
+                      context.get('exception'))
+            return
+        loop.default_exception_handler(context)
+
     async def start(self, sock=None):
         self.loop = asyncio.get_running_loop()
+        self._last_fd_warning = -60.0
+        self.loop.set_exception_handler(self._loop_exception)
         ssl_context = make_ssl_context(self.config.certfile, self.config.keyfile)
         await self.app.startup()
 
@@ -3773,6 +3849,7 @@ class VisitCounter:
         self.db = db
         self.stored = 0
         self.pending = 0
+        self.flushing = 0
 
     async def load(self):
         row = await self.db.fetchone("SELECT value FROM counters WHERE name = 'visits'")
@@ -3780,12 +3857,18 @@ class VisitCounter:
 
     def hit(self):
         self.pending += 1
-        return self.stored + self.pending
+        return self.stored + self.flushing + self.pending
 
     async def flush(self):
-        if self.pending:
-            pending, self.pending = self.pending, 0
-            self.stored = await self.db.run(_add_visits, pending)
+        if self.pending and not self.flushing:
+            self.flushing, self.pending = self.pending, 0
+            try:
+                self.stored = await self.db.run(_add_visits, self.flushing)
+            except BaseException:
+                self.pending += self.flushing
+                raise
+            finally:
+                self.flushing = 0
 
 
 def _add_visits(conn, count):

@@ -6,10 +6,14 @@ over real sockets. Every test gets a fresh temporary data folder and leaves noth
 
 import asyncio
 import contextlib
+import email.generator
+import email.policy
 import gzip
+import hashlib
 import http.client
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -23,9 +27,14 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import unittest
 import urllib.parse
 import urllib.request
+from email import encoders
+from email.mime.application import MIMEApplication
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
 
 import server
 
@@ -696,6 +705,2162 @@ class TimeoutTest(unittest.TestCase):
         sock.close()
         self.assertEqual(status_of(self.live.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
 
+
+
+# --- helpers for the framework tests -------------------------------------------------------
+
+def fresh_dir(test_or_cls, prefix='server-fw-'):
+    """A temporary folder removed when the test (or class) is done."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    if isinstance(test_or_cls, type):
+        test_or_cls.addClassCleanup(shutil.rmtree, path, True)
+    else:
+        test_or_cls.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+@contextlib.contextmanager
+def quiet_logs():
+    """Silence the server's expected warnings (refused paths, 500s provoked on purpose)."""
+    logger = logging.getLogger('server')
+    old = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+@contextlib.contextmanager
+def environ(**values):
+    """Temporarily set (or with None, remove) environment variables."""
+    old = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class WebResponse:
+    def __init__(self, status, headers, body, set_cookies):
+        self.status = status
+        self.headers = headers          # lower-case name -> last value
+        self.body = body
+        self.set_cookies = set_cookies  # every Set-Cookie value
+
+    @property
+    def text(self):
+        return self.body.decode('utf-8', 'replace')
+
+
+class WebClient:
+    """http.client over a real socket with a cookie jar (one "browser")."""
+
+    CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+    def __init__(self, port, forwarded_for=None):
+        self.port = port
+        self.cookies = {}
+        self.extra = {}
+        if forwarded_for:
+            self.extra['X-Forwarded-For'] = forwarded_for
+
+    def request(self, method, path, body=None, headers=None):
+        h = dict(self.extra)
+        h.update(headers or {})
+        if self.cookies:
+            h['Cookie'] = '; '.join(f'{k}={v}' for k, v in self.cookies.items())
+        conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=h)
+            resp = conn.getresponse()
+            data = resp.read()
+            set_cookies = resp.msg.get_all('Set-Cookie') or []
+            for value in set_cookies:
+                name, _, val = value.split(';', 1)[0].partition('=')
+                if 'max-age=0' in value.lower():
+                    self.cookies.pop(name.strip(), None)
+                else:
+                    self.cookies[name.strip()] = val.strip()
+            return WebResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, set_cookies)
+        finally:
+            conn.close()
+
+    def get(self, path, headers=None):
+        return self.request('GET', path, headers=headers)
+
+    def post_form(self, path, fields, headers=None):
+        h = {'Content-Type': 'application/x-www-form-urlencoded'}
+        h.update(headers or {})
+        return self.request('POST', path, urllib.parse.urlencode(fields).encode('utf-8'), h)
+
+    def post_multipart(self, path, fields, files, headers=None):
+        body, ctype = server.encode_multipart(data_fields=fields, files=files)
+        h = {'Content-Type': ctype}
+        h.update(headers or {})
+        return self.request('POST', path, body, h)
+
+    def csrf(self, path):
+        resp = self.get(path)
+        m = self.CSRF_RE.search(resp.text)
+        if m is None:
+            raise AssertionError(f'no csrf_token in {path}: {resp.status} {resp.text[:200]}')
+        return m.group(1)
+
+
+def raw_get(port, target, extra=b''):
+    """One GET with the request-target sent byte for byte (no client normalises it)."""
+    responses = exchange(port, b'GET ' + target + b' HTTP/1.1\r\nHost: a\r\n' + extra +
+                         b'Connection: close\r\n\r\n')
+    return responses[0] if responses else (None, {}, b'')
+
+
+def set_cookie_named(set_cookies, name):
+    for value in set_cookies:
+        if value.split('=', 1)[0].strip() == name:
+            return value
+    return None
+
+
+def cookie_attrs(value):
+    """'sid=abc; Path=/; HttpOnly' -> {'sid': 'abc', 'path': '/', 'httponly': ''} (names lower-cased)."""
+    out = {}
+    for i, part in enumerate(value.split(';')):
+        name, _, val = part.strip().partition('=')
+        out[name if i == 0 else name.lower()] = val
+    return out
+
+
+# === 6. Router and App ========================================================================
+
+def router_app(data):
+    app = server.App(data=data, csrf=False)
+
+    @app.get('/')
+    async def root(request):
+        return 'root'
+
+    @app.get('/users')
+    async def users(request):
+        return 'users list'
+
+    @app.get('/users/new')
+    async def users_new(request):
+        return 'new user form'
+
+    @app.get('/users/<name>')
+    async def user(request, name):
+        return {'user': name}
+
+    @app.get('/users/<int:id>/posts')
+    async def user_posts(request, id):
+        return {'posts_of': id}
+
+    @app.get('/users/<name>/posts/<int:pid>')
+    async def user_post(request, name, pid):
+        return {'name': name, 'pid': pid}
+
+    @app.get('/files/<path:rest>')
+    async def files(request, rest):
+        return {'rest': rest}
+
+    @app.route('/items', methods=['GET', 'POST'])
+    async def items(request):
+        return {'method': request.method}
+
+    @app.route('/thing/<int:id>', methods=['PUT', 'DELETE'])
+    async def thing(request, id):
+        return {'method': request.method, 'id': id}
+
+    @app.post('/only-post')
+    async def only_post(request):
+        return 'posted'
+
+    @app.get(re.compile(r'/archive/(?P<year>[0-9]{4})/(?P<month>[0-9]{2})'))
+    async def archive(request, year, month):
+        return {'year': year, 'month': month}
+
+    @app.get('/profile/<name>')
+    async def profile(request, name):
+        return {'profile': name}
+
+    @app.get('/link')
+    async def link(request):
+        return server.url_for('profile', name='Ada Lovelace', tab='a&b')
+
+    @app.get('/sync')
+    def sync_handler(request):
+        return {'sync': True}
+
+    @app.get('/item/<int:id>')
+    async def item(request, id):
+        return {'id': id, 'type': type(id).__name__}
+    return app
+
+
+class RouterTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.app = router_app(fresh_dir(cls))
+        cls.client = cls.app.test_client()
+        cls.addClassCleanup(cls.client.close)
+
+    MATCHES = [
+        # (path, expected status, expected body: str for text, dict for JSON)
+        ('/', 200, 'root'),
+        ('/users', 200, 'users list'),
+        ('/users/new', 200, 'new user form'),                 # static wins over /users/<name>
+        ('/users/bob', 200, {'user': 'bob'}),
+        ('/users/b%C3%B6b', 200, {'user': 'böb'}),            # percent-decoded once
+        ('/users/42/posts', 200, {'posts_of': 42}),           # int converter gives an int
+        ('/users/bob/posts/7', 200, {'name': 'bob', 'pid': 7}),
+        ('/users/bob/posts', 404, None),                      # int route does not take 'bob'
+        ('/users/bob/posts/x', 404, None),
+        ('/users/', 404, None),                               # <name> is one non-empty segment
+        ('/users/a/b', 404, None),
+        ('/files/a/b/c.txt', 200, {'rest': 'a/b/c.txt'}),     # path converter spans slashes
+        ('/files/', 404, None),
+        ('/archive/2024/05', 200, {'year': '2024', 'month': '05'}),   # regex named groups -> kwargs
+        ('/archive/2024/5', 404, None),
+        ('/archive/2024/05/x', 404, None),                    # regex must match the whole path
+        ('/item/7', 200, {'id': 7, 'type': 'int'}),
+        ('/item/-7', 404, None),
+        ('/item/x7', 404, None),
+        ('/sync', 200, {'sync': True}),                       # plain def runs in a thread
+        ('/nowhere', 404, None),
+    ]
+
+    def test_matching_table(self):
+        for path, status, expected in self.MATCHES:
+            with self.subTest(path=path):
+                resp = self.client.get(path)
+                self.assertEqual(resp.status, status)
+                if isinstance(expected, dict):
+                    self.assertEqual(resp.json(), expected)
+                elif expected is not None:
+                    self.assertEqual(resp.text, expected)
+
+    def test_many_routes_sharing_a_first_segment(self):
+        app = server.App(data=fresh_dir(self))
+        for i in range(30):
+            def make(i):
+                async def handler(request, **params):
+                    return {'i': i, 'params': params}
+                handler.__name__ = f'h{i}'
+                return handler
+            app.get(f'/api/v{i}/<name>')(make(i))
+        app.get('/api/<int:n>')(make(100))
+        app.get('/api/static')(make(101))
+        with app.test_client() as client:
+            for i in (0, 1, 17, 29):
+                self.assertEqual(client.get(f'/api/v{i}/x').json(), {'i': i, 'params': {'name': 'x'}})
+            self.assertEqual(client.get('/api/12').json(), {'i': 100, 'params': {'n': 12}})
+            self.assertEqual(client.get('/api/static').json(), {'i': 101, 'params': {}})
+            self.assertEqual(client.get('/api/v30/x').status, 404)
+
+    def test_head_follows_get(self):
+        resp = self.client.head('/users/bob')
+        self.assertEqual((resp.status, resp.body), (200, b''))
+        self.assertEqual(resp.headers['content-type'], 'application/json')
+
+    METHOD_CASES = [
+        # (method, path, status, Allow header or None)
+        ('POST', '/users', 405, 'GET, HEAD, OPTIONS'),
+        ('DELETE', '/items', 405, 'GET, HEAD, OPTIONS, POST'),     # a known method, not here
+        ('PUT', '/users/bob', 405, 'GET, HEAD, OPTIONS'),
+        ('GET', '/only-post', 405, 'OPTIONS, POST'),
+        ('HEAD', '/only-post', 405, 'OPTIONS, POST'),
+        ('GET', '/thing/3', 405, 'DELETE, OPTIONS, PUT'),
+        ('BREW', '/items', 501, None),                             # no route knows BREW
+        ('TRACE', '/items', 501, None),
+        ('PATCH', '/nowhere', 501, None),
+        ('DELETE', '/nowhere', 404, None),
+        ('PUT', '/thing/3', 200, None),
+        ('DELETE', '/thing/3', 200, None),
+        ('POST', '/items', 200, None),
+    ]
+
+    def test_methods_table(self):
+        for method, path, status, allow in self.METHOD_CASES:
+            with self.subTest(method=method, path=path):
+                resp = self.client.request(method, path)
+                self.assertEqual(resp.status, status)
+                if allow is not None:
+                    self.assertEqual(resp.headers['allow'], allow)
+                self.assertNotIn(b'Traceback', resp.body)
+
+    def test_automatic_options(self):
+        for path, allow in (('/items', 'GET, HEAD, OPTIONS, POST'), ('/users/x', 'GET, HEAD, OPTIONS'),
+                            ('/thing/1', 'DELETE, OPTIONS, PUT'), ('/only-post', 'OPTIONS, POST')):
+            with self.subTest(path=path):
+                resp = self.client.request('OPTIONS', path)
+                self.assertEqual((resp.status, resp.body), (204, b''))
+                self.assertEqual(resp.headers['allow'], allow)
+        self.assertEqual(self.client.request('OPTIONS', '/nowhere').status, 404)
+
+    def test_url_for(self):
+        url_for = self.app.url_for
+        cases = [
+            (('profile',), {'name': 'Ada'}, '/profile/Ada'),                 # name= is a route param
+            (('profile',), {'name': 'a b/c?d'}, '/profile/a%20b%2Fc%3Fd'),   # one segment: / quoted
+            (('profile',), {'name': 'x', 'page': 2, 'q': 'a&b'}, '/profile/x?page=2&q=a%26b'),
+            (('files',), {'rest': 'a/b c.txt'}, '/files/a/b%20c.txt'),       # path keeps /
+            (('user_posts',), {'id': 5}, '/users/5/posts'),
+            (('users',), {}, '/users'),
+            (('users',), {'tag': ['a', 'b']}, '/users?tag=a&tag=b'),
+        ]
+        for args, params, expected in cases:
+            with self.subTest(args=args, params=params):
+                self.assertEqual(url_for(*args, **params), expected)
+        with self.assertRaises(KeyError):
+            url_for('profile')                     # missing parameter
+        with self.assertRaises(KeyError):
+            url_for('no_such_route')
+        with self.assertRaises(ValueError):
+            url_for('archive', year='2024', month='01')   # regex routes cannot be built
+        # server.url_for inside a handler uses the request's app; the built URL routes back.
+        link = self.client.get('/link').text
+        self.assertEqual(link, '/profile/Ada%20Lovelace?tab=a%26b')
+        self.assertEqual(self.client.get(link).json(), {'profile': 'Ada Lovelace'})
+
+    def test_unknown_converter_and_bad_pattern(self):
+        app = server.App(data=fresh_dir(self))
+        with self.assertRaises(ValueError):
+            app.get('/x/<uuid:id>')(lambda request, id: 'x')
+        with self.assertRaises(ValueError):
+            app.get('no-slash')(lambda request: 'x')
+
+    def test_huge_int_segment_is_not_a_500(self):
+        # Was a bug, now fixed: the int converter calls int() on any run of digits; past Python's 4300-digit
+        # limit int() raises ValueError inside Router.match -> 500 instead of 404.
+        with quiet_logs():
+            resp = self.client.get('/item/' + '9' * 5000)
+        self.assertIn(resp.status, (400, 404))
+
+    def test_raw_regex_route_keeps_its_flags(self):
+        # Was a bug, now fixed: the router combines raw regular expressions from their .pattern only, so
+        # compile flags such as re.IGNORECASE are lost: the route matches on its own but the
+        # combined regex never selects it.
+        app = server.App(data=fresh_dir(self))
+
+        @app.get(re.compile(r'/flag/(?P<x>[a-z]+)', re.IGNORECASE))
+        async def flagged(request, x):
+            return x
+        with app.test_client() as client:
+            self.assertEqual(client.get('/flag/abc').status, 200)
+            self.assertEqual(client.get('/flag/AbC').text, 'AbC')
+
+    def test_raw_regex_with_inline_flag_does_not_break_other_routes(self):
+        # Was a bug, now fixed: a raw regex with an inline global flag, re.compile(r'(?i)/x'), is pasted into
+        # the middle of the combined catch-all regex, which Python 3.11+ refuses
+        # ("global flags not at the start"): every request reaching that group is a 500,
+        # including other routes such as /<name>. (3.10 only warns, and the flag then
+        # applies to the whole combined regex.)
+        app = server.App(data=fresh_dir(self))
+
+        @app.get(re.compile(r'(?i)/caseless/(?P<x>\w+)'))
+        async def caseless(request, x):
+            return x
+
+        @app.get('/<name>')
+        async def by_name(request, name):
+            return 'name ' + name
+        with app.test_client() as client, quiet_logs():
+            self.assertEqual(client.get('/bob').text, 'name bob')
+            self.assertEqual(client.get('/CASELESS/Yes').text, 'Yes')
+
+
+# === 5. Request and Response ==================================================================
+
+def request_app(data, **app_options):
+    app = server.App(data=data, csrf=False, **app_options)
+
+    @app.get('/str')
+    async def r_str(request):
+        return '<p>hé</p>'
+
+    @app.get('/bytes')
+    async def r_bytes(request):
+        return b'\x00\x01\xff'
+
+    @app.get('/dict')
+    async def r_dict(request):
+        return {'a': 1, 'é': [True, None]}
+
+    @app.get('/list')
+    async def r_list(request):
+        return [1, 'two']
+
+    @app.get('/tuple-status')
+    async def r_tuple_status(request):
+        return 'created', 201
+
+    @app.get('/tuple-headers')
+    async def r_tuple_headers(request):
+        return 'with header', {'X-A': '1'}
+
+    @app.get('/tuple-all')
+    async def r_tuple_all(request):
+        return {'a': 1}, 202, [('X-B', '2')]
+
+    @app.get('/response')
+    async def r_response(request):
+        return server.Response.text('teapot', 418, {'X-C': '3'})
+
+    @app.get('/none')
+    async def r_none(request):
+        return None
+
+    @app.get('/object')
+    async def r_object(request):
+        return object()
+
+    @app.get('/query')
+    async def r_query(request):
+        q = request.query
+        return {k: q.getlist(k) for k in q}
+
+    @app.route('/json', methods=['POST'])
+    async def r_json(request):
+        return {'got': request.json}
+
+    @app.get('/cookies')
+    async def r_cookies(request):
+        return request.cookies
+
+    @app.get('/client')
+    async def r_client(request):
+        return {'client': request.client, 'scheme': request.scheme, 'secure': request.is_secure}
+
+    @app.get('/login')
+    async def r_login(request):
+        request.session['user'] = 'ada'
+        return 'logged in'
+
+    @app.get('/redirect')
+    async def r_redirect(request):
+        return server.redirect(request.query['to'])
+
+    @app.get('/abort')
+    async def r_abort(request):
+        server.abort(403, 'not yours')
+
+    @app.get('/blocked')
+    async def r_blocked(request):
+        return 'never'
+
+    @app.get('/two-cookies')
+    async def r_two_cookies(request):
+        return 'x', [('Set-Cookie', 'a=1'), ('Set-Cookie', 'b=2')]
+
+    @app.get('/missing-file')
+    async def r_missing_file(request):
+        return server.Response.send_file(os.path.join(data, 'no-such-file.bin'))
+
+    @app.get('/ok')
+    async def r_ok(request):
+        return 'ok'
+
+    @app.before_request
+    async def before(request):
+        request.state['before'] = True
+        if request.path == '/blocked':
+            return 'stopped by hook', 451
+
+    @app.after_request
+    def after(request, response):          # plain def hook: runs in a thread
+        response.headers['X-After'] = 'yes' if request.state.get('before') else 'no'
+
+    @app.get('/state')
+    async def r_state(request):
+        return {'before': request.state.get('before')}
+
+    @app.errorhandler(404)
+    async def custom_404(request, error):
+        return f'custom 404 for {server.escape(request.path)}'
+    return app
+
+
+class RequestResponseTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.app = request_app(fresh_dir(cls))
+        cls.client = cls.app.test_client()
+        cls.addClassCleanup(cls.client.close)
+
+    NORMALISED = [
+        # (path, status, content type, body)
+        ('/str', 200, 'text/html; charset=utf-8', '<p>hé</p>'.encode()),
+        ('/bytes', 200, 'application/octet-stream', b'\x00\x01\xff'),
+        ('/dict', 200, 'application/json', json.dumps({'a': 1, 'é': [True, None]}, ensure_ascii=False,
+                                                       separators=(',', ':')).encode()),
+        ('/list', 200, 'application/json', b'[1,"two"]'),
+        ('/tuple-status', 201, 'text/html; charset=utf-8', b'created'),
+        ('/tuple-headers', 200, 'text/html; charset=utf-8', b'with header'),
+        ('/tuple-all', 202, 'application/json', b'{"a":1}'),
+        ('/response', 418, 'text/plain; charset=utf-8', b'teapot'),
+    ]
+
+    def test_make_response_through_the_app(self):
+        for path, status, ctype, body in self.NORMALISED:
+            with self.subTest(path=path):
+                resp = self.client.get(path)
+                self.assertEqual((resp.status, resp.headers['content-type'], resp.body), (status, ctype, body))
+        self.assertEqual(self.client.get('/tuple-headers').headers['x-a'], '1')
+        self.assertEqual(self.client.get('/tuple-all').headers['x-b'], '2')
+        self.assertEqual(self.client.get('/response').headers['x-c'], '3')
+
+    def test_tuple_headers_keep_repeated_fields(self):
+        # Was a bug, now fixed: make_response applies (body, headers) with resp.headers[name] = value, which
+        # replaces: two Set-Cookie fields in a returned tuple become only the last one.
+        resp = self.client.get('/two-cookies')
+        self.assertEqual(resp.headers.get_all('set-cookie'), ['a=1', 'b=2'])
+
+    def test_none_and_unknown_return_are_500_without_traceback(self):
+        for path in ('/none', '/object'):
+            with self.subTest(path=path):
+                with self.assertLogs('server', 'ERROR'):
+                    resp = self.client.get(path)
+                self.assertEqual(resp.status, 500)
+                self.assertNotIn(b'Traceback', resp.body)
+                self.assertNotIn(b'TypeError', resp.body)
+
+    def test_make_response_direct(self):
+        original = server.Response('x')
+        self.assertIs(server.make_response(original), original)
+        with self.assertRaises(TypeError):
+            server.make_response(None)
+
+    def test_query_is_multi_valued(self):
+        resp = self.client.get('/query?a=1&a=2&b=x+y&c=%C3%A9&d=&e&a=3')
+        self.assertEqual(resp.json(), {'a': ['1', '2', '3'], 'b': ['x y'], 'c': ['é'], 'd': [''], 'e': ['']})
+        self.assertEqual(self.client.get('/query?a=%FF').status, 400)
+
+    def test_json(self):
+        cases = [
+            (b'{"x": [1, 2]}', 200, {'got': {'x': [1, 2]}}),
+            (b'"\xc3\xa9"', 200, {'got': 'é'}),
+            (b'{"x": ', 400, None),
+            (b'\xff\xfe{', 400, None),
+            (b'NaN-ish', 400, None),
+        ]
+        for body, status, expected in cases:
+            with self.subTest(body=body):
+                resp = self.client.post('/json', body=body, headers={'Content-Type': 'application/json'})
+                self.assertEqual(resp.status, status)
+                if expected is not None:
+                    self.assertEqual(resp.json(), expected)
+        self.assertEqual(self.client.post('/json').json(), {'got': None})   # no body -> None
+
+    def test_cookies(self):
+        client = self.app.test_client()
+        try:
+            resp = client.get('/cookies', headers=[('Cookie', 'a=1; b="two"; junk; =x'), ('Cookie', 'a=3; c=4')])
+        finally:
+            client.close()
+        self.assertEqual(resp.json(), {'a': '1', 'b': 'two', 'c': '4'})
+
+    def test_set_cookie_defaults(self):
+        resp = server.Response('x')
+        resp.set_cookie('a', 'b')
+        self.assertEqual(resp.headers['set-cookie'], 'a=b; Path=/; HttpOnly; SameSite=Lax')
+        resp = server.Response('x')
+        resp.set_cookie('a', 'b', max_age=60, secure=True, samesite='strict', domain='example.com')
+        self.assertEqual(resp.headers['set-cookie'],
+                         'a=b; Max-Age=60; Path=/; Domain=example.com; Secure; HttpOnly; SameSite=Strict')
+        resp = server.Response('x')
+        resp.delete_cookie('a')
+        attrs = cookie_attrs(resp.headers['set-cookie'])
+        self.assertEqual((attrs['a'], attrs['max-age']), ('', '0'))
+
+    def test_set_cookie_refuses_header_splitting(self):
+        bad = [
+            dict(name='a', value='b\r\nSet-Cookie: evil=1'),
+            dict(name='a', value='b\nc'),
+            dict(name='a', value='b;c'),
+            dict(name='a', value='b c'),
+            dict(name='a', value='b"c'),
+            dict(name='a', value='b\x00'),
+            dict(name='a;b', value='c'),
+            dict(name='a\r\nX', value='c'),
+            dict(name='', value='c'),
+            dict(name='a', value='b', path='/x;Domain=evil.com'),
+            dict(name='a', value='b', path='/x\r\nX: 1'),
+            dict(name='a', value='b', domain='evil.com\n'),
+            dict(name='a', value='b', samesite='Sometimes'),
+        ]
+        for kwargs in bad:
+            with self.subTest(**kwargs):
+                with self.assertRaises(ValueError):
+                    server.Response('x').set_cookie(**kwargs)
+
+    def test_session_cookie_secure_only_over_https(self):
+        plain = self.app.test_client()
+        secure = server.TestClient(self.app, scheme='https')
+        try:
+            sc_plain = set_cookie_named(plain.get('/login').headers.get_all('set-cookie'), 'sid')
+            sc_secure = set_cookie_named(secure.get('/login').headers.get_all('set-cookie'), 'sid')
+        finally:
+            plain.close()
+            secure.close()
+        for value in (sc_plain, sc_secure):
+            attrs = cookie_attrs(value)
+            self.assertIn('httponly', attrs)
+            self.assertEqual(attrs['samesite'], 'Lax')
+            self.assertEqual(attrs['path'], '/')
+        self.assertNotIn('secure', cookie_attrs(sc_plain))
+        self.assertIn('secure', cookie_attrs(sc_secure))
+
+    def test_redirect_cannot_split_headers(self):
+        for target, expected in (('/next', '/next'), ('/a b', '/a%20b'), ('/ok?x=1&y=%20', '/ok?x=1&y=%20'),
+                                 ('/x\r\nSet-Cookie: evil=1', '/x%0D%0ASet-Cookie:%20evil=1'),
+                                 ('/é', '/%C3%A9')):
+            with self.subTest(target=target):
+                resp = server.redirect(target)
+                self.assertEqual(resp.status, 303)
+                self.assertEqual(resp.headers['location'], expected)
+                self.assertNotRegex(resp.headers['location'], r'[\r\n\x00]')
+        self.assertEqual(server.redirect('/x', 301).status, 301)
+        resp = self.client.get('/redirect?to=' + urllib.parse.quote('/x\r\nSet-Cookie: evil=1'))
+        self.assertEqual(resp.status, 303)
+        self.assertNotIn('set-cookie', [n.lower() for n, _ in resp.headers if 'evil' in _])
+
+    def test_client_address_and_scheme(self):
+        cases = [
+            # (peer, X-Forwarded-For, X-Forwarded-Proto, expected client, expected scheme)
+            ('127.0.0.1', None, None, '127.0.0.1', 'http'),
+            ('127.0.0.1', '203.0.113.9', 'https', '203.0.113.9', 'https'),
+            ('127.0.0.1', 'spoofed, 203.0.113.9', None, '203.0.113.9', 'http'),   # rightmost untrusted hop
+            ('127.0.0.1', '203.0.113.9, 127.0.0.1', None, '203.0.113.9', 'http'),
+            ('198.51.100.7', '203.0.113.9', 'https', '198.51.100.7', 'http'),     # untrusted peer: ignored
+        ]
+        for peer, xff, proto, client_ip, scheme in cases:
+            with self.subTest(peer=peer, xff=xff, proto=proto):
+                headers = {}
+                if xff:
+                    headers['X-Forwarded-For'] = xff
+                if proto:
+                    headers['X-Forwarded-Proto'] = proto
+                client = server.TestClient(self.app, client=peer)
+                try:
+                    got = client.get('/client', headers=headers).json()
+                finally:
+                    client.close()
+                self.assertEqual((got['client'], got['scheme']), (client_ip, scheme))
+
+    def test_hooks_and_errorhandler(self):
+        resp = self.client.get('/blocked')
+        self.assertEqual((resp.status, resp.text), (451, 'stopped by hook'))
+        self.assertEqual(resp.headers['x-after'], 'yes')           # after hooks see every response
+        self.assertEqual(self.client.get('/state').json(), {'before': True})
+        resp = self.client.get('/nope/<b>')
+        self.assertEqual(resp.status, 404)
+        self.assertEqual(resp.text, 'custom 404 for /nope/&lt;b&gt;')
+        self.assertIn('x-after', resp.headers)          # before hooks run only for a matched route
+        resp = self.client.get('/abort')
+        self.assertEqual(resp.status, 403)
+        self.assertIn(b'not yours', resp.body)
+
+
+class SecureCookieLiveTest(unittest.TestCase):
+    """Secure on the sid cookie from a trusted proxy's X-Forwarded-Proto, not from anyone else."""
+
+    def live_set_cookie(self, trusted_proxy, proto):
+        data = fresh_dir(self)
+        live = LiveServer(request_app(data, trusted_proxy=trusted_proxy))
+        self.addCleanup(live.stop)
+        headers = {'X-Forwarded-Proto': proto} if proto else {}
+        resp = WebClient(live.port).get('/login', headers=headers)
+        self.assertEqual(resp.status, 200)
+        return cookie_attrs(set_cookie_named(resp.set_cookies, 'sid')), resp
+
+    def test_trusted_proxy_https(self):
+        attrs, _ = self.live_set_cookie('127.0.0.1', 'https')
+        self.assertIn('secure', attrs)
+        self.assertIn('httponly', attrs)
+
+    def test_trusted_proxy_plain_http(self):
+        attrs, _ = self.live_set_cookie('127.0.0.1', None)
+        self.assertNotIn('secure', attrs)
+
+    def test_untrusted_peer_cannot_claim_https(self):
+        attrs, _ = self.live_set_cookie('10.9.9.9', 'https')
+        self.assertNotIn('secure', attrs)
+
+    def test_send_file_of_a_missing_file_is_an_error_response(self):
+        # Was a bug, now fixed: Response.send_file() of a path that does not exist (e.g. an upload whose stored
+        # file was removed) fails in the connection's writer (os.stat -> FileNotFoundError,
+        # logged as "error writing a response") and the transport is aborted: the client gets
+        # no status line at all instead of a 404/500.
+        live = LiveServer(request_app(fresh_dir(self)))
+        self.addCleanup(live.stop)
+        with quiet_logs():
+            responses = exchange(live.port, b'GET /missing-file HTTP/1.1\r\nHost: a\r\n\r\n')
+        self.assertEqual(status_of(live.port, b'GET /ok HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+        self.assertTrue(responses, 'no response at all')
+        self.assertIn(responses[0][0], (404, 500))
+
+
+# === 4. Forms =================================================================================
+
+def forms_app(data):
+    app = server.App(data=data, csrf=False)
+
+    @app.route('/form', methods=['POST'])
+    async def form(request):
+        return {'form': {k: request.form.getlist(k) for k in request.form},
+                'files': sorted(request.files)}
+
+    @app.route('/small', methods=['POST'], max_body=100)
+    async def small(request):
+        return {'len': len(request.body), 'form': dict(request.form)}
+
+    @app.route('/upload', methods=['POST'])
+    def upload(request):                    # plain def: UploadedFile.read() blocks
+        out = {}
+        for name in request.files:
+            f = request.files[name]
+            out[name] = {'filename': f.filename, 'size': f.size, 'type': f.content_type,
+                         'data': f.read().decode('latin-1'),
+                         'spooled_in_uploads': os.path.dirname(f.path) == app.upload_dir,
+                         'exists': os.path.exists(f.path)}
+        return {'files': out, 'form': dict(request.form)}
+
+    @app.route('/save', methods=['POST'])
+    def save(request):
+        dest = os.path.join(app.data, 'kept.bin')
+        request.files['file'].save(dest)
+        return {'saved': dest}
+    return app
+
+
+def multipart_body(boundary, parts, close=True):
+    """parts: [(headers bytes, body bytes)] -> a multipart body with CRLF line ends."""
+    b = boundary.encode('latin-1')
+    out = b''
+    for headers, body in parts:
+        out += b'--' + b + b'\r\n' + headers + b'\r\n\r\n' + body + b'\r\n'
+    if close:
+        out += b'--' + b + b'--\r\n'
+    return out
+
+
+def run_parser(boundary, pieces, max_parts=server.MAX_MULTIPART_PARTS):
+    """Feed pieces to a MultipartParser -> ([(name-value header items, body bytes)], done)."""
+    parser = server.MultipartParser(boundary, max_parts)
+    events = []
+    for piece in pieces:
+        events.extend(parser.feed(piece))
+    parts, current = [], None
+    for kind, value in events:
+        if kind == 'part':
+            current = [value.items(), b'']
+        elif kind == 'data':
+            current[1] += value
+        else:
+            parts.append((current[0], current[1]))
+            current = None
+    return parts, parser.done
+
+
+class FormsTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.data = fresh_dir(cls)
+        cls.app = forms_app(cls.data)
+        cls.client = cls.app.test_client()
+        cls.addClassCleanup(cls.client.close)
+
+    def tearDown(self):
+        # Nothing a request spooled may be left behind in data/uploads.
+        if os.path.isdir(self.app.upload_dir):
+            self.assertEqual(os.listdir(self.app.upload_dir), [])
+
+    def post(self, path, body, ctype):
+        return self.client.request('POST', path, body=body, headers={'Content-Type': ctype})
+
+    URLENCODED = [
+        (b'a=1+2&a=3&b=&c', {'a': ['1 2', '3'], 'b': [''], 'c': ['']}),
+        (b'x=%2B%26%3D&y=caf%C3%A9', {'x': ['+&='], 'y': ['café']}),
+        (b'empty=&&=v', {'empty': [''], '': ['v']}),
+        (b'', {}),
+    ]
+
+    def test_urlencoded(self):
+        for body, expected in self.URLENCODED:
+            with self.subTest(body=body):
+                resp = self.post('/form', body, 'application/x-www-form-urlencoded')
+                self.assertEqual(resp.status, 200)
+                self.assertEqual(resp.json()['form'], expected)
+
+    def test_urlencoded_bad_utf8(self):
+        for body in (b'a=%FF', b'a=\xff', b'%C3=1'):
+            with self.subTest(body=body):
+                self.assertEqual(self.post('/form', body, 'application/x-www-form-urlencoded').status, 400)
+
+    def test_body_limit_at_and_past(self):
+        at = b'a=' + b'x' * 98
+        self.assertEqual(len(at), 100)
+        resp = self.post('/small', at, 'application/x-www-form-urlencoded')
+        self.assertEqual((resp.status, resp.json()['len']), (200, 100))
+        self.assertEqual(self.post('/small', at + b'x', 'application/x-www-form-urlencoded').status, 413)
+        self.assertEqual(self.post('/small', b'{}' + b' ' * 99, 'application/json').status, 413)
+
+    def test_multipart_by_hand(self):
+        body = multipart_body('XyZ', [
+            (b'Content-Disposition: form-data; name="a"', b'one'),
+            (b'Content-Disposition: form-data; name="a"', b'two'),
+            (b'content-disposition: form-data; name="caf\xc3\xa9"', 'é--XyZnot\r\n-XyZ\r\n'.encode()),
+            (b'Content-Disposition: form-data; name="empty"', b''),
+        ])
+        resp = self.post('/form', body, 'multipart/form-data; boundary=XyZ')
+        self.assertEqual(resp.status, 200, resp.text)
+        self.assertEqual(resp.json()['form'],
+                         {'a': ['one', 'two'], 'cafÃ©': ['é--XyZnot\r\n-XyZ\r\n'], 'empty': ['']})
+
+    def test_multipart_odd_boundaries(self):
+        boundaries = ["'()+_,-./:=?", 'a b', 'x' * 70, '--', '=_=', '0']
+        for boundary in boundaries:
+            body = multipart_body(boundary, [
+                (b'Content-Disposition: form-data; name="f"', b'v--' + boundary.encode() + b'x'),
+                (b'Content-Disposition: form-data; name="file"; filename="a.txt"\r\nContent-Type: text/plain',
+                 b'file\r\ndata'),
+            ])
+            for ctype in (f'multipart/form-data; boundary="{boundary}"',
+                          f'multipart/form-data; charset=utf-8; BOUNDARY="{boundary}"; x=y'):
+                with self.subTest(boundary=boundary, ctype=ctype):
+                    resp = self.post('/upload', body, ctype)
+                    self.assertEqual(resp.status, 200, resp.text)
+                    got = resp.json()
+                    self.assertEqual(got['form'], {'f': 'v--' + boundary + 'x'})
+                    self.assertEqual(got['files']['file']['data'], 'file\r\ndata')
+        resp = self.post('/form', multipart_body('x' * 71, []), 'multipart/form-data; boundary=' + 'x' * 71)
+        self.assertEqual(resp.status, 400)
+        self.assertEqual(self.post('/form', b'--\r\n', 'multipart/form-data').status, 400)   # no boundary
+
+    def test_multipart_from_the_email_package(self):
+        boundary = "===odd'()+_,-./:=?b"
+        msg = MIMEMultipart('form-data', boundary=boundary)
+        field = MIMEBase('text', 'plain', charset='utf-8')
+        field.set_payload('hello world')
+        field.add_header('Content-Disposition', 'form-data', name='field')
+        upload = MIMEApplication('file -- content', _encoder=encoders.encode_noop)
+        upload.add_header('Content-Disposition', 'form-data', name='up', filename='a b.txt')
+        msg.attach(field)
+        msg.attach(upload)
+        buf = io.BytesIO()
+        email.generator.BytesGenerator(buf, policy=email.policy.HTTP).flatten(msg)
+        raw = buf.getvalue()
+        head, _, body = raw.partition(b'\r\n\r\n')
+        ctype = [line for line in head.decode().split('\r\n') if line.lower().startswith('content-type:')][0]
+        ctype = ctype.split(':', 1)[1].strip()
+        self.assertIn('"', ctype)                  # the email package quotes this boundary
+        resp = self.post('/upload', body, ctype)
+        self.assertEqual(resp.status, 200, resp.text)
+        got = resp.json()
+        self.assertEqual(got['form'], {'field': 'hello world'})
+        self.assertEqual(got['files']['up']['data'], 'file -- content')
+        self.assertEqual(got['files']['up']['filename'], 'a b.txt')
+
+    def test_parser_fed_whole_bytewise_and_split_everywhere(self):
+        body = b'preamble\r\n' + multipart_body('b-1', [
+            (b'Content-Disposition: form-data; name="a"', b'alpha'),
+            (b'Content-Disposition: form-data; name="f"; filename="x.bin"\r\nContent-Type: app/x',
+             b'\r\n--b-\r\n-b-1x--b-1\x00\xff\r\n'),
+            (b'Content-Disposition: form-data; name="c"', b''),
+        ]) + b'epilogue'
+        expected = (
+            [([('Content-Disposition', 'form-data; name="a"')], b'alpha'),
+             ([('Content-Disposition', 'form-data; name="f"; filename="x.bin"'), ('Content-Type', 'app/x')],
+              b'\r\n--b-\r\n-b-1x--b-1\x00\xff\r\n'),
+             ([('Content-Disposition', 'form-data; name="c"')], b'')],
+            True)
+        self.assertEqual(run_parser('b-1', [body]), expected)
+        self.assertEqual(run_parser('b-1', [body[i:i + 1] for i in range(len(body))]), expected)
+        for i in range(len(body) + 1):
+            with self.subTest(split=i):
+                self.assertEqual(run_parser('b-1', [body[:i], body[i:]]), expected)
+
+    def test_parser_rejections(self):
+        cases = [
+            # (boundary, body, status)
+            ('b', multipart_body('b', [(b'Content-Disposition: form-data; name="a"', b'x')] * 101), 413),
+            ('b', b'--b\r\nContent-Disposition: form-data; name="a"\r\n folded\r\n\r\nx\r\n--b--\r\n', 400),
+            ('b', b'--bjunk\r\n\r\nx\r\n--b--\r\n', 400),
+            ('b', b'--b\r\nNo colon here\r\n\r\nx\r\n--b--\r\n', 400),
+        ]
+        for boundary, body, status in cases:
+            for pieces in ([body], [body[i:i + 7] for i in range(0, len(body), 7)]):
+                with self.subTest(body=body[:40], pieces=len(pieces)):
+                    with self.assertRaises(server.HTTPError) as ctx:
+                        run_parser(boundary, pieces)
+                    self.assertEqual(ctx.exception.status, status)
+        with self.assertRaises(server.HTTPError):
+            server.MultipartParser('x' * 71)
+        with self.assertRaises(server.HTTPError):
+            server.MultipartParser('')
+
+    def test_oversize_part_headers_arriving_in_pieces(self):
+        huge = b'Content-Disposition: form-data; name="a"; x="' + b'y' * (server.MAX_FIELD_BYTES + 5000) + b'"'
+        body = multipart_body('b', [(huge, b'v')])
+        with self.assertRaises(server.HTTPError) as ctx:
+            run_parser('b', [body[i:i + 1000] for i in range(0, len(body), 1000)])
+        self.assertEqual(ctx.exception.status, 413)
+
+    def test_oversize_part_headers_arriving_whole(self):
+        # Was a bug, now fixed: MultipartParser checks the part-header size only while the blank line that ends
+        # the headers has not arrived; a 69 KiB header block delivered in one feed (the test
+        # client, or one large TCP read) is accepted, though the same bytes in pieces are 413.
+        huge = b'Content-Disposition: form-data; name="a"; x="' + b'y' * (server.MAX_FIELD_BYTES + 5000) + b'"'
+        body = multipart_body('b', [(huge, b'v')])
+        with self.assertRaises(server.HTTPError) as ctx:
+            run_parser('b', [body])
+        self.assertEqual(ctx.exception.status, 413)
+        self.assertEqual(self.post('/form', body, 'multipart/form-data; boundary=b').status, 413)
+
+    def test_multipart_errors_through_the_app(self):
+        many = multipart_body('b', [(b'Content-Disposition: form-data; name="a"', b'x')] * 101)
+        big_field = multipart_body('b', [(b'Content-Disposition: form-data; name="a"',
+                                          b'x' * (server.MAX_FIELD_BYTES + 1))])
+        cases = [
+            (many, 413),
+            (big_field, 413),
+            (multipart_body('b', [(b'Content-Disposition: form-data; name="a"', b'x')], close=False), 400),
+            (multipart_body('b', [(b'Content-Disposition: form-data; name="f"; filename="a.txt"', b'x' * 5000)],
+                            close=False), 400),                             # file part, no close
+            (multipart_body('b', [(b'Content-Type: text/plain', b'x')]), 400),  # no name
+            (multipart_body('b', [(b'Content-Disposition: attachment; name="a"', b'x')]), 400),
+            (multipart_body('b', [(b'Content-Disposition: form-data; name="a"', b'\xff\xfe')]), 400),
+        ]
+        for body, status in cases:
+            with self.subTest(body=body[:60], status=status):
+                resp = self.post('/upload', body, 'multipart/form-data; boundary=b')
+                self.assertEqual(resp.status, status)
+                self.assertEqual(os.listdir(self.app.upload_dir) if os.path.isdir(self.app.upload_dir) else [], [])
+
+    def test_file_part_spooled_then_removed(self):
+        content = os.urandom(3000)
+        body = multipart_body('b', [
+            (b'Content-Disposition: form-data; name="note"', b'hi'),
+            (b'Content-Disposition: form-data; name="file"; filename="../../etc/passwd"\r\n'
+             b'Content-Type: text/plain', content),
+        ])
+        resp = self.post('/upload', body, 'multipart/form-data; boundary=b')
+        self.assertEqual(resp.status, 200, resp.text)
+        info = resp.json()['files']['file']
+        self.assertEqual(info['filename'], 'passwd')
+        self.assertEqual(info['size'], 3000)
+        self.assertEqual(info['data'].encode('latin-1'), content)
+        self.assertEqual(info['type'], 'text/plain')
+        self.assertTrue(info['spooled_in_uploads'])
+        self.assertTrue(info['exists'])
+        self.assertEqual(os.listdir(self.app.upload_dir), [])        # deleted after the request
+
+    def test_saved_upload_is_kept(self):
+        body = multipart_body('b', [(b'Content-Disposition: form-data; name="file"; filename="k.bin"', b'keep me')])
+        resp = self.post('/save', body, 'multipart/form-data; boundary=b')
+        self.assertEqual(resp.status, 200, resp.text)
+        dest = resp.json()['saved']
+        self.addCleanup(os.unlink, dest)
+        with open(dest, 'rb') as f:
+            self.assertEqual(f.read(), b'keep me')
+        self.assertEqual(os.listdir(self.app.upload_dir), [])
+
+    def test_filenames_made_safe(self):
+        cases = [
+            (b'filename="../../etc/passwd"', 'passwd'),
+            (b'filename="..\\\\..\\\\windows\\\\win.ini"', 'win.ini'),
+            (b'filename=".htaccess"', 'htaccess'),
+            (b'filename=""', 'file'),
+            (b'filename="a\\"b.txt"', 'a_b.txt'),
+            (b'filename="fallback.txt"; filename*=UTF-8\'\'na%C3%AFve%20caf%C3%A9.txt',
+             server.safe_filename('naïve café.txt')),
+            (b"filename*=utf-8''%E2%82%AC%20rates.txt", server.safe_filename('€ rates.txt')),
+        ]
+        for param, expected in cases:
+            with self.subTest(param=param):
+                body = multipart_body('b', [(b'Content-Disposition: form-data; name="file"; ' + param, b'x')])
+                resp = self.post('/upload', body, 'multipart/form-data; boundary=b')
+                self.assertEqual(resp.status, 200, resp.text)
+                name = resp.json()['files']['file']['filename']
+                self.assertEqual(name, expected)
+                self.assertNotIn('/', name)
+                self.assertNotIn('\\', name)
+                self.assertFalse(name.startswith('.'))
+        self.assertNotEqual(server.safe_filename('naïve café.txt'), 'fallback.txt')
+
+
+# === 8. Sessions and CSRF =====================================================================
+
+def session_app(data):
+    app = server.App(data=data)
+
+    @app.get('/none')
+    async def none(request):
+        return 'no session use'
+
+    @app.get('/set')
+    async def set_value(request):
+        request.session['v'] = request.query.get('v', '1')
+        return 'set'
+
+    @app.get('/read')
+    async def read(request):
+        return {'v': request.session.get('v')}
+
+    @app.get('/rotate')
+    async def rotate(request):
+        request.session.rotate()
+        return 'rotated'
+
+    @app.get('/token')
+    async def token(request):
+        return request.csrf_token
+
+    @app.route('/form', methods=['POST', 'PUT', 'PATCH', 'DELETE'])
+    async def form(request):
+        return {'ok': True, 'a': request.form.get('a')}
+
+    @app.route('/open', methods=['POST'], csrf=False)
+    async def open_form(request):
+        return {'open': True}
+
+    @app.route('/api', methods=['POST'])
+    async def api(request):
+        return {'json': request.json}
+    return app
+
+
+class SessionTest(unittest.TestCase):
+
+    def setUp(self):
+        self.data = fresh_dir(self)
+        self.app = session_app(self.data)
+        self.client = self.app.test_client()
+        self.addCleanup(self.client.close)
+
+    def sid_of(self, resp):
+        value = set_cookie_named(resp.headers.get_all('set-cookie'), 'sid')
+        return cookie_attrs(value)['sid'] if value else None
+
+    def db_rows(self):
+        with contextlib.closing(sqlite3.connect(os.path.join(self.data, 'app.db'))) as conn:
+            return conn.execute('SELECT id, data, expires FROM sessions').fetchall()
+
+    def test_cookie_only_when_written(self):
+        for path in ('/none', '/read', '/read'):
+            resp = self.client.get(path)
+            self.assertEqual(resp.status, 200)
+            self.assertEqual(resp.headers.get_all('set-cookie'), [], path)
+        self.assertEqual(self.client.cookies, {})
+        resp = self.client.get('/set?v=1')
+        attrs = cookie_attrs(set_cookie_named(resp.headers.get_all('set-cookie'), 'sid'))
+        self.assertGreaterEqual(len(attrs['sid']), 43)                 # token_urlsafe(32)
+        self.assertEqual((attrs['path'], attrs['samesite']), ('/', 'Lax'))
+        self.assertIn('httponly', attrs)
+        self.assertEqual(int(attrs['max-age']), server.SESSION_LIFETIME_S)
+        # a later read does not re-send the cookie
+        self.assertEqual(self.client.get('/read').headers.get_all('set-cookie'), [])
+
+    def test_data_survives_requests_and_is_stored_hashed(self):
+        self.client.get('/set?v=hello')
+        self.assertEqual(self.client.get('/read').json(), {'v': 'hello'})
+        sid = self.client.cookies['sid']
+        rows = self.db_rows()
+        self.assertEqual(len(rows), 1)
+        self.assertEqual(rows[0][0], hashlib.sha256(sid.encode()).hexdigest())
+        self.assertNotIn(sid, rows[0][0] + rows[0][1])
+
+    def test_survives_a_restart(self):
+        first = LiveServer(session_app(self.data))
+        try:
+            browser = WebClient(first.port)
+            self.assertEqual(browser.get('/set?v=persisted').status, 200)
+            self.assertIn('sid', browser.cookies)
+        finally:
+            first.stop()
+        second = LiveServer(session_app(self.data))
+        try:
+            browser.port = second.port
+            resp = browser.get('/read')
+            self.assertEqual(json.loads(resp.body), {'v': 'persisted'})
+        finally:
+            second.stop()
+
+    def test_unissued_id_is_not_adopted(self):
+        self.client.cookies['sid'] = 'attacker-chosen-id'
+        self.assertEqual(self.client.get('/read').json(), {'v': None})
+        resp = self.client.get('/set?v=x')
+        sid = self.sid_of(resp)
+        self.assertIsNotNone(sid)
+        self.assertNotEqual(sid, 'attacker-chosen-id')
+        keys = [row[0] for row in self.db_rows()]
+        self.assertNotIn(hashlib.sha256(b'attacker-chosen-id').hexdigest(), keys)
+        for bogus in ('x' * 200, '', '"quoted"'):
+            with self.subTest(bogus=bogus):
+                c = self.app.test_client()
+                try:
+                    c.cookies['sid'] = bogus
+                    self.assertEqual(c.get('/read').json(), {'v': None})
+                finally:
+                    c.close()
+
+    def test_rotate(self):
+        self.client.get('/set?v=kept')
+        old = self.client.cookies['sid']
+        new = self.sid_of(self.client.get('/rotate'))
+        self.assertIsNotNone(new)
+        self.assertNotEqual(new, old)
+        self.assertEqual(self.client.get('/read').json(), {'v': 'kept'})
+        self.assertEqual(len(self.db_rows()), 1)
+        attacker = self.app.test_client()
+        try:
+            attacker.cookies['sid'] = old
+            self.assertEqual(attacker.get('/read').json(), {'v': None})
+        finally:
+            attacker.close()
+
+    def test_expired_session_is_not_loaded(self):
+        self.client.get('/set?v=old')
+        with contextlib.closing(sqlite3.connect(os.path.join(self.data, 'app.db'), timeout=5)) as conn:
+            conn.execute('UPDATE sessions SET expires = ?', (time.time() - 1,))
+            conn.commit()
+        self.assertEqual(self.client.get('/read').json(), {'v': None})
+
+    def test_expired_through_a_short_lifetime(self):
+        with patched(SESSION_LIFETIME_S=-1):
+            self.client.get('/set?v=short')
+        self.assertEqual(self.client.get('/read').json(), {'v': None})
+
+    def test_csrf(self):
+        token = self.client.get('/token').text
+        self.assertTrue(token)
+        form = 'application/x-www-form-urlencoded'
+        cases = [
+            # (method, path, body, headers, status)
+            ('POST', '/form', 'a=1', {'Content-Type': form}, 403),                           # missing
+            ('POST', '/form', 'a=1&csrf_token=wrong', {'Content-Type': form}, 403),          # wrong
+            ('POST', '/form', 'a=1&csrf_token=' + token + 'x', {'Content-Type': form}, 403),
+            ('POST', '/form', 'a=1', {'Content-Type': form, 'X-CSRF-Token': 'nope'}, 403),
+            ('POST', '/form', 'a=1&csrf_token=' + token, {'Content-Type': form}, 200),       # field
+            ('POST', '/form', 'a=1', {'Content-Type': form, 'X-CSRF-Token': token}, 200),    # header
+            ('POST', '/form', 'a=1', {'Content-Type': 'text/plain'}, 403),
+            ('POST', '/form', '', {}, 403),
+            ('PUT', '/form', 'a=1', {'Content-Type': form}, 403),
+            ('PATCH', '/form', 'a=1', {'Content-Type': form}, 403),
+            ('DELETE', '/form', 'a=1', {'Content-Type': form}, 403),
+            ('DELETE', '/form', 'a=1', {'Content-Type': form, 'X-CSRF-Token': token}, 200),
+            ('POST', '/api', '{"x": 1}', {'Content-Type': 'application/json'}, 200),        # JSON: no CSRF
+            ('POST', '/open', 'a=1', {'Content-Type': form}, 200),                         # csrf=False
+        ]
+        for method, path, body, headers, status in cases:
+            with self.subTest(method=method, path=path, body=body, headers=headers):
+                resp = self.client.request(method, path, body=body.encode(), headers=headers)
+                self.assertEqual(resp.status, status, resp.text)
+        multipart, ctype = server.encode_multipart({'a': 'm', 'csrf_token': token})
+        resp = self.client.request('POST', '/form', body=multipart, headers={'Content-Type': ctype})
+        self.assertEqual((resp.status, resp.json()['a']), (200, 'm'))
+        multipart, ctype = server.encode_multipart({'a': 'm'})
+        resp = self.client.request('POST', '/form', body=multipart, headers={'Content-Type': ctype})
+        self.assertEqual(resp.status, 403)
+
+    def test_csrf_token_of_another_session_is_refused(self):
+        token = self.client.get('/token').text
+        other = self.app.test_client()
+        try:
+            other.get('/token')
+            resp = other.post('/form', data={'a': '1', 'csrf_token': token})
+            self.assertEqual(resp.status, 403)
+        finally:
+            other.close()
+
+
+# === 7. Templates =============================================================================
+
+class TemplateTest(unittest.TestCase):
+
+    def setUp(self):
+        self.root = fresh_dir(self)
+        self.folder = os.path.join(self.root, 'templates')
+        os.makedirs(self.folder)
+        self.templates = server.Templates(self.folder)
+
+    def write(self, name, text):
+        path = os.path.join(self.folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w', encoding='utf-8') as f:
+            f.write(text)
+        return path
+
+    def render(self, source, **context):
+        return server.Template(source).render(context)
+
+    def test_autoescape_and_safe(self):
+        value = '<script>alert("x")</script> & \'y\''
+        self.assertEqual(self.render('{{ v }}', v=value),
+                         '&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;y&#x27;')
+        self.assertEqual(self.render('{{ v|safe }}', v=value), value)
+        self.assertEqual(self.render('<a title="{{ v }}">', v='" onmouseover="x'),
+                         '<a title="&quot; onmouseover=&quot;x">')
+        self.assertEqual(self.render('{{ v }}', v=None), '')
+        self.assertEqual(self.render('{{ v }}', v=0), '0')
+
+    def test_dotted_lookups(self):
+        obj = types.SimpleNamespace(attr='A', nested={'k': ['x', {'deep': 'D'}]})
+        ctx = {'d': {'k': 'K', 'list': [{'name': 'first'}, {'name': 'second'}]}, 'o': obj, 'l': [10, 20, 30]}
+        cases = [
+            ('{{ d.k }}', 'K'), ('{{ o.attr }}', 'A'), ('{{ l.1 }}', '20'), ('{{ l.9 }}', ''),
+            ('{{ d.list.1.name }}', 'second'), ('{{ o.nested.k.1.deep }}', 'D'),
+            ('{{ d.missing }}', ''), ('{{ missing.anything }}', ''), ('{{ o.nope }}', ''),
+        ]
+        for source, expected in cases:
+            with self.subTest(source=source):
+                self.assertEqual(server.Template(source).render(ctx), expected)
+
+    def test_if_elif_else(self):
+        source = '{% if n > 10 %}big{% elif n > 5 %}medium{% elif n == 0 %}zero{% else %}small{% endif %}'
+        for n, expected in ((11, 'big'), (6, 'medium'), (0, 'zero'), (3, 'small')):
+            with self.subTest(n=n):
+                self.assertEqual(self.render(source, n=n), expected)
+        cases = [
+            ('{% if a and not b %}y{% else %}n{% endif %}', {'a': 1, 'b': 0}, 'y'),
+            ('{% if a or b %}y{% else %}n{% endif %}', {'a': 0, 'b': 0}, 'n'),
+            ('{% if "x" in items %}y{% endif %}', {'items': ['x']}, 'y'),
+            ('{% if "z" not in items %}y{% endif %}', {'items': ['x']}, 'y'),
+            ('{% if s == "a b" %}y{% endif %}', {'s': 'a b'}, 'y'),
+            ('{% if missing %}y{% else %}n{% endif %}', {}, 'n'),
+            ('{% if n < "x" %}y{% else %}n{% endif %}', {'n': 1}, 'n'),     # incomparable -> false
+        ]
+        for source, ctx, expected in cases:
+            with self.subTest(source=source):
+                self.assertEqual(server.Template(source).render(ctx), expected)
+
+    def test_for_loop(self):
+        source = ('{% for x in items %}{{ loop.index }}:{{ x }}{% if loop.first %}(first){% endif %}'
+                  '{% if loop.last %}(last){% else %},{% endif %}{% else %}empty{% endfor %}')
+        self.assertEqual(self.render(source, items=['a', '<b>', 'c']), '1:a(first),2:&lt;b&gt;,3:c(last)')
+        self.assertEqual(self.render(source, items=['only']), '1:only(first)(last)')
+        self.assertEqual(self.render(source, items=[]), 'empty')
+        self.assertEqual(self.render(source), 'empty')
+        nested = '{% for row in rows %}[{% for c in row %}{{ c }}{% endfor %}]{% endfor %}'
+        self.assertEqual(self.render(nested, rows=[[1, 2], [3]]), '[12][3]')
+        self.assertEqual(self.render('{% for x in items %}{{ x }}{% endfor %}{{ x }}', items=[1], x='outer'), '1outer')
+
+    def test_filters(self):
+        cases = [
+            ('{{ s|upper }}', {'s': 'aé<'}, 'AÉ&lt;'), ('{{ s|lower }}', {'s': 'AB'}, 'ab'),
+            ('{{ s|title }}', {'s': 'ada lovelace'}, 'Ada Lovelace'), ('{{ s|trim }}', {'s': '  x  '}, 'x'),
+            ('{{ l|length }}', {'l': [1, 2, 3]}, '3'), ('{{ m|length }}', {}, '0'),
+            ('{{ m|default("n/a") }}', {}, 'n/a'), ('{{ s|default("n/a") }}', {'s': 'v'}, 'v'),
+            ('{{ l|join }}', {'l': [1, 2]}, '1, 2'), ('{{ l|join("-") }}', {'l': ['<', '>']}, '&lt;-&gt;'),
+            ('{{ s|urlencode }}', {'s': 'a b&c/d'}, 'a%20b%26c%2Fd'),
+            ('{{ s|trim|upper }}', {'s': ' x '}, 'X'),
+            ('{{VISIT_COUNT}}', {'VISIT_COUNT': 42}, '42'),
+            ('{# a comment {{ x }} #}ok', {}, 'ok'),
+        ]
+        for source, ctx, expected in cases:
+            with self.subTest(source=source):
+                self.assertEqual(server.Template(source).render(ctx), expected)
+
+    def test_include_and_extends_two_levels(self):
+        self.write('base.html', '<title>{% block title %}Base{% endblock %}</title>'
+                                '<main>{% block content %}base content{% endblock %}</main>'
+                                '<footer>{% include "footer.html" %}</footer>')
+        self.write('footer.html', '(c) {{ year }}')
+        self.write('layout.html', '{% extends "base.html" %}{% block content %}<nav>{{ nav }}</nav>'
+                                  '{% block body %}layout body{% endblock %}{% endblock %}')
+        self.write('page.html', '{% extends "layout.html" %}\n{% block title %}Page {{ name }}{% endblock %}\n'
+                                'ignored text outside blocks\n{% block body %}Hello {{ name }}!{% endblock %}')
+        self.write('partials/item.html', '<li>{{ item }}</li>')
+        self.write('list.html', '<ul>{% for item in items %}{% include "partials/item.html" %}{% endfor %}</ul>')
+        out = self.templates.get('page.html').render({'name': '<Ada>', 'year': 2024, 'nav': 'N'})
+        self.assertEqual(out, '<title>Page &lt;Ada&gt;</title><main><nav>N</nav>Hello &lt;Ada&gt;!</main>'
+                              '<footer>(c) 2024</footer>')
+        out = self.templates.get('layout.html').render({'nav': 'N', 'year': 1})
+        self.assertEqual(out, '<title>Base</title><main><nav>N</nav>layout body</main><footer>(c) 1</footer>')
+        self.assertEqual(self.templates.get('list.html').render({'items': ['a', 'b']}),
+                         '<ul><li>a</li><li>b</li></ul>')
+
+    def test_errors_name_file_and_line(self):
+        cases = [
+            ('unknown_tag.html', 'line one\nline two\n{% frobnicate %}\n', 3, 'frobnicate'),
+            ('unclosed.html', 'a\n{% if x %}\nb\n', 2, 'never closed'),
+            ('unclosed_for.html', '\n\n\n{% for x in y %}', 4, 'never closed'),
+            ('bad_expr.html', 'a\nb\nc\n{{ x + 1 }}', 4, 'x + 1'),
+            ('bad_filter.html', '\n{{ x|nosuchfilter }}', 2, 'nosuchfilter'),
+            ('stray_end.html', 'x\n{% endif %}', 2, 'endif'),
+            ('mismatch.html', '{% if a %}\n{% for b in c %}\n{% endif %}', 3, 'endif'),
+            ('bad_for.html', '{% for in items %}', 1, 'for'),
+            ('empty_expr.html', '\n{{ }}', 2, 'empty'),
+            ('else_after_else.html', '{% if a %}{% else %}\n{% else %}{% endif %}', 2, 'else'),
+            ('runtime.html', 'ok\n{{ n|length }}', 2, 'TypeError'),
+        ]
+        for name, source, line, words in cases:
+            with self.subTest(name=name):
+                self.write(name, source)
+                with self.assertRaises(server.TemplateError) as ctx:
+                    self.templates.get(name).render({'n': 5})
+                err = ctx.exception
+                self.assertIn(name, str(err))
+                self.assertIn(f':{line}:', str(err))
+                self.assertEqual(err.lineno, line)
+                self.assertIn(words, str(err))
+        with self.assertRaises(server.TemplateError):
+            self.templates.get('does-not-exist.html')
+
+    def test_cache_reloads_after_the_file_changes(self):
+        path = self.write('page.html', 'version one')
+        self.assertEqual(self.templates.get('page.html').render(), 'version one')
+        first = self.templates.get('page.html')
+        self.assertIs(self.templates.get('page.html'), first)              # cached
+        self.write('page.html', 'version two')
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+        self.templates.refresh()
+        self.assertEqual(self.templates.get('page.html').render(), 'version two')
+        # a parent change is seen by a child that extends it
+        self.write('base.html', '[{% block b %}{% endblock %}]')
+        self.write('child.html', '{% extends "base.html" %}{% block b %}c{% endblock %}')
+        self.assertEqual(self.templates.get('child.html').render(), '[c]')
+        base = self.write('base.html', '<{% block b %}{% endblock %}>')
+        st = os.stat(base)
+        os.utime(base, ns=(st.st_atime_ns, st.st_mtime_ns + 7_000_000_000))
+        self.templates.refresh()
+        self.assertEqual(self.templates.get('child.html').render(), '<c>')
+
+    def test_template_outside_the_folder_is_refused(self):
+        with open(os.path.join(self.root, 'secret.txt'), 'w') as f:
+            f.write('SECRET')
+        self.write('inc.html', '{% include "../secret.txt" %}')
+        for name in ('../secret.txt', os.path.join(self.root, 'secret.txt')):
+            with self.subTest(name=name):
+                with self.assertRaises(server.TemplateError):
+                    self.templates.get(name)
+        with self.assertRaises(server.TemplateError):
+            self.templates.get('inc.html').render()
+
+    def test_injection_attempts_never_run_code(self):
+        calls = []
+
+        class Thing:
+            value = 'v'
+
+            def method(self):
+                calls.append('method')
+                return 'CALLED'
+
+            @property
+            def secret_prop(self):
+                return 'prop'
+        ctx = {'a': Thing(), 'f': lambda: calls.append('f') or 'CALLED', 'd': {'k': 'v'}, 's': 'str'}
+        attempts = [
+            '{{ a.__class__ }}', "{{ ''.__class__ }}", '{{ f() }}', "{{ __import__('os') }}",
+            '{{ __import__ }}', '{{ lambda: 1 }}', '{{ a.method }}', '{{ a.method.__func__ }}',
+            '{{ a.method() }}', '{{ d.__class__.__mro__ }}', '{{ s.upper }}', '{{ s.__len__ }}',
+            '{{ a.__init__.__globals__ }}', '{{ [1,2] }}', '{{ {"a": 1} }}', '{{ a[0] }}',
+            '{{ x if y else z }}', '{{ 1 + 1 }}', '{{ a; import os }}', '{{ s|upper() }}',
+            '{{ s|__class__ }}', '{% for x in a.__class__.__subclasses__ %}{{ x }}{% endfor %}',
+            '{% if f() %}y{% endif %}', '{{ d.k|join(f()) }}', '{{ "x".join }}', '{{ _c }}', '{{ _l }}',
+            '{{ a.__dict__ }}', '{{ request.app }}',
+        ]
+        for source in attempts:
+            with self.subTest(source=source):
+                try:
+                    out = server.Template(source).render(ctx)
+                except server.TemplateError:
+                    continue
+                self.assertNotIn('CALLED', out)
+                self.assertNotIn('class', out)
+                self.assertNotIn('function', out)
+                self.assertNotIn('method', out)
+                self.assertNotIn('<', out)
+        self.assertEqual(calls, [])
+        self.assertEqual(server.Template('{{ a.value }}').render(ctx), 'v')
+
+    def test_callable_values_render_empty(self):
+        # Was a bug (minor), now fixed: _lookup renders callable *attributes* as empty, but a callable reached as
+        # a top-level name or a dict value is rendered with its repr (type and memory address).
+        # Nothing is called either way.
+        calls = []
+
+        def f():
+            calls.append(1)
+            return 'CALLED'
+        ctx = {'f': f, 'd': {'fn': f}, 'o': types.SimpleNamespace(fn=f)}
+        self.assertEqual(server.Template('{{ o.fn }}').render(ctx), '')
+        self.assertEqual(server.Template('{{ f }}').render(ctx), '')
+        self.assertEqual(server.Template('{{ d.fn }}').render(ctx), '')
+        self.assertEqual(calls, [])
+
+    def test_recursive_include_is_a_template_error(self):
+        # Was a bug, now fixed: the include depth guard reads ctx['_include_depth'] but nothing ever sets it,
+        # so a template that includes itself recurses until Python's RecursionError (not a
+        # TemplateError naming the file and line).
+        self.write('self.html', 'x\n{% include "self.html" %}')
+        with self.assertRaises(server.TemplateError) as ctx:
+            self.templates.get('self.html').render()
+        self.assertIn('self.html', str(ctx.exception))
+
+    def test_render_through_an_app_takes_any_keyword(self):
+        self.write('kw.html', '{{ template }}|{{ name }}|{{ path }}|{{ csrf_token }}')
+        app = server.App(root=self.root, data=fresh_dir(self))
+
+        @app.get('/kw')
+        async def kw(request):
+            return server.render('kw.html', template='T<', name='N')
+        with app.test_client() as client:
+            resp = client.get('/kw')
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.headers['content-type'], 'text/html; charset=utf-8')
+        self.assertRegex(resp.text, r'^T&lt;\|N\|/kw\|[A-Za-z0-9_-]{40,}$')
+        self.assertIsNotNone(set_cookie_named(resp.headers.get_all('set-cookie'), 'sid'))
+
+
+# === 8. Storage ===============================================================================
+
+class StorageTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        with environ(ADMIN_PASSWORD=None):
+            cls.live = LiveServer()
+        cls.addClassCleanup(cls.live.stop)
+        cls.db_path = os.path.join(cls.live.data, 'app.db')
+
+    def query(self, sql, params=()):
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def test_hostile_strings_are_stored_verbatim(self):
+        values = [
+            ("'); DROP TABLE messages;--", 'a@example.com', "Robert'); DROP TABLE messages;--"),
+            ('" OR 1=1 --', 'b@example.com', '" OR ""="'),
+            ('nul', 'c@example.com', 'before\x00after'),
+            ('emoji 😀 é ñ 中文', 'd@example.com', '\U0001F600\u200b\ufeff <script>x</script>'),
+            ('percent %s %d ?', 'e@example.com', '?, ?); --'),
+        ]
+        browser = WebClient(self.live.port, forwarded_for='192.0.2.61')
+        for name, email_addr, message in values:
+            with self.subTest(name=name):
+                token = browser.csrf('/contact')
+                resp = browser.post_form('/contact', {'csrf_token': token, 'name': name, 'email': email_addr,
+                                                      'message': message})
+                self.assertEqual(resp.status, 303, resp.text[:500])
+                self.assertEqual(resp.headers['location'], '/contact/thanks')
+        rows = self.query('SELECT name, email, body, ip FROM messages WHERE ip = ? ORDER BY id', ('192.0.2.61',))
+        self.assertEqual([tuple(r[:3]) for r in rows], values)
+        self.assertEqual(self.query("SELECT name FROM sqlite_master WHERE name = 'messages'"), [('messages',)])
+
+    def test_journal_mode_and_schema_version(self):
+        self.assertEqual(self.query('PRAGMA journal_mode'), [('wal',)])
+        self.assertEqual(self.query('PRAGMA user_version'), [(len(server.SITE_MIGRATIONS),)])
+        tables = {r[0] for r in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self.assertLessEqual({'sessions', 'messages', 'uploads', 'counters'}, tables)
+
+    def test_migrations_run_once(self):
+        data = fresh_dir(self)
+        path = os.path.join(data, 'app.db')
+        migrations = ['CREATE TABLE a (x);', 'CREATE TABLE b (y); INSERT INTO b VALUES (1);']
+        for _ in range(2):   # a second start must not run the scripts again
+            db = server.Database(path, migrations)
+            asyncio.run(db.execute('SELECT 1'))
+            asyncio.run(db.close())
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            self.assertEqual(conn.execute('PRAGMA user_version').fetchone()[0], 2)
+            self.assertEqual(conn.execute('SELECT COUNT(*) FROM b').fetchone()[0], 1)
+
+    def test_locked_database_is_503_with_retry_after(self):
+        data = fresh_dir(self)
+        path = os.path.join(data, 'locked.db')
+        with patched(DB_BUSY_TIMEOUT_MS=50):
+            db = server.Database(path, ['CREATE TABLE t (x);'])
+            asyncio.run(db.execute('INSERT INTO t VALUES (0)'))        # connects (timeout read now)
+            blocker = sqlite3.connect(path, isolation_level=None, timeout=5)
+            try:
+                blocker.execute('BEGIN EXCLUSIVE')
+                start = time.monotonic()
+                with self.assertRaises(server.HTTPError) as ctx:
+                    asyncio.run(db.execute('INSERT INTO t VALUES (1)'))
+                self.assertLess(time.monotonic() - start, 3)
+                self.assertEqual(ctx.exception.status, 503)
+                self.assertIn('Retry-After', ctx.exception.headers)
+                self.assertTrue(ctx.exception.headers['Retry-After'].isdigit())
+            finally:
+                blocker.execute('ROLLBACK')
+                blocker.close()
+            asyncio.run(db.execute('INSERT INTO t VALUES (2)'))        # works again afterwards
+            self.assertEqual(asyncio.run(db.fetchall('SELECT x FROM t ORDER BY x')), [{'x': 0}, {'x': 2}])
+            asyncio.run(db.close())
+
+    def test_locked_database_at_connect_is_503(self):
+        data = fresh_dir(self)
+        path = os.path.join(data, 'fresh.db')
+        blocker = sqlite3.connect(path, isolation_level=None, timeout=5)
+        try:
+            blocker.execute('CREATE TABLE z (x)')
+            blocker.execute('BEGIN EXCLUSIVE')
+            with patched(DB_BUSY_TIMEOUT_MS=50):
+                db = server.Database(path)
+                with self.assertRaises(server.HTTPError) as ctx:
+                    asyncio.run(db.execute('SELECT 1'))
+            self.assertEqual(ctx.exception.status, 503)
+            self.assertIn('Retry-After', ctx.exception.headers)
+        finally:
+            blocker.execute('ROLLBACK')
+            blocker.close()
+        asyncio.run(db.close())
+
+    def test_close_after_a_failed_connect_needs_no_lock(self):
+        # Was a bug, now fixed: Database.close() runs _db_close through _call, which connects first when
+        # _conn is None; after a connect that failed on a lock, close() connects again (and
+        # would run the migrations) and, while the lock is still held, raises HTTPError 503,
+        # leaving the executor thread running (App.shutdown then fails).
+        path = os.path.join(fresh_dir(self), 'held.db')
+        blocker = sqlite3.connect(path, isolation_level=None, timeout=5)
+        self.addCleanup(blocker.close)
+        blocker.execute('CREATE TABLE z (x)')
+        blocker.execute('BEGIN EXCLUSIVE')
+        self.addCleanup(blocker.execute, 'ROLLBACK')
+        with patched(DB_BUSY_TIMEOUT_MS=50):
+            db = server.Database(path)
+            with self.assertRaises(server.HTTPError):
+                asyncio.run(db.execute('SELECT 1'))
+            try:
+                asyncio.run(db.close())
+            finally:
+                if db._executor is not None:
+                    db._executor.shutdown(wait=False)
+
+
+# === 9. Static files ==========================================================================
+
+class StaticTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        base = fresh_dir(cls)
+        cls.outside = os.path.join(base, 'secret.txt')
+        with open(cls.outside, 'w') as f:
+            f.write('TOP-SECRET-OUTSIDE')
+        root = cls.root = os.path.join(base, 'root')
+        files = {
+            'index.html': '<!doctype html><title>home</title>',
+            'page.html': '<p>' + 'compressible text ' * 200 + '</p>',
+            'style.css': 'body { color: red; }\n' * 50,
+            'app.js': 'console.log("hi");\n' * 50,
+            'pic.svg': '<svg xmlns="http://www.w3.org/2000/svg"></svg>',
+            'notes.txt': 'plain notes',
+            'data.json': '{"a": 1}',
+            'a b.txt': 'space in name',
+            'sub/index.html': 'sub index',
+            'sub/templates/ok.txt': 'only top-level templates/ is hidden',
+            'empty/.keep': '',
+            '.env': 'SECRET_KEY=dotenv',
+            '.git/config': '[core] secret git config',
+            'templates/base.html': '{% block secret %}SECRET-TEMPLATE{% endblock %}',
+            'css/site.css': 'x',
+        }
+        for name, text in files.items():
+            path = os.path.join(root, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'w', encoding='utf-8') as f:
+                f.write(text)
+        cls.big = os.urandom(600 * 1024 + 7)
+        with open(os.path.join(root, 'big.bin'), 'wb') as f:
+            f.write(cls.big)
+        os.symlink(cls.outside, os.path.join(root, 'escape.txt'))
+        os.symlink(base, os.path.join(root, 'escdir'))
+        os.symlink(os.path.join(root, 'notes.txt'), os.path.join(root, 'inside-link.txt'))
+        cls.app = server.App(root=root, data=os.path.join(base, 'data'))
+        cls.live = LiveServer(cls.app, root=root)
+        cls.addClassCleanup(cls.live.stop)
+        cls.port = cls.live.port
+
+    def get(self, path, headers=None, method='GET'):
+        conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=10)
+        try:
+            conn.request(method, path, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    MIME = [
+        ('/index.html', 'text/html; charset=utf-8'),
+        ('/style.css', 'text/css; charset=utf-8'),
+        ('/app.js', 'text/javascript; charset=utf-8'),
+        ('/pic.svg', 'image/svg+xml; charset=utf-8'),
+        ('/notes.txt', 'text/plain; charset=utf-8'),
+        ('/data.json', 'application/json; charset=utf-8'),
+        ('/big.bin', 'application/octet-stream'),
+    ]
+
+    def test_mime_types_and_headers(self):
+        for path, ctype in self.MIME:
+            with self.subTest(path=path):
+                status, headers, _ = self.get(path)
+                self.assertEqual(status, 200)
+                self.assertEqual(headers['content-type'], ctype)
+                self.assertEqual(headers['x-content-type-options'], 'nosniff')
+                self.assertRegex(headers['etag'], r'^"[^"]+"$')
+                self.assertRegex(headers['last-modified'], r'GMT$')
+
+    def test_real_www_mime_types(self):
+        live = LiveServer(server.App(root=WWW, data=fresh_dir(self)))
+        self.addCleanup(live.stop)
+        for path, ctype in (('/css/site.css', 'text/css; charset=utf-8'),
+                            ('/js/site.js', 'text/javascript; charset=utf-8'),
+                            ('/img/avatar.svg', 'image/svg+xml; charset=utf-8'),
+                            ('/robots.txt', 'text/plain; charset=utf-8')):
+            with self.subTest(path=path):
+                status, headers, _ = raw_get(live.port, path.encode())
+                self.assertEqual((status, headers['content-type']), (200, ctype))
+
+    def test_conditional_requests(self):
+        status, headers, body = self.get('/notes.txt')
+        etag, last_modified = headers['etag'], headers['last-modified']
+        cases = [
+            ({'If-None-Match': etag}, 304),
+            ({'If-None-Match': f'"nope", {etag}'}, 304),
+            ({'If-None-Match': 'W/' + etag}, 304),
+            ({'If-None-Match': '*'}, 304),
+            ({'If-None-Match': '"other"'}, 200),
+            ({'If-Modified-Since': last_modified}, 304),
+            ({'If-Modified-Since': 'Thu, 01 Jan 1998 00:00:00 GMT'}, 200),
+            ({'If-Modified-Since': 'garbage'}, 200),
+            ({'If-None-Match': '"other"', 'If-Modified-Since': last_modified}, 200),   # INM wins
+        ]
+        for headers_in, status_out in cases:
+            with self.subTest(headers=headers_in):
+                status, headers, body = self.get('/notes.txt', headers_in)
+                self.assertEqual(status, status_out)
+                if status == 304:
+                    self.assertEqual(body, b'')
+                    self.assertEqual(headers['etag'], etag)
+                else:
+                    self.assertEqual(body, b'plain notes')
+
+    def test_ranges(self):
+        data = b'plain notes'
+        size = len(data)
+        cases = [
+            ('bytes=0-4', 206, data[0:5], f'bytes 0-4/{size}'),
+            ('bytes=6-', 206, data[6:], f'bytes 6-{size - 1}/{size}'),
+            ('bytes=-5', 206, data[-5:], f'bytes {size - 5}-{size - 1}/{size}'),
+            ('bytes=3-1000', 206, data[3:], f'bytes 3-{size - 1}/{size}'),
+            ('bytes=0-1,3-4', 200, data, None),            # several ranges: the whole file
+            ('items=0-1', 200, data, None),
+            ('bytes=abc', 200, data, None),
+            (f'bytes={size}-', 416, None, f'bytes */{size}'),
+            ('bytes=1000-2000', 416, None, f'bytes */{size}'),
+        ]
+        for header, status, body, content_range in cases:
+            with self.subTest(range=header):
+                got_status, headers, got_body = self.get('/notes.txt', {'Range': header})
+                self.assertEqual(got_status, status)
+                if body is not None:
+                    self.assertEqual(got_body, body)
+                    self.assertEqual(int(headers['content-length']), len(body))
+                if content_range is not None:
+                    self.assertEqual(headers['content-range'], content_range)
+                else:
+                    self.assertNotIn('content-range', headers)
+
+    def test_if_range(self):
+        _, headers, _ = self.get('/notes.txt')
+        etag, last_modified = headers['etag'], headers['last-modified']
+        cases = [
+            (etag, 206), ('"stale"', 200), ('W/' + etag, 200),            # strong comparison only
+            (last_modified, 206), ('Thu, 01 Jan 1998 00:00:00 GMT', 200),
+        ]
+        for if_range, status in cases:
+            with self.subTest(if_range=if_range):
+                got, headers, body = self.get('/notes.txt', {'Range': 'bytes=0-4', 'If-Range': if_range})
+                self.assertEqual(got, status)
+                self.assertEqual(body, b'plain' if status == 206 else b'plain notes')
+
+    def test_gzip(self):
+        status, plain_headers, plain = self.get('/page.html')
+        status, headers, packed = self.get('/page.html', {'Accept-Encoding': 'gzip, deflate'})
+        self.assertEqual(status, 200)
+        self.assertEqual(headers['content-encoding'], 'gzip')
+        self.assertIn('Accept-Encoding', headers['vary'])
+        self.assertLess(len(packed), len(plain))
+        self.assertEqual(gzip.decompress(packed), plain)
+        self.assertNotEqual(headers['etag'], plain_headers['etag'])
+        self.assertIn('Accept-Encoding', plain_headers['vary'])
+        self.assertNotIn('content-encoding', plain_headers)
+        for refused in ('gzip;q=0', 'identity', 'br'):
+            with self.subTest(accept=refused):
+                status, headers, body = self.get('/page.html', {'Accept-Encoding': refused})
+                self.assertNotIn('content-encoding', headers)
+                self.assertEqual(body, plain)
+        status, headers, _ = self.get('/page.html', {'Accept-Encoding': 'gzip', 'If-None-Match': headers['etag']})
+        self.assertEqual(status, 304)
+        status, headers, _ = self.get('/big.bin', {'Accept-Encoding': 'gzip'})
+        self.assertNotIn('content-encoding', headers)       # not a compressible type
+
+    def test_folders(self):
+        cases = [
+            ('/', 200, b'<!doctype html><title>home</title>'),
+            ('/sub/', 200, b'sub index'),
+            ('/sub/index.html', 200, b'sub index'),
+            ('/sub/templates/ok.txt', 200, b'only top-level templates/ is hidden'),
+            ('/empty/', 404, None),                   # no listings
+            ('/a%20b.txt', 200, b'space in name'),
+            ('/inside-link.txt', 200, b'plain notes'),
+            ('/escdir/root/notes.txt', 200, b'plain notes'),   # a symlink whose real path is inside the root
+        ]
+        for path, status, body in cases:
+            with self.subTest(path=path):
+                got_status, headers, got_body = self.get(path)
+                self.assertEqual(got_status, status)
+                if body is not None:
+                    self.assertEqual(got_body, body)
+                self.assertNotIn(b'.keep', got_body)
+        status, headers, _ = self.get('/sub')
+        self.assertEqual((status, headers['location']), (301, '/sub/'))
+        status, headers, _ = self.get('/empty')
+        self.assertEqual((status, headers['location']), (301, '/empty/'))
+
+    def test_folder_redirect_is_not_an_open_redirect(self):
+        # Was a bug, now fixed: the folder redirect copies the decoded path into Location, so //sub (an
+        # existing folder reached with an empty first segment) answers
+        # "Location: //sub/", a protocol-relative URL that sends the browser to host "sub".
+        for target in (b'//sub', b'///sub', b'//sub/../sub'):
+            with self.subTest(target=target):
+                with quiet_logs():
+                    status, headers, _ = raw_get(self.port, target)
+                if status == 301:
+                    self.assertFalse(headers['location'].startswith('//'), headers['location'])
+
+    JAIL = [
+        b'/../secret.txt', b'/%2e%2e/secret.txt', b'/%2E%2E%2Fsecret.txt', b'/..%2fsecret.txt',
+        b'/%252e%252e/secret.txt', b'/sub/..%5c..%5csecret.txt', b'/sub/..\\..\\secret.txt',
+        b'/sub/%2e%2e/%2e%2e/secret.txt', b'/./../secret.txt', b'/notes.txt%00.html', b'/%00',
+        b'/.env', b'/.git/config', b'/%2egit/config', b'/.git/', b'/templates/base.html',
+        b'/templates/', b'/templates', b'/%74emplates/base.html', b'/escape.txt', b'/escdir/secret.txt',
+        b'/escdir/root/.env', b'http://a/../secret.txt',
+    ]
+
+    def test_jail(self):
+        secrets_seen = (b'TOP-SECRET-OUTSIDE', b'dotenv', b'secret git config', b'SECRET-TEMPLATE', b'{% block')
+        with quiet_logs():
+            for target in self.JAIL:
+                with self.subTest(target=target):
+                    status, headers, body = raw_get(self.port, target)
+                    self.assertIn(status, (400, 403, 404))
+                    for secret in secrets_seen:
+                        self.assertNotIn(secret, body)
+        self.assertEqual(self.get('/notes.txt')[0], 200)      # still serving
+
+    def test_large_file_full_range_and_head(self):
+        size = len(self.big)
+        status, headers, body = self.get('/big.bin')
+        self.assertEqual((status, int(headers['content-length'])), (200, size))
+        self.assertEqual(body, self.big)
+        for start, end in ((0, 0), (300_000, 400_000), (size - 10, size - 1), (1, size - 1)):
+            with self.subTest(start=start, end=end):
+                status, headers, body = self.get('/big.bin', {'Range': f'bytes={start}-{end}'})
+                self.assertEqual(status, 206)
+                self.assertEqual(headers['content-range'], f'bytes {start}-{end}/{size}')
+                self.assertEqual(body, self.big[start:end + 1])
+        status, headers, body = self.get('/big.bin', method='HEAD')
+        self.assertEqual((status, body, int(headers['content-length'])), (200, b'', size))
+        # keep-alive still works after a sendfile response
+        with self.live.connect() as sock:
+            sock.sendall(b'GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /notes.txt HTTP/1.1\r\nHost: a\r\n\r\n')
+            f = sock.makefile('rb')
+            self.assertEqual(read_response(f)[2], self.big)
+            self.assertEqual(read_response(f)[2], b'plain notes')
+
+    def test_methods_on_static(self):
+        status, headers, body = self.get('/notes.txt', method='HEAD')
+        self.assertEqual((status, body), (200, b''))
+        status, headers, _ = self.get('/notes.txt', method='OPTIONS')
+        self.assertEqual((status, headers['allow']), (204, 'GET, HEAD, OPTIONS'))
+
+
+class SiteJailTest(unittest.TestCase):
+    """The real site and www/: nothing next to or under the web root leaks."""
+
+    @classmethod
+    def setUpClass(cls):
+        with environ(ADMIN_PASSWORD=None):
+            cls.live = LiveServer()
+        cls.addClassCleanup(cls.live.stop)
+
+    TARGETS = [
+        b'/../server.py', b'/%2e%2e/server.py', b'/%2E%2E%2Fserver.py', b'/..%2fserver.py',
+        b'/%252e%252e/server.py', b'/css/..%5c..%5cserver.py', b'/css/..\\..\\server.py',
+        b'/css/%2e%2e/%2e%2e/server.py', b'/css/../../server.py', b'/server.py', b'/%00', b'/css/site.css%00',
+        b'/.git/config', b'/../.git/config', b'/%2e%2e/.git/config', b'/.env', b'/templates/base.html',
+        b'/templates/person.json', b'/templates/', b'/css/../templates/base.html', b'/../README.md',
+        b'/../test_server.py',
+    ]
+
+    def test_nothing_outside_leaks(self):
+        with open(os.path.join(HERE, 'server.py'), 'rb') as f:
+            marker = f.read(200)
+        with quiet_logs():
+            for target in self.TARGETS:
+                with self.subTest(target=target):
+                    status, headers, body = raw_get(self.live.port, target)
+                    self.assertIn(status, (400, 403, 404))
+                    self.assertNotIn(marker, body)
+                    self.assertNotIn(b'def build_site', body)
+                    self.assertNotIn(b'{% block', body)
+                    self.assertNotIn(b'"headline"', body)
+                    self.assertNotIn(b'[core]', body)
+
+
+# === 11. The site =============================================================================
+
+class SiteTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        with environ(ADMIN_PASSWORD=None):
+            cls.live = LiveServer()
+        cls.addClassCleanup(cls.live.stop)
+        cls.port = cls.live.port
+        cls.db_path = os.path.join(cls.live.data, 'app.db')
+        cls.upload_dir = os.path.join(cls.live.data, 'uploads')
+
+    def browser(self, ip):
+        return WebClient(self.port, forwarded_for=ip)
+
+    def query(self, sql, params=()):
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def test_home_renders_the_visit_count(self):
+        resp = self.browser('192.0.2.1').get('/')
+        self.assertEqual(resp.status, 200)
+        self.assertRegex(resp.text, r'viewed \d+ times')
+        self.assertNotIn('VISIT_COUNT', resp.text)
+        self.assertEqual(resp.set_cookies, [])            # no session for a page without a form
+
+    def test_profile_escapes_the_name(self):
+        resp = self.browser('192.0.2.2').get('/profile/' + urllib.parse.quote('<img src=x onerror=alert(1)>"'))
+        self.assertEqual(resp.status, 200)
+        self.assertIn('&lt;img src=x onerror=alert(1)&gt;&quot;', resp.text)
+        self.assertNotIn('<img src=x', resp.text)
+        resp = self.browser('192.0.2.2').get('/profile/Ada')
+        self.assertIn('Profile of Ada', resp.text)
+        resp = self.browser('192.0.2.2').get('/nope/' + urllib.parse.quote('<script>alert(1)</script>'))
+        self.assertEqual(resp.status, 404)
+        self.assertIn('&lt;script&gt;alert(1)&lt;/script&gt;', resp.text)
+        self.assertNotIn('<script>alert(1)', resp.text)
+        self.assertEqual(self.browser('192.0.2.2').get('/profile/' + 'x' * 101).status, 404)
+
+    def test_healthz_and_small_pages(self):
+        resp = self.browser('192.0.2.3').get('/healthz')
+        self.assertEqual((resp.status, resp.body), (200, b'ok\n'))
+        for path in ('/robots.txt', '/favicon.ico', '/contact/thanks', '/css/site.css'):
+            with self.subTest(path=path):
+                self.assertEqual(self.browser('192.0.2.3').get(path).status, 200)
+
+    def test_contact_valid_invalid_and_honeypot(self):
+        b = self.browser('192.0.2.10')
+        token = b.csrf('/contact')
+        self.assertIn('sid', b.cookies)
+        resp = b.post_form('/contact', {'csrf_token': token, 'name': 'Ada', 'email': 'ada@example.com',
+                                        'message': 'Hello there'})
+        self.assertEqual((resp.status, resp.headers['location']), (303, '/contact/thanks'))
+        self.assertEqual(self.query('SELECT name, email, body FROM messages WHERE ip = ?', ('192.0.2.10',)),
+                         [('Ada', 'ada@example.com', 'Hello there')])
+        invalid = [
+            ({'name': '', 'email': 'ada@example.com', 'message': 'm'}, 'Please enter your name.'),
+            ({'name': 'A' * 101, 'email': 'ada@example.com', 'message': 'm'}, 'at most 100'),
+            ({'name': 'Ada', 'email': 'not-an-email', 'message': 'm'}, 'email address like'),
+            ({'name': 'Ada', 'email': '"><script>@x.com', 'message': 'm'}, 'email address like'),
+            ({'name': 'Ada', 'email': 'ada@example.com', 'message': '   '}, 'Please write a message.'),
+            ({'name': 'Ada', 'email': 'ada@example.com', 'message': 'x' * 5001}, 'at most 5000'),
+        ]
+        for fields, error in invalid:
+            with self.subTest(fields={k: v[:20] for k, v in fields.items()}):
+                resp = b.post_form('/contact', dict(fields, csrf_token=token))
+                self.assertEqual(resp.status, 400)
+                self.assertIn(error, resp.text)
+                for key in ('name', 'email'):
+                    if fields[key].strip() and len(fields[key]) <= 100:
+                        self.assertIn(f'value="{server.escape(fields[key].strip())}"', resp.text)
+                self.assertNotIn('"><script>', resp.text)
+        resp = b.post_form('/contact', {'csrf_token': token, 'name': 'Ada <b>', 'email': 'bad',
+                                        'message': 'keep <this> text'})
+        self.assertIn('keep &lt;this&gt; text</textarea>', resp.text)
+        self.assertIn('value="Ada &lt;b&gt;"', resp.text)
+        resp = b.post_form('/contact', {'csrf_token': token, 'name': 'Bot', 'email': 'bot@example.com',
+                                        'message': 'spam', 'website': 'http://spam.example'})
+        self.assertEqual((resp.status, resp.headers['location']), (303, '/contact/thanks'))
+        self.assertEqual(self.query("SELECT COUNT(*) FROM messages WHERE name = 'Bot'"), [(0,)])
+        self.assertEqual(len(self.query('SELECT 1 FROM messages WHERE ip = ?', ('192.0.2.10',))), 1)
+
+    def test_contact_without_csrf_is_403(self):
+        b = self.browser('192.0.2.11')
+        b.csrf('/contact')
+        fields = {'name': 'Ada', 'email': 'ada@example.com', 'message': 'Hi'}
+        self.assertEqual(b.post_form('/contact', fields).status, 403)
+        self.assertEqual(b.post_form('/contact', dict(fields, csrf_token='forged')).status, 403)
+        self.assertEqual(WebClient(self.port, '192.0.2.12').post_form('/contact', fields).status, 403)
+        self.assertEqual(self.query('SELECT COUNT(*) FROM messages WHERE ip IN (?, ?)',
+                                    ('192.0.2.11', '192.0.2.12')), [(0,)])
+
+    def test_contact_rate_limit(self):
+        b = self.browser('192.0.2.20')
+        token = b.csrf('/contact')
+        fields = {'csrf_token': token, 'name': 'Ada', 'email': 'ada@example.com', 'message': 'Hi'}
+        for i in range(server.CONTACT_LIMIT):
+            self.assertEqual(b.post_form('/contact', fields).status, 303, i)
+        resp = b.post_form('/contact', fields)
+        self.assertEqual(resp.status, 429)
+        retry = int(resp.headers['retry-after'])
+        self.assertTrue(0 < retry <= server.CONTACT_WINDOW_S + 1, retry)
+        self.assertEqual(len(self.query('SELECT 1 FROM messages WHERE ip = ?', ('192.0.2.20',))),
+                         server.CONTACT_LIMIT)
+        # another client is not limited
+        other = self.browser('192.0.2.21')
+        self.assertEqual(other.post_form('/contact', dict(fields, csrf_token=other.csrf('/contact'))).status, 303)
+
+    def test_upload_private_to_the_session(self):
+        alice = self.browser('192.0.2.30')
+        token = alice.csrf('/upload')
+        payloads = [('evil.html', b'<script>alert(1)</script>', 'text/html'),
+                    ('pic.svg', b'<svg onload="alert(1)"/>', 'image/svg+xml'),
+                    ('../../etc/passwd', b'root:x:0:0', 'text/plain')]
+        for filename, content, ctype in payloads:
+            resp = alice.post_multipart('/upload', {'csrf_token': token}, {'file': (filename, content, ctype)})
+            self.assertEqual((resp.status, resp.headers['location']), (303, '/upload?done=1'), resp.text[:300])
+        page = alice.get('/upload?done=1').text
+        self.assertIn('Your file was uploaded.', page)
+        ids = re.findall(r'href="/upload/(\d+)"', page)
+        self.assertEqual(len(ids), 3)
+        self.assertIn('evil.html', page)
+        self.assertIn('>passwd<', page)
+        by_id = dict(zip(ids, reversed(payloads)))      # newest first
+        for upload_id, (filename, content, _) in by_id.items():
+            with self.subTest(filename=filename):
+                resp = alice.get(f'/upload/{upload_id}')
+                self.assertEqual(resp.status, 200)
+                self.assertEqual(resp.body, content)
+                self.assertEqual(resp.headers['content-type'], 'application/octet-stream')
+                self.assertTrue(resp.headers['content-disposition'].startswith('attachment;'))
+                self.assertEqual(resp.headers['x-content-type-options'], 'nosniff')
+                self.assertIn('sandbox', resp.headers['content-security-policy'])
+        # nothing left in the spool, one stored file per upload
+        stored = os.listdir(self.upload_dir)
+        self.assertFalse([n for n in stored if n.startswith('.part-')], stored)
+        rows = self.query('SELECT stored FROM uploads')
+        self.assertEqual(sorted(stored), sorted(r[0] for r in rows))
+        # another browser sees none of it
+        bob = self.browser('192.0.2.31')
+        bob_page = bob.get('/upload').text
+        self.assertNotIn('evil.html', bob_page)
+        self.assertEqual(re.findall(r'href="/upload/(\d+)"', bob_page), [])
+        for upload_id in ids:
+            self.assertEqual(bob.get(f'/upload/{upload_id}').status, 404)
+        self.assertEqual(WebClient(self.port).get(f'/upload/{ids[0]}').status, 404)   # no session at all
+
+    def test_upload_needs_csrf_and_a_file(self):
+        b = self.browser('192.0.2.32')
+        token = b.csrf('/upload')
+        resp = b.post_multipart('/upload', {}, {'file': ('a.txt', b'data')})
+        self.assertEqual(resp.status, 403)
+        resp = b.post_multipart('/upload', {'csrf_token': token}, {'file': ('a.txt', b'')})
+        self.assertEqual(resp.status, 400)
+        self.assertIn('Please choose a non-empty file', resp.text)
+        self.assertFalse([n for n in os.listdir(self.upload_dir) if n.startswith('.part-')])
+
+    def test_upload_download_id_out_of_range_is_404(self):
+        # Was a bug, now fixed: /upload/<int:upload_id> passes any run of digits to SQLite, which raises
+        # OverflowError for ids past 2**63 -> 500 instead of 404.
+        b = self.browser('192.0.2.33')
+        b.csrf('/upload')
+        with quiet_logs():
+            resp = b.get('/upload/' + '9' * 25)
+        self.assertEqual(resp.status, 404)
+
+    def test_upload_over_the_limit_is_413_before_the_body(self):
+        with self.live.connect() as sock:
+            sock.sendall(b'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Type: multipart/form-data; boundary=x\r\n'
+                         b'Content-Length: ' + str(server.MAX_UPLOAD_BYTES + 1).encode() + b'\r\n\r\n')
+            status, headers, body = read_response(sock.makefile('rb'))
+        self.assertEqual(status, 413)
+        self.assertEqual(headers.get('connection'), 'close')
+        with self.live.connect() as sock:      # exactly at the limit is not refused up front
+            sock.sendall(b'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Type: multipart/form-data; boundary=x\r\n'
+                         b'Content-Length: ' + str(server.MAX_UPLOAD_BYTES).encode() + b'\r\n\r\n--x--\r\n')
+            sock.shutdown(socket.SHUT_WR)
+            status = read_response(sock.makefile('rb'))[0]
+        self.assertNotEqual(status, 413)
+
+    def test_security_headers(self):
+        for path in ('/', '/contact', '/nope', '/profile/x'):
+            with self.subTest(path=path):
+                resp = self.browser('192.0.2.40').get(path)
+                self.assertTrue(resp.headers['content-type'].startswith('text/html'))
+                csp = resp.headers['content-security-policy']
+                directives = {d.strip().split()[0]: d.strip().split()[1:] for d in csp.split(';') if d.strip()}
+                script = directives.get('script-src', directives.get('default-src'))
+                self.assertIsNotNone(script)
+                self.assertNotIn("'unsafe-inline'", script)
+                self.assertNotIn("'unsafe-eval'", script)
+                self.assertEqual(resp.headers['x-frame-options'], 'DENY')
+                self.assertIn('referrer-policy', resp.headers)
+                self.assertIn('permissions-policy', resp.headers)
+                self.assertEqual(resp.headers['x-content-type-options'], 'nosniff')
+                self.assertNotIn('strict-transport-security', resp.headers)
+        resp = self.browser('192.0.2.40').get('/', headers={'X-Forwarded-Proto': 'https'})
+        self.assertIn('max-age=', resp.headers['strict-transport-security'])
+
+    def test_admin_is_404_without_a_password(self):
+        self.assertEqual(self.browser('192.0.2.50').get('/admin').status, 404)
+        b = self.browser('192.0.2.50')
+        token = b.csrf('/contact')
+        self.assertEqual(b.post_form('/admin/login', {'csrf_token': token, 'password': ''}).status, 404)
+
+
+class VisitCounterTest(unittest.TestCase):
+    """The home page count, on a site of its own whose once-a-second flusher is stopped, so
+    the numbers are exact; the count is written at shutdown and survives a restart."""
+
+    def start(self, data):
+        with environ(ADMIN_PASSWORD=None):
+            app = server.build_site(server.Config(root=WWW, data=data))
+        live = LiveServer(app)
+
+        async def stop_flusher():
+            for task in asyncio.all_tasks():
+                if task.get_coro().__qualname__.endswith('flush_forever'):
+                    task.cancel()
+        live.call(stop_flusher())
+        return live
+
+    def counts(self, live, n):
+        out = []
+        for _ in range(n):
+            resp = WebClient(live.port).get('/')
+            self.assertEqual(resp.status, 200)
+            out.append(int(re.search(r'viewed (\d+) times', resp.text).group(1)))
+        return out
+
+    def test_increments_and_survives_a_restart(self):
+        data = fresh_dir(self)
+        live = self.start(data)
+        try:
+            self.assertEqual(self.counts(live, 3), [1, 2, 3])
+            self.assertEqual(WebClient(live.port).get('/contact').status, 200)   # other pages do not count
+            self.assertEqual(self.counts(live, 1), [4])
+        finally:
+            live.stop()
+        with contextlib.closing(sqlite3.connect(os.path.join(data, 'app.db'))) as conn:
+            self.assertEqual(conn.execute("SELECT value FROM counters WHERE name = 'visits'").fetchone()[0], 4)
+        live = self.start(data)
+        try:
+            self.assertEqual(self.counts(live, 2), [5, 6])
+        finally:
+            live.stop()
+
+    def test_a_view_during_a_flush_sees_the_right_count(self):
+        # Was a bug, now fixed: VisitCounter.flush() sets pending to 0 *before* awaiting the database, while
+        # stored is only updated after: a page view rendered during that await gets
+        # stored + 1 (here 1 instead of 4), so the shown count jumps backwards for a moment.
+        db = server.Database(os.path.join(fresh_dir(self), 'app.db'), server.SITE_MIGRATIONS)
+        counter = server.VisitCounter(db)
+
+        async def scenario():
+            await counter.load()
+            before = [counter.hit() for _ in range(3)]
+            flushing = asyncio.get_running_loop().create_task(counter.flush())
+            await asyncio.sleep(0)              # the flush is now waiting for the database
+            during = counter.hit()
+            await flushing
+            after = counter.hit()
+            await db.close()
+            return before, during, after
+        self.assertEqual(asyncio.run(scenario()), ([1, 2, 3], 4, 5))
+
+
+class AdminTest(unittest.TestCase):
+
+    PASSWORD = 'correct horse battery staple'
+
+    @classmethod
+    def setUpClass(cls):
+        with environ(ADMIN_PASSWORD=cls.PASSWORD):
+            cls.live = LiveServer()
+        cls.addClassCleanup(cls.live.stop)
+        cls.port = cls.live.port
+
+    def login_page(self, ip):
+        b = WebClient(self.port, forwarded_for=ip)
+        resp = b.get('/admin')
+        self.assertEqual(resp.status, 200)
+        self.assertIn('Admin sign-in', resp.text)
+        return b, WebClient.CSRF_RE.search(resp.text).group(1)
+
+    def test_login_rotates_the_session_and_shows_messages(self):
+        writer = WebClient(self.port, forwarded_for='198.51.100.1')
+        resp = writer.post_form('/contact', {'csrf_token': writer.csrf('/contact'), 'name': 'Grace <b>',
+                                             'email': 'grace@example.com', 'message': 'Hello admin'})
+        self.assertEqual(resp.status, 303)
+        b, token = self.login_page('198.51.100.2')
+        before = b.cookies['sid']
+        self.assertEqual(b.post_form('/admin/login', {'password': self.PASSWORD}).status, 403)   # no CSRF
+        resp = b.post_form('/admin/login', {'csrf_token': token, 'password': self.PASSWORD})
+        self.assertEqual((resp.status, resp.headers['location']), (303, '/admin'))
+        after = b.cookies['sid']
+        self.assertNotEqual(before, after)
+        page = b.get('/admin')
+        self.assertEqual(page.status, 200)
+        self.assertIn('Hello admin', page.text)
+        self.assertIn('Grace &lt;b&gt;', page.text)
+        self.assertEqual(page.headers['cache-control'], 'private, no-store')
+        fixated = WebClient(self.port, forwarded_for='198.51.100.2')
+        fixated.cookies['sid'] = before
+        self.assertIn('Admin sign-in', fixated.get('/admin').text)     # the old id is gone
+        # sign out destroys the session
+        token = WebClient.CSRF_RE.search(page.text).group(1)
+        resp = b.post_form('/admin/logout', {'csrf_token': token})
+        self.assertEqual(resp.status, 303)
+        self.assertNotIn('sid', b.cookies)
+        fixated.cookies['sid'] = after
+        self.assertIn('Admin sign-in', fixated.get('/admin').text)
+
+    def test_wrong_password_and_lockout(self):
+        b, token = self.login_page('198.51.100.9')
+        for i in range(server.ADMIN_MAX_FAILURES):
+            with quiet_logs():
+                resp = b.post_form('/admin/login', {'csrf_token': token, 'password': f'wrong{i}'})
+            self.assertEqual(resp.status, 403, i)
+            self.assertIn('That password is not right.', resp.text)
+        resp = b.post_form('/admin/login', {'csrf_token': token, 'password': 'wrong again'})
+        self.assertEqual(resp.status, 429)
+        self.assertTrue(resp.headers['retry-after'].isdigit())
+        resp = b.post_form('/admin/login', {'csrf_token': token, 'password': self.PASSWORD})
+        self.assertEqual(resp.status, 429)                     # locked even with the right password
+        self.assertIn('Admin sign-in', b.get('/admin').text)
+        # another address is not locked out
+        other, other_token = self.login_page('198.51.100.10')
+        resp = other.post_form('/admin/login', {'csrf_token': other_token, 'password': self.PASSWORD})
+        self.assertEqual(resp.status, 303)
+
+
+if __name__ == '__main__':
+    unittest.main()
 
 
 # --- TLS, the command line, graceful shutdown, nginx -----------------------------------------
