@@ -2859,9 +2859,6 @@ class AdminTest(unittest.TestCase):
         self.assertEqual(resp.status, 303)
 
 
-if __name__ == '__main__':
-    unittest.main()
-
 
 # --- TLS, the command line, graceful shutdown, nginx -----------------------------------------
 
@@ -3409,6 +3406,191 @@ class WorkersTest(unittest.TestCase):
         for pid in now:
             self.assertFalse(os.path.exists(f'/proc/{pid}/status') and
                              'zombie' not in open(f'/proc/{pid}/status').read(), f'worker {pid} still running')
+
+
+
+class HostileClientsTest(unittest.TestCase):
+    """Slow and hostile clients are each cut off by their limit while others get answers fast."""
+
+    def test_hostile_clients_do_not_slow_down_others(self):
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        idle_count = 5000
+        if soft < 2 * idle_count + 200:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2 * idle_count + 500), hard))
+                self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+            except (ValueError, OSError):
+                self.skipTest('cannot raise RLIMIT_NOFILE for 5,000 connections')
+        with patched(HEADER_TIMEOUT_S=1.5, BODY_TIMEOUT_S=1.5, KEEPALIVE_TIMEOUT_S=1.5,
+                     WRITE_TIMEOUT_S=1.5, REAPER_INTERVAL_S=0.1):
+            live = LiveServer(echo_app())
+            self.addCleanup(live.stop)
+            socks = []
+            self.addCleanup(lambda: [s.close() for s in socks])
+
+            def connect():
+                s = socket.create_connection(('127.0.0.1', live.port), timeout=10)
+                socks.append(s)
+                return s
+            for _ in range(idle_count):                       # opened and left idle
+                connect()
+            slowloris = connect()
+            slowloris.sendall(b'GET / HTTP/1.1\r\n')
+            stalled = connect()
+            stalled.sendall(b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc')
+            deaf = connect()
+            deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            deaf.sendall(b'GET /big HTTP/1.1\r\nHost: a\r\n\r\n' * 4)
+            endless = connect()
+            endless.sendall(b'POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n')
+            endless_status = []
+
+            def feed_endless():
+                try:
+                    for _ in range(1000):
+                        endless.sendall(b'400\r\n' + b'x' * 1024 + b'\r\n')
+                except OSError:
+                    pass
+                with contextlib.suppress(OSError):
+                    endless_status.append(endless.recv(100))
+            feeder = threading.Thread(target=feed_endless)
+            feeder.start()
+
+            latencies = []
+            stop = time.monotonic() + 2.5
+            slowloris_cut = False
+            while time.monotonic() < stop:
+                start = time.monotonic()
+                self.assertEqual(status_of(live.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+                latencies.append(time.monotonic() - start)
+                if not slowloris_cut:
+                    try:
+                        slowloris.sendall(b'X')               # a byte at a time
+                    except OSError:
+                        slowloris_cut = True
+                time.sleep(0.05)
+            feeder.join(10)
+            latencies.sort()
+            p90 = latencies[int(len(latencies) * 0.9)]
+            self.assertLess(p90, 0.1, f'p90 latency {p90 * 1000:.0f} ms with hostile clients around')
+
+            def closed(sock):
+                sock.settimeout(3)
+                data = b''
+                try:
+                    while True:
+                        chunk = sock.recv(1 << 20)
+                        if not chunk:
+                            return data
+                        data += chunk
+                except (ConnectionError, socket.timeout):
+                    return data
+            self.assertTrue(slowloris_cut or closed(slowloris).startswith(b'HTTP/1.1 408'))
+            self.assertTrue(closed(stalled).startswith(b'HTTP/1.1 408'))
+            self.assertTrue(endless_status and endless_status[0].startswith(b'HTTP/1.1 413'), endless_status)
+            deadline = time.monotonic() + 5
+            while len(live.server.connections) > 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            # Every idle connection and the client that never read were cut off.
+            self.assertLessEqual(len(live.server.connections), 1)
+            self.assertEqual(status_of(live.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+
+
+class ResourceFaultTest(unittest.TestCase):
+
+    def test_out_of_file_descriptors_recovers(self):
+        import resource
+        script = (
+            'import resource, sys; sys.path.insert(0, %r); '
+            'resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)); '
+            'import server; sys.exit(server.main(sys.argv[1:]))' % HERE)
+        port = free_port()
+        tmp = tempfile.mkdtemp(prefix='server-fd-')
+        self.addCleanup(shutil.rmtree, tmp, True)
+        proc = subprocess.Popen([sys.executable, '-c', script, '--port', str(port), '--root', WWW,
+                                 '--data', os.path.join(tmp, 'data'), '--no-access-log'],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.communicate()))
+        proc.stdout.readline()
+        hogs = []
+        for _ in range(80):                       # far more than the server may open
+            with contextlib.suppress(OSError):
+                hogs.append(socket.create_connection(('127.0.0.1', port), timeout=2))
+        time.sleep(1.5)                           # the server hits EMFILE and logs it
+        for s in hogs:
+            s.close()
+        deadline = time.monotonic() + 10
+        status = None
+        while time.monotonic() < deadline:
+            try:
+                status = status_of(port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n')
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.assertEqual(status, 200, 'the server did not recover after descriptors freed up')
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        err = err.decode()
+        self.assertEqual(err.count('out of file descriptors'), 1, err)
+        self.assertNotIn('Traceback', err)
+
+    def test_disk_full_during_upload(self):
+        import resource
+        limit = 4 * 1024 * 1024
+        script = (
+            'import resource, sys; sys.path.insert(0, %r); '
+            'resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d)); '
+            'import server; sys.exit(server.main(sys.argv[1:]))' % (HERE, limit, limit))
+        port = free_port()
+        tmp = tempfile.mkdtemp(prefix='server-fsize-')
+        self.addCleanup(shutil.rmtree, tmp, True)
+        data = os.path.join(tmp, 'data')
+        proc = subprocess.Popen([sys.executable, '-c', script, '--port', str(port), '--root', WWW,
+                                 '--data', data, '--no-access-log'],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.communicate()))
+        proc.stdout.readline()
+        conn = http.client.HTTPConnection('127.0.0.1', port, timeout=10)
+        conn.request('GET', '/upload')
+        resp = conn.getresponse()
+        page = resp.read()
+        cookie = resp.getheader('Set-Cookie').split(';')[0]
+        token = re.search(rb'name="csrf_token" value="([^"]+)"', page).group(1).decode()
+        body, ctype = server.encode_multipart({'csrf_token': token}, {'file': ('big.bin', b'x' * (limit + 4096))})
+        conn.request('POST', '/upload', body=body, headers={'Cookie': cookie, 'Content-Type': ctype})
+        resp = conn.getresponse()
+        resp.read()
+        self.assertEqual(resp.status, 507)
+        conn.close()
+        self.assertEqual(os.listdir(os.path.join(data, 'uploads')), [], 'the partial file was left behind')
+        self.assertEqual(status_of(port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        self.assertNotIn('Traceback', err.decode())
+
+    def test_database_locked_by_another_process_is_503(self):
+        live = LiveServer()
+        self.addCleanup(live.stop)
+        client = WebClient(live.port)
+        token = client.csrf('/contact')
+        form = {'name': 'Ann', 'email': 'ann@example.com', 'message': 'hi', 'csrf_token': token}
+        # As if started with a 200 ms busy_timeout instead of 5 s, to keep the test short.
+        live.app.db.run_sync(lambda conn: conn.execute('PRAGMA busy_timeout = 200'))
+        blocker = sqlite3.connect(os.path.join(live.data, 'app.db'), isolation_level=None)
+        self.addCleanup(blocker.close)
+        blocker.execute('BEGIN EXCLUSIVE')               # another process holds the write lock
+        try:
+            with quiet_logs():
+                resp = client.post_form('/contact', form)
+        finally:
+            blocker.execute('ROLLBACK')
+        self.assertEqual(resp.status, 503)
+        self.assertIn('retry-after', resp.headers)
+        self.assertNotIn(b'Traceback', resp.body)
+        self.assertEqual(client.post_form('/contact', form).status, 303)
 
 
 if __name__ == '__main__':
