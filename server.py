@@ -350,6 +350,8 @@ def parse_header_lines(lines):
         raise HTTPError(431, f'more than {MAX_HEADER_COUNT} header fields', close=True)
     headers = Headers()
     for line in lines:
+        if line[-1:] == b'\r':
+            line = line[:-1]
         name, colon, value = line.partition(b':')
         if not colon:
             raise HTTPError(400, 'header line without a colon', close=True)
@@ -371,12 +373,14 @@ def parse_head(head):
     """
     if len(head) > MAX_HEADER_BYTES:
         raise HTTPError(431, 'header section too large', close=True)
-    if b'\r' in head.replace(b'\r\n', b''):
-        raise HTTPError(400, 'bare CR in request head', close=True)
-    lines = head.replace(b'\r\n', b'\n').split(b'\n')
-    # The head ends with an empty line, so the split leaves two empty strings at the end.
+    # Lines end in LF with an optional CR before it; a CR anywhere else is refused by the
+    # line grammars below (bare CR).
+    lines = head.split(b'\n')
+    # The head ends with an empty line, so the split leaves two (near) empty items at the end.
     del lines[-2:]
     line = lines[0] if lines else b''
+    if line[-1:] == b'\r':
+        line = line[:-1]
     req = RequestHead(*parse_request_line(line), parse_header_lines(lines[1:]))
     frame_request(req)
     return req
@@ -878,12 +882,14 @@ class Request:
         self.raw_path = head.path
         self.query_string = head.query_string
         self.peer = client
+        self._peer_trusted = None      # the connection may know it already
         self._scheme = scheme
         self._body_source = body_source
         self._head = head
         self.params = {}
         self.route = None
-        self.session = None
+        self._session = None
+        self._session_ready = False    # true once the session cookie was looked up
         self.state = {}
         self._body = None
         self._form = None
@@ -892,10 +898,12 @@ class Request:
         self._cookies = None
         self._json = _MISSING
         self._cleanup = []
-        try:
-            path = urllib.parse.unquote(head.path, encoding='utf-8', errors='strict')
-        except UnicodeDecodeError:
-            raise HTTPError(400, 'path is not valid UTF-8') from None
+        path = head.path
+        if '%' in path:
+            try:
+                path = urllib.parse.unquote(path, encoding='utf-8', errors='strict')
+            except UnicodeDecodeError:
+                raise HTTPError(400, 'path is not valid UTF-8') from None
         self.path = path
 
     # -- what the client said --
@@ -920,7 +928,10 @@ class Request:
         return self._head.body_length
 
     def _trusted(self):
-        return self.app.config_trusted(self.peer)
+        trusted = self._peer_trusted
+        if trusted is None:
+            trusted = self._peer_trusted = self.app.config_trusted(self.peer)
+        return trusted
 
     @property
     def client(self):
@@ -1123,6 +1134,14 @@ class Request:
                     os.unlink(upload.path)
 
     # -- session and CSRF --
+    @property
+    def session(self):
+        """This visitor's Session (dict-like), created on first use; None where sessions are off."""
+        session = self._session
+        if session is None and self._session_ready:
+            session = self._session = Session()
+        return session
+
     @property
     def csrf_token(self):
         """This session's CSRF token, created on first use (put it in forms as ``csrf_token``)."""
@@ -1514,6 +1533,11 @@ class Router:
 
     def match(self, method, path):
         """(Route, params) for a request; raises 404, 405 (with Allow) or 501."""
+        table = self.static.get(path)
+        if table is not None:
+            route = table.get(method)
+            if route is not None:
+                return route, {}
         allowed = set()
         for table, params in self._candidates(path):
             route = table.get(method) or (table.get('GET') if method == 'HEAD' else None)
@@ -1678,7 +1702,7 @@ class App:
                     rv = await _call(hook, request, response)
                     if rv is not None:
                         response = make_response(rv)
-                if request.session is not None:
+                if request._session is not None:
                     await self._save_session(request, response)
                 if response.file is not None and response.file[2] is None:
                     response.file = await self._file_span(response.file)
@@ -1757,8 +1781,13 @@ class App:
             raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
 
     async def _load_session(self, request):
-        sid = request.cookies.get('sid')
-        request.session = await self.sessions.load(sid) if sid else Session()
+        # Only a request that brings a cookie costs a database read; others get an empty
+        # session on first use (Request.session).
+        if 'cookie' in request.headers:
+            sid = request.cookies.get('sid')
+            if sid:
+                request._session = await self.sessions.load(sid)
+        request._session_ready = True
 
     async def _save_session(self, request, response):
         session = request.session
@@ -2947,6 +2976,7 @@ class HTTPConnection(asyncio.Protocol):
         self.loop = server.loop
         self.transport = None
         self.peer = ''
+        self.peer_trusted = False
         self.scheme = 'http'
         self.buf = bytearray()
         self.active = False            # a request is being handled
@@ -2966,6 +2996,7 @@ class HTTPConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info('peername')
         self.peer = peer[0] if isinstance(peer, tuple) else ''
+        self.peer_trusted = self.app.config_trusted(self.peer)   # once per connection, not per request
         if transport.get_extra_info('sslcontext') is not None:
             self.scheme = 'https'
         sock = transport.get_extra_info('socket')
@@ -3140,6 +3171,7 @@ class HTTPConnection(asyncio.Protocol):
         try:
             try:
                 request = Request(self.app, head, self.peer, self.scheme, reader)
+                request._peer_trusted = self.peer_trusted
             except HTTPError as exc:
                 response = error_page(exc)
             else:
@@ -3393,20 +3425,47 @@ class Server:
         self.connections = set()
         self.closing = False
         self.access_log_enabled = bool(config.access_log)
+        self._access_lines = []
         self._reaper = None
         self.sockets = []
 
     def log_access(self, head, request, peer, status, sent):
-        """One line in the Combined Log Format, the one nginx writes."""
+        """One line in the Combined Log Format, the one nginx writes.
+
+        With the stock handler (configure_logging's, on stdout) lines are gathered and
+        written once per turn of the event loop: a record, a format and a flush per
+        request would cost more than the request. Any other handler (a file, syslog, a
+        test's assertLogs) gets one ordinary logging record per line.
+        """
         if not access_log.isEnabledFor(logging.INFO):
             return
         headers = head.headers
         client = request.client if request is not None else peer
         line = f'{head.method} {head.target} HTTP/{head.version[0]}.{head.version[1]}' if head.target != '-' else '-'
         CLOCK.tick()
-        access_log.info('%s - - [%s] "%s" %d %d "%s" "%s"', _log_escape(client), CLOCK.log_time,
-                        _log_escape(line), status, sent, _log_escape(headers.get('referer', '-')),
-                        _log_escape(headers.get('user-agent', '-')))
+        text = (f'{_log_escape(client)} - - [{CLOCK.log_time}] "{_log_escape(line)}" {status} {sent} '
+                f'"{_log_escape(headers.get("referer", "-"))}" "{_log_escape(headers.get("user-agent", "-"))}"')
+        handlers = access_log.handlers
+        if len(handlers) == 1 and getattr(handlers[0], '_server_py', False) and not access_log.propagate:
+            pending = self._access_lines
+            pending.append(text)
+            if len(pending) == 1:
+                self.loop.call_soon(self._flush_access, handlers[0])
+        else:
+            access_log.info('%s', text)
+
+    def _flush_access(self, handler):
+        lines, self._access_lines = self._access_lines, []
+        if lines:
+            try:
+                handler.acquire()
+                try:
+                    handler.stream.write('\n'.join(lines) + '\n')
+                    handler.stream.flush()
+                finally:
+                    handler.release()
+            except Exception:
+                handler.handleError(logging.makeLogRecord({'msg': lines[0]}))
 
     def _loop_exception(self, loop, context):
         """asyncio's accept loop logs every retry when file descriptors run out; say it once a minute."""
@@ -3418,6 +3477,10 @@ class Server:
             self._last_fd_warning = now
             log.error('out of file descriptors: new connections wait until some close (%s)',
                       context.get('exception'))
+            return
+        if self.closing and '_start_serving' in repr(context.get('handle')):
+            # asyncio's accept retries, scheduled while descriptors ran out, firing after
+            # the listening socket was closed: nothing is left to serve, nothing to report.
             return
         loop.default_exception_handler(context)
 

@@ -3072,6 +3072,19 @@ class AccessLogTest(unittest.TestCase):
                                r'"GET /healthz\?x=1 HTTP/1\.1" 200 3 "http://r\.example/" "evil\\x22agent\\xFF"$')
 
 
+    def test_stdout_access_log_of_a_real_process(self):
+        proc = ServerProcess()
+        self.addCleanup(proc.cleanup)
+        for path in (b'/healthz', b'/missing'):
+            exchange(proc.port, b'GET ' + path + b' HTTP/1.1\r\nHost: a\r\nUser-Agent: t\xe9\r\n\r\n')
+        code, out, err = proc.stop()
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()          # the banner line was read by ServerProcess
+        self.assertEqual(len(lines), 2, out)
+        self.assertRegex(lines[0], r'^127\.0\.0\.1 - - \[[^]]+\] "GET /healthz HTTP/1\.1" 200 3 "-" "t\\xE9"$')
+        self.assertRegex(lines[1], r'"GET /missing HTTP/1\.1" 404 \d+ "-" "t\\xE9"$')
+
+
 class NginxTest(unittest.TestCase):
     """The shipped nginx.conf, made local, in front of the real site."""
 
