@@ -222,10 +222,15 @@ class Headers:
     __slots__ = ('_items', '_index')
 
     def __init__(self, items=()):
-        self._items = []
-        self._index = {}
-        for name, value in items.items() if isinstance(items, dict) else items:
-            self.add(name, value)
+        pairs = self._items = list(items.items() if isinstance(items, dict) else items)
+        index = self._index = {}
+        for name, value in pairs:
+            key = name.lower()
+            values = index.get(key)
+            if values is None:
+                index[key] = [value]
+            else:
+                values.append(value)
 
     def add(self, name, value):
         self._items.append((name, value))
@@ -2640,7 +2645,7 @@ class StaticEntry:
     """What we know of one file: where it is, its validators, and (if small) its bytes."""
 
     __slots__ = ('path', 'mtime_ns', 'size', 'etag', 'last_modified', 'content_type',
-                 'body', 'gzipped', 'checked_at')
+                 'body', 'gzipped', 'checked_at', 'headers')
 
 
 class StaticFiles:
@@ -2709,6 +2714,9 @@ class StaticFiles:
         entry.body = None
         entry.gzipped = None
         entry.checked_at = time.monotonic()
+        entry.headers = [('Content-Type', entry.content_type), ('ETag', entry.etag),
+                         ('Last-Modified', entry.last_modified), ('Cache-Control', 'no-cache'),
+                         ('Accept-Ranges', 'bytes'), ('X-Content-Type-Options', 'nosniff')]
         if st.st_size <= STATIC_CACHE_FILE_BYTES:
             with open(path, 'rb') as f:
                 entry.body = f.read()
@@ -2718,6 +2726,7 @@ class StaticFiles:
                 packed = gzip.compress(entry.body, 6, mtime=0)
                 if len(packed) < entry.size * 0.9:
                     entry.gzipped = packed
+                    entry.headers.append(('Vary', 'Accept-Encoding'))
         return entry
 
     def _still_valid(self, entry):
@@ -2763,16 +2772,8 @@ class StaticFiles:
     async def serve(self, request, url_path):
         """The Response for a GET or HEAD of ``url_path``."""
         entry = await self._entry(url_path)
-        headers = Headers()
-        headers.add('Content-Type', entry.content_type)
-        headers.add('ETag', entry.etag)
-        headers.add('Last-Modified', entry.last_modified)
-        headers.add('Cache-Control', 'no-cache')
-        headers.add('Accept-Ranges', 'bytes')
-        headers.add('X-Content-Type-Options', 'nosniff')
+        headers = Headers(entry.headers)
         compressible = entry.gzipped is not None
-        if compressible:
-            headers.add('Vary', 'Accept-Encoding')
         req_headers = request.headers
         if not_modified(req_headers, entry.etag, entry.mtime_ns / 1e9):
             return Response(b'', 304, headers)
@@ -3303,10 +3304,8 @@ class HTTPConnection(asyncio.Protocol):
         f = await asyncio.to_thread(open, path, 'rb')
         try:
             sent = 0
-            sock = self.transport.get_extra_info('socket')
-            if (self.scheme == 'http' and hasattr(os, 'sendfile') and sock is not None
-                    and self.transport.get_write_buffer_size() == 0):
-                sent = await self._sendfile(sock.fileno(), f.fileno(), offset, length)
+            if self.scheme == 'http':
+                sent = await self._sendfile(f, offset, length)
             while sent < length:
                 step = min(STATIC_CHUNK_BYTES, length - sent)
                 data = await asyncio.to_thread(_read_at, f, offset + sent, step)
@@ -3321,39 +3320,26 @@ class HTTPConnection(asyncio.Protocol):
         finally:
             await asyncio.to_thread(f.close)
 
-    async def _sendfile(self, sock_fd, file_fd, offset, length):
-        """Zero-copy send straight to the socket while the transport's buffer is empty.
+    async def _sendfile(self, f, offset, length):
+        """Zero-copy with loop.sendfile in steps of a few MiB, each under the write deadline.
 
-        asyncio's loop.sendfile does the same with more bookkeeping per call; here one
-        os.sendfile moves as much as the socket takes, and a full socket waits for
-        writability under the write deadline. Returns the bytes sent (less on EOF).
+        Returns the bytes sent: fewer when sendfile is unavailable here (the caller then
+        reads and writes) or the file ended early.
         """
         sent = 0
         while sent < length:
-            try:
-                n = os.sendfile(sock_fd, file_fd, offset + sent, min(length - sent, 1 << 30))
-            except BlockingIOError:
-                n = None
-            except OSError as exc:
-                if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP):
-                    return sent           # sendfile not supported here: the caller reads and writes
-                raise ConnectionResetError(str(exc)) from exc
-            if n == 0:
-                return sent
-            if n is not None:
-                sent += n
-                continue
-            waiter = self.drain_waiter = self.loop.create_future()
-            self.loop.add_writer(sock_fd, _set_done, waiter)
+            step = min(4 * 1024 * 1024, length - sent)
             self._set_deadline('write', WRITE_TIMEOUT_S)
             try:
-                await waiter
+                n = await self.loop.sendfile(self.transport, f, offset + sent, step, fallback=False)
+            except (asyncio.SendfileNotAvailableError, NotImplementedError):
+                return sent
             finally:
-                self.drain_waiter = None
                 if self.deadline_kind == 'write':
                     self.deadline_kind = None
-                if not self.closed:
-                    self.loop.remove_writer(sock_fd)
+            if n == 0:
+                return sent
+            sent += n
         return sent
 
     def _finish(self, head, request, status, sent, keep_alive, reader):
@@ -3402,11 +3388,6 @@ class HTTPConnection(asyncio.Protocol):
         head.keep_alive = False
         head.path, head.query_string = '-', ''
         self.loop.create_task(self._write_response(head, None, response, None))
-
-
-def _set_done(future):
-    if not future.done():
-        future.set_result(None)
 
 
 def _read_at(f, offset, size):

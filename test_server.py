@@ -646,6 +646,31 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(status_of(self.port, raw), 413)
 
 
+class LargeFileTest(unittest.TestCase):
+    """Files larger than the socket buffers go out whole, to fast and to slow readers."""
+
+    def test_large_static_file_and_range(self):
+        root = tempfile.mkdtemp(prefix='server-large-')
+        self.addCleanup(shutil.rmtree, root, True)
+        content = os.urandom(1024) * (16 * 1024)               # 16 MiB
+        with open(os.path.join(root, 'big.bin'), 'wb') as f:
+            f.write(content)
+        live = LiveServer(server.App(root=root, data=os.path.join(root, '.data')))
+        self.addCleanup(live.stop)
+        for pause in (0, 0.3):                                 # a reader that starts late
+            with live.connect(timeout=20) as sock:
+                sock.sendall(b'GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n'
+                             b'GET /big.bin HTTP/1.1\r\nHost: a\r\nRange: bytes=5000000-\r\n\r\n')
+                time.sleep(pause)
+                f = sock.makefile('rb')
+                status, headers, body = read_response(f)
+                self.assertEqual((status, len(body)), (200, len(content)))
+                self.assertTrue(body == content)
+                status, headers, body = read_response(f)
+                self.assertEqual(status, 206)
+                self.assertTrue(body == content[5000000:])
+
+
 class TimeoutTest(unittest.TestCase):
     """The four timeouts, with the limits lowered so the suite stays fast."""
 
