@@ -46,6 +46,7 @@ import mimetypes
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -54,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import urllib.parse
 
 __version__ = '0.1.0'
@@ -80,8 +82,10 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 #: Most parts in one multipart body; more -> 413.
 MAX_MULTIPART_PARTS = 100
-#: Largest non-file multipart field or part header block; larger -> 413.
+#: Largest non-file multipart field; larger -> 413.
 MAX_FIELD_BYTES = 64 * 1024
+#: Largest header block of one multipart part; larger -> 413.
+MAX_PART_HEADER_BYTES = 8 * 1024
 #: A body the handler left unread is discarded up to this size to keep the connection; past it we close.
 MAX_DRAIN_BYTES = 256 * 1024
 #: Bytes buffered ahead of the application (pipelined requests or body) before we stop reading.
@@ -106,6 +110,9 @@ STATIC_CACHE_BYTES = 32 * 1024 * 1024
 STATIC_CHUNK_BYTES = 256 * 1024
 #: Sessions expire after this many idle seconds (sliding).
 SESSION_LIFETIME_S = 14 * 24 * 3600
+#: A session holding nothing but a CSRF token (a visitor who only looked at a form) lasts this
+#: long, so page views cannot pile up rows for two weeks.
+ANON_SESSION_LIFETIME_S = 2 * 3600
 #: SQLite waits this long for a lock held by another process before giving up -> 503.
 DB_BUSY_TIMEOUT_MS = 5000
 
@@ -187,6 +194,11 @@ def reason_phrase(status):
         return 'Unknown'
 
 
+def _too_large(limit):
+    size = f'{limit // (1024 * 1024)} MB' if limit >= 1024 * 1024 else f'{limit // 1024} KB'
+    return f'The request is larger than the {size} limit.'
+
+
 def abort(status, detail=''):
     """Stop handling the request with an error status: ``abort(403, 'not yours')``."""
     raise HTTPError(status, detail)
@@ -202,6 +214,7 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 # run of visible ASCII; its form is checked after.
 _REQUEST_LINE_RE = re.compile(rb'(' + _TOKEN + rb') ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])')
 _VERSION_RE = re.compile(rb'HTTP/[0-9]+\.[0-9]+')
+_TARGET_RE = re.compile(rb'[\x21-\x7e]+')
 _TOKEN_RE = re.compile(_TOKEN)
 # RFC 9110 5.5: field-value is VCHAR, SP, HTAB and obs-text; we refuse every other control
 # character, NUL and bare CR included.
@@ -336,7 +349,8 @@ def parse_request_line(line):
     m = _REQUEST_LINE_RE.fullmatch(line)
     if m is None:
         parts = line.split(b' ')
-        if len(parts) == 3 and _TOKEN_RE.fullmatch(parts[0]) and _VERSION_RE.fullmatch(parts[2]):
+        if (len(parts) == 3 and _TOKEN_RE.fullmatch(parts[0]) and _TARGET_RE.fullmatch(parts[1])
+                and _VERSION_RE.fullmatch(parts[2])):
             raise HTTPError(505, 'only HTTP/1.0 and HTTP/1.1 are supported', close=True)
         raise HTTPError(400, 'malformed request line', close=True)
     method, target, version = m.groups()
@@ -436,6 +450,8 @@ def frame_request(req):
         raw = lengths.pop()
         if not _CONTENT_LENGTH_RE.fullmatch(raw.encode('latin-1')):
             raise HTTPError(400, 'Content-Length must be digits', close=True)
+        if len(raw) > 18:
+            raise HTTPError(413, 'Content-Length beyond any limit', close=True)
         req.body_length = int(raw)
 
     expect = index.get('expect')
@@ -476,9 +492,12 @@ class ChunkedDecoder:
     (the next pipelined request). Trailers are read and dropped. Errors raise 400.
     """
 
-    __slots__ = ('_buf', '_state', '_remaining', 'done', 'leftover', '_line_limit', '_trailer_bytes')
+    __slots__ = ('_buf', '_state', '_remaining', 'done', 'leftover', '_trailer_bytes', '_chunks',
+                 '_decoded')
 
     def __init__(self):
+        self._chunks = 0
+        self._decoded = 0
         self._buf = b''
         self._state = 'size'
         self._remaining = 0
@@ -517,6 +536,11 @@ class ChunkedDecoder:
                 if m is None or len(m.group(1)) > 16:
                     raise HTTPError(400, 'malformed chunk size', close=True)
                 size = int(m.group(1), 16)
+                self._chunks += 1
+                if self._chunks > 1024 and self._decoded < self._chunks * 256:
+                    # Thousands of tiny chunks cost far more to decode than their bytes.
+                    raise HTTPError(400, 'too many tiny chunks', close=True)
+                self._decoded += size
                 if size == 0:
                     self._state = 'trailer'
                 else:
@@ -598,35 +622,22 @@ def parse_cookies(header_values):
     return cookies
 
 
+# RFC 9110 5.6.6: parameters are ';' name '=' (token or quoted-string). One pass of one
+# regex, linear in the input (quoted strings may hold ';').
+_PARAM_RE = re.compile(r';\s*([^=;\s]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))')
+_QUOTED_PAIR_RE = re.compile(r'\\(.)')
+
+
 def parse_content_type(value):
     """``'text/html; charset="utf-8"'`` -> ('text/html', {'charset': 'utf-8'})."""
     if not value:
         return '', {}
-    mime, _, rest = value.partition(';')
+    mime, semi, rest = value.partition(';')
     params = {}
-    # A small state machine, because quoted strings may contain ';' (RFC 9110 5.6.6).
-    rest = rest.strip()
-    while rest:
-        name, eq, rest = rest.partition('=')
-        name = name.strip().lower()
-        if not eq:
-            break
-        rest = rest.lstrip()
-        if rest.startswith('"'):
-            i, chars = 1, []
-            while i < len(rest) and rest[i] != '"':
-                if rest[i] == '\\' and i + 1 < len(rest):
-                    i += 1
-                chars.append(rest[i])
-                i += 1
-            value, rest = ''.join(chars), rest[i + 1:]
-            rest = rest.partition(';')[2]
-        else:
-            value, _, rest = rest.partition(';')
-            value = value.strip()
-        if name:
-            params[name] = value
-        rest = rest.strip()
+    for m in _PARAM_RE.finditer(semi + rest):
+        quoted = m.group(2)
+        params[m.group(1).lower()] = (_QUOTED_PAIR_RE.sub(r'\1', quoted) if quoted is not None
+                                      else m.group(3).strip())
     return mime.strip().lower(), params
 
 
@@ -643,7 +654,7 @@ def parse_range(header, size):
     first, dash, last = spec.strip().partition('-')
     if not dash or not (first.isdigit() or first == '') or not (last.isdigit() or last == ''):
         return None
-    if not first.isascii() or not last.isascii():
+    if not first.isascii() or not last.isascii() or len(first) > 18 or len(last) > 18:
         return None
     if first == '':
         if last == '':
@@ -670,7 +681,7 @@ def parse_http_date(value):
     """An HTTP date (any of the three RFC 9110 forms) -> timestamp, or None."""
     try:
         parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if parsed is None:
         return None
@@ -697,7 +708,9 @@ def etag_matches(header, etag, weak=True):
 # is parsed incrementally: the parser is pure (bytes in, events out) and the request
 # drives it, spooling file parts to disk as they arrive.
 
-_SAFE_FILENAME_RE = re.compile(r'[^A-Za-z0-9._ -]+')
+# Letters and digits of any script stay (a résumé keeps its accents); separators,
+# controls, quotes and the like become '_'.
+_SAFE_FILENAME_RE = re.compile(r'[^\w.\- ]+')
 
 
 def safe_filename(name, default='file'):
@@ -707,6 +720,7 @@ def safe_filename(name, default='file'):
     'pass wd.txt'
     """
     name = name.replace('\\', '/').rsplit('/', 1)[-1]
+    name = unicodedata.normalize('NFC', name)
     name = _SAFE_FILENAME_RE.sub('_', name).strip(' ._')
     return name[:120] or default
 
@@ -742,6 +756,7 @@ class MultipartParser:
         self._delim = b'\r\n--' + boundary.encode('latin-1')
         self._buf = b'\r\n'  # so the first delimiter matches like every other
         self._state = 'preamble'
+        self._scanned = 0      # how far the part-header buffer was searched for its end
         self._parts = 0
         self._max_parts = max_parts
         self.done = False
@@ -791,19 +806,21 @@ class MultipartParser:
                     raise HTTPError(413, f'more than {self._max_parts} multipart parts')
                 self._state = 'headers'
             elif state == 'headers':
-                end = buf.find(b'\r\n\r\n')
+                end = buf.find(b'\r\n\r\n', self._scanned)
                 if buf.startswith(b'\r\n'):
                     end, head = 0, b''
                     buf = buf[2:]
                 elif end == -1:
-                    if len(buf) > MAX_FIELD_BYTES:
+                    if len(buf) > MAX_PART_HEADER_BYTES:
                         raise HTTPError(413, 'multipart part headers too large')
+                    self._scanned = max(0, len(buf) - 3)
                     break
                 else:
-                    if end > MAX_FIELD_BYTES:
+                    if end > MAX_PART_HEADER_BYTES:
                         raise HTTPError(413, 'multipart part headers too large')
                     head = buf[:end]
                     buf = buf[end + 4:]
+                self._scanned = 0
                 lines = head.split(b'\r\n') if head else []
                 if any(line[:1] in (b' ', b'\t') for line in lines):
                     raise HTTPError(400, 'folded multipart header')
@@ -1008,7 +1025,7 @@ class Request:
             else:
                 try:
                     self._json = json.loads(body)
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):
                     raise HTTPError(400, 'invalid JSON body') from None
         return self._json
 
@@ -1029,14 +1046,14 @@ class Request:
                 return
             total += len(chunk)
             if total > limit:
-                raise HTTPError(413, f'body larger than {limit} bytes', close=True)
+                raise HTTPError(413, _too_large(limit), close=True)
             yield chunk
 
     async def _read_body(self, limit):
         """Read the whole body within ``limit`` bytes and parse forms; called before the handler."""
         length = self._head.body_length
         if length is not None and length > limit:
-            raise HTTPError(413, f'body larger than {limit} bytes')
+            raise HTTPError(413, _too_large(limit))
         if self._body_source is None or length == 0:
             self._body = b''
             return
@@ -1048,7 +1065,7 @@ class Request:
         async for chunk in self.stream():
             total += len(chunk)
             if total > limit:
-                raise HTTPError(413, f'body larger than {limit} bytes', close=True)
+                raise HTTPError(413, _too_large(limit), close=True)
             chunks.append(chunk)
         self._body = b''.join(chunks)
         if ctype == 'application/x-www-form-urlencoded':
@@ -1080,7 +1097,7 @@ class Request:
         async for chunk in self.stream():
             total += len(chunk)
             if total > limit:
-                raise HTTPError(413, f'body larger than {limit} bytes', close=True)
+                raise HTTPError(413, _too_large(limit), close=True)
             for kind, value in parser.feed(chunk):
                 if kind == 'data':
                     if upload is not None:
@@ -1754,13 +1771,16 @@ class App:
                 return make_response(rv)
         if self.sessions_enabled:
             await self._load_session(request)
-        if route.stream:
-            length = request.content_length
-            if length is not None and length > route.max_body:
-                raise HTTPError(413, f'body larger than {route.max_body} bytes')
-        else:
+        length = request.content_length
+        if length is not None and length > route.max_body:
+            raise HTTPError(413, _too_large(route.max_body))
+        csrf = route.csrf and method in _STATE_CHANGING and request.content_type in _CSRF_CONTENT_TYPES
+        if csrf and not (request._session and request._session.get('_csrf')):
+            # No session token to match: refuse before reading (and spooling) the body.
+            raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
+        if not route.stream:
             await request._read_body(route.max_body)
-        if route.csrf and method in _STATE_CHANGING and request.content_type in _CSRF_CONTENT_TYPES:
+        if csrf:
             self._check_csrf(request)
         if route.is_async:
             rv = await route.handler(request, **params)
@@ -1803,9 +1823,11 @@ class App:
             return
         if not session.should_save():
             return
-        await self.sessions.save(session)
-        response.set_cookie('sid', session.id, max_age=SESSION_LIFETIME_S,
-                            secure=request.is_secure, httponly=True, samesite='Lax')
+        if await self.sessions.save(session):
+            response.set_cookie('sid', session.id, max_age=session.lifetime(),
+                                secure=request.is_secure, httponly=True, samesite='Lax')
+        else:   # deleted meanwhile (a logout in another tab): never brought back
+            response.delete_cookie('sid', secure=request.is_secure)
 
     async def error_response(self, request, error):
         """The response for an HTTPError: the app's handler for that status, else plain text."""
@@ -2567,11 +2589,15 @@ class Session(dict):
         if self.id is not None:
             self.old_id = self.id
 
+    def lifetime(self):
+        return ANON_SESSION_LIFETIME_S if self.keys() <= {'_csrf'} else SESSION_LIFETIME_S
+
     def should_save(self):
         if self.modified:
             return bool(self) or self.id is not None
-        # Sliding expiry: push the expiry forward at most once an hour.
-        return self.id is not None and self.expires - time.time() < SESSION_LIFETIME_S - 3600
+        # Sliding expiry: push the expiry forward at most once per tenth of the lifetime.
+        lifetime = self.lifetime()
+        return self.id is not None and self.expires - time.time() < lifetime * 0.9
 
 
 def _session_key(sid):
@@ -2603,18 +2629,25 @@ class SessionStore:
         return Session(data, sid, row['expires'])
 
     async def save(self, session):
+        """Store the session; False if a loaded session's row was deleted meanwhile.
+
+        A new (or rotated) session is inserted; one loaded from the database is only ever
+        updated, so a request still in flight cannot resurrect a session that a logout
+        deleted.
+        """
         new = session.id is None
         if new:
             session.id = secrets.token_urlsafe(32)
-        session.expires = time.time() + SESSION_LIFETIME_S
-        await self.db.run(_save_session, _session_key(session.id),
-                          _session_key(session.old_id) if session.old_id else None,
-                          json.dumps(dict(session)), session.expires)
+        session.expires = time.time() + session.lifetime()
+        stored = await self.db.run(_save_session, _session_key(session.id),
+                                   _session_key(session.old_id) if session.old_id else None,
+                                   json.dumps(dict(session)), session.expires, new)
         session.modified = False
         session.old_id = None
-        if time.monotonic() - self._last_purge > 3600:
+        if time.monotonic() - self._last_purge > 600:
             self._last_purge = time.monotonic()
             await self.purge()
+        return stored
 
     async def delete(self, sid):
         await self.db.execute('DELETE FROM sessions WHERE id = ?', (_session_key(sid),))
@@ -2624,14 +2657,16 @@ class SessionStore:
         await self.db.execute('DELETE FROM sessions WHERE expires < ?', (time.time(),))
 
 
-def _save_session(conn, key, old_key, data, expires):
+def _save_session(conn, key, old_key, data, expires, new):
     with conn:
         conn.execute('BEGIN IMMEDIATE')
         if old_key:
             conn.execute('DELETE FROM sessions WHERE id = ?', (old_key,))
-        conn.execute('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?) '
-                     'ON CONFLICT(id) DO UPDATE SET data = excluded.data, expires = excluded.expires',
-                     (key, data, expires))
+        if new:
+            conn.execute('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?)', (key, data, expires))
+            return True
+        return conn.execute('UPDATE sessions SET data = ?, expires = ? WHERE id = ?',
+                            (data, expires, key)).rowcount == 1
 
 
 # === 9. Static files ===
@@ -2659,7 +2694,7 @@ class StaticFiles:
 
     def __init__(self, root, exclude=()):
         self.root = os.path.realpath(root)
-        self.exclude = set(exclude)
+        self._excluded = [os.path.realpath(os.path.join(self.root, name)) for name in exclude]
         self._cache = collections.OrderedDict()   # url path -> StaticEntry
         self._cached_bytes = 0
 
@@ -2672,18 +2707,20 @@ class StaticFiles:
         """
         if '\x00' in url_path or '\\' in url_path:
             raise HTTPError(403, 'forbidden path')
-        segments = url_path.split('/')[1:]
+        segments = [s for s in url_path.split('/') if s]     # '//templates' is '/templates'
         for segment in segments:
             if segment in ('.', '..'):
                 raise HTTPError(403, 'forbidden path')
             if segment.startswith('.'):
                 raise HTTPError(404)
-        if segments and segments[0] in self.exclude:
-            raise HTTPError(404)
-        candidate = os.path.join(self.root, *[s for s in segments if s])
+        candidate = os.path.join(self.root, *segments)
         real = os.path.realpath(candidate)
         if real != self.root and os.path.commonpath([real, self.root]) != self.root:
             raise HTTPError(404, 'outside the web root')
+        # Judged on the real path, so no spelling of the URL and no symlink reaches them.
+        for excluded in self._excluded:
+            if real == excluded or os.path.commonpath([real, excluded]) == excluded:
+                raise HTTPError(404, 'not a public file')
         if os.path.isdir(real):
             if not url_path.endswith('/'):
                 # One leading slash only: '//host/' would send the browser to another site.
@@ -3084,9 +3121,9 @@ class HTTPConnection(asyncio.Protocol):
             if self.buf.strip(b'\r\n'):
                 self._send_error(HTTPError(408, 'request head not received in time', close=True))
             else:
-                self.transport.close()
+                self._close_now()
         elif kind == 'idle':
-            self.transport.close()
+            self._close_now()
         elif kind == 'body':
             if self.reader is not None:
                 self.reader.fail(HTTPError(408, 'request body stalled', close=True))
@@ -3097,6 +3134,13 @@ class HTTPConnection(asyncio.Protocol):
         elif kind == 'write':
             log.info('closing a connection from %s that stopped reading its response', self.peer)
             self.transport.abort()
+
+    def _close_now(self):
+        # close() would wait for unsent output forever if the client stopped reading.
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def _pause_reading(self):
         self.paused_reading = True
@@ -3150,6 +3194,8 @@ class HTTPConnection(asyncio.Protocol):
         del buf[:end]
         self.active = True
         self.requests += 1
+        if len(buf) > READ_HIGH_WATER_BYTES and not self.paused_reading:
+            self._pause_reading()      # enough pipelined input waiting; read more when it is used
         reader = None
         if head.chunked or head.body_length:
             reader = self.reader = BodyReader(self, head)
@@ -3264,6 +3310,10 @@ class HTTPConnection(asyncio.Protocol):
                 sent = await self._send_file(*file_spec)
             else:
                 sent = await self._send_stream(stream, chunked=head.version >= (1, 1))
+        if self.write_paused and keep_alive:
+            # Backpressure: no next request while the client has not taken this answer; the
+            # write deadline set by pause_writing cuts off a client that never does.
+            await self.drain()
         self._finish(head, request, status, sent, keep_alive, reader)
 
     async def _send_stream(self, stream, chunked):
@@ -3363,7 +3413,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _next_request(self):
         self.active = False
-        if self.paused_reading:
+        if self.paused_reading and len(self.buf) < READ_HIGH_WATER_BYTES:
             self.paused_reading = False
             with contextlib.suppress(RuntimeError, AttributeError):
                 self.transport.resume_reading()
@@ -3862,6 +3912,12 @@ SITE_MIGRATIONS = [
 #: Contact messages allowed per client address in CONTACT_WINDOW_S; more -> 429.
 CONTACT_LIMIT = 5
 CONTACT_WINDOW_S = 600
+#: Uploads kept per visitor (files, bytes); more -> 429 with the upload page.
+UPLOAD_QUOTA_FILES = 20
+UPLOAD_QUOTA_BYTES = 200 * 1024 * 1024
+#: All uploads together, and the free disk space always left; past either -> 507.
+UPLOAD_TOTAL_BYTES = 5 * 1024 * 1024 * 1024
+UPLOAD_MIN_FREE_BYTES = 256 * 1024 * 1024
 #: Failed admin logins per client address before a lockout of ADMIN_LOCKOUT_S -> 429.
 ADMIN_MAX_FAILURES = 5
 ADMIN_LOCKOUT_S = 900
@@ -3934,6 +3990,14 @@ def _sweep_uploads(conn, upload_dir):
     return removed
 
 
+def _upload_usage(conn, owner, upload_dir):
+    """(this owner's {n, bytes}, every upload's bytes, free disk bytes) -- blocking."""
+    n, size = conn.execute('SELECT COUNT(*), COALESCE(SUM(size), 0) FROM uploads WHERE owner = ?',
+                           (owner,)).fetchone()
+    total = conn.execute('SELECT COALESCE(SUM(size), 0) FROM uploads').fetchone()[0]
+    return {'n': n, 'bytes': size}, total, shutil.disk_usage(upload_dir).free
+
+
 def _store_upload(conn, upload, upload_dir, owner):
     """Move a spooled upload to its final random name, then record it; the row commits last."""
     stored = secrets.token_hex(16)
@@ -4003,7 +4067,9 @@ def build_site(config):
 
     @app.get('/')
     async def home(request):
-        return render('index.html', VISIT_COUNT=counter.hit())
+        # A HEAD (a monitor, a link checker) is not a visit.
+        visits = counter.hit() if request.method == 'GET' else counter.stored + counter.pending
+        return render('index.html', VISIT_COUNT=visits)
 
     @app.route('/contact', methods=['GET', 'POST'])
     async def contact(request):
@@ -4036,9 +4102,13 @@ def build_site(config):
                                     'WHERE ip = ? AND created > ?', (client, since))
         if row['n'] >= CONTACT_LIMIT:
             retry = max(1, int(row['first'] + CONTACT_WINDOW_S - time.time()) + 1)
-            raise HTTPError(429, f'You have sent {CONTACT_LIMIT} messages in the last '
-                                 f'{CONTACT_WINDOW_S // 60} minutes; please try again later.',
-                            headers={'Retry-After': str(retry)})
+            errors = {'form': f'You have sent {CONTACT_LIMIT} messages in the last '
+                              f'{CONTACT_WINDOW_S // 60} minutes. Your message is kept below: '
+                              f'please send it again in about {max(1, round(retry / 60))} minutes.'}
+            resp = render('contact.html', values=values, errors=errors)
+            resp.status = 429
+            resp.headers['Retry-After'] = str(retry)
+            return resp
         await app.db.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
                              (values['name'], values['email'], values['message'], client, time.time()))
         return redirect('/contact/thanks')
@@ -4067,6 +4137,15 @@ def build_site(config):
         owner = request.session.get('upload_owner')
         if not owner:
             owner = request.session['upload_owner'] = secrets.token_urlsafe(24)
+        mine, everyone, free = await app.db.run(_upload_usage, owner, app.upload_dir)
+        if mine['n'] >= UPLOAD_QUOTA_FILES or mine['bytes'] + upload.size > UPLOAD_QUOTA_BYTES:
+            return await upload_page(request, status=429, error=(
+                f'You have reached the limit of {UPLOAD_QUOTA_FILES} files or '
+                f'{UPLOAD_QUOTA_BYTES // (1024 * 1024)} MB for this session.'))
+        if everyone + upload.size > UPLOAD_TOTAL_BYTES or free - upload.size < UPLOAD_MIN_FREE_BYTES:
+            log.error('upload refused: the upload space is full')
+            return await upload_page(request, status=507, error='The server has no room for more '
+                                     'uploads right now. Please try again later.')
         await app.db.run(_store_upload, upload, app.upload_dir, owner)
         return redirect('/upload?done=1')
 
@@ -4076,13 +4155,7 @@ def build_site(config):
         row = await app.db.fetchone('SELECT name, stored, owner FROM uploads WHERE id = ?', (upload_id,))
         if row is None or not owner or not hmac.compare_digest(row['owner'], owner):
             abort(404)
-        # Never rendered by the browser in our origin: an uploaded HTML or SVG file stays a download.
-        resp = Response.send_file(os.path.join(app.upload_dir, row['stored']), 'application/octet-stream',
-                                  download_name=row['name'])
-        resp.headers['Content-Security-Policy'] = "default-src 'none'; sandbox"
-        resp.headers['X-Content-Type-Options'] = 'nosniff'
-        resp.headers['Cache-Control'] = 'private, no-store'
-        return resp
+        return _attachment(os.path.join(app.upload_dir, row['stored']), row['name'])
 
     @app.get('/profile/<name>')
     async def profile(request, name):
@@ -4121,6 +4194,16 @@ def build_site(config):
         resp.headers['Cache-Control'] = 'private, no-store'
         return resp
 
+    @app.get('/admin/upload/<int:upload_id>')
+    async def admin_download(request, upload_id):
+        admin_enabled()
+        if not is_admin(request):
+            abort(404)
+        row = await app.db.fetchone('SELECT name, stored FROM uploads WHERE id = ?', (upload_id,))
+        if row is None:
+            abort(404)
+        return _attachment(os.path.join(app.upload_dir, row['stored']), row['name'])
+
     @app.post('/admin/login')
     async def admin_login(request):
         admin_enabled()
@@ -4151,6 +4234,15 @@ def build_site(config):
     return app
 
 
+def _attachment(path, name):
+    """An uploaded file as a download that the browser never renders in the site's origin."""
+    resp = Response.send_file(path, 'application/octet-stream', download_name=name)
+    resp.headers['Content-Security-Policy'] = "default-src 'none'; sandbox"
+    resp.headers['X-Content-Type-Options'] = 'nosniff'
+    resp.headers['Cache-Control'] = 'private, no-store'
+    return resp
+
+
 def _read_text(path):
     with open(path, encoding='utf-8') as f:
         return f.read()
@@ -4171,24 +4263,28 @@ def build_parser(defaults):
         description='Serve the portfolio site (or `messages` to print the contact messages). '
                     'Every option can also be set as an environment variable SERVER_<NAME>, '
                     'e.g. SERVER_PORT=9000; a flag wins over the environment.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--host', default=defaults.host, help='address to listen on')
-    parser.add_argument('--port', type=int, default=defaults.port, help='TCP port (0 picks a free one)')
-    parser.add_argument('--root', default=defaults.root, help='web root: static files and templates/')
-    parser.add_argument('--data', default=defaults.data, help='data folder: app.db and uploads/')
+        epilog='ADMIN_PASSWORD in the environment enables /admin. '
+               'python3 server.py messages --help: the contact messages command.')
+    parser.add_argument('--host', default=defaults.host, help='address to listen on (default: %(default)s)')
+    parser.add_argument('--port', type=int, default=defaults.port,
+                        help='TCP port, 0 picks a free one (default: %(default)s)')
+    parser.add_argument('--root', default=defaults.root,
+                        help='web root: static files and templates/ (default: %(default)s)')
+    parser.add_argument('--data', default=defaults.data,
+                        help='data folder: app.db and uploads/, created if missing (default: %(default)s)')
     parser.add_argument('--workers', type=int, default=defaults.workers,
-                        help='worker processes sharing the port with SO_REUSEPORT')
+                        help='worker processes sharing the port with SO_REUSEPORT (default: %(default)s)')
     parser.add_argument('--certfile', default=defaults.certfile, help='TLS certificate (PEM): serve HTTPS')
     parser.add_argument('--keyfile', default=defaults.keyfile, help='TLS private key (PEM)')
     parser.add_argument('--trusted-proxy', default=defaults.trusted_proxy,
-                        help='comma-separated addresses or networks whose X-Forwarded-For and '
-                             'X-Forwarded-Proto are believed')
+                        help='comma-separated addresses or networks whose X-Real-IP, X-Forwarded-For '
+                             'and X-Forwarded-Proto are believed (default: %(default)s)')
     parser.add_argument('--log-level', default=defaults.log_level,
-                        choices=['debug', 'info', 'warning', 'error'], help='how much to log')
+                        choices=['debug', 'info', 'warning', 'error'], help='how much to log (default: %(default)s)')
     parser.add_argument('--no-access-log', dest='access_log', action='store_false',
-                        default=defaults.access_log, help='do not write the access log')
+                        default=defaults.access_log, help='do not write the access log (it is on by default)')
     parser.add_argument('--reload', action='store_true', default=defaults.reload,
-                        help='restart when server.py or a template changes (development only)')
+                        help='restart when server.py or a file under the web root changes (development)')
     return parser
 
 
@@ -4249,16 +4345,31 @@ def print_messages(argv):
         writer = csv.writer(sys.stdout)
         writer.writerow(['id', 'created_utc', 'name', 'email', 'ip', 'message'])
         for id_, created, name, email_, ip, body in rows:
-            writer.writerow([id_, _format_time(created), name, email_, ip, body])
+            writer.writerow([id_, _format_time(created)] + [_csv_safe(v) for v in (name, email_, ip, body)])
         return 0
     if not rows:
         print('No messages yet.')
     for id_, created, name, email_, ip, body in rows:
-        print(f'#{id_}  {_format_time(created)}  {_log_escape(name)} <{_log_escape(email_)}>  from {ip}')
-        for line in body.splitlines() or ['']:
-            print(f'    {line}')
+        print(f'#{id_}  {_format_time(created)}  {_terminal_safe(name)} <{_terminal_safe(email_)}>  '
+              f'from {_terminal_safe(ip)}')
+        for line in body.split('\n'):
+            print(f'    {_terminal_safe(line.rstrip(chr(13)))}')
         print()
     return 0
+
+
+_TERMINAL_CONTROLS_RE = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
+
+
+def _terminal_safe(text):
+    """Visitors' text for the owner's terminal: escape sequences and controls shown, not obeyed."""
+    return _TERMINAL_CONTROLS_RE.sub(lambda m: m.group().encode('unicode_escape').decode('ascii'), str(text))
+
+
+def _csv_safe(value):
+    """A cell a spreadsheet will not run as a formula (OWASP's CSV injection advice)."""
+    text = str(value)
+    return "'" + text if text[:1] in ('=', '+', '-', '@', '\t', '\r') else text
 
 
 def run_with_reload(argv):
