@@ -728,6 +728,11 @@ def safe_filename(name, default='file'):
 def parse_header_params(value):
     """``form-data; name="a"; filename="b.txt"`` -> ('form-data', {'name': 'a', ...})."""
     kind, params = parse_content_type(value)
+    for key in ('name', 'filename'):
+        # Browsers send these as raw UTF-8 (RFC 7578 4.2); header values arrive as latin-1.
+        if key in params:
+            with contextlib.suppress(UnicodeError):
+                params[key] = params[key].encode('latin-1').decode('utf-8')
     if 'filename*' in params:
         # RFC 5987 ext-value: charset'lang'percent-encoded
         charset, _, rest = params['filename*'].partition("'")

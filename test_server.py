@@ -3631,5 +3631,194 @@ class ResourceFaultTest(unittest.TestCase):
         self.assertEqual(client.post_form('/contact', form).status, 303)
 
 
+
+class SecurityReviewTest(unittest.TestCase):
+    """One test per finding of the security review and the new-user test."""
+
+    @classmethod
+    def setUpClass(cls):
+        with environ(ADMIN_PASSWORD='correct horse'):
+            cls.live = LiveServer()
+        cls.addClassCleanup(cls.live.stop)
+        cls.port = cls.live.port
+
+    def rss_kib(self):
+        with open('/proc/self/status') as f:
+            return int(re.search(r'VmRSS:\s+(\d+)', f.read()).group(1))
+
+    def test_pipelined_flood_is_read_no_faster_than_it_is_answered(self):
+        if not os.path.exists('/proc/self/status'):
+            self.skipTest('needs /proc')
+        request = b'GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ' + b'a' * 60000 + b'\r\n\r\n'
+        before = self.rss_kib()
+        stream = memoryview(request * 64)
+        with socket.create_connection(('127.0.0.1', self.port), timeout=10) as sock:
+            sock.setblocking(False)
+            sent, deadline = 0, time.monotonic() + 1.5
+            while time.monotonic() < deadline and sent < 400 * 1024 * 1024:
+                try:                           # never reads: the answers pile up unread
+                    sent += sock.send(stream[sent % len(stream):])
+                except BlockingIOError:
+                    time.sleep(0.001)
+            conn = max(self.live.server.connections, key=lambda c: len(c.buf))
+            buffered = len(conn.buf)
+        self.assertLess(buffered, 2 * server.READ_HIGH_WATER_BYTES + len(request))
+        self.assertLess(self.rss_kib() - before, 64 * 1024, f'sent {sent} bytes')
+
+    def test_templates_never_served_by_any_spelling(self):
+        for target in (b'//templates/base.html', b'/%2Ftemplates/person.json', b'//templates/',
+                       b'/./templates/base.html', b'/css/../templates/base.html', b'/templates//base.html'):
+            with self.subTest(target=target):
+                status, _, body = raw_get(self.port, target)
+                self.assertIn(status, (403, 404))
+                self.assertNotIn(b'{%', body)
+                self.assertNotIn(b'"experience"', body)
+
+    def test_templates_behind_a_symlink_are_refused(self):
+        root = tempfile.mkdtemp(prefix='server-link-')
+        self.addCleanup(shutil.rmtree, root, True)
+        os.makedirs(os.path.join(root, 'templates'))
+        with open(os.path.join(root, 'templates', 'secret.html'), 'w') as f:
+            f.write('{{ secret }}')
+        os.symlink(os.path.join(root, 'templates'), os.path.join(root, 'tpl'))
+        static = server.StaticFiles(root, exclude=('templates',))
+        with self.assertRaises(server.HTTPError) as ctx:
+            static.resolve('/tpl/secret.html')
+        self.assertEqual(ctx.exception.status, 404)
+
+    def test_content_type_parameters_parse_in_linear_time(self):
+        start = time.perf_counter()
+        mime, params = server.parse_content_type('form-data; name="a"' + ';a=b' * 16000)
+        self.assertEqual((mime, params['name']), ('form-data', 'a'))
+        self.assertLess(time.perf_counter() - start, 0.5)   # quadratic took seconds
+
+    def test_huge_part_headers_are_413(self):
+        parser = server.MultipartParser('BB')
+        with self.assertRaises(server.HTTPError) as ctx:
+            parser.feed(b'--BB\r\nContent-Disposition: form-data; name="a"' + b';a=b' * 4000 + b'\r\n\r\nv\r\n--BB--')
+        self.assertEqual(ctx.exception.status, 413)
+
+    def test_form_post_without_a_session_token_is_refused_before_the_body(self):
+        with socket.create_connection(('127.0.0.1', self.port), timeout=5) as sock:
+            sock.sendall(b'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Type: multipart/form-data; boundary=B\r\n'
+                         b'Content-Length: 40000000\r\nExpect: 100-continue\r\n\r\n')
+            f = sock.makefile('rb')
+            status = int(f.readline().split()[1])
+        self.assertEqual(status, 403)         # no 100 Continue first: the body is never read
+        self.assertEqual([n for n in os.listdir(os.path.join(self.live.data, 'uploads')) if n.startswith('.')], [])
+
+    def test_a_request_in_flight_cannot_undo_a_logout(self):
+        browser = WebClient(self.port, forwarded_for='203.0.113.77')
+        token = browser.csrf('/admin')
+        self.assertEqual(browser.post_form('/admin/login', {'csrf_token': token, 'password': 'correct horse'}).status, 303)
+        cookie = '; '.join(f'{k}={v}' for k, v in browser.cookies.items())
+        token = browser.csrf('/upload')
+        # A slow upload starts with the admin cookie and stalls mid-body.
+        body, ctype = server.encode_multipart({'csrf_token': token}, {'file': ('a.txt', b'x' * 1000)})
+        slow = socket.create_connection(('127.0.0.1', self.port), timeout=10)
+        self.addCleanup(slow.close)
+        slow.sendall(f'POST /upload HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\nContent-Type: {ctype}\r\n'
+                     f'X-Real-IP: 203.0.113.77\r\nContent-Length: {len(body)}\r\n\r\n'.encode() + body[:20])
+        time.sleep(0.2)
+        self.assertEqual(browser.post_form('/admin/logout', {'csrf_token': browser.csrf('/admin')}).status, 303)
+        slow.sendall(body[20:])
+        status, headers, _ = read_response(slow.makefile('rb'))
+        self.assertIn(status, (303, 403, 404))
+        # The old cookie is dead for good: the admin page asks for a password.
+        old = WebClient(self.port, forwarded_for='203.0.113.77')
+        old.cookies = dict(pair.split('=', 1) for pair in cookie.split('; '))
+        self.assertIn('password', old.get('/admin').text.lower())
+        self.assertNotIn('Sign out', old.get('/admin').text)
+
+    def test_sessions_holding_only_a_csrf_token_are_short_lived(self):
+        resp = WebClient(self.port).get('/contact')
+        cookie = set_cookie_named(resp.set_cookies, 'sid')
+        self.assertIn(f'Max-Age={server.ANON_SESSION_LIFETIME_S}', cookie)
+
+    def test_upload_quota_per_visitor(self):
+        browser = WebClient(self.port, forwarded_for='203.0.113.90')
+        token = browser.csrf('/upload')
+        statuses = [browser.post_multipart('/upload', {'csrf_token': token}, {'file': (f'f{i}.txt', b'q')}).status
+                    for i in range(server.UPLOAD_QUOTA_FILES + 1)]
+        self.assertEqual(statuses[:-1], [303] * server.UPLOAD_QUOTA_FILES)
+        self.assertEqual(statuses[-1], 429)
+
+    def test_odd_numbers_and_dates_are_not_500(self):
+        cases = [
+            (b'GET /robots.txt HTTP/1.1\r\nHost: a\r\nRange: bytes=0-' + b'9' * 5000 + b'\r\n\r\n', (200, 206)),
+            (b'GET /robots.txt HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: 1 Jan 10000000000000000000000 0:0:0 GMT\r\n\r\n', (200,)),
+            (b'GET /robots.txt HTTP/1.1\r\nHost: a\r\nIf-Range: 1 Jan 10000000000000000000000 0:0:0 GMT\r\n'
+             b'Range: bytes=0-1\r\n\r\n', (200, 206)),
+            (b'POST /contact HTTP/1.1\r\nHost: a\r\nContent-Length: ' + b'1' * 4400 + b'\r\n\r\n', (413,)),
+            (b'GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n', (400,)),
+        ]
+        for raw, expected in cases:
+            with self.subTest(raw=raw[:70]):
+                self.assertIn(status_of(self.port, raw), expected)
+
+    def test_deeply_nested_json_is_400(self):
+        app = server.App(data=tempfile.mkdtemp(prefix='server-json-'))
+        self.addCleanup(shutil.rmtree, app.data, True)
+
+        @app.post('/j')
+        async def j(request):
+            return {'ok': request.json is not None}
+        with app.test_client() as client:
+            self.assertEqual(client.post('/j', body=b'[' * 100000, headers={'Content-Type': 'application/json'}).status, 400)
+
+    def test_many_tiny_chunks_are_refused(self):
+        decoder = server.ChunkedDecoder()
+        with self.assertRaises(server.HTTPError) as ctx:
+            decoder.feed(b'1\r\na\r\n' * 5000 + b'0\r\n\r\n')
+        self.assertEqual(ctx.exception.status, 400)
+        decoder = server.ChunkedDecoder()          # large chunks, as real clients send, are fine
+        self.assertEqual(len(decoder.feed((b'4000\r\n' + b'z' * 0x4000 + b'\r\n') * 2000 + b'0\r\n\r\n')),
+                         0x4000 * 2000)
+
+    def test_admin_can_download_uploads(self):
+        visitor = WebClient(self.port, forwarded_for='203.0.113.91')
+        token = visitor.csrf('/upload')
+        self.assertEqual(visitor.post_multipart('/upload', {'csrf_token': token},
+                                                {'file': ('Résumé.pdf', b'%PDF-1.4 x')}).status, 303)
+        upload_id = re.search(r'/upload/(\d+)', visitor.get('/upload').text).group(1)
+        admin = WebClient(self.port, forwarded_for='203.0.113.92')
+        self.assertEqual(admin.get(f'/admin/upload/{upload_id}').status, 404)      # not signed in
+        admin.post_form('/admin/login', {'csrf_token': admin.csrf('/admin'), 'password': 'correct horse'})
+        self.assertIn(f'/admin/upload/{upload_id}', admin.get('/admin').text)
+        resp = admin.get(f'/admin/upload/{upload_id}')
+        self.assertEqual((resp.status, resp.body), (200, b'%PDF-1.4 x'))
+        self.assertIn("filename*=UTF-8''R%C3%A9sum%C3%A9.pdf", resp.headers['content-disposition'])
+        self.assertEqual(resp.headers['content-type'], 'application/octet-stream')
+
+    def test_rate_limited_contact_keeps_the_message(self):
+        browser = WebClient(self.port, forwarded_for='203.0.113.93')
+        token = browser.csrf('/contact')
+        form = {'name': 'Ann', 'email': 'ann@example.com', 'message': 'keep me please', 'csrf_token': token}
+        for _ in range(server.CONTACT_LIMIT):
+            self.assertEqual(browser.post_form('/contact', form).status, 303)
+        resp = browser.post_form('/contact', form)
+        self.assertEqual(resp.status, 429)
+        self.assertTrue(resp.headers['retry-after'].isdigit())
+        self.assertIn('keep me please', resp.text)
+
+    def test_head_is_not_a_visit(self):
+        def count():
+            return int(re.search(r'viewed (\d+) times', WebClient(self.port).get('/').text).group(1))
+        first = count()
+        for _ in range(3):
+            self.assertEqual(status_of(self.port, b'HEAD / HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+        self.assertEqual(count(), first + 1)
+
+
+class MessagesCommandSafetyTest(unittest.TestCase):
+
+    def test_terminal_controls_escaped_and_csv_formulas_neutralised(self):
+        self.assertEqual(server._terminal_safe('Zoë \x1b[2J\x07 \u202e'), 'Zoë \\x1b[2J\\x07 \\u202e')
+        self.assertEqual(server._csv_safe('=HYPERLINK("http://evil","x")'), '\'=HYPERLINK("http://evil","x")')
+        self.assertEqual(server._csv_safe('-1+2'), "'-1+2")
+        self.assertEqual(server._csv_safe('Ann'), 'Ann')
+        self.assertEqual(server.safe_filename('Résumé 2024.pdf'), 'Résumé 2024.pdf')
+
+
 if __name__ == '__main__':
     unittest.main()
