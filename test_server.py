@@ -1553,7 +1553,7 @@ class FormsTest(unittest.TestCase):
         resp = self.post('/form', body, 'multipart/form-data; boundary=XyZ')
         self.assertEqual(resp.status, 200, resp.text)
         self.assertEqual(resp.json()['form'],
-                         {'a': ['one', 'two'], 'cafÃ©': ['é--XyZnot\r\n-XyZ\r\n'], 'empty': ['']})
+                         {'a': ['one', 'two'], 'café': ['é--XyZnot\r\n-XyZ\r\n'], 'empty': ['']})
 
     def test_multipart_odd_boundaries(self):
         boundaries = ["'()+_,-./:=?", 'a b', 'x' * 70, '--', '=_=', '0']
