@@ -3061,6 +3061,63 @@ class GracefulShutdownTest(unittest.TestCase):
         self.assertEqual(db.execute('SELECT name, body FROM messages').fetchall(), [('Ann', 'hello there')])
         db.close()
 
+    def test_sigterm_under_load_loses_no_answered_post(self):
+        proc = ServerProcess('--no-access-log')
+        self.addCleanup(proc.cleanup)
+        answered, lock = [], threading.Lock()
+        start = threading.Barrier(51)
+
+        def client(n):
+            try:
+                conn = http.client.HTTPConnection('127.0.0.1', proc.port, timeout=15)
+                conn.request('GET', '/contact')
+                resp = conn.getresponse()
+                page = resp.read()
+                cookie = resp.getheader('Set-Cookie').split(';')[0]
+                token = re.search(rb'name="csrf_token" value="([^"]+)"', page).group(1).decode()
+            except (OSError, AttributeError):
+                start.wait(10)
+                return
+            start.wait(10)
+            for i in range(1000):
+                nonce = f'load-{n}-{i}'
+                body = urllib.parse.urlencode({'name': 'N', 'email': 'n@example.com', 'message': nonce,
+                                               'csrf_token': token})
+                try:
+                    conn.request('POST', '/contact', body=body, headers={
+                        'Cookie': cookie, 'Content-Type': 'application/x-www-form-urlencoded',
+                        'X-Real-IP': f'10.50.{n}.{i % 250}'})
+                    resp = conn.getresponse()
+                    resp.read()
+                except (OSError, http.client.HTTPException):
+                    return
+                if resp.status == 303:
+                    with lock:
+                        answered.append(nonce)
+                if resp.getheader('Connection') == 'close':
+                    return
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+        for t in threads:
+            t.start()
+        start.wait(10)
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with self.assertRaises(OSError):                 # new connections are refused
+            socket.create_connection(('127.0.0.1', proc.port), timeout=2).close()
+        code, _, err = proc.stop(sig=None, timeout=server.SHUTDOWN_GRACE_S + 5)
+        took = time.monotonic() - signalled
+        for t in threads:
+            t.join(10)
+        self.assertEqual(code, 0, err)
+        self.assertLess(took, server.SHUTDOWN_GRACE_S + 2)
+        self.assertGreater(len(answered), 50, 'the load did not get going')
+        db = sqlite3.connect(os.path.join(proc.data, 'app.db'))
+        self.addCleanup(db.close)
+        stored = {row[0] for row in db.execute('SELECT body FROM messages')}
+        self.assertEqual(set(answered) - stored, set(), 'answered posts missing from the database')
+
     def test_messages_command(self):
         proc = ServerProcess('--no-access-log')
         self.addCleanup(proc.cleanup)
@@ -3608,6 +3665,17 @@ class ResourceFaultTest(unittest.TestCase):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
         self.assertNotIn('Traceback', err.decode())
+
+    def test_healthz_is_503_when_the_database_cannot_be_opened(self):
+        live = LiveServer()
+        self.addCleanup(live.stop)
+        self.assertEqual(status_of(live.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+        live.call(live.app.db.close())
+        live.app.db.path = live.data            # a folder: SQLite cannot open it
+        with quiet_logs():
+            (status, headers, body), = exchange(live.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n')
+        self.assertEqual((status, body), (503, b'database unavailable\n'))
+        self.assertIn('retry-after', headers)
 
     def test_database_locked_by_another_process_is_503(self):
         live = LiveServer()
