@@ -27,6 +27,32 @@ Scenarios (``--scenarios``, comma-separated; default all):
     ``python3 -m http.server`` (ThreadingHTTPServer) and nginx when /usr/sbin/nginx exists.
 ``concurrency``
     ``hello`` at 1, 50 and 1000 connections, server.py and the bare server.
+``contact``
+    The site's contact form through the whole path: ``POST /contact`` (urlencoded, CSRF token
+    and session cookie fetched first with ``GET /contact``, an SQLite insert committed with
+    synchronous=FULL, answered 303, which counts as success). wrk runs a Lua script that sends
+    a new ``X-Real-IP`` (10.x.y.z) per request: the site allows 5 messages per 10 minutes per
+    client address and believes X-Real-IP from 127.0.0.1. Needs wrk.
+``upload-20m``
+    15 (``--quick``: 5) sequential multipart uploads of a 20 MiB file to ``/upload`` with
+    http.client (session and CSRF token fetched first; the body is built once): uploads/s,
+    MiB/s, p50/p99 of one upload, and the server's RSS (VmRSS polled every 10 ms, VmHWM) before,
+    at the peak and after. After each upload bench.py deletes the stored file and its row in
+    the ``uploads`` table (untimed), as an admin would: the site's quotas (20 files or 200 MB
+    per session, 5 GB in all) would otherwise answer 429 or 507, and the disk is spared.
+``idle-10k``
+    10,000 idle keep-alive connections (each sent one ``GET /healthz``) held from this process
+    for 8 s: the server's RSS growth per connection and the latency of a request on a new
+    connection meanwhile (median and max of 20), server.py (run through a wrapper that sets
+    ``KEEPALIVE_TIMEOUT_S`` and ``HEADER_TIMEOUT_S`` to 120 s) against the bare server.
+``loop-block``
+    p99 of ``GET /robots.txt`` (a static file served from memory) of the site, wrk 50
+    connections for 10 s (``--quick``: 3 s, ``--duration`` overrides), alone and while a 20 MiB
+    upload runs again and again and 100 contact POSTs per second are sent on schedule (each
+    from a new X-Real-IP); runs alternate, medians; the ratio's target is at most 3x.
+``workers``
+    ``hello`` with ``app.run(..., workers=2)`` against ``workers=1``: wrk -t 1, 100
+    connections; the machine's CPUs are shared with wrk.
 
 The load generator is wrk (``--latency``) when installed. Without it a built-in asyncio
 keep-alive client is used and its figures are marked "(client-bound)": it is Python too,
@@ -39,7 +65,9 @@ server.py's requests/s divided by the row's (above 1: server.py is faster).
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import html
 import http.client
 import os
 import platform
@@ -48,12 +76,15 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
+import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER_PY = os.path.join(HERE, 'server.py')
@@ -61,7 +92,8 @@ WWW = os.path.join(HERE, 'www')
 NGINX = '/usr/sbin/nginx'
 PYTHON = sys.executable or 'python3'
 
-SCENARIOS = ('hello', 'home', 'static-10k', 'static-1m', 'concurrency')
+SCENARIOS = ('hello', 'home', 'static-10k', 'static-1m', 'concurrency',
+             'contact', 'upload-20m', 'idle-10k', 'loop-block', 'workers')
 CONCURRENCY_LEVELS = (1, 50, 1000)
 HELLO_BODY = b'Hello, world!'
 STATIC_FILES = {'static-10k': ('bench-10k.bin', 10 * 1024), 'static-1m': ('bench-1m.bin', 1024 * 1024)}
@@ -70,6 +102,28 @@ STARTUP_TIMEOUT_S = 20.0     # a server must accept connections within this long
 STOP_TIMEOUT_S = 12.0        # after SIGTERM (server.py lets requests finish for 10 s), then SIGKILL
 REQUEST_TIMEOUT_S = 10.0     # one request of the load generator (wrk --timeout, built-in client)
 WARMUP_S = 1                 # unrecorded warm-up of each server before a scenario's runs
+
+UPLOAD_BYTES = 20 * 1024 * 1024   # upload-20m and loop-block: the file of each upload
+UPLOAD_COUNT = 15                 # upload-20m: sequential uploads (5 with --quick)
+IDLE_CONNECTIONS = 10_000         # idle-10k: keep-alive connections held open
+IDLE_PROBES = 20                  # idle-10k: requests on new connections while they are held
+IDLE_OPEN_CONCURRENCY = 200       # idle-10k: connections being opened at once
+IDLE_OPEN_TIMEOUT_S = 120.0       # idle-10k: all of them must be open within this long
+IDLE_KEEPALIVE_S = 120            # idle-10k: server.py's keep-alive and header timeouts
+IDLE_HOLD_S = 8                   # idle-10k: held this long after the last one opened (> 5 s default)
+LOOP_BLOCK_PATH = '/robots.txt'   # loop-block: the cheap route whose latency is watched
+LOOP_BLOCK_CONNECTIONS = 50
+LOOP_BLOCK_DURATION_S = 10        # per wrk run (3 with --quick; --duration overrides)
+LOOP_BLOCK_TARGET = 3.0           # loop-block: p99 under load at most this many times p99 alone
+PACED_RATE = 100                  # loop-block: contact POSTs per second
+PACED_MAX_INFLIGHT = 200          # loop-block: POSTs past this many unanswered are dropped (counted)
+WORKERS_CONNECTIONS = 100         # workers: wrk -t 1 -c this
+
+# idle-10k runs the site through this, to hold idle connections longer than the 5 s default.
+IDLE_WRAPPER = (
+    'import sys; sys.path.insert(0, {here!r}); import server; '
+    'server.KEEPALIVE_TIMEOUT_S = {t}; server.HEADER_TIMEOUT_S = {t}; '
+    'sys.exit(server.main(sys.argv[1:]))')
 
 
 # === The bare reference server (python3 bench.py --bare-server PORT) ===
@@ -117,6 +171,7 @@ sys.path.insert(0, {here!r})
 import server
 
 port, access_log, data = int(sys.argv[1]), sys.argv[2] == 'on', sys.argv[3]
+workers = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 app = server.App(data=data)
 
 
@@ -141,7 +196,7 @@ async def hello(request):
 routes += 1
 assert routes == 200, routes
 
-app.run(host='127.0.0.1', port=port, access_log=access_log)
+app.run(host='127.0.0.1', port=port, access_log=access_log, workers=workers)
 '''
 
 
@@ -283,13 +338,18 @@ class Wrk:
         self.version = first[0].split(' Copyright')[0] if first else 'wrk (unknown version)'
 
     def describe(self):
-        return (f'{self.version}: -t 2 (-t 1 for 1 connection), --latency, '
+        return (f'{self.version}: -t 2 (-t 1 for 1 connection and for workers), --latency, '
                 f'--timeout {REQUEST_TIMEOUT_S:.0f}s')
 
-    def run(self, url, connections, duration):
-        threads = min(2, connections)
+    def run(self, url, connections, duration, threads=None, script=None, script_args=()):
+        threads = threads or min(2, connections)
         argv = [self.path, '-t', str(threads), '-c', str(connections), '-d', f'{duration}s',
-                '--latency', '--timeout', f'{REQUEST_TIMEOUT_S:.0f}s', url]
+                '--latency', '--timeout', f'{REQUEST_TIMEOUT_S:.0f}s']
+        if script:
+            argv += ['-s', script]
+        argv.append(url)
+        if script_args:
+            argv += ['--'] + [str(a) for a in script_args]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
         if out.returncode != 0:
             raise RuntimeError(f'wrk exited with {out.returncode}: {out.stderr.strip() or out.stdout.strip()}')
@@ -309,7 +369,9 @@ class BuiltinClient:
         return ('built-in asyncio keep-alive client (wrk is not installed): '
                 'figures are client-bound')
 
-    def run(self, url, connections, duration):
+    def run(self, url, connections, duration, threads=None, script=None, script_args=()):
+        if script:
+            raise RuntimeError('this scenario needs wrk (a Lua script)')
         m = re.fullmatch(r'http://([^/:]+):(\d+)(/.*)', url)
         host, port, path = m.group(1), int(m.group(2)), m.group(3)
         request = (f'GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n'
@@ -413,8 +475,26 @@ class Case:
     entries: list
     expect_body: bytes = None
     expect_length: int = None
+    title: str = None          # the heading of its section of the log (default: GET path)
+    threads: int = None        # wrk -t (default 2, 1 for 1 connection)
+    prepare: object = None     # prepare(bench, case, srv) -> problem or None, instead of check()
+    wrk_options: object = None  # wrk_options(bench, case, srv) -> dict(script=, script_args=)
+    after_run: object = None   # after_run(bench, case, srv, result or None): bookkeeping
+    finish: object = None      # finish(bench, case, srv) -> note for the table, after the runs
+    note: str = ''             # the notes column of every row of the case
     results: dict = dataclasses.field(default_factory=dict)    # label -> [Result]
     failures: dict = dataclasses.field(default_factory=dict)   # label -> reason
+    notes: dict = dataclasses.field(default_factory=dict)      # label -> note
+
+
+@dataclasses.dataclass
+class CustomCase:
+    """A scenario that measures something else than one wrk run per server (uploads, idle
+    connections, ...): ``run(bench, case)`` appends finished table rows to ``rows``."""
+    scenario: str
+    run: object
+    entries: list = dataclasses.field(default_factory=list)   # none: it starts its own servers
+    rows: list = dataclasses.field(default_factory=list)
 
 
 def hello_cases(args):
@@ -455,6 +535,12 @@ def build_cases(args):
             cases += static_cases(args, scenario)
         elif scenario == 'concurrency':
             cases += concurrency_cases(args)
+        elif scenario == 'contact':
+            cases += contact_cases(args)
+        elif scenario == 'workers':
+            cases += workers_cases(args)
+        else:
+            cases += custom_cases(args, scenario)
     return cases
 
 
@@ -468,6 +554,7 @@ class Bench:
         self.servers = {}
         self.root = None
         self.nginx_version = None
+        self.upload_payload = None     # (boundary, head, 20 MiB, tail) of the upload scenarios
 
     # -- setup of what the servers need --
     def web_root(self):
@@ -507,18 +594,31 @@ class Bench:
 
     def make_server(self, key):
         py, tmp = PYTHON, self.tmp
-        if key in ('hello', 'hello-log'):
+        if key in ('hello', 'hello-log', 'hello-w2'):
             script = os.path.join(tmp, 'hello_app.py')
             if not os.path.exists(script):
                 with open(script, 'w') as f:
                     f.write(HELLO_APP.format(here=HERE))
             access = 'on' if key == 'hello-log' else 'off'
+            workers = '2' if key == 'hello-w2' else '1'
             data = self.data_dir(key)
-            label = 'server.py hello' + (' (access log)' if access == 'on' else '')
-            return Server(label, lambda port: [py, script, str(port), access, data], tmp, cwd=tmp)
-        if key == 'bare':
+            label = ('server.py hello' + (' (access log)' if access == 'on' else '')
+                     + (f' (workers={workers})' if workers != '1' else ''))
+            return Server(label, lambda port: [py, script, str(port), access, data, workers], tmp, cwd=tmp)
+        if key in ('bare', 'bare-idle'):
             return Server('bare asyncio.Protocol',
                           lambda port: [py, os.path.abspath(__file__), '--bare-server', str(port)], tmp, cwd=tmp)
+        if key in ('site-contact', 'site-upload', 'site-loop'):
+            data = self.data_dir(key)
+            return Server(f'server.py site ({key})',
+                          lambda port: [py, SERVER_PY, '--port', str(port), '--data', data, '--no-access-log'],
+                          tmp, cwd=HERE)
+        if key == 'site-idle':
+            data = self.data_dir(key)
+            code = IDLE_WRAPPER.format(here=HERE, t=IDLE_KEEPALIVE_S)
+            return Server('server.py site (idle-10k wrapper)',
+                          lambda port: [py, '-c', code, '--port', str(port), '--data', data, '--no-access-log'],
+                          tmp, cwd=HERE)
         if key == 'home':
             data = self.data_dir('home')
             return Server('server.py home', lambda port: [py, SERVER_PY, '--port', str(port), '--data', data,
@@ -581,11 +681,14 @@ class Bench:
     def measure(self, case, entry, duration, record=True):
         srv = self.servers[entry.server_key]
         url = f'http://127.0.0.1:{srv.port}{case.path}'
-        error = None
+        error = result = None
         try:
-            result = self.client.run(url, case.connections, duration)
+            options = case.wrk_options(self, case, srv) if case.wrk_options else {}
+            result = self.client.run(url, case.connections, duration, threads=case.threads, **options)
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
             error = exc
+        if case.after_run:
+            case.after_run(self, case, srv, result)
         if not srv.alive():
             srv.failure = f'crashed (exit status {srv.proc.returncode})'
             case.failures[entry.label] = srv.failure
@@ -600,7 +703,7 @@ class Bench:
         return result
 
     def run_case(self, case, later_keys):
-        print(f'\n== {case.scenario}: GET {case.path}, {case.connections} connection'
+        print(f'\n== {case.scenario}: {case.title or "GET " + case.path}, {case.connections} connection'
               f'{"s" if case.connections != 1 else ""} ==')
         live = []
         for entry in case.entries:
@@ -608,7 +711,7 @@ class Bench:
             if srv.failure:
                 case.failures[entry.label] = srv.failure
                 continue
-            problem = self.check(case, srv)
+            problem = case.prepare(self, case, srv) if case.prepare else self.check(case, srv)
             if problem:
                 case.failures[entry.label] = problem
                 print(f'  ERROR {entry.label}: {problem}')
@@ -625,7 +728,694 @@ class Bench:
                     print(f'  run {run}/{self.args.runs}  {entry.label:<26} {result.rps:>10,.0f} req/s'
                           f'  p50 {fmt_ms(result.p50_ms):>9}  p99 {fmt_ms(result.p99_ms):>9}'
                           f'  errors {result.errors}  ({result.requests:,} requests)')
+        if case.finish:
+            for entry in live:
+                srv = self.servers[entry.server_key]
+                note = case.finish(self, case, srv)
+                if note:
+                    case.notes[entry.label] = note
+                    print(f'  {entry.label}: {note}')
         self.stop_all(keep=later_keys)
+
+    def run_custom(self, case, later_keys):
+        print(f'\n== {case.scenario} ==')
+        try:
+            case.run(self, case)
+        except (ServerError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f'  ERROR {case.scenario}: {exc}')
+            case.rows.append(row(case.scenario, '', '', 'failed: ' + str(exc).splitlines()[0][:60]))
+        finally:
+            self.stop_all(keep=later_keys)
+
+
+# === The site scenarios: contact, upload-20m, idle-10k, loop-block, workers ===
+
+def site_session(port, path):
+    """GET ``path`` of the site: (its ``sid`` cookie, the form's csrf_token)."""
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=REQUEST_TIMEOUT_S)
+    try:
+        conn.request('GET', path)
+        resp = conn.getresponse()
+        body = resp.read().decode('utf-8', 'replace')
+        cookies = resp.headers.get_all('Set-Cookie') or []
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f'GET {path} answered {resp.status} {resp.reason}')
+    m = re.search(r'name="csrf_token" value="([^"]*)"', body)
+    sid = next((c.split(';')[0].split('=', 1)[1] for c in cookies if c.startswith('sid=')), None)
+    if not m or not sid:
+        raise RuntimeError(f'GET {path}: no csrf_token field or no sid cookie')
+    return sid, html.unescape(m.group(1))
+
+
+def contact_body(token):
+    return urllib.parse.urlencode({'name': 'Bench Mark', 'email': 'bench@example.com',
+                                   'message': 'Hello from bench.py: a contact message of a load test.',
+                                   'csrf_token': token})
+
+
+def ip_for(n):
+    """The n-th client address of a load test: 10.x.y.z (the site rate-limits per address)."""
+    n %= 1 << 24
+    return f'10.{n >> 16}.{(n >> 8) & 255}.{n & 255}'
+
+
+def contact_post(port, sid, token, ip):
+    """One contact POST with http.client: its status."""
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=REQUEST_TIMEOUT_S)
+    try:
+        conn.request('POST', '/contact', body=contact_body(token),
+                     headers={'Content-Type': 'application/x-www-form-urlencoded',
+                              'Cookie': f'sid={sid}', 'X-Real-IP': ip})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+CONTACT_LUA = '''\
+-- bench.py contact: POST /contact, a new X-Real-IP (10.x.y.z) per request.
+-- wrk args: the first address number, the number of wrk threads.
+local next_id = 0
+function setup(thread)
+    thread:set("id", next_id)
+    next_id = next_id + 1
+end
+
+local count, offset, stride = 0, 0, 1
+local headers = {{
+    ["Content-Type"] = "application/x-www-form-urlencoded",
+    ["Cookie"] = "sid={sid}",
+}}
+local body = "{body}"
+
+function init(args)
+    offset = tonumber(args[1]) or 0
+    stride = tonumber(args[2]) or 1
+end
+
+function request()
+    local n = (offset + count * stride + id) % 16777216
+    count = count + 1
+    headers["X-Real-IP"] = string.format("10.%d.%d.%d", math.floor(n / 65536), math.floor(n / 256) % 256, n % 256)
+    return wrk.format("POST", "/contact", headers, body)
+end
+'''
+
+
+def contact_prepare(bench, case, srv):
+    try:
+        sid, token = site_session(srv.port, '/contact')
+        status = contact_post(srv.port, sid, token, '192.0.2.1')     # TEST-NET-1: not in 10/8
+    except (RuntimeError, OSError, http.client.HTTPException) as exc:
+        return f'contact setup failed: {exc}'
+    if status != 303:
+        return f'POST /contact answered {status}, not 303'
+    body = contact_body(token)
+    if re.search(r'["\\\n]', body + sid):
+        return 'the form body or cookie cannot be put in a Lua string'
+    case.script = os.path.join(bench.tmp, 'contact.lua')
+    with open(case.script, 'w') as f:
+        f.write(CONTACT_LUA.format(sid=sid, body=body))
+    case.next_ip = 0
+    case.sent = 0
+    return None
+
+
+def contact_wrk_options(bench, case, srv):
+    case.threads_used = min(2, case.connections)
+    return {'script': case.script, 'script_args': (case.next_ip, case.threads_used)}
+
+
+def contact_after_run(bench, case, srv, result):
+    # Addresses used: at most (completed + in flight) * threads past the offset. Each address
+    # may send 5 messages, so a generous bound is enough; an unknown count skips far ahead.
+    if result is None:
+        case.next_ip += 1 << 20
+    else:
+        case.sent += result.requests
+        case.next_ip += (result.requests + case.connections + 16) * case.threads_used
+
+
+def contact_finish(bench, case, srv):
+    db = os.path.join(bench.data_dir('site-contact'), 'app.db')
+    try:
+        conn = sqlite3.connect(f'file:{db}?mode=ro', uri=True, timeout=5)
+        try:
+            stored = conn.execute('SELECT COUNT(*) FROM messages').fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f'could not count the stored messages: {exc}'
+    missing = case.sent + 1 - stored
+    return (f'{stored:,} messages stored, wrk counted {case.sent:,} responses incl. warm-up'
+            + (f' ({-missing} more stored: the check POST, and requests in flight when wrk stopped)'
+               if missing <= 0 else f' (MISSING {missing} messages)'))
+
+
+def contact_cases(args):
+    return [Case('contact', '/contact', args.connections, [Entry('server.py site', 'site-contact', subject=True)],
+                 title='POST /contact (urlencoded, CSRF, SQLite insert with synchronous=FULL, 303), '
+                       'X-Real-IP 10.x.y.z per request',
+                 prepare=contact_prepare, wrk_options=contact_wrk_options, after_run=contact_after_run,
+                 finish=contact_finish, note='303 counted as success')]
+
+
+def workers_cases(args):
+    cpus = os.cpu_count() or 0
+    return [Case('workers', '/hello', WORKERS_CONNECTIONS,
+                 [Entry('server.py hello, workers=2', 'hello-w2', subject=True),
+                  Entry('server.py hello, workers=1', 'hello')],
+                 expect_body=HELLO_BODY, threads=1,
+                 note=f'one load-generator thread (wrk -t 1); ratio = workers=2 ÷ workers=1; {cpus} CPUs shared with wrk')]
+
+
+# -- memory of a process --
+
+def proc_status_kib(pid, field):
+    """VmRSS, VmHWM, ... of a process from /proc/PID/status, in KiB (None if unreadable)."""
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class RssPoller(threading.Thread):
+    """Polls a process's VmRSS every 10 ms until stopped; ``peak`` is the highest seen."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = proc_status_kib(pid, 'VmRSS') or 0
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.wait(0.01):
+            rss = proc_status_kib(self.pid, 'VmRSS')
+            if rss is not None and rss > self.peak:
+                self.peak = rss
+
+    def stop(self):
+        self.stopped.set()
+        self.join(5)
+        return self.peak
+
+
+def fmt_kib(kib):
+    return f'{kib / 1024:,.1f} MiB' if abs(kib) >= 10 * 1024 else f'{kib:,} KiB'
+
+
+def percentile(values, p):
+    """Nearest-rank percentile of a list of numbers (None for none)."""
+    if not values:
+        return None
+    values = sorted(values)
+    return values[max(0, min(len(values) - 1, -(-len(values) * p // 100) - 1))]
+
+
+# -- uploads --
+
+class Uploader:
+    """Sequential multipart uploads of one in-memory body to the site's /upload."""
+
+    def __init__(self, port, sid, token, body, boundary, data_dir):
+        self.port = port
+        self.body = body
+        self.headers = {'Content-Type': f'multipart/form-data; boundary={boundary}',
+                        'Cookie': f'sid={sid}'}
+        self.upload_dir = os.path.join(data_dir, 'uploads')
+        self.db = os.path.join(data_dir, 'app.db')
+        self.conn = None
+        self.verified = False
+
+    def upload(self):
+        """One upload: (status, seconds). What it stored is removed after it (see remove_stored)."""
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=60)
+        t0 = time.perf_counter()
+        try:
+            self.conn.request('POST', '/upload', body=self.body, headers=self.headers)
+            resp = self.conn.getresponse()
+            resp.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        elapsed = time.perf_counter() - t0
+        if resp.will_close:
+            self.close()
+        if resp.status == 303 and not self.verified:
+            self.verify(resp.getheader('Location', ''))
+        self.remove_stored()
+        return resp.status, elapsed
+
+    def verify(self, location):
+        """The first upload answered 303: was it stored whole?"""
+        stored = [os.path.getsize(os.path.join(self.upload_dir, n)) for n in os.listdir(self.upload_dir)
+                  if not n.startswith('.')]
+        expected = len(self.body) - self.body.index(b'\r\n\r\n', self.body.index(b'name="file"')) - 4
+        expected -= len(self.body) - self.body.rindex(b'\r\n--')
+        if location != '/upload?done=1' or stored != [expected]:
+            raise RuntimeError(f'upload answered 303 to {location!r} but stored files of {stored} bytes, '
+                               f'not one of {expected}')
+        self.verified = True
+
+    def remove_stored(self):
+        """Delete the stored file and its row, as an admin would: the site allows 20 files or
+        200 MB per session and 5 GB in all (then 429, 507), and the disk is spared."""
+        # Only one upload of ours is ever in flight, and it is answered: its file is stored.
+        names = [n for n in os.listdir(self.upload_dir) if not n.startswith('.')]
+        if not names:
+            return
+        conn = sqlite3.connect(self.db, timeout=10)
+        try:
+            conn.execute('PRAGMA synchronous = OFF')      # this connection's commits only
+            with conn:
+                conn.executemany('DELETE FROM uploads WHERE stored = ?', [(n,) for n in names])
+        finally:
+            conn.close()
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.upload_dir, name))
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def upload_body(bench, token):
+    """The multipart body (csrf_token, then a 20 MiB file of random bytes), built once."""
+    if bench.upload_payload is None:
+        boundary = 'bench-' + os.urandom(12).hex()
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{{token}}\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="bench-20m.bin"\r\n'
+                f'Content-Type: application/octet-stream\r\n\r\n')
+        tail = f'\r\n--{boundary}--\r\n'.encode('ascii')
+        bench.upload_payload = (boundary, head, os.urandom(UPLOAD_BYTES), tail)
+    boundary, head, data, tail = bench.upload_payload
+    return head.replace('{token}', token).encode('ascii') + data + tail, boundary
+
+
+def make_uploader(bench, srv, key):
+    sid, token = site_session(srv.port, '/upload')
+    body, boundary = upload_body(bench, token)
+    return Uploader(srv.port, sid, token, body, boundary, bench.data_dir(key))
+
+
+def run_upload(bench, case):
+    count = 5 if bench.args.quick else UPLOAD_COUNT
+    srv = bench.server('site-upload')
+    if srv.failure:
+        raise ServerError(f'server.py site {srv.failure}')
+    uploader = make_uploader(bench, srv, 'site-upload')
+    pid = srv.proc.pid
+    rss_before, hwm_before = proc_status_kib(pid, 'VmRSS'), proc_status_kib(pid, 'VmHWM')
+    poller = RssPoller(pid)
+    poller.start()
+    times, errors, statuses = [], 0, {}
+    started = time.perf_counter()
+    try:
+        for i in range(count):
+            try:
+                status, elapsed = uploader.upload()
+            except (OSError, http.client.HTTPException, sqlite3.Error) as exc:
+                errors += 1
+                print(f'  upload {i + 1}/{count}: failed: {exc!r}')
+                if not srv.alive():
+                    break
+                continue
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 303:
+                times.append(elapsed)
+            else:
+                errors += 1
+            print(f'  upload {i + 1}/{count}: {status} in {fmt_ms(elapsed * 1e3)}')
+    finally:
+        wall = time.perf_counter() - started
+        peak = poller.stop()
+        uploader.close()
+    rss_after, hwm_after = proc_status_kib(pid, 'VmRSS'), proc_status_kib(pid, 'VmHWM')
+    if not srv.alive():
+        raise ServerError(f'server.py site crashed (exit status {srv.proc.returncode}):\n{srv.log_tail()}')
+    mib = UPLOAD_BYTES / (1 << 20)
+    rate = len(times) / wall if wall else 0.0
+    status_text = ', '.join(f'{n}× {s}' for s, n in sorted(statuses.items()))
+    note = (f'{rate * mib:,.1f} MiB/s; {count} sequential uploads of {mib:.0f} MiB ({status_text}); '
+            f'server RSS {fmt_kib(rss_before)} → peak {fmt_kib(peak)} (+{fmt_kib(peak - rss_before)}), '
+            f'after {fmt_kib(rss_after)}; VmHWM {fmt_kib(hwm_before)} → {fmt_kib(hwm_after)}')
+    print(f'  {rate:.2f} uploads/s; {note}')
+    case.rows.append(row('upload-20m', 1, 'server.py site', f'{rate:.2f} uploads/s',
+                         fmt_ms(statistics.median(times) * 1e3) if times else '',
+                         fmt_ms(percentile(times, 99) * 1e3) if times else '', errors, '', '', note))
+
+
+# -- idle connections --
+
+async def read_response(reader):
+    return await BuiltinClient._response(reader)
+
+
+async def one_request(port, request, timeout=REQUEST_TIMEOUT_S):
+    """A new connection, one request, closed: (status, seconds from connect to the last byte)."""
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.wait_for(asyncio.open_connection('127.0.0.1', port), timeout)
+    try:
+        writer.write(request)
+        status, _ = await asyncio.wait_for(read_response(reader), timeout)
+        return status, time.perf_counter() - t0
+    finally:
+        writer.close()
+
+
+async def hold_idle(port, count, probes, pid):
+    """Open ``count`` keep-alive connections (one GET /healthz each), then time ``probes``
+    requests on new connections while they are held. Returns a dict of what happened."""
+    request = b'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench.py\r\n\r\n'
+    held, failures = [], []
+    gate = asyncio.Semaphore(IDLE_OPEN_CONCURRENCY)
+
+    async def open_one():
+        async with gate:
+            writer = None
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection('127.0.0.1', port), 20)
+                writer.write(request)
+                status, keep_alive = await asyncio.wait_for(read_response(reader), 20)
+                if status != 200 or not keep_alive:
+                    raise ValueError(f'status {status}, keep-alive {keep_alive}')
+                held.append((reader, writer))
+                writer = None
+            except (OSError, ValueError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError) as exc:
+                failures.append(exc)
+            finally:
+                if writer is not None:
+                    writer.close()
+
+    out = {'failures': failures}
+    try:
+        t0 = time.perf_counter()
+        tasks = [asyncio.ensure_future(open_one()) for _ in range(count)]
+        done, pending = await asyncio.wait(tasks, timeout=IDLE_OPEN_TIMEOUT_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        opened = time.perf_counter()
+        out['open_s'] = opened - t0
+        out['held'] = len(held)
+        await asyncio.sleep(1.0)                     # let the server settle (reaper, GC)
+        latencies, probe_errors = [], 0
+        for _ in range(probes):
+            try:
+                status, seconds = await one_request(port, request)
+                if status == 200:
+                    latencies.append(seconds)
+                else:
+                    probe_errors += 1
+            except (OSError, ValueError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+                probe_errors += 1
+        out['latencies'], out['probe_errors'] = latencies, probe_errors
+        # Held past server.py's default 5 s keep-alive timeout: still open proves the wrapper works.
+        await asyncio.sleep(max(0.2, opened + IDLE_HOLD_S - time.perf_counter()))
+        out['rss_after'] = proc_status_kib(pid, 'VmRSS')
+        out['still_open'] = sum(1 for reader, _ in held if not reader.at_eof())
+        out['held_s'] = time.perf_counter() - opened
+    finally:
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0)
+    return out
+
+
+def run_idle(bench, case):
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    count = IDLE_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and soft < count + 200:
+        count = max(100, soft - 200)
+        print(f'  RLIMIT_NOFILE is {soft}: holding {count} connections, not {IDLE_CONNECTIONS}')
+    results = {}
+    for key, label in (('site-idle', 'server.py site (keep-alive 120 s)'), ('bare-idle', 'bare asyncio.Protocol')):
+        srv = bench.server(key)
+        if srv.failure:
+            case.rows.append(row('idle-10k', count, label, f'failed: {srv.failure}'))
+            continue
+        pid = srv.proc.pid
+        for _ in range(5):                                           # warm: imports, first query
+            asyncio.run(one_request(srv.port, b'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'))
+        time.sleep(0.3)
+        rss_before = proc_status_kib(pid, 'VmRSS')
+        out = asyncio.run(hold_idle(srv.port, count, IDLE_PROBES, pid))
+        rss_after = out['rss_after']
+        if not srv.alive():
+            case.rows.append(row('idle-10k', count, label, f'failed: crashed (exit {srv.proc.returncode})'))
+            print(f'  ERROR: {label} crashed:\n{srv.log_tail()}')
+            srv.stop()
+            continue
+        per_conn = (rss_after - rss_before) / out['held'] if out['held'] and rss_after and rss_before else None
+        results[key] = per_conn
+        lat = out['latencies']
+        errors = len(out['failures']) + out['probe_errors'] + (out['held'] - out['still_open'])
+        first_failure = f'; first failure: {out["failures"][0]!r}'[:120] if out['failures'] else ''
+        note = (f'RSS {fmt_kib(rss_before)} → {fmt_kib(rss_after)}: '
+                + (f'{per_conn:.1f} KiB/conn' if per_conn is not None else '? KiB/conn')
+                + f'; {out["held"]:,} opened in {out["open_s"]:.1f} s, {out["still_open"]:,} still open '
+                f'{out["held_s"]:.0f} s later; p50/p99 = new connection + GET /healthz while they are '
+                f'held, median/max of {len(lat)}{first_failure}')
+        if key == 'site-idle':
+            note += '; KEEPALIVE_TIMEOUT_S and HEADER_TIMEOUT_S set to 120 s by a wrapper'
+        elif results.get('site-idle') and per_conn:
+            note += f'; server.py uses {results["site-idle"] / per_conn:.1f}× the memory per connection'
+        print(f'  {label}: {note}')
+        case.rows.append(row('idle-10k', out['held'], label, '—',
+                             fmt_ms(statistics.median(lat) * 1e3) if lat else '',
+                             fmt_ms(max(lat) * 1e3) if lat else '', errors, '', '', note))
+        srv.stop()
+        bench.servers.pop(key, None)
+
+
+# -- the event loop under load --
+
+class PacedContact(threading.Thread):
+    """Sends one contact POST every 1/rate s (open loop: on schedule, however slow the answers),
+    each from a new 10.x.y.z address, over a pool of keep-alive connections."""
+
+    def __init__(self, port, sid, token, rate):
+        super().__init__(daemon=True)
+        self.port = port
+        self.interval = 1.0 / rate
+        body = contact_body(token).encode('ascii')
+        self.template = ('POST /contact HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench.py\r\n'
+                         'Content-Type: application/x-www-form-urlencoded\r\n'
+                         f'Cookie: sid={sid}\r\nContent-Length: {len(body)}\r\n'
+                         'X-Real-IP: {ip}\r\n\r\n').encode('ascii') + body
+        self.stopped = threading.Event()
+        self.next_ip = 0
+        self.generation = 0
+        self.reset()
+
+    def reset(self):
+        """Start counting afresh: answers to POSTs sent before are not counted."""
+        self.generation += 1
+        self.sent = self.dropped = self.errors = 0
+        self.statuses = {}
+        self.latencies = []
+        self.started = time.perf_counter()
+
+    def stop(self):
+        self.stopped.set()
+        self.join(REQUEST_TIMEOUT_S + 5)
+
+    def run(self):
+        asyncio.run(self._main())
+
+    async def _main(self):
+        loop = asyncio.get_running_loop()
+        pool, inflight = [], set()
+        start, i = loop.time(), 0
+        while not self.stopped.is_set():
+            delay = start + i * self.interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            i += 1
+            if len(inflight) >= PACED_MAX_INFLIGHT:
+                self.dropped += 1
+                continue
+            ip = ip_for(self.next_ip)
+            self.next_ip += 1
+            task = asyncio.ensure_future(self._post(pool, ip))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        if inflight:
+            await asyncio.wait(set(inflight), timeout=REQUEST_TIMEOUT_S)
+        for task in list(inflight):
+            task.cancel()
+        for _, writer in pool:
+            writer.close()
+
+    async def _post(self, pool, ip):
+        self.sent += 1
+        generation = self.generation
+        reader = writer = None
+        try:
+            if pool:
+                reader, writer = pool.pop()
+            else:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection('127.0.0.1', self.port),
+                                                        REQUEST_TIMEOUT_S)
+            t0 = time.perf_counter()
+            writer.write(self.template.replace(b'{ip}', ip.encode('ascii')))
+            status, keep_alive = await asyncio.wait_for(read_response(reader), REQUEST_TIMEOUT_S)
+            if generation == self.generation:
+                self.latencies.append(time.perf_counter() - t0)
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+                if status != 303:
+                    self.errors += 1
+            if keep_alive:
+                pool.append((reader, writer))
+                writer = None
+        except (OSError, ValueError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError):
+            if generation == self.generation:
+                self.errors += 1
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+class RepeatedUpload(threading.Thread):
+    """Uploads the 20 MiB body again and again until stopped."""
+
+    def __init__(self, uploader):
+        super().__init__(daemon=True)
+        self.uploader = uploader
+        self.stopped = threading.Event()
+        self.reset()
+
+    def reset(self):
+        self.done = self.errors = 0
+        self.seconds = []
+        self.first_error = None
+
+    def stop(self):
+        self.stopped.set()
+        self.join(90)
+        self.uploader.close()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                status, elapsed = self.uploader.upload()
+            except (OSError, http.client.HTTPException, sqlite3.Error, RuntimeError) as exc:
+                self.errors += 1
+                self.first_error = self.first_error or repr(exc)
+                time.sleep(0.1)
+                continue
+            if status == 303:
+                self.done += 1
+                self.seconds.append(elapsed)
+            else:
+                self.errors += 1
+                self.first_error = self.first_error or f'status {status}'
+
+
+def run_loop_block(bench, case):
+    args = bench.args
+    duration = args.duration if args.duration_given else (3 if args.quick else LOOP_BLOCK_DURATION_S)
+    srv = bench.server('site-loop')
+    if srv.failure:
+        raise ServerError(f'server.py site {srv.failure}')
+    url = f'http://127.0.0.1:{srv.port}{LOOP_BLOCK_PATH}'
+    status, _ = asyncio.run(one_request(srv.port, f'GET {LOOP_BLOCK_PATH} HTTP/1.1\r\nHost: x\r\n\r\n'.encode()))
+    if status != 200:
+        raise RuntimeError(f'GET {LOOP_BLOCK_PATH} answered {status}')
+    sid, token = site_session(srv.port, '/contact')
+    uploader = make_uploader(bench, srv, 'site-loop')
+    bench.client.run(url, LOOP_BLOCK_CONNECTIONS, WARMUP_S)                      # warm-up
+    alone, loaded, background = [], [], []
+    for run in range(1, args.runs + 1):
+        for mode in ('alone', 'loaded'):
+            contact = upload = None
+            try:
+                if mode == 'loaded':
+                    contact = PacedContact(srv.port, sid, token, PACED_RATE)
+                    contact.next_ip = run << 16
+                    upload = RepeatedUpload(uploader)
+                    contact.start()
+                    upload.start()
+                    time.sleep(0.5)                      # both under way before wrk starts
+                    contact.reset()
+                    upload.reset()
+                result = bench.client.run(url, LOOP_BLOCK_CONNECTIONS, duration)
+            finally:
+                window = time.perf_counter() - contact.started if contact else 0
+                for thread in (contact, upload):
+                    if thread is not None:
+                        thread.stop()
+            if not srv.alive():
+                raise ServerError(f'server.py site crashed (exit status {srv.proc.returncode}):\n{srv.log_tail()}')
+            (alone if mode == 'alone' else loaded).append(result)
+            extra = ''
+            if mode == 'loaded':
+                background.append((contact, upload, window))
+                extra = (f'  | uploads {upload.done} ({upload.done * UPLOAD_BYTES / (1 << 20) / window:.0f} MiB/s, '
+                         f'{upload.errors} failed{": " + upload.first_error if upload.first_error else ""}), '
+                         f'contact POSTs {contact.sent} ({contact.sent / window:.0f}/s, '
+                         f'{contact.statuses.get(303, 0)}× 303, {contact.errors} errors, {contact.dropped} dropped)')
+            print(f'  run {run}/{args.runs}  {mode:<6} {result.rps:>10,.0f} req/s  p50 {fmt_ms(result.p50_ms):>9}'
+                  f'  p99 {fmt_ms(result.p99_ms):>9}  errors {result.errors}{extra}')
+    p99_alone = statistics.median(r.p99_ms for r in alone)
+    p99_loaded = statistics.median(r.p99_ms for r in loaded)
+    ratio = p99_loaded / p99_alone if p99_alone else float('inf')
+    verdict = 'within' if ratio <= LOOP_BLOCK_TARGET else 'OVER'
+    window = sum(w for _, _, w in background)
+    uploads = sum(u.done for _, u, _ in background)
+    upload_errors = sum(u.errors for _, u, _ in background)
+    sent = sum(c.sent for c, _, _ in background)
+    ok = sum(c.statuses.get(303, 0) for c, _, _ in background)
+    others = {}
+    for c, _, _ in background:
+        for s, n in c.statuses.items():
+            if s != 303:
+                others[s] = others.get(s, 0) + n
+    post_lat = [x for c, _, _ in background for x in c.latencies]
+    other_text = ''.join(f', {n}× {s}' for s, n in sorted(others.items()))
+    bg_errors = upload_errors + sum(c.errors + c.dropped for c, _, _ in background)
+    summary = (f'p99 {fmt_ms(p99_alone)} alone → {fmt_ms(p99_loaded)} loaded: {ratio:.1f}× '
+               f'({verdict} the {LOOP_BLOCK_TARGET:g}× target)')
+    route = (f'GET {LOOP_BLOCK_PATH} (static file, cached in memory), wrk {LOOP_BLOCK_CONNECTIONS} connections, '
+             f'{duration} s')
+    load_note = (f'{summary}; meanwhile {uploads} uploads of 20 MiB ({uploads * UPLOAD_BYTES / (1 << 20) / window:.0f} '
+                 f'MiB/s, {upload_errors} failed) and {sent:,} contact POSTs ({sent / window:.0f}/s: {ok:,}× 303'
+                 f'{other_text}; p50 {fmt_ms(statistics.median(post_lat) * 1e3) if post_lat else "?"}, '
+                 f'p99 {fmt_ms(percentile(post_lat, 99) * 1e3) if post_lat else "?"})')
+    print(f'  {summary}')
+    for label, results, note, extra_errors in (('server.py site, alone', alone, route, 0),
+                                               ('server.py site + upload + 100 POST/s', loaded, load_note, bg_errors)):
+        rps = statistics.median(r.rps for r in results)
+        spread = (max(r.rps for r in results) - min(r.rps for r in results)) / rps if rps and len(results) > 1 else None
+        errors = sum(r.errors for r in results)
+        case.rows.append(row('loop-block', LOOP_BLOCK_CONNECTIONS, label, f'{rps:,.0f}',
+                             fmt_ms(statistics.median(r.p50_ms for r in results)),
+                             fmt_ms(statistics.median(r.p99_ms for r in results)),
+                             f'{errors}' + (f' (+{extra_errors} background)' if extra_errors else ''),
+                             f'{spread * 100:.0f}%' if spread is not None else '—', '', note))
+
+
+def custom_cases(args, scenario):
+    if scenario == 'upload-20m':
+        return [CustomCase('upload-20m', run_upload)]
+    if scenario == 'idle-10k':
+        return [CustomCase('idle-10k', run_idle)]
+    if scenario == 'loop-block':
+        return [CustomCase('loop-block', run_loop_block)]
+    raise KeyError(scenario)
 
 
 # === Output ===
@@ -642,10 +1432,19 @@ def fmt_ms(ms):
     return f'{ms * 1000:.0f} µs'
 
 
+def row(scenario, conns, server, rps='', p50='', p99='', errors='', spread='', ratio='', notes=''):
+    """One row of the results table, as its cells."""
+    return (scenario, str(conns), server, rps, p50, p99, str(errors), spread, ratio, notes)
+
+
 def table(cases, client_bound):
     mark = ' (client-bound)' if client_bound else ''
-    rows = [('scenario', 'conns', 'server', 'req/s', 'p50', 'p99', 'errors', 'spread', 'server.py ÷ this')]
+    rows = [row('scenario', 'conns', 'server', 'req/s', 'p50', 'p99', 'errors', 'spread', 'server.py ÷ this',
+                'notes')]
     for case in cases:
+        if isinstance(case, CustomCase):
+            rows += case.rows or [row(case.scenario, '', '', 'not measured')]
+            continue
         subject = next((e.label for e in case.entries if e.subject), None)
         subject_runs = case.results.get(subject) if subject not in case.failures else None
         subject_rps = statistics.median(r.rps for r in subject_runs) if subject_runs else None
@@ -654,25 +1453,26 @@ def table(cases, client_bound):
             failure = case.failures.get(entry.label)
             if not runs:
                 why = 'failed: ' + failure.splitlines()[0][:50] if failure else 'not measured'
-                rows.append((case.scenario, str(case.connections), entry.label, why, '', '', '', '', ''))
+                rows.append(row(case.scenario, case.connections, entry.label, why))
                 continue
             rps = statistics.median(r.rps for r in runs)
             spread = (max(r.rps for r in runs) - min(r.rps for r in runs)) / rps if rps else 0.0
             errors = str(sum(r.errors for r in runs)) + (' (crashed)' if failure else '')
             ratio = ('—' if entry.subject or subject_rps is None or not rps
                      else f'{subject_rps / rps:.2f}×')
-            rows.append((case.scenario, str(case.connections), entry.label, f'{rps:,.0f}{mark}',
-                         fmt_ms(statistics.median(r.p50_ms for r in runs)),
-                         fmt_ms(statistics.median(r.p99_ms for r in runs)),
-                         errors, f'{spread * 100:.0f}%' if len(runs) > 1 else '—', ratio))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            notes = '; '.join(n for n in (case.note, case.notes.get(entry.label, '')) if n)
+            rows.append(row(case.scenario, case.connections, entry.label, f'{rps:,.0f}{mark}',
+                            fmt_ms(statistics.median(r.p50_ms for r in runs)),
+                            fmt_ms(statistics.median(r.p99_ms for r in runs)),
+                            errors, f'{spread * 100:.0f}%' if len(runs) > 1 else '—', ratio, notes))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {1, 3, 4, 5, 6, 7, 8}
 
-    def line(row):
-        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+    def line(cells_in):
+        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(cells_in, widths))]
         return '| ' + ' | '.join(cells) + ' |'
     sep = '|' + '|'.join(('-' * (w + 1) + ':') if i in right else ('-' * (w + 2)) for i, w in enumerate(widths)) + '|'
-    return '\n'.join([line(rows[0]), sep] + [line(row) for row in rows[1:]])
+    return '\n'.join([line(rows[0]), sep] + [line(r) for r in rows[1:]])
 
 
 def command_output(argv):
@@ -700,6 +1500,19 @@ def machine_description():
     cpu_text = f'{usable} CPUs' + (f' of {cpus}' if usable != cpus else '') + (f' ({model})' if model else '')
     return (f'{platform.system()} {platform.release()} {platform.machine()}, {cpu_text}, '
             f'load average {load}')
+
+
+def filesystem_of(path):
+    """The type of the filesystem holding ``path`` (from /proc/mounts), or '?'."""
+    try:
+        with open('/proc/mounts') as f:
+            mounts = [line.split()[1:3] for line in f]
+    except OSError:
+        return '?'
+    path = os.path.realpath(path)
+    best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip('/') + '/')),
+               key=lambda m: len(m[0]), default=None)
+    return best[1] if best else '?'
 
 
 def server_py_version():
@@ -738,6 +1551,7 @@ def parse_args(argv):
                         help='load generator: wrk if installed (auto), or the built-in asyncio client')
     parser.add_argument('--bare-server', type=int, metavar='PORT', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.duration_given = args.duration is not None
     if args.duration is None:
         args.duration = 2 if args.quick else 5
     if args.runs is None:
@@ -770,10 +1584,16 @@ def raise_fd_limit():
     try:
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-        if soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))   # inherited by the servers
-    except (ImportError, ValueError, OSError):
+        # Up to the hard limit (idle-10k holds 10,000 sockets here and as many in the server).
+        for want in ((hard,) if hard != resource.RLIM_INFINITY else ()) + (1 << 20, 65536):
+            if soft != resource.RLIM_INFINITY and soft >= want:
+                break
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))   # inherited by the servers
+                break
+            except (ValueError, OSError):
+                continue
+    except ImportError:
         pass
 
 
@@ -799,8 +1619,11 @@ def main(argv=None):
     print(f'python:      {platform.python_version()} ({PYTHON})')
     print(f'server.py:   {server_py_version()}')
     print(f'load:        {client.describe()}')
-    print(f'references:  bare asyncio.Protocol (hello), http.server (static), '
+    print(f'references:  bare asyncio.Protocol (hello, idle-10k), http.server (static), '
           + (f'{nginx}, 1 worker (static)' if nginx else 'nginx not installed (no nginx rows)'))
+    if {'contact', 'upload-20m', 'loop-block', 'idle-10k'} & set(args.scenarios):
+        print(f'site data:   a fresh data folder per scenario under {tempfile.gettempdir()} '
+              f'({filesystem_of(tempfile.gettempdir())}): SQLite fsyncs land there')
     print(f'method:      {args.runs} run(s) of {args.duration} s per server, interleaved, median; '
           f'{WARMUP_S} s warm-up each; client and server share the {os.cpu_count()} CPUs')
     for i, cmd in enumerate(args.compare, 1):
@@ -812,7 +1635,10 @@ def main(argv=None):
         try:
             for i, case in enumerate(cases):
                 later = {e.server_key for c in cases[i + 1:] for e in c.entries}
-                bench.run_case(case, later)
+                if isinstance(case, CustomCase):
+                    bench.run_custom(case, later)
+                else:
+                    bench.run_case(case, later)
         except KeyboardInterrupt:
             interrupted = True
             print('\ninterrupted: stopping the servers')
@@ -828,7 +1654,11 @@ def main(argv=None):
         '"server.py ÷ this" is server.py\'s median req/s over the row\'s (above 1: server.py is '
         'faster); "spread" is (max - min) / median of the runs\' req/s; errors are non-2xx/3xx '
         'responses plus socket errors, summed over the runs. http.server answers HTTP/1.0 and '
-        'closes every connection (listen backlog 5), so its latency includes reconnects.', 92))
+        'closes every connection (listen backlog 5), so its latency includes reconnects.'
+        + (' upload-20m: the req/s column is uploads/s, p50/p99 those of one upload.'
+           if 'upload-20m' in args.scenarios else '')
+        + (' idle-10k: p50 and p99 are the median and the max of the requests on new connections.'
+           if 'idle-10k' in args.scenarios else ''), 92))
     for i, cmd in enumerate(args.compare, 1):
         print(f'compare {i}: {cmd}')
     load = ' '.join(f'{x:.2f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else '?'
