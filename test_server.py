@@ -3878,6 +3878,52 @@ class SecurityReviewTest(unittest.TestCase):
         self.assertEqual(count(), first + 1)
 
 
+class OpenRedirectAndCSRFTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        with environ(ADMIN_PASSWORD='pw'):
+            cls.live = LiveServer()
+        cls.addClassCleanup(cls.live.stop)
+        cls.port = cls.live.port
+
+    def test_no_redirect_leaves_the_site(self):
+        for target in (b'//evil.example', b'//evil.example/', b'/\\evil.example', b'/%5Cevil.example',
+                       b'/%2F%2Fevil.example', b'//evil.example/%2e%2e', b'///evil.example', b'//css'):
+            with self.subTest(target=target):
+                status, headers, body = raw_get(self.port, target)
+                location = headers.get('location', '')
+                self.assertFalse(location.startswith('//') or '\\' in location or 'evil' in location,
+                                 (status, location))
+
+    def test_every_state_changing_route_needs_the_token(self):
+        for path, fields in (('/contact', {'name': 'a', 'email': 'a@example.com', 'message': 'm'}),
+                             ('/upload', {}), ('/admin/login', {'password': 'pw'}), ('/admin/logout', {})):
+            for token in (None, 'wrong'):
+                with self.subTest(path=path, token=token):
+                    browser = WebClient(self.port, forwarded_for='198.51.100.200')
+                    browser.csrf('/contact')                   # a session with a real token exists
+                    form = dict(fields, **({'csrf_token': token} if token else {}))
+                    self.assertEqual(browser.post_form(path, form).status, 403)
+                    resp = browser.request('POST', path, b'csrf_token=' + (token or '').encode(),
+                                           {'Content-Type': 'text/plain'})
+                    self.assertEqual(resp.status, 403)
+
+    def test_uploads_with_tricky_names_download_as_attachments(self):
+        browser = WebClient(self.port, forwarded_for='198.51.100.201')
+        token = browser.csrf('/upload')
+        for name in ('x.html.jpg', 'y.svg', 'z.html', 'a.jpg.html', '..', '.htaccess'):
+            with self.subTest(name=name):
+                self.assertEqual(browser.post_multipart('/upload', {'csrf_token': token},
+                                                        {'file': (name, b'<script>alert(1)</script>', 'text/html')}).status, 303)
+        for upload_id in re.findall(r'/upload/(\d+)', browser.get('/upload').text):
+            resp = browser.get(f'/upload/{upload_id}')
+            self.assertEqual(resp.headers['content-type'], 'application/octet-stream')
+            self.assertTrue(resp.headers['content-disposition'].startswith('attachment;'))
+            self.assertEqual(resp.headers['x-content-type-options'], 'nosniff')
+            self.assertIn('sandbox', resp.headers['content-security-policy'])
+
+
 class MessagesCommandSafetyTest(unittest.TestCase):
 
     def test_terminal_controls_escaped_and_csv_formulas_neutralised(self):
