@@ -2796,20 +2796,19 @@ class StaticFiles:
             raise
         except OSError:
             raise HTTPError(404) from None
-        if entry.body is not None:
-            self._remember(url_path, entry)
+        self._remember(url_path, entry)   # large files too: their validators, not their bytes
         return entry
 
     def _remember(self, url_path, entry):
         self._cache[url_path] = entry
-        self._cached_bytes += len(entry.body) + len(entry.gzipped or b'')
-        while self._cached_bytes > STATIC_CACHE_BYTES and self._cache:
+        self._cached_bytes += _entry_bytes(entry)
+        while (self._cached_bytes > STATIC_CACHE_BYTES or len(self._cache) > 4096) and self._cache:
             self._forget(next(iter(self._cache)))
 
     def _forget(self, url_path):
         entry = self._cache.pop(url_path, None)
         if entry is not None:
-            self._cached_bytes -= len(entry.body) + len(entry.gzipped or b'')
+            self._cached_bytes -= _entry_bytes(entry)
 
     async def serve(self, request, url_path):
         """The Response for a GET or HEAD of ``url_path``."""
@@ -2847,6 +2846,10 @@ class StaticFiles:
         else:
             resp.file = (entry.path, 0, entry.size)
         return resp
+
+
+def _entry_bytes(entry):
+    return len(entry.body or b'') + len(entry.gzipped or b'') + 512
 
 
 def not_modified(headers, etag, mtime):
@@ -3372,7 +3375,7 @@ class HTTPConnection(asyncio.Protocol):
                 await self.drain()
             return sent
         finally:
-            await asyncio.to_thread(f.close)
+            f.close()   # a read-only regular file: closing never waits on the disk
 
     async def _sendfile(self, f, offset, length):
         """Zero-copy with loop.sendfile in steps of a few MiB, each under the write deadline.
