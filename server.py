@@ -1560,6 +1560,13 @@ class Router:
 
     def match(self, method, path):
         """(Route, params) for a request; raises 404, 405 (with Allow) or 501."""
+        route, params = self.lookup(method, path)
+        if params is None:
+            raise HTTPError(404)
+        return route, params
+
+    def lookup(self, method, path):
+        """Like match, but (None, None) where no route has the path: the static files' turn."""
         table = self.static.get(path)
         if table is not None:
             route = table.get(method)
@@ -1579,7 +1586,7 @@ class Router:
             raise HTTPError(405, headers={'Allow': format_allow(allowed)})
         if method not in self.methods and method not in ('GET', 'HEAD', 'OPTIONS'):
             raise HTTPError(501, f'method {method} is not implemented')
-        raise HTTPError(404)
+        return None, None
 
 
 def _anonymous_groups(pattern):
@@ -1596,9 +1603,15 @@ def format_allow(methods):
 
 async def _call(fn, *args, **kwargs):
     """Run a handler or hook: ``async def`` on the loop, plain ``def`` in a worker thread."""
-    if inspect.iscoroutinefunction(fn):
+    is_async = _IS_ASYNC.get(fn)
+    if is_async is None:
+        is_async = _IS_ASYNC[fn] = inspect.iscoroutinefunction(fn)
+    if is_async:
         return await fn(*args, **kwargs)
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+_IS_ASYNC = {}   # hooks and error handlers -> whether they are async def (asked once each)
 
 
 class App:
@@ -1760,12 +1773,11 @@ class App:
             if method == 'OPTIONS':
                 return Response(b'', 204, {'Allow': format_allow(self.router.methods | {'GET'})})
             raise HTTPError(400)
-        try:
-            route, params = self.router.match(method, request.path)
-        except HTTPError as exc:
-            if exc.status == 404 and self.static is not None:
-                return await self._serve_static(request, exc)
-            raise
+        route, params = self.router.lookup(method, request.path)
+        if params is None:
+            if self.static is not None:
+                return await self._serve_static(request)
+            raise HTTPError(404)
         if route is None:  # automatic OPTIONS
             return Response(b'', 204, {'Allow': format_allow(params['allow'])})
         request.route = route
@@ -1793,11 +1805,11 @@ class App:
             rv = await asyncio.to_thread(route.handler, request, **params)
         return make_response(rv)
 
-    async def _serve_static(self, request, not_found):
+    async def _serve_static(self, request):
         if request.method in ('GET', 'HEAD'):
             return await self.static.serve(request, request.path)
         if not await self.static.exists(request.path):
-            raise not_found
+            raise HTTPError(404)
         if request.method == 'OPTIONS':
             return Response(b'', 204, {'Allow': 'GET, HEAD, OPTIONS'})
         raise HTTPError(405, headers={'Allow': 'GET, HEAD, OPTIONS'})
