@@ -55,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import unicodedata
 import urllib.parse
 
@@ -900,6 +901,16 @@ class Request:
     ``form`` and ``files`` (MultiDict), ``json``, ``session`` and ``csrf_token``.
     """
 
+    # Defaults at class level: a request sets only what it has (the hot path stays short).
+    params = types.MappingProxyType({})
+    route = None
+    _peer_trusted = None           # the connection may know it already
+    _session = None
+    _session_ready = False         # true once the session cookie was looked up
+    _state = None
+    _body = _form = _files = _query = _cookies = None
+    _cleanup = ()                  # uploads spooled for this request
+
     def __init__(self, app, head, client, scheme='http', body_source=None):
         self.app = app
         self.method = head.method
@@ -909,22 +920,10 @@ class Request:
         self.raw_path = head.path
         self.query_string = head.query_string
         self.peer = client
-        self._peer_trusted = None      # the connection may know it already
         self._scheme = scheme
         self._body_source = body_source
         self._head = head
-        self.params = {}
-        self.route = None
-        self._session = None
-        self._session_ready = False    # true once the session cookie was looked up
-        self.state = {}
-        self._body = None
-        self._form = None
-        self._files = None
-        self._query = None
-        self._cookies = None
         self._json = _MISSING
-        self._cleanup = []
         path = head.path
         if '%' in path:
             try:
@@ -932,6 +931,13 @@ class Request:
             except UnicodeDecodeError:
                 raise HTTPError(400, 'path is not valid UTF-8') from None
         self.path = path
+
+    @property
+    def state(self):
+        """A dict for hooks and handlers to share per-request values in."""
+        if self._state is None:
+            self._state = {}
+        return self._state
 
     # -- what the client said --
     @property
@@ -1126,7 +1132,7 @@ class Request:
                         upload = await _storage(
                             _open_spool, upload_dir, name, safe_filename(dparams['filename']),
                             value.get('content-type', 'application/octet-stream'))
-                        self._cleanup.append(upload)
+                        self._cleanup = [*self._cleanup, upload]
                     else:
                         field = [name, [], 0]
                 else:  # end of part
