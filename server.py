@@ -1801,8 +1801,12 @@ class App:
         if csrf and not (request._session and request._session.get('_csrf')):
             # No session token to match: refuse before reading (and spooling) the body.
             raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
-        if not route.stream:
+        if route.stream:
+            pass
+        elif request._body_source is not None:
             await request._read_body(route.max_body)
+        else:
+            request._body = b''
         if csrf:
             self._check_csrf(request)
         if route.is_async:
@@ -3116,9 +3120,10 @@ class HTTPConnection(asyncio.Protocol):
                 return
         self.buf += data
         if not self.active:
-            if self.deadline_kind == 'idle':
-                self._set_deadline('head', HEADER_TIMEOUT_S)
             self._parse()
+            if not self.active and self.deadline_kind == 'idle':
+                # The first bytes of a head that is not complete yet: its clock starts now.
+                self._set_deadline('head', HEADER_TIMEOUT_S)
         elif len(self.buf) > READ_HIGH_WATER_BYTES and not self.paused_reading:
             self._pause_reading()
 
