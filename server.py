@@ -23,12 +23,13 @@ Use it as a framework::
 The file reads top to bottom; ``grep -n '^# ===' server.py`` is its table of contents.
 """
 
+import argparse
+import ast
 import asyncio
-import base64
-import codecs
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import csv
 import email.utils
 import errno
@@ -38,7 +39,6 @@ import hmac
 import html
 import http
 import inspect
-import io
 import ipaddress
 import json
 import logging
@@ -51,8 +51,8 @@ import signal
 import socket
 import sqlite3
 import ssl
+import subprocess
 import sys
-import tempfile
 import threading
 import time
 import types
@@ -890,7 +890,7 @@ def fsync_dir(path):
 
 # === 5. Request and Response ===
 
-_current_request = __import__('contextvars').ContextVar('server_request', default=None)
+_current_request = contextvars.ContextVar('server_request', default=None)
 
 
 class Request:
@@ -2142,7 +2142,6 @@ class _ExpressionParser:
     def primary(self):
         kind, value = self.take()
         if kind == 'string':
-            import ast
             return repr(ast.literal_eval(value))
         if kind == 'number':
             return value
@@ -4280,14 +4279,13 @@ def _read_text(path):
 
 # === 12. CLI and main ===
 
-class _ArgumentParser(__import__('argparse').ArgumentParser):
+class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         # One line, not usage plus error: bad values say what is wrong and nothing else.
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
 def build_parser(defaults):
-    import argparse
     parser = _ArgumentParser(
         prog='server.py',
         description='Serve the portfolio site (or `messages` to print the contact messages). '
@@ -4404,7 +4402,6 @@ def _csv_safe(value):
 
 def run_with_reload(argv):
     """Run the server as a child process and restart it whenever server.py or www/ changes."""
-    import subprocess
     child_argv = [sys.executable, os.path.abspath(__file__)] + [a for a in argv if a != '--reload']
     env = dict(os.environ, SERVER_RELOAD='0')
     watched_root = Config.from_env().root
