@@ -3924,6 +3924,81 @@ class OpenRedirectAndCSRFTest(unittest.TestCase):
             self.assertIn('sandbox', resp.headers['content-security-policy'])
 
 
+class ConnectionEdgeCasesTest(unittest.TestCase):
+    """The final review's findings, one test each."""
+
+    def setUp(self):
+        self.root = tempfile.mkdtemp(prefix='server-edge-')
+        self.addCleanup(shutil.rmtree, self.root, True)
+        with open(os.path.join(self.root, 'big.bin'), 'wb') as f:
+            f.truncate(64 * 1024 * 1024)          # sparse: 64 MiB without the disk cost
+        app = server.App(data=os.path.join(self.root, 'data'), csrf=False)
+        big = os.path.join(self.root, 'big.bin')
+
+        @app.get('/big')
+        async def send_big(request):
+            return server.Response.send_file(big)
+
+        @app.get('/hello')
+        async def hello(request):
+            return 'hello'
+
+        @app.get('/backend')
+        async def backend(request):
+            raise ConnectionRefusedError('the backend is down')
+
+        @app.post('/post-only')
+        async def post_only(request):
+            return 'posted'
+        self.live = LiveServer(app)
+        self.addCleanup(self.live.stop)
+
+    def test_cut_off_during_sendfile_leaves_the_loop_healthy(self):
+        with patched(WRITE_TIMEOUT_S=0.5, REAPER_INTERVAL_S=0.1), \
+                self.assertNoLogs('asyncio', 'ERROR'):
+            deaf = []
+            for _ in range(3):
+                s = self.live.connect()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.sendall(b'GET /big HTTP/1.1\r\nHost: a\r\n\r\n')
+                deaf.append(s)
+            self.addCleanup(lambda: [s.close() for s in deaf])
+            deadline = time.monotonic() + 10
+            while (sum(c.sending_file for c in list(self.live.server.connections)) < 3
+                   and time.monotonic() < deadline):
+                time.sleep(0.02)              # all three are stuck inside sendfile now
+            self.assertEqual(sum(c.sending_file for c in list(self.live.server.connections)), 3)
+            while self.live.server.connections and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(len(self.live.server.connections), 0)
+            for _ in range(5):       # new connections (reusing those descriptors) are served
+                self.assertEqual(status_of(self.live.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+
+    def test_unparsable_absolute_form_is_400(self):
+        responses = exchange(self.live.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n'
+                                             b'GET http://[::1/x HTTP/1.1\r\nHost: a\r\n\r\n')
+        self.assertEqual([r[0] for r in responses], [200, 400])
+
+    def test_drain_limit_counts_only_what_is_discarded(self):
+        with self.live.connect() as sock:
+            sock.sendall(b'POST /hello HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n' + b'x' * 100000)
+            f = sock.makefile('rb')
+            status, headers, _ = read_response(f)
+            self.assertEqual(status, 405)
+            self.assertNotIn('connection', headers)
+            sock.sendall(b'x' * 200000 + b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n')
+            self.assertEqual(read_response(f)[:1], (200,))
+
+    def test_a_handler_connection_error_is_a_logged_500(self):
+        with self.assertLogs('server', 'ERROR') as logs:
+            self.assertEqual(status_of(self.live.port, b'GET /backend HTTP/1.1\r\nHost: a\r\n\r\n'), 500)
+        self.assertIn('the backend is down', '\n'.join(logs.output))
+
+    def test_half_closed_client_gets_every_pipelined_answer(self):
+        responses = exchange(self.live.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n' * 3)
+        self.assertEqual([r[0] for r in responses], [200, 200, 200])
+
+
 class MessagesCommandSafetyTest(unittest.TestCase):
 
     def test_terminal_controls_escaped_and_csv_formulas_neutralised(self):
