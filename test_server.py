@@ -3021,6 +3021,32 @@ class CommandLineTest(unittest.TestCase):
         self.assertIn('not writable', result.stderr)
         self.assertNotIn('Traceback', result.stderr)
 
+    def test_reload_restarts_on_a_change_under_the_root(self):
+        tmp = tempfile.mkdtemp(prefix='server-reload-')
+        self.addCleanup(shutil.rmtree, tmp, True)
+        root = os.path.join(tmp, 'www')
+        shutil.copytree(WWW, root)
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'), '--reload', '--port', str(port),
+                                 '--root', root, '--data', os.path.join(tmp, 'data'), '--no-access-log'],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.communicate()))
+        self.assertIn(b'serving http://', proc.stdout.readline())
+        with open(os.path.join(root, 'robots.txt'), 'a') as f:
+            f.write('# changed\n')
+        self.assertIn(b'serving http://', proc.stdout.readline())     # a second start
+        deadline = time.monotonic() + 10
+        body = b''
+        while time.monotonic() < deadline and b'# changed' not in body:
+            with contextlib.suppress(OSError, IndexError):
+                body = exchange(port, b'GET /robots.txt HTTP/1.1\r\nHost: a\r\n\r\n')[0][2]
+            time.sleep(0.1)
+        self.assertIn(b'# changed', body)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn(b'change detected, restarting', err)
+
     def test_environment_and_flag_precedence(self):
         config = server.config_from_args(['--port', '9001', '--data', tempfile.mkdtemp()],
                                          environ={'SERVER_PORT': '9000', 'SERVER_HOST': '0.0.0.0',
