@@ -1254,17 +1254,22 @@ class Response:
 
     def __init__(self, body=b'', status=200, headers=None, content_type=None):
         self.status = int(status)
-        self.headers = headers if isinstance(headers, Headers) else Headers(headers or ())
         self.file = None
         self.close = False
         if isinstance(body, str):
             body = body.encode('utf-8')
-            if content_type is None and 'content-type' not in self.headers:
+            if content_type is None and (headers is None or 'content-type' not in Headers(headers)):
                 content_type = 'text/html; charset=utf-8'
         elif isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
-        if content_type is not None:
-            self.headers['Content-Type'] = content_type
+        if headers is None:
+            # The common case, built directly: no copy, no lookups.
+            headers = Headers([('Content-Type', content_type)] if content_type is not None else ())
+        else:
+            headers = headers if isinstance(headers, Headers) else Headers(headers)
+            if content_type is not None:
+                headers['Content-Type'] = content_type
+        self.headers = headers
         self.body = body
 
     @classmethod
