@@ -118,6 +118,9 @@ ANON_SESSION_LIFETIME_S = 2 * 3600
 DB_BUSY_TIMEOUT_MS = 5000
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 class Config:
     """Settings from defaults <- environment (SERVER_*) <- command line; see ``--help``."""
 
@@ -125,8 +128,9 @@ class Config:
         # name: (default, type, help)
         'host': ('127.0.0.1', str, 'address to listen on'),
         'port': (8000, int, 'TCP port to listen on (0 picks a free one)'),
-        'root': ('www', str, 'web root: static files and templates/'),
-        'data': ('data', str, 'data folder: app.db and uploads/'),
+        # Beside server.py, so `python3 /srv/site/server.py` works from any folder.
+        'root': (os.path.join(_HERE, 'www'), str, 'web root: static files and templates/'),
+        'data': (os.path.join(_HERE, 'data'), str, 'data folder: app.db and uploads/'),
         'workers': (1, int, 'worker processes sharing the port (SO_REUSEPORT)'),
         'certfile': ('', str, 'TLS certificate (PEM): serve HTTPS'),
         'keyfile': ('', str, 'TLS private key (PEM)'),

@@ -3047,6 +3047,20 @@ class CommandLineTest(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, err)
         self.assertIn(b'change detected, restarting', err)
 
+    def test_runs_from_any_folder(self):
+        tmp = tempfile.mkdtemp(prefix='server-cwd-')
+        self.addCleanup(shutil.rmtree, tmp, True)
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'), '--port', str(port),
+                                 '--data', os.path.join(tmp, 'data'), '--no-access-log'],
+                                cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.communicate()))
+        self.assertIn(b'serving http://', proc.stdout.readline())
+        self.assertEqual(status_of(port, b'GET / HTTP/1.1\r\nHost: a\r\n\r\n'), 200)   # www/ beside server.py
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, 0)
+
     def test_environment_and_flag_precedence(self):
         config = server.config_from_args(['--port', '9001', '--data', tempfile.mkdtemp()],
                                          environ={'SERVER_PORT': '9000', 'SERVER_HOST': '0.0.0.0',
