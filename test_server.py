@@ -293,6 +293,16 @@ class ParseHeadTest(unittest.TestCase):
         self.parse(b'GET / HTTP/1.1\r\nHost: a\r\n' + fields + b'\r\n')
         self.assertStatus(b'GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n' + fields + b'\r\n', 431)
 
+    def test_header_lines_parse_in_linear_time(self):
+        # Whitespace runs that a careless pattern would backtrack over quadratically.
+        for line in (b'X:' + b' ' * 60000 + b'\x01', b'X: a' + b' \t' * 30000 + b'\x00'):
+            start = time.perf_counter()
+            with self.assertRaises(server.HTTPError):
+                server.parse_header_lines([line])
+            self.assertLess(time.perf_counter() - start, 0.5)
+        self.assertEqual(server.parse_header_lines([b'A:  x  \r', b'B:\t\ty z\t', b'C:']).items(),
+                         [('A', 'x'), ('B', 'y z'), ('C', '')])
+
     def test_head_size_checks_while_incomplete(self):
         server.check_head_size(b'GET /' + b'a' * 100)
         with self.assertRaises(server.HTTPError) as ctx:
