@@ -3303,9 +3303,9 @@ class HTTPConnection(asyncio.Protocol):
 
     async def _write_response(self, head, request, response, reader):
         status = response.status
-        keep_alive = self._keep_alive(head, response, reader)
         body = response.body
-        headers = response.headers
+        keep_alive = self._keep_alive(head, response, reader)
+        user = _field_block(response.headers)
         head_only = head.method == 'HEAD' or status in _NO_BODY_STATUSES or status < 200
         stream = None
         file_spec = response.file
@@ -3321,13 +3321,7 @@ class HTTPConnection(asyncio.Protocol):
             if head.version < (1, 1):
                 keep_alive = False
 
-        # Framing is ours alone: an app's Content-Length, Transfer-Encoding or Connection
-        # could desynchronise the client, so they are dropped.
-        fields = [f'{name}: {value}\r\n' for name, value in headers._items
-                  if name.lower() not in _FRAMING_HEADERS]
-        user = ''.join(fields)
-        # Each field line has exactly one CR and one LF; more means a value carried its own.
-        if user.count('\n') != len(fields) or user.count('\r') != len(fields) or '\x00' in user:
+        if user is None:
             log.error('refusing a response header with CR, LF or NUL for %s', _log_escape(head.target))
             response = error_page(HTTPError(500))
             response.close = True
@@ -3510,6 +3504,21 @@ class HTTPConnection(asyncio.Protocol):
         head.keep_alive = False
         head.path, head.query_string = '-', ''
         self.loop.create_task(self._write_response(head, None, response, None))
+
+
+def _field_block(headers):
+    """The app's header fields as one 'Name: value\\r\\n' string, or None if one would inject.
+
+    Framing is ours alone: an app's Content-Length, Transfer-Encoding or Connection could
+    desynchronise the client, so they are dropped. Each line has exactly one CR and one LF;
+    more means a value carried its own (header injection).
+    """
+    fields = [f'{name}: {value}\r\n' for name, value in headers._items
+              if name.lower() not in _FRAMING_HEADERS]
+    block = ''.join(fields)
+    if block.count('\n') != len(fields) or block.count('\r') != len(fields) or '\x00' in block:
+        return None
+    return block
 
 
 def _read_at(f, offset, size):
