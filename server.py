@@ -382,24 +382,15 @@ def parse_header_lines(lines):
     """
     if len(lines) > MAX_HEADER_COUNT:
         raise HTTPError(431, f'more than {MAX_HEADER_COUNT} header fields', close=True)
-    headers = Headers()
-    items, index = headers._items, headers._index
+    pairs = []
     match = _FIELD_LINE_RE.fullmatch
     for line in lines:
         m = match(line)
         if m is None:
             raise HTTPError(400, 'malformed header field', close=True)
         name, value = m.groups()
-        name = name.decode('ascii')
-        value = value.rstrip(b' \t').decode('latin-1')
-        items.append((name, value))
-        key = name.lower()
-        values = index.get(key)
-        if values is None:
-            index[key] = [value]
-        else:
-            values.append(value)
-    return headers
+        pairs.append((name.decode('ascii'), value.rstrip(b' \t').decode('latin-1')))
+    return Headers(pairs)
 
 
 def parse_head(head):
