@@ -2858,9 +2858,7 @@ class StaticFiles:
         range_header = req_headers.get('range')
         if range_header is not None and request.method == 'GET':
             if_range = req_headers.get('if-range')
-            if if_range is None or if_range.strip() == entry.etag or (
-                    parse_http_date(if_range) is not None and parse_http_date(if_range) >= int(entry.mtime_ns / 1e9)
-                    and not if_range.strip().startswith(('"', 'W/'))):
+            if if_range is None or if_range_holds(if_range, entry.etag, entry.mtime_ns / 1e9):
                 span = parse_range(range_header, entry.size)
                 if span is not None:
                     start, end = span
@@ -2899,6 +2897,15 @@ def not_modified(headers, etag, mtime):
         since = parse_http_date(ims)
         return since is not None and int(mtime) <= since
     return False
+
+
+def if_range_holds(value, etag, mtime):
+    """RFC 9110 13.1.5: the range applies if the validator is our strong ETag or exactly our date."""
+    value = value.strip()
+    if value.startswith(('"', 'W/')):
+        return value == etag and not etag.startswith('W/')
+    since = parse_http_date(value)
+    return since is not None and since == int(mtime)
 
 
 def accepts_gzip(accept_encoding):
