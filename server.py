@@ -253,9 +253,10 @@ class Headers:
     every one of them.
     """
 
-    __slots__ = ('_items', '_index')
+    __slots__ = ('_items', '_index', '_block')
 
     def __init__(self, items=(), _index=None):
+        self._block = None     # the fields encoded for the wire, kept until they change
         if _index is None:
             self._items = list(items.items() if isinstance(items, dict) else items)
         else:               # the parser's own list and index, used as they are
@@ -278,6 +279,7 @@ class Headers:
 
     def add(self, name, value):
         index = self._index           # built from the fields so far, before this one joins
+        self._block = None
         self._items.append((name, value))
         index.setdefault(name.lower(), []).append(value)
 
@@ -291,6 +293,7 @@ class Headers:
 
     def __delitem__(self, name):
         key = name.lower()
+        self._block = None
         self._items = [(n, v) for n, v in self._items if n.lower() != key]
         self._index.pop(key, None)
 
@@ -1669,14 +1672,15 @@ def format_allow(methods):
     return ', '.join(sorted(methods))
 
 
-async def _call(fn, *args, **kwargs):
-    """Run a handler or hook: ``async def`` on the loop, plain ``def`` in a worker thread."""
+def _call(fn, *args, **kwargs):
+    """Run a handler or hook, to be awaited: ``async def`` on the loop, plain ``def`` in a
+    worker thread. A plain function returning the awaitable saves a coroutine a call."""
     is_async = _IS_ASYNC.get(fn)
     if is_async is None:
         is_async = _IS_ASYNC[fn] = inspect.iscoroutinefunction(fn)
     if is_async:
-        return await fn(*args, **kwargs)
-    return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+    return asyncio.to_thread(fn, *args, **kwargs)
 
 
 _IS_ASYNC = {}   # hooks and error handlers -> whether they are async def (asked once each)
@@ -1843,9 +1847,11 @@ class App:
             raise HTTPError(400)
         route, params = self.router.lookup(method, request.path)
         if params is None:
-            if self.static is not None:
-                return await self._serve_static(request)
-            raise HTTPError(404)
+            if self.static is None:
+                raise HTTPError(404)
+            if method == 'GET' or method == 'HEAD':
+                return await self.static.serve(request, request.path)
+            return await self._serve_static_other(request)
         if route is None:  # automatic OPTIONS
             return Response(b'', 204, {'Allow': format_allow(params['allow'])})
         request.route = route
@@ -1880,9 +1886,7 @@ class App:
             rv = await asyncio.to_thread(route.handler, request, **params)
         return make_response(rv)
 
-    async def _serve_static(self, request):
-        if request.method in ('GET', 'HEAD'):
-            return await self.static.serve(request, request.path)
+    async def _serve_static_other(self, request):
         if not await self.static.exists(request.path):
             raise HTTPError(404)
         if request.method == 'OPTIONS':
@@ -2770,7 +2774,7 @@ class StaticEntry:
     """What we know of one file: where it is, its validators, and (if small) its bytes."""
 
     __slots__ = ('path', 'mtime_ns', 'size', 'etag', 'last_modified', 'content_type',
-                 'body', 'gzipped', 'checked_at', 'headers')
+                 'body', 'gzipped', 'checked_at', 'headers', 'gzip_headers', 'block', 'gzip_block')
 
 
 class StaticFiles:
@@ -2844,6 +2848,7 @@ class StaticFiles:
         entry.headers = [('Content-Type', entry.content_type), ('ETag', entry.etag),
                          ('Last-Modified', entry.last_modified), ('Cache-Control', 'no-cache'),
                          ('Accept-Ranges', 'bytes'), ('X-Content-Type-Options', 'nosniff')]
+        entry.gzip_headers = None
         if st.st_size <= STATIC_CACHE_FILE_BYTES:
             with open(path, 'rb') as f:
                 entry.body = f.read()
@@ -2854,6 +2859,12 @@ class StaticFiles:
                 if len(packed) < entry.size * 0.9:
                     entry.gzipped = packed
                     entry.headers.append(('Vary', 'Accept-Encoding'))
+                    entry.gzip_headers = [(name, entry.etag[:-1] + '-gz"' if name == 'ETag' else value)
+                                          for name, value in entry.headers]
+                    entry.gzip_headers.append(('Content-Encoding', 'gzip'))
+        # Encoded once here, not per response (until a hook changes a response's fields).
+        entry.block = _field_block(Headers(entry.headers))
+        entry.gzip_block = entry.gzip_headers and _field_block(Headers(entry.gzip_headers))
         return entry
 
     def _still_valid(self, entry):
@@ -2897,8 +2908,11 @@ class StaticFiles:
 
     async def serve(self, request, url_path):
         """The Response for a GET or HEAD of ``url_path``."""
-        entry = await self._entry(url_path)
+        entry = self._cache.get(url_path)
+        if entry is None or time.monotonic() - entry.checked_at >= 1.0:
+            entry = await self._entry(url_path)    # new, or time to stat() it again
         headers = Headers(entry.headers)
+        headers._block = entry.block
         compressible = entry.gzipped is not None
         req_headers = request.headers
         if not_modified(req_headers, entry.etag, entry.mtime_ns / 1e9):
@@ -2920,8 +2934,8 @@ class StaticFiles:
                     return resp
 
         if compressible and accepts_gzip(req_headers.get('accept-encoding', '')):
-            headers['ETag'] = entry.etag[:-1] + '-gz"'
-            headers.add('Content-Encoding', 'gzip')
+            headers = Headers(entry.gzip_headers)
+            headers._block = entry.gzip_block
             return Response(entry.gzipped, 200, headers)
         resp = Response(b'', 200, headers)
         if entry.body is not None:
@@ -3599,6 +3613,9 @@ def _field_block(headers):
     more means a value carried its own (header injection). A lone field (the Content-Type
     of most answers) is looked up in a small cache instead.
     """
+    block = headers._block
+    if block is not None:
+        return block
     items = headers._items
     cacheable = False
     if len(items) == 1:
@@ -3612,7 +3629,7 @@ def _field_block(headers):
     text = ''.join(lines)
     if text.count('\n') != len(lines) or text.count('\r') != len(lines) or '\x00' in text:
         return None
-    block = text.encode('latin-1', 'replace')
+    block = headers._block = text.encode('latin-1', 'replace')
     if cacheable and len(_FIELD_BLOCKS) < 256:
         _FIELD_BLOCKS[field] = block
     return block
