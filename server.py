@@ -1032,7 +1032,8 @@ class Request:
     @property
     def client(self):
         """The client's IP: the peer, or the last untrusted X-Forwarded-For hop behind a trusted proxy."""
-        if self._trusted():
+        index = self.headers._index
+        if ('x-real-ip' in index or 'x-forwarded-for' in index) and self._trusted():
             # X-Real-IP is set (not appended) by the proxy in front, so it is exact; else the
             # right-most X-Forwarded-For hop that is not itself a trusted proxy.
             real = self.headers.get('x-real-ip', '').strip()
@@ -1256,6 +1257,7 @@ class Request:
 _MISSING = object()
 
 
+@functools.lru_cache(maxsize=1024)      # behind a proxy, every request asks about its X-Real-IP
 def _is_ip(text):
     try:
         ipaddress.ip_address(text)
@@ -3684,12 +3686,17 @@ class Server:
         """
         if not access_log.isEnabledFor(logging.INFO):
             return
-        headers = head.headers
-        client = request.client if request is not None else peer
-        line = f'{head.method} {head.target} HTTP/{head.version[0]}.{head.version[1]}' if head.target != '-' else '-'
+        index = head.headers._index
+        client = request.client if request is not None else peer   # an IP: nothing to escape
+        if head.target == '-':
+            line = '-'
+        else:
+            line = _log_escape(f'{head.method} {head.target} HTTP/{head.version[0]}.{head.version[1]}')
+        referer = index.get('referer')
+        agent = index.get('user-agent')
         CLOCK.tick()
-        text = (f'{_log_escape(client)} - - [{CLOCK.log_time}] "{_log_escape(line)}" {status} {sent} '
-                f'"{_log_escape(headers.get("referer", "-"))}" "{_log_escape(headers.get("user-agent", "-"))}"')
+        text = (f'{client} - - [{CLOCK.log_time}] "{line}" {status} {sent} '
+                f'"{_log_escape(referer[0]) if referer else "-"}" "{_log_escape(agent[0]) if agent else "-"}"')
         handlers = access_log.handlers
         if len(handlers) == 1 and getattr(handlers[0], '_server_py', False) and not access_log.propagate:
             pending = self._access_lines
