@@ -3193,7 +3193,7 @@ class HTTPConnection(asyncio.Protocol):
         reader = self.reader
         if reader is not None and not reader.complete and reader.error is None:
             if self.deadline_kind == 'body':
-                self.deadline = self.loop.time() + BODY_TIMEOUT_S
+                self.deadline = time.monotonic() + BODY_TIMEOUT_S
             data = reader.feed(data)
             if reader.buffered >= READ_HIGH_WATER_BYTES and not self.paused_reading:
                 self._pause_reading()
@@ -3234,8 +3234,9 @@ class HTTPConnection(asyncio.Protocol):
 
     # -- deadlines and flow control --
     def _set_deadline(self, kind, seconds):
+        # time.monotonic(), as the reaper reads it: a C call, where loop.time() adds a frame.
         self.deadline_kind = kind
-        self.deadline = self.loop.time() + seconds
+        self.deadline = time.monotonic() + seconds
 
     def timed_out(self):
         kind = self.deadline_kind
@@ -3774,7 +3775,7 @@ class Server:
         """Enforce every connection's deadline: one timer for all connections."""
         while True:
             await asyncio.sleep(REAPER_INTERVAL_S)
-            now = self.loop.time()
+            now = time.monotonic()
             for conn in list(self.connections):
                 if conn.deadline_kind is not None and now >= conn.deadline:
                     try:
