@@ -52,7 +52,10 @@ Scenarios (``--scenarios``, comma-separated; default all):
     from a new X-Real-IP); runs alternate, medians; the ratio's target is at most 3x.
 ``workers``
     ``hello`` with ``app.run(..., workers=2)`` against ``workers=1``: wrk -t 1, 100
-    connections; the machine's CPUs are shared with wrk.
+    connections; the machine's CPUs are shared with wrk. The notes say how many CPUs the
+    server's processes kept busy (their CPU time from /proc over the run's length) and the
+    req/s per busy CPU: on a machine where wrk takes a share of the CPUs, that figure shows
+    how well the workers scale apart from the CPUs left to them.
 
 The load generator is wrk (``--latency``) when installed. Without it a built-in asyncio
 keep-alive client is used and its figures are marked "(client-bound)": it is Python too,
@@ -298,6 +301,7 @@ class Result:
     p99_ms: float
     errors: int
     requests: int
+    server_cpus: float = None   # CPUs the server's processes kept busy (track_cpu cases)
 
 
 _TIME_UNITS_MS = {'us': 1e-3, 'ms': 1.0, 's': 1e3, 'm': 60e3, 'h': 3600e3}
@@ -482,6 +486,7 @@ class Case:
     after_run: object = None   # after_run(bench, case, srv, result or None): bookkeeping
     finish: object = None      # finish(bench, case, srv) -> note for the table, after the runs
     note: str = ''             # the notes column of every row of the case
+    track_cpu: bool = False    # also measure the CPU time the server's processes used
     results: dict = dataclasses.field(default_factory=dict)    # label -> [Result]
     failures: dict = dataclasses.field(default_factory=dict)   # label -> reason
     notes: dict = dataclasses.field(default_factory=dict)      # label -> note
@@ -682,11 +687,16 @@ class Bench:
         srv = self.servers[entry.server_key]
         url = f'http://127.0.0.1:{srv.port}{case.path}'
         error = result = None
+        cpu_before = session_cpu_seconds(srv.proc.pid) if case.track_cpu and srv.proc else None
         try:
             options = case.wrk_options(self, case, srv) if case.wrk_options else {}
             result = self.client.run(url, case.connections, duration, threads=case.threads, **options)
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
             error = exc
+        if cpu_before is not None and result is not None:
+            cpu_after = session_cpu_seconds(srv.proc.pid)
+            if cpu_after is not None:
+                result.server_cpus = (cpu_after - cpu_before) / duration
         if case.after_run:
             case.after_run(self, case, srv, result)
         if not srv.alive():
@@ -888,8 +898,42 @@ def workers_cases(args):
     return [Case('workers', '/hello', WORKERS_CONNECTIONS,
                  [Entry('server.py hello, workers=2', 'hello-w2', subject=True),
                   Entry('server.py hello, workers=1', 'hello')],
-                 expect_body=HELLO_BODY, threads=1,
+                 expect_body=HELLO_BODY, threads=1, track_cpu=True, finish=cpu_note,
                  note=f'one load-generator thread (wrk -t 1); ratio = workers=2 ÷ workers=1; {cpus} CPUs shared with wrk')]
+
+
+def cpu_note(bench, case, srv):
+    """How many CPUs the server's processes kept busy, and req/s per busy CPU (medians)."""
+    label = next(e.label for e in case.entries if bench.servers.get(e.server_key) is srv)
+    runs = case.results.get(label) or []
+    busy = [r.server_cpus for r in runs if r.server_cpus]
+    if not busy:
+        return None
+    cpus = statistics.median(busy)
+    per_cpu = statistics.median(r.rps / r.server_cpus for r in runs if r.server_cpus)
+    return f'server busy {cpus:.2f} CPUs: {per_cpu:,.0f} req/s per CPU'
+
+
+def session_cpu_seconds(pid):
+    """User + system CPU seconds of every live process in ``pid``'s session (Linux /proc)."""
+    ticks = os.sysconf('SC_CLK_TCK')
+    try:
+        sid = os.getsid(pid)
+    except OSError:
+        return None
+    total = 0
+    for name in os.listdir('/proc'):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f'/proc/{name}/stat') as f:
+                fields = f.read().rpartition(')')[2].split()
+        except OSError:
+            continue
+        # After the command: state ppid pgrp session ... utime (12th) stime (13th).
+        if int(fields[3]) == sid:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 # -- memory of a process --
