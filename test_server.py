@@ -303,6 +303,36 @@ class ParseHeadTest(unittest.TestCase):
         self.assertEqual(server.parse_header_lines([b'A:  x  \r', b'B:\t\ty z\t', b'C:']).items(),
                          [('A', 'x'), ('B', 'y z'), ('C', '')])
 
+    def test_one_pass_head_parse_agrees_with_the_line_by_line_one(self):
+        # parse_head takes a well-formed head in one regular-expression pass and falls back
+        # to parse_request_line + parse_header_lines otherwise: both must read it alike.
+        heads = [
+            b'GET / HTTP/1.1\r\nHost: a\r\n\r\n',
+            b'GET /a%20b?x=1&y HTTP/1.0\nHost: h\nA:  x  \nB:\t\ty z\t\nC:\n\n',
+            b'POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nX-Obs: caf\xe9 \x80\xff\r\n\r\n',
+            b'GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1\r\ncookie: b=2\nAccept: */*\r\n\r\n',
+            b"PATCH /x HTTP/1.1\r\nHost: a\r\n!#$%&'*+-.^_`|~09Az: \"quoted\" ok\r\n\r\n",
+            b'GET / HTTP/1.1\r\nHost: a\r\n' + b''.join(b'X-%d: v %d\r\n' % (i, i) for i in range(60)) + b'\r\n',
+        ]
+        for raw in heads:
+            with self.subTest(raw=raw[:40]):
+                head = server.parse_head(raw)
+                lines = raw.split(b'\n')[:-2]
+                expected = server.parse_header_lines(lines[1:])
+                self.assertEqual(head.headers.items(), expected.items())
+                self.assertEqual((head.method, head.target, head.version),
+                                 server.parse_request_line(lines[0].rstrip(b'\r')))
+                for name, _ in expected:
+                    self.assertEqual(head.headers.get_all(name), expected.get_all(name))
+        # What the one pass refuses still gets the precise answer of the careful path.
+        for raw, status in ((b'GET / HTTP/1.1\r\nHost: a\r\nX : y\r\n\r\n', 400),
+                            (b'GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n', 400),
+                            (b'GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n', 400),
+                            (b'GET / HTTP/1.1\r\nHost: a\x00\r\n\r\n', 400),
+                            (b'GET / HTTP/2.0\r\nHost: a\r\n\r\n', 505)):
+            with self.subTest(raw=raw):
+                self.assertStatus(raw, status)
+
     def test_head_size_checks_while_incomplete(self):
         server.check_head_size(b'GET /' + b'a' * 100)
         with self.assertRaises(server.HTTPError) as ctx:
@@ -2280,6 +2310,54 @@ class StorageTest(unittest.TestCase):
 
 
 # === 9. Static files ==========================================================================
+
+class HeaderBlockTest(unittest.TestCase):
+    """Response fields are encoded once and kept with their Headers: every change must show."""
+
+    def test_encoded_block_follows_every_change(self):
+        h = server.Headers([('Content-Type', 'text/plain')])
+        self.assertEqual(server._field_block(h), b'Content-Type: text/plain\r\n')
+        h.add('X-A', '1')
+        self.assertEqual(server._field_block(h), b'Content-Type: text/plain\r\nX-A: 1\r\n')
+        h['X-A'] = '2'
+        self.assertEqual(server._field_block(h), b'Content-Type: text/plain\r\nX-A: 2\r\n')
+        del h['content-type']
+        self.assertEqual(server._field_block(h), b'X-A: 2\r\n')
+        h.setdefault('X-B', '3')
+        self.assertEqual(server._field_block(h), b'X-A: 2\r\nX-B: 3\r\n')
+        # One response's lone field never leaks into another's through the shared cache.
+        self.assertEqual(server._field_block(server.Headers([('X-A', '9')])), b'X-A: 9\r\n')
+        self.assertIsNone(server._field_block(server.Headers([('X-A', 'a\r\nX-Evil: 1')])))
+
+    def test_hook_changes_reach_cached_static_files(self):
+        root = os.path.join(fresh_dir(self), 'root')
+        os.makedirs(root)
+        with open(os.path.join(root, 'a.txt'), 'w') as f:
+            f.write('small')
+        with open(os.path.join(root, 'page.html'), 'w') as f:
+            f.write('<p>' + 'compressible text ' * 100)
+        app = server.App(root=root, data=os.path.join(root, '..', 'data'))
+
+        @app.after_request
+        async def mark(request, response):
+            response.headers['X-Hook'] = request.path
+
+        live = LiveServer(app, root=root)
+        self.addCleanup(live.stop)
+        for path in ('/a.txt', '/page.html', '/a.txt', '/page.html'):
+            for encoding in ('identity', 'gzip'):
+                with self.subTest(path=path, encoding=encoding):
+                    conn = http.client.HTTPConnection('127.0.0.1', live.port, timeout=10)
+                    conn.request('GET', path, headers={'Accept-Encoding': encoding})
+                    resp = conn.getresponse()
+                    resp.read()
+                    conn.close()
+                    self.assertEqual(resp.status, 200)
+                    self.assertEqual(resp.getheader('X-Hook'), path)
+                    self.assertIsNotNone(resp.getheader('ETag'))
+                    gzipped = path == '/page.html' and encoding == 'gzip'
+                    self.assertEqual(resp.getheader('Content-Encoding'), 'gzip' if gzipped else None)
+
 
 class StaticTest(unittest.TestCase):
 
