@@ -1311,10 +1311,12 @@ class Response:
     __slots__ = ('status', 'headers', 'body', 'file', 'close')
 
     def __init__(self, body=b'', status=200, headers=None, content_type=None):
-        self.status = int(status)
+        self.status = status if status.__class__ is int else int(status)
         self.file = None
         self.close = False
-        if isinstance(body, str):
+        if body.__class__ is bytes:
+            pass
+        elif isinstance(body, str):
             body = body.encode('utf-8')
             if content_type is None and (headers is None or 'content-type' not in Headers(headers)):
                 content_type = 'text/html; charset=utf-8'
@@ -3406,7 +3408,7 @@ class HTTPConnection(asyncio.Protocol):
             end = b'Connection: keep-alive\r\n\r\n'
         else:
             end = b'\r\n'
-        return _status_line(status) + CLOCK.tick() + user + framing + end
+        return (_STATUS_LINES.get(status) or _status_line(status)) + CLOCK.tick() + user + framing + end
 
     def _write_bytes(self, head, response, body, keep_alive):
         """Write a response whose body is bytes; the body bytes sent, or None if a field would inject."""
