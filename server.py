@@ -256,10 +256,11 @@ class Headers:
     every one of them.
     """
 
-    __slots__ = ('_items', '_index', '_block')
+    __slots__ = ('_items', '_index', '_block', '_shared')
 
     def __init__(self, items=(), _index=None):
         self._block = None     # the fields encoded for the wire, kept until they change
+        self._shared = False   # the list and index belong to a cached original (_view)
         if _index is None:
             self._items = list(items.items() if isinstance(items, dict) else items)
         else:               # the parser's own list and index, used as they are
@@ -280,7 +281,25 @@ class Headers:
                 values.append(value)
         return index
 
+    def _view(self):
+        """A copy that shares these fields, their index and their encoding until it changes.
+
+        For a cache's originals (a static file's fields), which never change themselves: a
+        response gets them at no cost, and a hook that adds a field copies them first.
+        """
+        view = Headers.__new__(Headers)
+        view._items, view._index, view._block = self._items, self._index, self._block
+        view._shared = True
+        return view
+
+    def _unshare(self):
+        self._items = list(self._items)
+        self._index = {key: list(values) for key, values in self._index.items()}
+        self._shared = False
+
     def add(self, name, value):
+        if self._shared:
+            self._unshare()
         index = self._index           # built from the fields so far, before this one joins
         self._block = None
         self._items.append((name, value))
@@ -288,6 +307,8 @@ class Headers:
 
     def __setitem__(self, name, value):
         """Replace every field called ``name`` with one."""
+        if self._shared:
+            self._unshare()
         key = name.lower()
         if key in self._index:
             self._items = [(n, v) for n, v in self._items if n.lower() != key]
@@ -295,6 +316,8 @@ class Headers:
         self.add(name, value)
 
     def __delitem__(self, name):
+        if self._shared:
+            self._unshare()
         key = name.lower()
         self._block = None
         self._items = [(n, v) for n, v in self._items if n.lower() != key]
@@ -2781,7 +2804,7 @@ class StaticEntry:
     """What we know of one file: where it is, its validators, and (if small) its bytes."""
 
     __slots__ = ('path', 'mtime_ns', 'size', 'etag', 'last_modified', 'content_type',
-                 'body', 'gzipped', 'checked_at', 'headers', 'gzip_headers', 'block', 'gzip_block')
+                 'body', 'gzipped', 'checked_at', 'fields', 'gzip_fields')
 
 
 class StaticFiles:
@@ -2852,10 +2875,10 @@ class StaticFiles:
         entry.body = None
         entry.gzipped = None
         entry.checked_at = time.monotonic()
-        entry.headers = [('Content-Type', entry.content_type), ('ETag', entry.etag),
-                         ('Last-Modified', entry.last_modified), ('Cache-Control', 'no-cache'),
-                         ('Accept-Ranges', 'bytes'), ('X-Content-Type-Options', 'nosniff')]
-        entry.gzip_headers = None
+        fields = [('Content-Type', entry.content_type), ('ETag', entry.etag),
+                  ('Last-Modified', entry.last_modified), ('Cache-Control', 'no-cache'),
+                  ('Accept-Ranges', 'bytes'), ('X-Content-Type-Options', 'nosniff')]
+        gzip_fields = None
         if st.st_size <= STATIC_CACHE_FILE_BYTES:
             with open(path, 'rb') as f:
                 entry.body = f.read()
@@ -2865,13 +2888,13 @@ class StaticFiles:
                 packed = gzip.compress(entry.body, 6, mtime=0)
                 if len(packed) < entry.size * 0.9:
                     entry.gzipped = packed
-                    entry.headers.append(('Vary', 'Accept-Encoding'))
-                    entry.gzip_headers = [(name, entry.etag[:-1] + '-gz"' if name == 'ETag' else value)
-                                          for name, value in entry.headers]
-                    entry.gzip_headers.append(('Content-Encoding', 'gzip'))
-        # Encoded once here, not per response (until a hook changes a response's fields).
-        entry.block = _field_block(Headers(entry.headers))
-        entry.gzip_block = entry.gzip_headers and _field_block(Headers(entry.gzip_headers))
+                    fields.append(('Vary', 'Accept-Encoding'))
+                    gzip_fields = [(name, entry.etag[:-1] + '-gz"' if name == 'ETag' else value)
+                                   for name, value in fields]
+                    gzip_fields.append(('Content-Encoding', 'gzip'))
+        # Indexed and encoded once here; each response gets a copy-on-write view (serve).
+        entry.fields = _frozen_fields(fields)
+        entry.gzip_fields = gzip_fields and _frozen_fields(gzip_fields)
         return entry
 
     def _still_valid(self, entry):
@@ -2918,8 +2941,7 @@ class StaticFiles:
         entry = self._cache.get(url_path)
         if entry is None or time.monotonic() - entry.checked_at >= 1.0:
             entry = await self._entry(url_path)    # new, or time to stat() it again
-        headers = Headers(entry.headers)
-        headers._block = entry.block
+        headers = entry.fields._view()
         compressible = entry.gzipped is not None
         req_headers = request.headers
         if not_modified(req_headers, entry.etag, entry.mtime_ns / 1e9):
@@ -2941,8 +2963,7 @@ class StaticFiles:
                     return resp
 
         if compressible and accepts_gzip(req_headers.get('accept-encoding', '')):
-            headers = Headers(entry.gzip_headers)
-            headers._block = entry.gzip_block
+            headers = entry.gzip_fields._view()
             return Response(entry.gzipped, 200, headers)
         resp = Response(b'', 200, headers)
         if entry.body is not None:
@@ -2950,6 +2971,14 @@ class StaticFiles:
         else:
             resp.file = (entry.path, 0, entry.size)
         return resp
+
+
+def _frozen_fields(items):
+    """Headers for a cache entry: indexed and encoded now, then only ever viewed (_view)."""
+    fields = Headers(items)
+    fields._index           # touching it builds the index (Headers.__getattr__), here in the thread
+    _field_block(fields)    # stored on fields._block
+    return fields
 
 
 def _entry_bytes(entry):

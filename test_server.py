@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import http.client
 import io
+import itertools
 import json
 import logging
 import os
@@ -2325,6 +2326,18 @@ class HeaderBlockTest(unittest.TestCase):
         self.assertEqual(server._field_block(h), b'X-A: 2\r\n')
         h.setdefault('X-B', '3')
         self.assertEqual(server._field_block(h), b'X-A: 2\r\nX-B: 3\r\n')
+        # A view shares a cached original's fields until it changes; the original never does.
+        original = server._frozen_fields([('Content-Type', 'text/css'), ('ETag', '"1"')])
+        for change in (lambda v: v.add('X-New', '1'), lambda v: v.__setitem__('ETag', '"2"'),
+                       lambda v: v.__delitem__('content-type'), lambda v: v.setdefault('X-D', 'd')):
+            view = original._view()
+            self.assertEqual(view.get('etag'), '"1"')
+            change(view)
+            self.assertNotEqual(server._field_block(view), server._field_block(original))
+            self.assertEqual(original.items(), [('Content-Type', 'text/css'), ('ETag', '"1"')])
+            self.assertEqual(original.get_all('etag'), ['"1"'])
+            self.assertEqual(server._field_block(original), b'Content-Type: text/css\r\nETag: "1"\r\n')
+            self.assertIsNone(original.get('x-new') or original.get('x-d'))
         # One response's lone field never leaks into another's through the shared cache.
         self.assertEqual(server._field_block(server.Headers([('X-A', '9')])), b'X-A: 9\r\n')
         self.assertIsNone(server._field_block(server.Headers([('X-A', 'a\r\nX-Evil: 1')])))
@@ -2338,14 +2351,18 @@ class HeaderBlockTest(unittest.TestCase):
             f.write('<p>' + 'compressible text ' * 100)
         app = server.App(root=root, data=os.path.join(root, '..', 'data'))
 
+        count = itertools.count(1)
+
         @app.after_request
         async def mark(request, response):
-            response.headers['X-Hook'] = request.path
+            response.headers['X-Hook'] = f'{request.path} {next(count)}'
 
         live = LiveServer(app, root=root)
         self.addCleanup(live.stop)
+        n = 0
         for path in ('/a.txt', '/page.html', '/a.txt', '/page.html'):
             for encoding in ('identity', 'gzip'):
+                n += 1
                 with self.subTest(path=path, encoding=encoding):
                     conn = http.client.HTTPConnection('127.0.0.1', live.port, timeout=10)
                     conn.request('GET', path, headers={'Accept-Encoding': encoding})
@@ -2353,7 +2370,8 @@ class HeaderBlockTest(unittest.TestCase):
                     resp.read()
                     conn.close()
                     self.assertEqual(resp.status, 200)
-                    self.assertEqual(resp.getheader('X-Hook'), path)
+                    # Exactly this request's mark: none left behind in the cached fields.
+                    self.assertEqual(resp.headers.get_all('X-Hook'), [f'{path} {n}'])
                     self.assertIsNotNone(resp.getheader('ETag'))
                     gzipped = path == '/page.html' and encoding == 'gzip'
                     self.assertEqual(resp.getheader('Content-Encoding'), 'gzip' if gzipped else None)
