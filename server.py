@@ -1071,7 +1071,7 @@ class Request:
     @property
     def scheme(self):
         """'https' when the connection is TLS or a trusted proxy says so in X-Forwarded-Proto."""
-        if self._scheme == 'http' and self._trusted():
+        if self._scheme == 'http' and 'x-forwarded-proto' in self.headers._index and self._trusted():
             proto = self.headers.get('x-forwarded-proto', '').strip().lower()
             if proto in ('http', 'https'):
                 return proto
@@ -2942,13 +2942,15 @@ class StaticFiles:
         if entry is None or time.monotonic() - entry.checked_at >= 1.0:
             entry = await self._entry(url_path)    # new, or time to stat() it again
         headers = entry.fields._view()
-        compressible = entry.gzipped is not None
         req_headers = request.headers
-        if not_modified(req_headers, entry.etag, entry.mtime_ns / 1e9):
+        asked = req_headers._index      # the names sent: most requests send none of these
+        if ('if-none-match' in asked or 'if-modified-since' in asked) and \
+                not_modified(req_headers, entry.etag, entry.mtime_ns / 1e9):
             return Response(b'', 304, headers)
 
-        range_header = req_headers.get('range')
+        range_header = asked.get('range')
         if range_header is not None and request.method == 'GET':
+            range_header = range_header[0]
             if_range = req_headers.get('if-range')
             if if_range is None or if_range_holds(if_range, entry.etag, entry.mtime_ns / 1e9):
                 span = parse_range(range_header, entry.size)
@@ -2962,14 +2964,12 @@ class StaticFiles:
                         resp.file = (entry.path, start, end - start + 1)
                     return resp
 
-        if compressible and accepts_gzip(req_headers.get('accept-encoding', '')):
-            headers = entry.gzip_fields._view()
-            return Response(entry.gzipped, 200, headers)
-        resp = Response(b'', 200, headers)
+        if entry.gzipped is not None and accepts_gzip(req_headers.get('accept-encoding', '')):
+            return Response(entry.gzipped, 200, entry.gzip_fields._view())
         if entry.body is not None:
-            resp.body = entry.body
-        else:
-            resp.file = (entry.path, 0, entry.size)
+            return Response(entry.body, 200, headers)
+        resp = Response(b'', 200, headers)
+        resp.file = (entry.path, 0, entry.size)
         return resp
 
 
