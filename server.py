@@ -3417,8 +3417,9 @@ class HTTPConnection(asyncio.Protocol):
         return True
 
     @staticmethod
-    def _response_head(head, response, length, keep_alive):
-        """Status line, Date, the app's fields and our framing as bytes; None if a field would inject."""
+    def _response_head(head, response, length, keep_alive, body=b''):
+        """Status line, Date, the app's fields, our framing (and ``body``, to send them in one
+        write) as bytes; None if a field would inject."""
         user = _field_block(response.headers)
         if user is None:
             return None
@@ -3437,23 +3438,29 @@ class HTTPConnection(asyncio.Protocol):
             end = b'Connection: keep-alive\r\n\r\n'
         else:
             end = b'\r\n'
-        return (_STATUS_LINES.get(status) or _status_line(status)) + CLOCK.tick() + user + framing + end
+        return b''.join((_STATUS_LINES.get(status) or _status_line(status), CLOCK.tick(), user,
+                         framing, end, body))
 
     def _write_bytes(self, head, response, body, keep_alive):
         """Write a response whose body is bytes; the body bytes sent, or None if a field would inject."""
-        data = self._response_head(head, response, len(body), keep_alive)
+        status = response.status
+        length = len(body)
+        if head.method == 'HEAD' or status in _NO_BODY_STATUSES or status < 200:
+            data = self._response_head(head, response, length, keep_alive)
+            sent = 0
+        elif length <= 65536:
+            data = self._response_head(head, response, length, keep_alive, body)
+            sent = length
+        else:        # not worth copying a large body just to save one send()
+            data = self._response_head(head, response, length, keep_alive)
+            if data is not None:
+                self.transport.write(data)
+                data = body
+            sent = length
         if data is None:
             return None
-        status = response.status
-        if head.method == 'HEAD' or status in _NO_BODY_STATUSES or status < 200:
-            self.transport.write(data)
-            return 0
-        if len(body) > 65536:   # not worth copying a large body just to save one send()
-            self.transport.write(data)
-            self.transport.write(body)
-        else:
-            self.transport.write(data + body)
-        return len(body)
+        self.transport.write(data)
+        return sent
 
     async def _write_response(self, head, request, response, reader):
         body = response.body
