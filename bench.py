@@ -1300,7 +1300,7 @@ class PacedContact(threading.Thread):
             await asyncio.wait(set(inflight), timeout=REQUEST_TIMEOUT_S)
         for task in list(inflight):
             task.cancel()
-        for _, writer in pool:
+        for _, writer, _ in pool:
             writer.close()
 
     async def _post(self, pool, ip):
@@ -1308,8 +1308,10 @@ class PacedContact(threading.Thread):
         generation = self.generation
         reader = writer = None
         try:
+            while pool and time.monotonic() - pool[0][2] > POOL_IDLE_S:
+                pool.pop(0)[1].close()      # the server may be closing it: never reuse it
             if pool:
-                reader, writer = pool.pop()
+                reader, writer, _ = pool.pop()
             else:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection('127.0.0.1', self.port),
                                                         REQUEST_TIMEOUT_S)
@@ -1322,7 +1324,7 @@ class PacedContact(threading.Thread):
                 if status != 303:
                     self.errors += 1
             if keep_alive:
-                pool.append((reader, writer))
+                pool.append((reader, writer, time.monotonic()))
                 writer = None
         except (OSError, ValueError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError):
@@ -1331,6 +1333,12 @@ class PacedContact(threading.Thread):
         finally:
             if writer is not None:
                 writer.close()
+
+
+# A pooled keep-alive connection idle longer than this is closed, not reused: the server
+# closes idle ones after KEEPALIVE_TIMEOUT_S (5 s), and a POST sent just as it does is lost
+# in flight (the usual keep-alive race, which a client cannot retry for a POST).
+POOL_IDLE_S = 2.0
 
 
 class RepeatedUpload(threading.Thread):
