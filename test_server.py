@@ -499,6 +499,13 @@ def echo_app():
         resp = server.Response('x')
         resp.headers['X-Bad'] = 'a\r\nSet-Cookie: evil=1'
         return resp
+
+    @app.get('/late-body/<kind>')
+    async def late_body(request, kind):
+        # A body swapped after the Response was made is still sent as the constructor would.
+        resp = server.Response(b'', content_type='text/plain; charset=utf-8')
+        resp.body = {'str': 'late é', 'bytearray': bytearray(b'late'), 'view': memoryview(b'late')}[kind]
+        return resp
     return app
 
 
@@ -658,6 +665,16 @@ class ProtocolTest(unittest.TestCase):
         t.join()
         self.assertEqual(results['slow'], 200)
         self.assertLess(fast, 0.8)
+
+    def test_body_set_after_the_response_was_made(self):
+        for kind, expected in (('str', 'late é'.encode()), ('bytearray', b'late'), ('view', b'late')):
+            for method in ('GET', 'HEAD'):
+                with self.subTest(kind=kind, method=method), self.live.connect() as sock:
+                    sock.sendall(f'{method} /late-body/{kind} HTTP/1.1\r\nHost: a\r\n\r\n'.encode())
+                    status, headers, body = read_response(sock.makefile('rb'), method)
+                    self.assertEqual(status, 200)
+                    self.assertEqual(int(headers['content-length']), len(expected))
+                    self.assertEqual(body, expected if method == 'GET' else b'')
 
     def test_response_header_injection_refused(self):
         with self.assertLogs('server', 'ERROR'):
