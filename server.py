@@ -3385,17 +3385,13 @@ class HTTPConnection(asyncio.Protocol):
                 response = await self.app.handle(request)
             body = response.body
             if response.file is None and body.__class__ is bytes:
-                # The common answer, written without another coroutine.
+                # The common answer: written, and usually finished, without another coroutine.
                 keep_alive = self._keep_alive(head, response, reader)
                 sent = self._write_bytes(head, response, body, keep_alive)
-                if sent is None:
-                    await self._write_response(head, request, _injection_refused(head), None)
-                    return
-                if self.write_paused and keep_alive:
-                    # Backpressure: no next request while the client has not taken this
-                    # answer; the write deadline set by pause_writing cuts off one that never does.
-                    await self.drain()
-                self._finish(head, request, response.status, sent, keep_alive, reader)
+                if sent is not None and not (self.write_paused and keep_alive):
+                    self._finish(head, request, response.status, sent, keep_alive, reader)
+                else:
+                    await self._complete(head, request, response, reader, keep_alive, sent)
             else:
                 await self._write_response(head, request, response, reader)
         except (ConnectionError, asyncio.CancelledError):
@@ -3469,15 +3465,18 @@ class HTTPConnection(asyncio.Protocol):
         keep_alive = self._keep_alive(head, response, reader)
         if response.file is None and body.__class__ is bytes:
             sent = self._write_bytes(head, response, body, keep_alive)
-            if sent is None:
-                await self._write_response(head, request, _injection_refused(head), None)
-                return
         else:
             sent = await self._write_other(head, response, keep_alive)
-            if sent is None:
-                await self._write_response(head, request, _injection_refused(head), None)
-                return
+        await self._complete(head, request, response, reader, keep_alive, sent)
+
+    async def _complete(self, head, request, response, reader, keep_alive, sent):
+        """After the write: a refused field becomes a 500; then backpressure, then the next request."""
+        if sent is None:
+            await self._write_response(head, request, _injection_refused(head), None)
+            return
         if self.write_paused and keep_alive:
+            # No next request while the client has not taken this answer; the write deadline
+            # set by pause_writing cuts off one that never does.
             await self.drain()
         self._finish(head, request, response.status, sent, keep_alive, reader)
 
