@@ -3583,7 +3583,8 @@ class HTTPConnection(asyncio.Protocol):
         while sent < length:
             count = min(step, length - sent)
             started = self.loop.time()
-            self._set_deadline('write', min(2 * WRITE_TIMEOUT_S, max(WRITE_TIMEOUT_S, count / SENDFILE_MIN_RATE)))
+            allowed = max(WRITE_TIMEOUT_S, count / SENDFILE_MIN_RATE)
+            self._set_deadline('write', min(2 * WRITE_TIMEOUT_S, allowed))
             self.sending_file = True
             try:
                 n = await self.loop.sendfile(self.transport, f, offset + sent, count, fallback=False)
