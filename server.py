@@ -3161,6 +3161,13 @@ class HTTPConnection(asyncio.Protocol):
     server's reaper once a second, so thousands of connections cost no timers.
     """
 
+    # Slots: an idle keep-alive connection is mostly this object, and ten thousand of them
+    # should cost little memory.
+    __slots__ = ('server', 'app', 'loop', 'transport', 'peer', 'peer_trusted', 'scheme', 'buf',
+                 'active', 'reader', 'deadline', 'deadline_kind', 'paused_reading',
+                 'write_paused', 'drain_waiter', 'closed', 'requests', 'eof', 'task',
+                 'sending_file', 'scanned')
+
     def __init__(self, server):
         self.server = server
         self.app = server.app
