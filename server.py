@@ -101,8 +101,8 @@ KEEPALIVE_TIMEOUT_S = 5.0
 #: A client that reads none of its response for this long is cut off.
 WRITE_TIMEOUT_S = 30.0
 #: A large file goes out in sendfile steps (1 MiB, up to 4 MiB for a fast client); a step may
-#: take as long as this rate allows, between WRITE_TIMEOUT_S and twice that.
-SENDFILE_MIN_RATE = 16 * 1024
+#: take as long as this rate allows, between WRITE_TIMEOUT_S and four times that.
+SENDFILE_MIN_RATE = 8 * 1024
 #: How often the reaper checks every connection's deadline.
 REAPER_INTERVAL_S = 1.0
 #: On SIGTERM, requests in flight get this long to finish.
@@ -1282,6 +1282,10 @@ _MISSING = object()
 
 @functools.lru_cache(maxsize=1024)      # behind a proxy, every request asks about its X-Real-IP
 def _is_ip(text):
+    """A plain IPv4 or IPv6 address. Not one with a zone (``fe80::1%eth0``): ipaddress lets
+    almost any text follow the '%', and a forwarded client address never needs one."""
+    if '%' in text:
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -2946,8 +2950,14 @@ class StaticFiles:
         headers = entry.fields._view()
         req_headers = request.headers
         asked = req_headers._index      # the names sent: most requests send none of these
+        gzipped = entry.gzipped is not None and accepts_gzip(req_headers.get('accept-encoding', ''))
         if ('if-none-match' in asked or 'if-modified-since' in asked) and \
                 not_modified(req_headers, entry.etag, entry.mtime_ns / 1e9):
+            if gzipped:
+                # RFC 9110 15.4.5: the ETag the 200 would have carried, the gzip one here (but
+                # no Content-Encoding: a 304 has no content to describe).
+                headers = entry.gzip_fields._view()
+                del headers['Content-Encoding']
             return Response(b'', 304, headers)
 
         range_header = asked.get('range')
@@ -2966,7 +2976,7 @@ class StaticFiles:
                         resp.file = (entry.path, start, end - start + 1)
                     return resp
 
-        if entry.gzipped is not None and accepts_gzip(req_headers.get('accept-encoding', '')):
+        if gzipped:
             return Response(entry.gzipped, 200, entry.gzip_fields._view())
         if entry.body is not None:
             return Response(entry.body, 200, headers)
@@ -3497,9 +3507,15 @@ class HTTPConnection(asyncio.Protocol):
             if length is None:
                 length = (await asyncio.to_thread(os.stat, file_spec[0])).st_size - file_spec[1]
                 file_spec = (file_spec[0], file_spec[1], length)
-        elif isinstance(body, (str, bytes, bytearray, memoryview)):
+        elif body is None or isinstance(body, (str, bytes, bytearray, memoryview)):
             # Set on the response after it was made: take it as bytes, as the constructor would.
-            body = response.body = body.encode('utf-8') if isinstance(body, str) else bytes(body)
+            if body is None:
+                body = b''
+            elif isinstance(body, str):
+                body = body.encode('utf-8')
+            else:
+                body = bytes(body)
+            response.body = body
             return self._write_bytes(head, response, body, keep_alive)
         else:
             stream, length = body, None
@@ -3579,9 +3595,9 @@ class HTTPConnection(asyncio.Protocol):
 
         Steps start at 1 MiB (one call for most files: each call costs ~20 µs of loop work)
         and double up to 4 MiB while the client keeps up. A step's deadline follows
-        SENDFILE_MIN_RATE, so a slow but live client (down to ~17 KB/s) is not cut off and a
-        dead one is within a minute. A step that overruns is cancelled (timed_out), never
-        aborted under sendfile's feet.
+        SENDFILE_MIN_RATE (sendfile_deadline), so a slow but live client (down to ~9 KB/s) is
+        not cut off and a dead one is within two minutes. A step that overruns is cancelled
+        (timed_out), never aborted under sendfile's feet.
         Returns the bytes sent: fewer when sendfile is unavailable here (the caller then
         reads and writes) or the file ended early.
         """
@@ -3590,8 +3606,7 @@ class HTTPConnection(asyncio.Protocol):
         while sent < length:
             count = min(step, length - sent)
             started = self.loop.time()
-            allowed = max(WRITE_TIMEOUT_S, count / SENDFILE_MIN_RATE)
-            self._set_deadline('write', min(2 * WRITE_TIMEOUT_S, allowed))
+            self._set_deadline('write', sendfile_deadline(count))
             self.sending_file = True
             try:
                 n = await self.loop.sendfile(self.transport, f, offset + sent, count, fallback=False)
@@ -3660,13 +3675,19 @@ class HTTPConnection(asyncio.Protocol):
         self.loop.create_task(self._write_response(head, None, response, None))
 
 
+def sendfile_deadline(count):
+    """Seconds one sendfile step of ``count`` bytes may take: what SENDFILE_MIN_RATE needs,
+    but at least WRITE_TIMEOUT_S and at most four times it."""
+    return min(4 * WRITE_TIMEOUT_S, max(WRITE_TIMEOUT_S, count / SENDFILE_MIN_RATE))
+
+
 def _field_block(headers):
     """The app's header fields as 'Name: value\\r\\n' bytes, or None if one would inject.
 
     Framing is ours alone: an app's Content-Length, Transfer-Encoding or Connection could
     desynchronise the client, so they are dropped. Each line has exactly one CR and one LF;
-    more means a value carried its own (header injection). A lone field (the Content-Type
-    of most answers) is looked up in a small cache instead.
+    more means a value carried its own (header injection). A lone Content-Type (most
+    answers have nothing else) is looked up in a small cache instead.
     """
     block = headers._block
     if block is not None:
@@ -3675,7 +3696,8 @@ def _field_block(headers):
     cacheable = False
     if len(items) == 1:
         field = items[0]
-        cacheable = field.__class__ is tuple and field[1].__class__ is str
+        # Only Content-Type: a lone Location (a redirect) may carry what a client sent.
+        cacheable = field.__class__ is tuple and field[0] == 'Content-Type' and field[1].__class__ is str
         if cacheable:
             block = _FIELD_BLOCKS.get(field)
             if block is not None:
@@ -3690,11 +3712,11 @@ def _field_block(headers):
     return block
 
 
-_FIELD_BLOCKS = {}   # (name, value) -> its encoded line, for responses with one field
+_FIELD_BLOCKS = {}   # ('Content-Type', value) -> its encoded line (at most 256 of them)
 
 
 def _is_stream(body):
-    return not isinstance(body, (str, bytes, bytearray, memoryview))
+    return not (body is None or isinstance(body, (str, bytes, bytearray, memoryview)))
 
 
 def _injection_refused(head):
@@ -3735,7 +3757,7 @@ class Server:
         if not access_log.isEnabledFor(logging.INFO):
             return
         index = head.headers._index
-        client = request.client if request is not None else peer   # an IP: nothing to escape
+        client = _log_escape(request.client if request is not None else peer)
         if head.target == '-':
             line = '-'
         else:
@@ -3787,7 +3809,7 @@ class Server:
     def attach(self, loop):
         """Bind to ``loop``: requests become tasks made straight from asyncio.Task when the
         loop has no task factory (loop.create_task's own checks cost ~0.3 µs a request),
-        else through the factory."""
+        else through the factory. Asked once, when the server starts."""
         self.loop = loop
         if loop.get_task_factory() is None:
             self.spawn = functools.partial(asyncio.Task, loop=loop)

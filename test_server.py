@@ -504,7 +504,8 @@ def echo_app():
     async def late_body(request, kind):
         # A body swapped after the Response was made is still sent as the constructor would.
         resp = server.Response(b'', content_type='text/plain; charset=utf-8')
-        resp.body = {'str': 'late é', 'bytearray': bytearray(b'late'), 'view': memoryview(b'late')}[kind]
+        resp.body = {'str': 'late é', 'bytearray': bytearray(b'late'), 'view': memoryview(b'late'),
+                     'none': None}[kind]
         return resp
     return app
 
@@ -667,7 +668,8 @@ class ProtocolTest(unittest.TestCase):
         self.assertLess(fast, 0.8)
 
     def test_body_set_after_the_response_was_made(self):
-        for kind, expected in (('str', 'late é'.encode()), ('bytearray', b'late'), ('view', b'late')):
+        for kind, expected in (('str', 'late é'.encode()), ('bytearray', b'late'), ('view', b'late'),
+                               ('none', b'')):
             for method in ('GET', 'HEAD'):
                 with self.subTest(kind=kind, method=method), self.live.connect() as sock:
                     sock.sendall(f'{method} /late-body/{kind} HTTP/1.1\r\nHost: a\r\n\r\n'.encode())
@@ -2329,6 +2331,18 @@ class StorageTest(unittest.TestCase):
 
 # === 9. Static files ==========================================================================
 
+class SendfileDeadlineTest(unittest.TestCase):
+
+    def test_a_step_may_take_what_a_slow_client_needs_within_bounds(self):
+        # A live client reading ~9 KB/s finishes each step; a dead one is cut within 4x the
+        # write timeout.
+        self.assertEqual(server.sendfile_deadline(64 * 1024), server.WRITE_TIMEOUT_S)
+        self.assertEqual(server.sendfile_deadline(512 * 1024), 512 * 1024 / server.SENDFILE_MIN_RATE)
+        self.assertEqual(server.sendfile_deadline(4 * 1024 * 1024), 4 * server.WRITE_TIMEOUT_S)
+        for count in (256 * 1024, 900 * 1024):
+            self.assertGreaterEqual(server.sendfile_deadline(count) * 8700, count)
+
+
 class HeaderBlockTest(unittest.TestCase):
     """Response fields are encoded once and kept with their Headers: every change must show."""
 
@@ -2355,6 +2369,11 @@ class HeaderBlockTest(unittest.TestCase):
             self.assertEqual(original.get_all('etag'), ['"1"'])
             self.assertEqual(server._field_block(original), b'Content-Type: text/css\r\nETag: "1"\r\n')
             self.assertIsNone(original.get('x-new') or original.get('x-d'))
+        # Only Content-Type lines are shared: a lone Location may carry what a client sent.
+        server._field_block(server.Headers([('Location', '/next?client-chosen')]))
+        self.assertNotIn(('Location', '/next?client-chosen'), server._FIELD_BLOCKS)
+        server._field_block(server.Headers([('Content-Type', 'text/x-test')]))
+        self.assertIn(('Content-Type', 'text/x-test'), server._FIELD_BLOCKS)
         # One response's lone field never leaks into another's through the shared cache.
         self.assertEqual(server._field_block(server.Headers([('X-A', '9')])), b'X-A: 9\r\n')
         self.assertIsNone(server._field_block(server.Headers([('X-A', 'a\r\nX-Evil: 1')])))
@@ -2555,8 +2574,14 @@ class StaticTest(unittest.TestCase):
                 status, headers, body = self.get('/page.html', {'Accept-Encoding': refused})
                 self.assertNotIn('content-encoding', headers)
                 self.assertEqual(body, plain)
-        status, headers, _ = self.get('/page.html', {'Accept-Encoding': 'gzip', 'If-None-Match': headers['etag']})
+        gz_etag = self.get('/page.html', {'Accept-Encoding': 'gzip'})[1]['etag']
+        status, headers, _ = self.get('/page.html', {'Accept-Encoding': 'gzip', 'If-None-Match': gz_etag})
         self.assertEqual(status, 304)
+        # RFC 9110 15.4.5: the ETag the 200 would carry for this client, no Content-Encoding.
+        self.assertEqual(headers['etag'], gz_etag)
+        self.assertNotIn('content-encoding', headers)
+        status, headers, _ = self.get('/page.html', {'If-None-Match': gz_etag})
+        self.assertEqual((status, headers['etag']), (304, plain_headers['etag']))
         status, headers, _ = self.get('/big.bin', {'Accept-Encoding': 'gzip'})
         self.assertNotIn('content-encoding', headers)       # not a compressible type
 
@@ -3315,6 +3340,14 @@ class AccessLogTest(unittest.TestCase):
         line = logs.records[-1].getMessage()
         self.assertRegex(line, r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
                                r'"GET /healthz\?x=1 HTTP/1\.1" 200 3 "http://r\.example/" "evil\\x22agent\\xFF"$')
+        # A forwarded address is a plain IP or ignored: ipaddress would take almost any text
+        # after an IPv6 zone's '%', quotes included, and forge the rest of the line.
+        with self.assertLogs('server.access', 'INFO') as logs:
+            exchange(live.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n'
+                                b'X-Real-IP: fe80::1%" 200 0 "x" "forged\r\n\r\n')
+        self.assertRegex(logs.records[-1].getMessage(), r'^127\.0\.0\.1 - - \[[^]]+\] "GET /healthz HTTP/1\.1" 200 3 "-" "-"$')
+        self.assertFalse(server._is_ip('fe80::1%eth0'))
+        self.assertTrue(server._is_ip('2001:db8::1') and server._is_ip('203.0.113.9'))
 
 
     def test_stdout_access_log_of_a_real_process(self):
