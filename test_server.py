@@ -2042,6 +2042,18 @@ class TemplateTest(unittest.TestCase):
         nested = '{% for row in rows %}[{% for c in row %}{{ c }}{% endfor %}]{% endfor %}'
         self.assertEqual(self.render(nested, rows=[[1, 2], [3]]), '[12][3]')
         self.assertEqual(self.render('{% for x in items %}{{ x }}{% endfor %}{{ x }}', items=[1], x='outer'), '1outer')
+        # ``loop`` is only built for bodies that can reach it: the outer one here still can,
+        # after an inner loop that never names it.
+        self.assertEqual(self.render('{% for r in rows %}{% for c in r %}{{ c }}{% endfor %}{{ loop.index }};{% endfor %}',
+                                     rows=[[1], [2]]), '11;22;')
+
+    def test_loop_reaches_included_templates_and_blocks(self):
+        self.write('row.html', '{{ loop.index }}={{ x }} ')
+        self.write('rows.html', '{% for x in xs %}{% include "row.html" %}{% endfor %}')
+        self.assertEqual(self.templates.get('rows.html').render({'xs': ['a', 'b']}), '1=a 2=b ')
+        self.write('base.html', '{% for x in xs %}{% block item %}{{ x }}{% endblock %}{% endfor %}')
+        self.write('child.html', '{% extends "base.html" %}{% block item %}{{ loop.index }}{{ x }},{% endblock %}')
+        self.assertEqual(self.templates.get('child.html').render({'xs': ['a', 'b']}), '1a,2b,')
 
     def test_filters(self):
         cases = [
