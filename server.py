@@ -4068,12 +4068,13 @@ def configure_logging(level='info'):
     root.setLevel(numeric)
 
 
-async def serve(app, config, sock=None, ready=None, worker=False):
+async def serve(app, config, sock=None, ready=None, worker=False, supervisor=None):
     """Serve ``app`` until SIGINT/SIGTERM, then shut down gracefully. The single-process core.
 
     A worker (``worker=True``) leaves SIGINT to its parent and ignores repeated SIGTERMs:
     systemd signals the whole group and the parent forwards too, so duplicates are normal;
-    the parent alone turns a second signal into an immediate exit.
+    the parent alone turns a second signal into an immediate exit. A worker also stops when
+    its ``supervisor`` (a pid) is gone, even killed outright, instead of holding the port.
     """
     server = Server(app, config)
     await server.start(sock)
@@ -4097,6 +4098,14 @@ async def serve(app, config, sock=None, ready=None, worker=False):
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
+    watcher = None
+    if supervisor is not None:
+        async def watch_supervisor():
+            while os.getppid() == supervisor:
+                await asyncio.sleep(REAPER_INTERVAL_S)
+            log.warning('worker %d: the supervisor is gone; stopping', os.getpid())
+            stop.set()
+        watcher = loop.create_task(watch_supervisor())
     scheme = 'https' if config.certfile else 'http'
     host = config.host if ':' not in config.host else f'[{config.host}]'
     if ready is not None:
@@ -4107,6 +4116,8 @@ async def serve(app, config, sock=None, ready=None, worker=False):
     try:
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         log.info('shutting down: finishing requests in flight (at most %.0f s)', SHUTDOWN_GRACE_S)
         await server.shutdown()
         for sig in installed:
@@ -4134,21 +4145,33 @@ def supervise_workers(app_factory, config):
         probe = None
     children = {}
     stopping = False
+    supervisor = os.getpid()
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
 
     def spawn():
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                code = asyncio.run(serve(app_factory(), config, ready=lambda s: None, worker=True))
-            except BaseException:
-                log.exception('worker %d failed', os.getpid())
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = time.monotonic()
+        # Signals wait (blocked) across the fork: a child must not meet SIGTERM while it still
+        # has the parent's handler (it would run it, lose the signal, and live on as an
+        # orphan), and the parent must know the new pid before on_signal can run.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)   # a pending one ends it here
+                    code = asyncio.run(serve(app_factory(), config, ready=lambda s: None, worker=True,
+                                             supervisor=supervisor))
+                except BaseException:
+                    log.exception('worker %d failed', os.getpid())
+                finally:
+                    logging.shutdown()
+                    os._exit(code)
+            children[pid] = time.monotonic()
+        finally:
+            if os.getpid() == supervisor:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
 
     def on_signal(signum, frame):
         nonlocal stopping

@@ -3072,27 +3072,33 @@ class ServerProcess:
         self.tmp = tempfile.mkdtemp(prefix='server-proc-')
         self.data = data or os.path.join(self.tmp, 'data')
         self.port = free_port()
+        # A session of its own: cleanup reaches workers too, even if the parent is gone, so
+        # no straggler keeps the output pipes open (communicate would wait on them forever).
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(HERE, 'server.py'), '--port', str(self.port),
              '--data', self.data, '--root', WWW, *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})),
+            start_new_session=True)
         self.banner = self.proc.stdout.readline().decode()
+
+    def kill_all(self):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             out, err = self.proc.communicate(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.communicate()
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            raise
         return self.proc.returncode, out.decode(errors='replace'), err.decode(errors='replace')
 
     def cleanup(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate()
+        self.kill_all()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.communicate(timeout=10)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -3707,8 +3713,32 @@ class WorkersTest(unittest.TestCase):
         code, out, err = proc.stop()                      # one SIGTERM stops them all
         self.assertEqual(code, 0, err)
         for pid in now:
-            self.assertFalse(os.path.exists(f'/proc/{pid}/status') and
-                             'zombie' not in open(f'/proc/{pid}/status').read(), f'worker {pid} still running')
+            self.assertFalse(self.running(pid), f'worker {pid} still running')
+
+    @staticmethod
+    def running(pid):
+        try:
+            with open(f'/proc/{pid}/status') as f:
+                return 'zombie' not in f.read()
+        except OSError:
+            return False
+
+    def test_workers_stop_when_the_supervisor_is_killed(self):
+        if not os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children') or not hasattr(os, 'fork'):
+            self.skipTest('needs Linux /proc')
+        proc = ServerProcess('--workers', '2', '--no-access-log')
+        self.addCleanup(proc.cleanup)
+        deadline = time.monotonic() + 10
+        while len(self.children(proc.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = self.children(proc.proc.pid)
+        self.assertEqual(len(workers), 2)
+        proc.proc.kill()                                   # SIGKILL: it can tell no one
+        proc.proc.wait(10)
+        deadline = time.monotonic() + 15
+        while any(self.running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertFalse([pid for pid in workers if self.running(pid)], 'orphaned workers kept running')
 
 
 
