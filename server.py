@@ -2614,7 +2614,15 @@ class Database:
             for number, script in enumerate(self.migrations, 1):
                 if number > version:
                     # executescript commits first; the script and the version bump commit together.
-                    conn.executescript(f'BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;')
+                    try:
+                        conn.executescript(f'BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;')
+                    except sqlite3.Error:
+                        if conn.in_transaction:
+                            conn.execute('ROLLBACK')
+                        # Workers starting together on a new database: another one may have
+                        # run this script between our reading the version and our lock.
+                        if conn.execute('PRAGMA user_version').fetchone()[0] < number:
+                            raise
         except BaseException:
             conn.close()
             raise

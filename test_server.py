@@ -2278,6 +2278,32 @@ class StorageTest(unittest.TestCase):
             self.assertEqual(conn.execute('PRAGMA user_version').fetchone()[0], 2)
             self.assertEqual(conn.execute('SELECT COUNT(*) FROM b').fetchone()[0], 1)
 
+    def test_workers_migrating_a_new_database_together_all_start(self):
+        # --workers N opens one new database from N processes at once: each may read
+        # user_version 0 before another commits the script. Six connections, ten new files.
+        for round_ in range(10):
+            path = os.path.join(fresh_dir(self), 'app.db')
+            barrier = threading.Barrier(6)
+            errors = []
+
+            def start():
+                db = server.Database(path, server.SITE_MIGRATIONS)
+                barrier.wait()
+                try:
+                    asyncio.run(db.execute('SELECT 1'))
+                except Exception as exc:        # collected: a thread cannot fail the test itself
+                    errors.append(exc)
+                finally:
+                    asyncio.run(db.close())
+            threads = [threading.Thread(target=start) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            self.assertEqual(errors, [], f'round {round_}')
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                self.assertEqual(conn.execute('PRAGMA user_version').fetchone()[0], len(server.SITE_MIGRATIONS))
+
     def test_locked_database_is_503_with_retry_after(self):
         data = fresh_dir(self)
         path = os.path.join(data, 'locked.db')
