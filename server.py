@@ -2562,6 +2562,12 @@ class Templates:
 
 # === 8. Storage, sessions, CSRF ===
 
+def _is_busy(exc):
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock."""
+    text = str(exc).lower()
+    return 'locked' in text or 'busy' in text
+
+
 class Database:
     """SQLite on one dedicated thread, so the event loop never waits on it.
 
@@ -2600,6 +2606,19 @@ class Database:
             return self._executor
 
     def _connect(self):
+        # Workers starting together on a new database meet locks that SQLite reports at once,
+        # without waiting out busy_timeout (switching the file to WAL is one): try again for a
+        # while, in this thread, before calling the database busy.
+        deadline = time.monotonic() + DB_BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return self._connect_once()
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() > deadline or not _is_busy(exc):
+                    raise
+                time.sleep(0.05)
+
+    def _connect_once(self):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=DB_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False)
@@ -2634,8 +2653,7 @@ class Database:
                 self._connect()
             return fn(self._conn, *args)
         except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if 'locked' in text or 'busy' in text:
+            if _is_busy(exc):
                 raise HTTPError(503, 'the database is busy; try again', {'Retry-After': '2'}) from exc
             raise
 
@@ -4215,7 +4233,8 @@ def supervise_workers(app_factory, config):
         log.error('worker %d exited (status %d); starting another', pid, status)
         if time.monotonic() - started < 1.0:
             time.sleep(1.0)   # a worker that dies at once should not spin the CPU
-        spawn()
+        if not stopping:      # a stop asked for during that second must not get a new worker
+            spawn()
     return 0
 
 
