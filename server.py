@@ -271,14 +271,7 @@ class Headers:
         # The index is built on first use: a response's fields are usually only written out.
         if name != '_index':
             raise AttributeError(name)
-        index = self._index = {}
-        for field, value in self._items:
-            key = field.lower()
-            values = index.get(key)
-            if values is None:
-                index[key] = [value]
-            else:
-                values.append(value)
+        index = self._index = _index_fields(self._items)
         return index
 
     def _view(self):
@@ -358,6 +351,19 @@ class Headers:
 
     def __repr__(self):
         return f'Headers({self._items!r})'
+
+
+def _index_fields(pairs):
+    """(name, value) pairs -> {lowercase name: [values in order]}."""
+    index = {}
+    for name, value in pairs:
+        key = name.lower()
+        values = index.get(key)
+        if values is None:
+            index[key] = [value]
+        else:
+            values.append(value)
+    return index
 
 
 class RequestHead:
@@ -464,17 +470,9 @@ def parse_head(head):
         if ' \r' in block or ' \n' in block or '\t\r' in block or '\t\n' in block:
             fields = [(name, value.rstrip(' \t')) for name, value in fields]
         if len(fields) <= MAX_HEADER_COUNT:
-            index = {}
-            for name, value in fields:
-                key = name.lower()
-                values = index.get(key)
-                if values is None:
-                    index[key] = [value]
-                else:
-                    values.append(value)
             method, target, minor, _ = m.groups()
             req = RequestHead(method, target, _HTTP_11 if minor == '1' else _HTTP_10,
-                              Headers(fields, index))
+                              Headers(fields, _index_fields(fields)))
             frame_request(req)
             return req
     # Something is off (or too long): the line-by-line way says exactly what.
