@@ -794,6 +794,14 @@ class TimeoutTest(unittest.TestCase):
 
 # --- helpers for the framework tests -------------------------------------------------------
 
+def with_test_client(cls, make_app):
+    """Give a test class ``data`` (a fresh folder), ``app`` (make_app(data)) and ``client``."""
+    cls.data = fresh_dir(cls)
+    cls.app = make_app(cls.data)
+    cls.client = cls.app.test_client()
+    cls.addClassCleanup(cls.client.close)
+
+
 def fresh_dir(test_or_cls, prefix='server-fw-'):
     """A temporary folder removed when the test (or class) is done."""
     path = tempfile.mkdtemp(prefix=prefix)
@@ -996,9 +1004,7 @@ class RouterTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.app = router_app(fresh_dir(cls))
-        cls.client = cls.app.test_client()
-        cls.addClassCleanup(cls.client.close)
+        with_test_client(cls, router_app)
 
     MATCHES = [
         # (path, expected status, expected body: str for text, dict for JSON)
@@ -1280,9 +1286,7 @@ class RequestResponseTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.app = request_app(fresh_dir(cls))
-        cls.client = cls.app.test_client()
-        cls.addClassCleanup(cls.client.close)
+        with_test_client(cls, request_app)
 
     NORMALISED = [
         # (path, status, content type, body)
@@ -1563,10 +1567,7 @@ class FormsTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.data = fresh_dir(cls)
-        cls.app = forms_app(cls.data)
-        cls.client = cls.app.test_client()
-        cls.addClassCleanup(cls.client.close)
+        with_test_client(cls, forms_app)
 
     def tearDown(self):
         # Nothing a request spooled may be left behind in data/uploads.
