@@ -794,6 +794,16 @@ class TimeoutTest(unittest.TestCase):
 
 # --- helpers for the framework tests -------------------------------------------------------
 
+def with_site(cls, admin_password):
+    """Give a test class ``live`` (the site on a fresh data folder, stopped afterwards), its
+    ``port`` and ``db_path``; ADMIN_PASSWORD as given while it starts (None: unset)."""
+    with environ(ADMIN_PASSWORD=admin_password):
+        cls.live = LiveServer()
+    cls.addClassCleanup(cls.live.stop)
+    cls.port = cls.live.port
+    cls.db_path = os.path.join(cls.live.data, 'app.db')
+
+
 def with_test_client(cls, make_app):
     """Give a test class ``data`` (a fresh folder), ``app`` (make_app(data)) and ``client``."""
     cls.data = fresh_dir(cls)
@@ -2232,10 +2242,7 @@ class StorageTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        with environ(ADMIN_PASSWORD=None):
-            cls.live = LiveServer()
-        cls.addClassCleanup(cls.live.stop)
-        cls.db_path = os.path.join(cls.live.data, 'app.db')
+        with_site(cls, admin_password=None)
 
     def query(self, sql, params=()):
         with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as conn:
@@ -2710,9 +2717,7 @@ class SiteJailTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        with environ(ADMIN_PASSWORD=None):
-            cls.live = LiveServer()
-        cls.addClassCleanup(cls.live.stop)
+        with_site(cls, admin_password=None)
 
     TARGETS = [
         b'/../server.py', b'/%2e%2e/server.py', b'/%2E%2E%2Fserver.py', b'/..%2fserver.py',
@@ -2744,11 +2749,7 @@ class SiteTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        with environ(ADMIN_PASSWORD=None):
-            cls.live = LiveServer()
-        cls.addClassCleanup(cls.live.stop)
-        cls.port = cls.live.port
-        cls.db_path = os.path.join(cls.live.data, 'app.db')
+        with_site(cls, admin_password=None)
         cls.upload_dir = os.path.join(cls.live.data, 'uploads')
 
     def browser(self, ip):
@@ -3012,10 +3013,7 @@ class AdminTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        with environ(ADMIN_PASSWORD=cls.PASSWORD):
-            cls.live = LiveServer()
-        cls.addClassCleanup(cls.live.stop)
-        cls.port = cls.live.port
+        with_site(cls, admin_password=cls.PASSWORD)
 
     def login_page(self, ip):
         b = WebClient(self.port, forwarded_for=ip)
@@ -3970,10 +3968,7 @@ class SecurityReviewTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        with environ(ADMIN_PASSWORD='correct horse'):
-            cls.live = LiveServer()
-        cls.addClassCleanup(cls.live.stop)
-        cls.port = cls.live.port
+        with_site(cls, admin_password='correct horse')
 
     def rss_kib(self):
         with open('/proc/self/status') as f:
@@ -4147,10 +4142,7 @@ class OpenRedirectAndCSRFTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        with environ(ADMIN_PASSWORD='pw'):
-            cls.live = LiveServer()
-        cls.addClassCleanup(cls.live.stop)
-        cls.port = cls.live.port
+        with_site(cls, admin_password='pw')
 
     def test_no_redirect_leaves_the_site(self):
         for target in (b'//evil.example', b'//evil.example/', b'/\\evil.example', b'/%5Cevil.example',
