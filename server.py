@@ -1053,8 +1053,8 @@ class Request:
     @property
     def client(self):
         """The client's IP: the peer, or the last untrusted X-Forwarded-For hop behind a trusted proxy."""
-        index = self.headers._index
-        if ('x-real-ip' in index or 'x-forwarded-for' in index) and self._trusted():
+        headers = self.headers
+        if ('x-real-ip' in headers or 'x-forwarded-for' in headers) and self._trusted():
             # X-Real-IP is set (not appended) by the proxy in front, so it is exact; else the
             # right-most X-Forwarded-For hop that is not itself a trusted proxy.
             real = self.headers.get('x-real-ip', '').strip()
@@ -1069,7 +1069,7 @@ class Request:
     @property
     def scheme(self):
         """'https' when the connection is TLS or a trusted proxy says so in X-Forwarded-Proto."""
-        if self._scheme == 'http' and 'x-forwarded-proto' in self.headers._index and self._trusted():
+        if self._scheme == 'http' and 'x-forwarded-proto' in self.headers and self._trusted():
             proto = self.headers.get('x-forwarded-proto', '').strip().lower()
             if proto in ('http', 'https'):
                 return proto
@@ -1893,7 +1893,7 @@ class App:
             if rv is not None:
                 return make_response(rv)
         if self.sessions_enabled:
-            if 'cookie' in request.headers._index:
+            if 'cookie' in request.headers:
                 await self._load_session(request)
             else:
                 request._session_ready = True     # no cookie, no stored session to look up
@@ -2975,9 +2975,9 @@ class StaticFiles:
             entry = await self._entry(url_path)    # new, or time to stat() it again
         headers = entry.fields._view()
         req_headers = request.headers
-        asked = req_headers._index      # the names sent: most requests send none of these
+        sent = req_headers._index       # the names sent: most requests send none of the ones below
         gzipped = entry.gzipped is not None and accepts_gzip(req_headers.get('accept-encoding', ''))
-        if ('if-none-match' in asked or 'if-modified-since' in asked) and \
+        if ('if-none-match' in sent or 'if-modified-since' in sent) and \
                 not_modified(req_headers, entry.etag, entry.mtime_ns / 1e9):
             if gzipped:
                 # RFC 9110 15.4.5: the ETag the 200 would have carried, the gzip one here (but
@@ -2986,9 +2986,8 @@ class StaticFiles:
                 del headers['Content-Encoding']
             return Response(b'', 304, headers)
 
-        range_header = asked.get('range')
+        range_header = req_headers.get('range') if 'range' in sent else None
         if range_header is not None and request.method == 'GET':
-            range_header = range_header[0]
             if_range = req_headers.get('if-range')
             if if_range is None or if_range_holds(if_range, entry.etag, entry.mtime_ns / 1e9):
                 span = parse_range(range_header, entry.size)
@@ -3782,17 +3781,17 @@ class Server:
         """
         if not access_log.isEnabledFor(logging.INFO):
             return
-        index = head.headers._index
+        headers = head.headers
         client = _log_escape(request.client if request is not None else peer)
         if head.target == '-':
             line = '-'
         else:
             line = _log_escape(f'{head.method} {head.target} HTTP/{head.version[0]}.{head.version[1]}')
-        referer = index.get('referer')
-        agent = index.get('user-agent')
+        referer = headers.get('referer')
+        agent = headers.get('user-agent')
         CLOCK.tick()
         text = (f'{client} - - [{CLOCK.log_time}] "{line}" {status} {sent} '
-                f'"{_log_escape(referer[0]) if referer else "-"}" "{_log_escape(agent[0]) if agent else "-"}"')
+                f'"{_log_escape(referer) if referer else "-"}" "{_log_escape(agent) if agent else "-"}"')
         handlers = access_log.handlers
         if len(handlers) == 1 and getattr(handlers[0], '_server_py', False) and not access_log.propagate:
             pending = self._access_lines
