@@ -27,10 +27,12 @@ import argparse
 import ast
 import asyncio
 import collections
+import collections.abc
 import concurrent.futures
 import contextlib
 import contextvars
 import csv
+import dis
 import email.utils
 import errno
 import functools
@@ -1530,7 +1532,7 @@ class Route:
         self.max_body = max_body
         self.stream = stream
         self.csrf = csrf
-        self.is_async = inspect.iscoroutinefunction(handler)
+        self.kind = _kind(handler)
         self.converters = {}
         self.builder = None
         if isinstance(pattern, re.Pattern):
@@ -1705,17 +1707,65 @@ def format_allow(methods):
 
 
 def _call(fn, *args, **kwargs):
-    """Run a handler or hook, to be awaited: ``async def`` on the loop, plain ``def`` in a
-    worker thread. A plain function returning the awaitable saves a coroutine a call."""
-    is_async = _IS_ASYNC.get(fn)
-    if is_async is None:
-        is_async = _IS_ASYNC[fn] = inspect.iscoroutinefunction(fn)
-    if is_async:
+    """Run a handler or hook, to be awaited: ``async def`` on the loop (in a task, unless it
+    never awaits: _kind), plain ``def`` in a worker thread. A plain function returning the
+    awaitable saves a coroutine a call."""
+    kind = _KINDS.get(fn)
+    if kind is None:
+        kind = _KINDS[fn] = _kind(fn)
+    if kind is _INLINE:
         return fn(*args, **kwargs)
-    return asyncio.to_thread(fn, *args, **kwargs)
+    if kind is _SYNC:
+        return asyncio.to_thread(fn, *args, **kwargs)
+    if asyncio.current_task() is None:
+        return _in_task(fn, args, kwargs)
+    return fn(*args, **kwargs)
 
 
-_IS_ASYNC = {}   # hooks and error handlers -> whether they are async def (asked once each)
+_KINDS = {}   # hooks and error handlers -> their _kind (asked once each)
+_SYNC, _ASYNC, _INLINE = 'sync', 'async', 'inline'
+# The opcodes of await, async with and async for (3.10 to 3.13): a coroutine without any of
+# them runs to its end the first time it is stepped.
+_AWAIT_OPCODES = frozenset({'GET_AWAITABLE', 'GET_AITER', 'GET_ANEXT', 'BEFORE_ASYNC_WITH',
+                            'END_ASYNC_FOR', 'YIELD_FROM', 'YIELD_VALUE', 'SEND'})
+
+
+def _kind(fn):
+    """How the server runs ``fn``: _SYNC (a thread), _ASYNC (a task) or _INLINE.
+
+    _INLINE is an ``async def`` whose code never awaits: it cannot suspend, so it is run on
+    the spot, with no task of its own (asyncio.current_task() is None in it). A request
+    whose handlers are all like that (and that reads no body and no session) is answered
+    in the turn of the loop that read it, without a task: on the hello benchmark a task
+    and its bookkeeping cost about a seventh of the request.
+    """
+    if not inspect.iscoroutinefunction(fn):
+        return _SYNC
+    func = getattr(fn, '__func__', fn)            # a bound method's function
+    code = getattr(func, '__code__', None)
+    if func.__class__ is not types.FunctionType or code is None:
+        return _ASYNC                               # a partial, a callable object: no guessing
+    if any(ins.opname in _AWAIT_OPCODES for ins in dis.get_instructions(code)):
+        return _ASYNC
+    return _INLINE
+
+
+class _IntoTask:
+    """Awaited before code that needs a task while a request runs inline (current_task() is
+    None): the request's first step ends here, and a task goes on with it at once."""
+
+    __slots__ = ()
+
+    def __await__(self):
+        yield self
+
+
+_INTO_TASK = _IntoTask()
+
+
+async def _in_task(fn, args, kwargs):
+    await _INTO_TASK
+    return await fn(*args, **kwargs)
 
 
 class App:
@@ -1912,10 +1962,13 @@ class App:
             request._body = b''
         if csrf:
             self._check_csrf(request)
-        if route.is_async:
-            rv = await route.handler(request, **params)
-        else:
+        kind = route.kind
+        if kind is _SYNC:
             rv = await asyncio.to_thread(route.handler, request, **params)
+        else:
+            if kind is _ASYNC and asyncio.current_task() is None:
+                await _INTO_TASK
+            rv = await route.handler(request, **params)
         return make_response(rv)
 
     async def _serve_static_other(self, request):
@@ -3188,6 +3241,47 @@ class BodyReader:
                 self.waiter = None
 
 
+class _Resumed(collections.abc.Coroutine):
+    """The rest of a request coroutine whose first step ran outside any task, for a task to run.
+
+    A task steps it as it would the coroutine itself: its first send() hands over what that
+    step yielded (a future to wait on, None for a bare yield, _INTO_TASK to go on at once),
+    and every later send() and throw() goes to the coroutine, in the request's context. A
+    cancellation before that first step reaches the coroutine too.
+    """
+
+    __slots__ = ('_coro', '_context', '_yielded')
+
+    def __init__(self, coro, context, yielded):
+        self._coro = coro
+        self._context = context
+        self._yielded = yielded
+
+    def send(self, value):
+        yielded = self._yielded
+        if yielded is not _RESUMED:
+            self._yielded = _RESUMED
+            if yielded is not _INTO_TASK:
+                return yielded
+        return self._context.run(self._coro.send, value)
+
+    def throw(self, *exc):
+        self._yielded = _RESUMED
+        return self._context.run(self._coro.throw, *exc)
+
+    def close(self):
+        return self._context.run(self._coro.close)
+
+    def __next__(self):
+        return self.send(None)
+
+    def __await__(self):
+        return self
+
+
+_RESUMED = object()   # _Resumed's first step has been taken
+
+
 class HTTPConnection(asyncio.Protocol):
     """One client connection: parses requests, runs them one at a time, writes responses.
 
@@ -3411,9 +3505,7 @@ class HTTPConnection(asyncio.Protocol):
                     self.deadline_kind = None
         else:
             self.deadline_kind = None
-        # A plain task: with 3.12's eager tasks (asyncio.Task(..., eager_start=True)) the hello
-        # benchmark answered ~20% fewer requests per second, on 3.12 and on 3.13 alike.
-        self.task = self.server.spawn(self._respond(head, reader))
+        self.server.start_soon(self, self._respond(head, reader))
 
     async def _respond(self, head, reader):
         request = None
@@ -3565,6 +3657,8 @@ class HTTPConnection(asyncio.Protocol):
         sent = 0
         write = self.transport.write
         if hasattr(stream, '__aiter__'):
+            if asyncio.current_task() is None:
+                await _INTO_TASK          # the app's own async code: in a task, as it expects
             async for chunk in stream:
                 sent += await self._write_chunk(write, chunk, chunked)
         else:
@@ -3770,6 +3864,36 @@ class Server:
         self._access_lines = []
         self._reaper = None
         self.sockets = []
+        self._due = []         # (connection, request coroutine) to start at the next turn
+
+    def start_soon(self, conn, coro):
+        """Start answering a request at the next turn of the loop, with the others read in this one."""
+        due = self._due
+        due.append((conn, coro))
+        if len(due) == 1:
+            self.loop.call_soon(self._start_due)
+
+    def _start_due(self):
+        """Run each due request's first step here; only one that suspends gets a task.
+
+        Most requests never suspend (a quick handler, a cached static file): they are read
+        in one turn of the loop, then answered together in the next, as tasks would be, but
+        without a task each (its creation, scheduling and bookkeeping were about a seventh
+        of a hello request). Answering each request inside data_received instead measured
+        no faster: a write between two reads made every send() dearer. Each request has a
+        context of its own, a copy of the server's; user code that may await runs only
+        inside a task (_INTO_TASK, _call).
+        """
+        due, self._due = self._due, []
+        base = self._context
+        for conn, coro in due:
+            context = base.copy()
+            try:
+                yielded = context.run(coro.send, None)
+            except StopIteration:
+                conn.task = None
+            else:
+                conn.task = self.spawn(_Resumed(coro, context, yielded))
 
     def log_access(self, head, request, peer, status, sent):
         """One line in the Combined Log Format, the one nginx writes.
@@ -3832,10 +3956,13 @@ class Server:
         loop.default_exception_handler(context)
 
     def attach(self, loop):
-        """Bind to ``loop``: requests become tasks made straight from asyncio.Task when the
-        loop has no task factory (loop.create_task's own checks cost ~0.3 µs a request),
-        else through the factory. Asked once, when the server starts."""
+        """Bind to ``loop``: a request that suspends goes on in a task made straight from
+        asyncio.Task when the loop has no task factory (loop.create_task's own checks cost
+        ~0.3 µs a request), else through the factory. Asked once, when the server starts."""
         self.loop = loop
+        # What each request's context starts from: the server's, never what an earlier
+        # request (its pipelined predecessor, say) left in the one it ran in.
+        self._context = contextvars.copy_context()
         if loop.get_task_factory() is None:
             self.spawn = functools.partial(asyncio.Task, loop=loop)
         else:

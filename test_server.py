@@ -6,8 +6,10 @@ over real sockets. Every test gets a fresh temporary data folder and leaves noth
 
 import asyncio
 import contextlib
+import contextvars
 import email.generator
 import email.policy
+import functools
 import gzip
 import hashlib
 import http.client
@@ -704,6 +706,149 @@ class ProtocolTest(unittest.TestCase):
         chunk = b'1000\r\n' + b'a' * 4096 + b'\r\n'
         raw = b'POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n' + chunk * 3 + b'0\r\n\r\n'
         self.assertEqual(status_of(self.port, raw), 413)
+
+
+def task_app(data):
+    """Handlers that show where they run: inline (no task) or in a task of their own."""
+    app = server.App(data=data, csrf=False, sessions=False)
+    mark = contextvars.ContextVar('mark', default=None)
+
+    def where(request):
+        seen = mark.get()
+        mark.set(request.path)           # must not reach the next request, inline or not
+        return {'task': asyncio.current_task() is not None, 'leaked': seen}
+
+    @app.before_request
+    async def before(request):           # never awaits: runs inline too
+        request.state['before'] = True
+
+    @app.after_request
+    async def after(request, response):
+        if request.path == '/hooked':
+            await asyncio.sleep(0)       # awaits: run in a task
+            response.headers['X-After-Task'] = str(asyncio.current_task() is not None)
+
+    @app.get('/inline')
+    async def inline(request):
+        return where(request)
+
+    @app.get('/hooked')
+    async def hooked(request):
+        return where(request)
+
+    @app.get('/timeout')
+    async def timeout(request):
+        # wait_for cancels the sleep, then itself is told apart from a cancelled task: only
+        # right inside a task of its own (and 3.11's asyncio.timeout needs one outright).
+        try:
+            await asyncio.wait_for(asyncio.sleep(5), 0.02)
+        except asyncio.TimeoutError:
+            return {**where(request), 'timed_out': True}
+        return {'timed_out': False}
+
+    @app.post('/body-then-timeout')
+    async def body_then_timeout(request):
+        # Reading the body suspended the request before this handler ran.
+        size = len(request.body)
+        try:
+            await asyncio.wait_for(asyncio.sleep(5), 0.02)
+        except asyncio.TimeoutError:
+            return {**where(request), 'size': size}
+
+    @app.get('/stream')
+    async def stream(request):
+        async def chunks():
+            yield 'task=%s;' % (asyncio.current_task() is not None)
+            await asyncio.wait_for(asyncio.sleep(0), 1)
+            yield 'done'
+        return server.Response(chunks(), content_type='text/plain')
+
+    return app
+
+
+class InlineRequestTest(unittest.TestCase):
+    """Requests whose code never suspends are answered without a task; the rest get one."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = fresh_dir(cls)
+        cls.live = LiveServer(task_app(os.path.join(cls.tmp, 'data')), root=None)
+        cls.port = cls.live.port
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.live.stop()
+
+    def get_json(self, responses):
+        return [json.loads(body) for _, _, body in responses]
+
+    def test_kinds(self):
+        async def never(request):
+            return 1
+
+        async def awaits(request):
+            await asyncio.sleep(0)
+
+        async def with_block(request):
+            async with contextlib.AsyncExitStack():
+                pass
+
+        async def loops(request):
+            async for _ in request.stream():
+                pass
+
+        class Handlers:
+            async def method(self, request):
+                return 1
+
+        self.assertEqual(server._kind(lambda request: 1), server._SYNC)
+        self.assertEqual(server._kind(never), server._INLINE)
+        self.assertEqual(server._kind(Handlers().method), server._INLINE)
+        for fn in (awaits, with_block, loops, functools.partial(never)):
+            with self.subTest(fn=fn):
+                self.assertEqual(server._kind(fn), server._ASYNC)
+
+    def test_inline_and_task_requests_on_one_connection(self):
+        request = (b'GET /inline HTTP/1.1\r\nHost: a\r\n\r\n'
+                   b'GET /timeout HTTP/1.1\r\nHost: a\r\n\r\n'
+                   b'GET /inline HTTP/1.1\r\nHost: a\r\n\r\n'
+                   b'GET /hooked HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+        responses = exchange(self.port, request)
+        self.assertEqual([status for status, _, _ in responses], [200] * 4)
+        first, timed, second, hooked = self.get_json(responses)
+        # Inline: no task, and still a context of its own, as a task would have given it.
+        self.assertEqual(first, {'task': False, 'leaked': None})
+        self.assertEqual(second, {'task': False, 'leaked': None})
+        # wait_for's timeout worked: the handler ran inside a real task.
+        self.assertEqual(timed, {'task': True, 'leaked': None, 'timed_out': True})
+        # The handler ran inline; the after hook that awaits, in a task.
+        self.assertEqual(hooked, {'task': False, 'leaked': None})
+        self.assertEqual(responses[3][1]['x-after-task'], 'True')
+
+    def test_a_request_suspended_before_its_handler_keeps_its_task(self):
+        body = b'x' * 5000
+        responses = exchange(self.port, b'POST /body-then-timeout HTTP/1.1\r\nHost: a\r\n'
+                             b'Content-Length: 5000\r\nConnection: close\r\n\r\n' + body)
+        self.assertEqual(self.get_json(responses), [{'task': True, 'leaked': None, 'size': 5000}])
+
+    def test_an_async_body_runs_in_a_task(self):
+        (status, _, body), = exchange(self.port, b'GET /stream HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+        self.assertEqual((status, body), (200, b'task=True;done'))
+
+    def test_many_connections_in_one_turn(self):
+        # Requests read in the same turn of the loop are answered together: each its own.
+        socks = [socket.create_connection(('127.0.0.1', self.port), timeout=5) for _ in range(20)]
+        try:
+            for i, sock in enumerate(socks):
+                path = b'/timeout' if i % 3 == 0 else b'/inline'
+                sock.sendall(b'GET ' + path + b' HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+            for i, sock in enumerate(socks):
+                status, _, body = read_response(sock.makefile('rb'))
+                self.assertEqual(status, 200)
+                self.assertEqual(json.loads(body)['task'], i % 3 == 0)
+        finally:
+            for sock in socks:
+                sock.close()
 
 
 class LargeFileTest(unittest.TestCase):
