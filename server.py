@@ -1677,6 +1677,12 @@ class Router:
             route = table.get(method)
             if route is not None:
                 return route, {}
+        elif not self.raw and None not in self.dynamic and \
+                path[1:].partition('/')[0] not in self.dynamic:
+            return self._no_route(method)      # no pattern can match: most static files
+        return self._lookup_patterns(method, path)
+
+    def _lookup_patterns(self, method, path):
         allowed = set()
         for table, params in self._candidates(path):
             route = table.get(method) or (table.get('GET') if method == 'HEAD' else None)
@@ -1689,6 +1695,9 @@ class Router:
             if method not in self.methods and method not in ('GET', 'HEAD', 'OPTIONS'):
                 raise HTTPError(501, f'method {method} is not implemented')
             raise HTTPError(405, headers={'Allow': format_allow(allowed)})
+        return self._no_route(method)
+
+    def _no_route(self, method):
         if method not in self.methods and method not in ('GET', 'HEAD', 'OPTIONS'):
             raise HTTPError(501, f'method {method} is not implemented')
         return None, None

@@ -1196,6 +1196,28 @@ class RouterTest(unittest.TestCase):
                 elif expected is not None:
                     self.assertEqual(resp.text, expected)
 
+    def test_lookup_of_a_path_no_pattern_can_match(self):
+        # Without compiled regexes or a variable first segment, a path whose first segment
+        # starts no pattern is decided at once: the static files' turn, or 501.
+        async def handler(request, **params):
+            return 'x'
+        router = server.Router()
+        for pattern in ('/a', '/users/<name>'):
+            router.add(server.Route(pattern, handler, ('GET',), pattern, 1024, False, False))
+        router.add(server.Route('/form', handler, ('POST',), 'form', 1024, False, False))
+        self.assertEqual(router.lookup('GET', '/css/site.css'), (None, None))
+        self.assertEqual(router.lookup('POST', '/css/site.css'), (None, None))
+        with self.assertRaises(server.HTTPError) as caught:
+            router.lookup('BREW', '/css/site.css')
+        self.assertEqual(caught.exception.status, 501)
+        self.assertEqual(router.lookup('GET', '/users/bob')[1], {'name': 'bob'})
+        with self.assertRaises(server.HTTPError) as caught:
+            router.lookup('POST', '/a')
+        self.assertEqual(caught.exception.status, 405)
+        # A variable first segment can match anything: the patterns are looked through.
+        router.add(server.Route('/<page>', handler, ('GET',), 'page', 1024, False, False))
+        self.assertEqual(router.lookup('GET', '/about')[1], {'page': 'about'})
+
     def test_many_routes_sharing_a_first_segment(self):
         app = server.App(data=fresh_dir(self))
         for i in range(30):
