@@ -319,9 +319,11 @@ class Headers:
         self._index.pop(key, None)
 
     def setdefault(self, name, value):
-        if name.lower() not in self._index:
-            self.add(name, value)
-        return self.get(name)
+        values = self._index.get(name.lower())
+        if values:
+            return values[0]
+        self.add(name, value)
+        return value
 
     def get(self, name, default=None):
         values = self._index.get(name.lower())

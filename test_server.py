@@ -808,6 +808,36 @@ class InlineRequestTest(unittest.TestCase):
             with self.subTest(fn=fn):
                 self.assertEqual(server._kind(fn), server._ASYNC)
 
+    def test_resumed_coroutine_in_a_task(self):
+        # What _start_due does: step a coroutine outside any task, then hand the rest to one.
+        async def main():
+            loop = asyncio.get_running_loop()
+
+            def started(coro):
+                context = contextvars.copy_context()
+                return asyncio.Task(server._Resumed(coro, context, context.run(coro.send, None)))
+
+            async def waits(fut):
+                try:
+                    return await fut
+                except asyncio.CancelledError:
+                    return 'cancelled inside'
+
+            async def moves():
+                await server._INTO_TASK
+                return asyncio.current_task() is not None
+
+            ready = loop.create_future()
+            task = started(waits(ready))
+            ready.set_result('result')
+            self.assertEqual(await task, 'result')
+            # Cancelled before the task took its first step: the coroutine still hears it.
+            task = started(waits(loop.create_future()))
+            task.cancel()
+            self.assertEqual(await task, 'cancelled inside')
+            self.assertTrue(await started(moves()))
+        asyncio.run(main())
+
     def test_inline_and_task_requests_on_one_connection(self):
         request = (b'GET /inline HTTP/1.1\r\nHost: a\r\n\r\n'
                    b'GET /timeout HTTP/1.1\r\nHost: a\r\n\r\n'
