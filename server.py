@@ -43,6 +43,7 @@ import html
 import http
 import inspect
 import ipaddress
+import itertools
 import json
 import logging
 import mimetypes
@@ -2139,11 +2140,17 @@ class Markup(str):
     __slots__ = ()
 
 
+def _escape_text(text):
+    # Most values (names, titles, dates) have nothing to escape: five `in` tests are a third
+    # of html.escape's five str.replace calls (themselves 15x faster than str.translate).
+    if '&' in text or '<' in text or '>' in text or '"' in text or "'" in text:
+        return html.escape(text)
+    return text
+
+
 def _escape_value(value):
-    # html.escape: five str.replace calls, measured 15x faster than the str.translate with a
-    # mapping this used before, on a sentence that has an apostrophe.
     if value.__class__ is str:
-        return html.escape(value)
+        return _escape_text(value)
     if isinstance(value, Markup):
         return value
     if value is None or callable(value):   # nothing is ever called, nor its repr shown
@@ -2311,7 +2318,7 @@ class _ExpressionParser:
                 return _LITERALS[value]
             if value in ('and', 'or', 'not', 'in'):
                 self.fail(f'unexpected {value!r} in {self.text.strip()!r}')
-            return f'_l(_c, {tuple(value.split("."))!r})'
+            return _name_source(tuple(value.split('.')))
         if value == '(':
             inner = self.or_()
             self.expect(')')
@@ -2332,45 +2339,57 @@ def _compare(op, left, right):
         return False
 
 
-_EXPRESSION_ENV = {'__builtins__': {}, '_l': _lookup, '_f': TEMPLATE_FILTERS, '_cmp': _compare}
-
-
 _PLAIN_NAME_RE = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\s*')
 
 
-def compile_expression(text, filename='<string>', lineno=0):
-    """A template expression -> a function of the context. Refuses anything off-grammar."""
+def expression_source(text, filename='<string>', lineno=0):
+    """A template expression -> Python source over the context ``_c``. Refuses anything
+    off-grammar; the source can only look names up, compare them and call the filters."""
     m = _PLAIN_NAME_RE.fullmatch(text)
     if m and m.group(1) not in _LITERALS and m.group(1) not in ('and', 'or', 'not', 'in'):
-        # The common case, a (dotted) name, skips eval: a direct lookup, split in advance.
-        first, rest = m.group(1), m.group(2)
-        if not rest:
-            return lambda context: context.get(first)
-        parts = (first, *rest[1:].split('.'))
-        return lambda context: _lookup(context, parts)
-    source = _ExpressionParser(text, filename, lineno).parse()
-    code = compile(source, filename, 'eval')
+        # The common case, a (dotted) name: a direct lookup, split in advance.
+        return _name_source((m.group(1), *m.group(2)[1:].split('.')) if m.group(2) else (m.group(1),))
+    return _ExpressionParser(text, filename, lineno).parse()
 
-    def evaluate(context):
-        return eval(code, _EXPRESSION_ENV, {'_c': context})
-    return evaluate
+
+def _name_source(parts):
+    """Python source that looks a (dotted) name up in the context ``_c``, as _lookup does:
+    the usual ``person.name`` of a dict inline, anything else through _lookup."""
+    if len(parts) == 1:
+        return f'_c.get({parts[0]!r})'
+    if len(parts) == 2 and not parts[1].startswith('_'):
+        return f'(_d.get({parts[1]!r}) if (_d := _c.get({parts[0]!r})).__class__ is dict else _l(_c, {parts!r}))'
+    return f'_l(_c, {parts!r})'
 
 
 _render_depth = threading.local()
 _LOOP_USERS_RE = re.compile(r'\b(?:loop|include|block)\b')   # in a for body's tags and outputs
+# All a compiled template's code can reach: no builtins, only these.
+_TEMPLATE_ENV = {'__builtins__': {}, '_l': _lookup, '_f': TEMPLATE_FILTERS, '_cmp': _compare,
+                 '_e': _escape_value, '_esc': _escape_text, '_str': str, 'dict': dict, 'list': list,
+                 'len': len, 'enumerate': enumerate, 'Exception': Exception,
+                 'TemplateError': TemplateError}
 
 
 class Template:
-    """A compiled template. ``render(context)`` -> str. Built by ``Templates`` from files."""
+    """A compiled template. ``render(context)`` -> str. Built by ``Templates`` from files.
+
+    The source is parsed into a small tree, which is then turned into Python: one function
+    for the template and one per block, appending strings to a list, so rendering runs no
+    interpreter of ours (the home page renders ~3x faster than through a tree of closures).
+    Only the grammar-checked expressions, repr()'d text and names reach that Python.
+    """
 
     def __init__(self, source, name='<string>', loader=None):
         self.name = name
         self.loader = loader
         self.extends = None
-        self.blocks = {}
-        self.nodes = self._parse(source)
+        self.blocks = {}          # name -> its compiled function, for templates extending this
+        self._compile(self._parse(source))
 
-    # Each node is a function render(context, blocks, out) appending strings to out.
+    # The tree: ('text', str) | ('out', source, line) | ('if', [(source or None, line, tree)])
+    # | ('for', var, source, body, orelse, with_loop, line) | ('block', name, tree)
+    # | ('include', name, line).
     def _parse(self, source):
         tokens = _TEMPLATE_TOKEN_RE.split(source)
         lineno = 1
@@ -2380,27 +2399,28 @@ class Template:
             lineno += token.count('\n')
             if i % 2 == 0:
                 if token:
-                    stack[-1][1].append(self._text(token))
+                    stack[-1][1].append(('text', token))
                 continue
             if token.startswith('{#'):
                 continue
             if token.startswith('{{'):
-                expr = compile_expression(token[2:-2], self.name, start_line)
-                stack[-1][1].append(self._output(expr, start_line))
+                stack[-1][1].append(('out', expression_source(token[2:-2], self.name, start_line), start_line))
                 continue
             words = token[2:-2].strip().split(None, 1)
             if not words:
                 raise TemplateError('empty tag', self.name, start_line)
             tag, arg = words[0], (words[1] if len(words) > 1 else '')
             if tag == 'if':
-                stack.append(('if', [], [(compile_expression(arg, self.name, start_line), None)], start_line))
+                cond = expression_source(arg, self.name, start_line)
+                stack.append(('if', [], [(cond, start_line, None)], start_line))
             elif tag in ('elif', 'else') and stack[-1][0] == 'if':
                 kind, nodes, branches, ln = stack.pop()
-                branches[-1] = (branches[-1][0], nodes)
-                if branches[-1][0] is None:
+                cond, line, _ = branches[-1]
+                if cond is None:
                     raise TemplateError(f'{{% {tag} %}} after {{% else %}}', self.name, start_line)
-                cond = compile_expression(arg, self.name, start_line) if tag == 'elif' else None
-                branches.append((cond, None))
+                branches[-1] = (cond, line, nodes)
+                cond = expression_source(arg, self.name, start_line) if tag == 'elif' else None
+                branches.append((cond, start_line, None))
                 stack.append(('if', [], branches, ln))
             elif tag == 'else' and stack[-1][0] == 'for':
                 kind, nodes, extra, ln = stack.pop()
@@ -2410,13 +2430,13 @@ class Template:
                 if stack[-1][0] != 'if':
                     raise TemplateError('{% endif %} without {% if %}', self.name, start_line)
                 _, nodes, branches, ln = stack.pop()
-                branches[-1] = (branches[-1][0], nodes)
-                stack[-1][1].append(self._if(branches, ln))
+                branches[-1] = branches[-1][:2] + (nodes,)
+                stack[-1][1].append(('if', branches))
             elif tag == 'for':
                 m = re.fullmatch(r'([A-Za-z_]\w*)\s+in\s+(.+)', arg.strip(), re.S)
                 if not m:
                     raise TemplateError('expected {% for name in expression %}', self.name, start_line)
-                extra = {'var': m.group(1), 'iter': compile_expression(m.group(2), self.name, start_line),
+                extra = {'var': m.group(1), 'iter': expression_source(m.group(2), self.name, start_line),
                          'start': i}
                 stack.append(('for', [], extra, start_line))
             elif tag == 'endfor':
@@ -2429,8 +2449,9 @@ class Template:
                     extra['else'] = nodes
                 # Only a body that can name ``loop`` (itself, or through an include or a block
                 # a child template fills) gets the per-item loop dict: it costs ~6% of a page.
-                extra['loop'] = any(_LOOP_USERS_RE.search(t) for t in tokens[extra['start'] + 2:i:2])
-                stack[-1][1].append(self._for(extra, ln))
+                with_loop = any(_LOOP_USERS_RE.search(t) for t in tokens[extra['start'] + 2:i:2])
+                stack[-1][1].append(('for', extra['var'], extra['iter'], extra['body'], extra['else'],
+                                     with_loop, ln))
             elif tag == 'block':
                 name = arg.strip()
                 if not re.fullmatch(r'\w+', name):
@@ -2440,10 +2461,9 @@ class Template:
                 if stack[-1][0] != 'block':
                     raise TemplateError('{% endblock %} without {% block %}', self.name, start_line)
                 _, nodes, name, _ = stack.pop()
-                self.blocks[name] = nodes
-                stack[-1][1].append(self._block(name, nodes))
+                stack[-1][1].append(('block', name, nodes))
             elif tag == 'include':
-                stack[-1][1].append(self._include(self._string_arg(arg, start_line), start_line))
+                stack[-1][1].append(('include', self._string_arg(arg, start_line), start_line))
             elif tag == 'extends':
                 if self.extends is not None or len(stack) > 1:
                     raise TemplateError('{% extends %} must be a top-level tag, once', self.name, start_line)
@@ -2461,78 +2481,101 @@ class Template:
             raise TemplateError('expected a quoted template name', self.name, lineno)
         return arg[1:-1]
 
-    @staticmethod
-    def _text(text):
-        def node(ctx, blocks, out):
-            out.append(text)
-        return node
+    # -- from the tree to Python --
+    def _compile(self, tree):
+        code = []            # the lines of the module
+        where = {}           # its line number -> (template line, what failed there)
+        functions = []       # (function name, block name or None)
 
-    def _output(self, expr, lineno):
+        def function(fname, block, nodes):
+            functions.append((fname, block))
+            code.append(f'def {fname}(_c, _b, _o):')
+            code.append('    _a = _o.append')
+            code.append('    try:')
+            emit(nodes, 2)
+            code.append('        pass')
+            code.append('    except TemplateError:')
+            code.append('        raise')
+            code.append('    except Exception as exc:')
+            code.append('        raise _fail(exc) from None')
+
+        def line(depth, text, lineno=None, what=''):
+            code.append('    ' * depth + text)
+            if lineno is not None:
+                where[len(code)] = (lineno, what)
+
+        counter = itertools.count()
+
+        def emit(nodes, depth):
+            for node in nodes:
+                kind = node[0]
+                if kind == 'text':
+                    line(depth, f'_a({node[1]!r})')
+                elif kind == 'out':
+                    _, source, lineno = node
+                    line(depth, f'_v = {source}', lineno)
+                    line(depth, '_a(_esc(_v) if _v.__class__ is _str else _e(_v))', lineno)
+                elif kind == 'if':
+                    for n, (cond, lineno, body) in enumerate(node[1]):
+                        if cond is None:
+                            line(depth, 'else:')
+                        else:
+                            line(depth, f'{"if" if n == 0 else "elif"} {cond}:', lineno)
+                        emit(body, depth + 1)
+                        line(depth + 1, 'pass')
+                elif kind == 'for':
+                    _, var, source, body, orelse, with_loop, lineno = node
+                    k = next(counter)
+                    # One copy of the scope per loop; each item rebinds a name or two in it.
+                    line(depth, f'_it{k} = {source}', lineno, 'cannot loop: ')
+                    line(depth, f'_it{k} = list(_it{k}) if _it{k} is not None else []', lineno, 'cannot loop: ')
+                    line(depth, f'if _it{k}:')
+                    line(depth + 1, f'_outer{k}, _c, _n{k} = _c, dict(_c), len(_it{k})')
+                    line(depth + 1, f'for _i{k}, _c[{var!r}] in enumerate(_it{k}, 1):')
+                    if with_loop:
+                        line(depth + 2, f"_c['loop'] = {{'index': _i{k}, 'first': _i{k} == 1, "
+                                        f"'last': _i{k} == _n{k}, 'length': _n{k}}}")
+                    emit(body, depth + 2)
+                    line(depth + 2, 'pass')
+                    line(depth + 1, f'_c = _outer{k}')
+                    line(depth, 'else:')
+                    emit(orelse, depth + 1)
+                    line(depth + 1, 'pass')
+                elif kind == 'block':
+                    _, name, body = node
+                    fname = f'_block{next(counter)}'
+                    pending.append((fname, name, body))
+                    line(depth, f'_b.get({name!r}, {fname})(_c, _b, _o)')
+                else:   # include
+                    _, target, lineno = node
+                    line(depth, f'_t._include({target!r}, {lineno}, _c, _o)')
+
+        pending = [('_render', None, tree)]
+        while pending:            # a block's function is emitted after the one that names it
+            function(*pending.pop(0))
+        env = dict(_TEMPLATE_ENV, _t=self, _fail=self._failure(where))
+        try:
+            exec(compile('\n'.join(code), f'<template {self.name}>', 'exec'), env)
+        except (SyntaxError, RecursionError, MemoryError) as exc:   # Python's own nesting limit
+            raise TemplateError(f'too deeply nested to compile ({exc.__class__.__name__})', self.name) from None
+        self._render = env['_render']
+        for fname, block in functions:
+            if block is not None:
+                self.blocks[block] = env[fname]
+
+    def _failure(self, where):
         name = self.name
 
-        def node(ctx, blocks, out):
-            try:
-                value = expr(ctx)
-            except TemplateError:
-                raise
-            except Exception as exc:
-                raise TemplateError(f'{type(exc).__name__}: {exc}', name, lineno) from None
-            out.append(_escape_value(value))
-        return node
+        def fail(exc):
+            # The failing line of the compiled function says which template line it was.
+            lineno, what = where.get(exc.__traceback__.tb_lineno, (0, ''))
+            return TemplateError(f'{what}{type(exc).__name__}: {exc}', name, lineno)
+        return fail
 
-    def _if(self, branches, lineno):
-        name = self.name
-
-        def node(ctx, blocks, out):
-            for cond, nodes in branches:
-                try:
-                    taken = cond is None or cond(ctx)
-                except Exception as exc:
-                    raise TemplateError(f'{type(exc).__name__}: {exc}', name, lineno) from None
-                if taken:
-                    for child in nodes:
-                        child(ctx, blocks, out)
-                    return
-        return node
-
-    def _for(self, spec, lineno):
-        name, var, iterable, body, orelse = self.name, spec['var'], spec['iter'], spec['body'], spec['else']
-        with_loop = spec['loop']
-
-        def node(ctx, blocks, out):
-            try:
-                items = iterable(ctx)
-                items = list(items) if items is not None else []
-            except Exception as exc:
-                raise TemplateError(f'cannot loop: {type(exc).__name__}: {exc}', name, lineno) from None
-            if not items:
-                for child in orelse:
-                    child(ctx, blocks, out)
-                return
-            last = len(items)
-            scope = dict(ctx)   # one copy per loop; each iteration rebinds two names in it
-            for index, item in enumerate(items, 1):
-                scope[var] = item
-                if with_loop:
-                    scope['loop'] = {'index': index, 'first': index == 1, 'last': index == last,
-                                     'length': last}
-                for child in body:
-                    child(scope, blocks, out)
-        return node
-
-    @staticmethod
-    def _block(block_name, default):
-        def node(ctx, blocks, out):
-            for child in blocks.get(block_name, default):
-                child(ctx, blocks, out)
-        return node
-
-    def _include(self, target, lineno):
-        def node(ctx, blocks, out):
-            if self.loader is None:
-                raise TemplateError('include needs a template folder', self.name, lineno)
-            self.loader.get(target)._render_into(ctx, {}, out, lineno)
-        return node
+    def _include(self, target, lineno, ctx, out):
+        if self.loader is None:
+            raise TemplateError('include needs a template folder', self.name, lineno)
+        self.loader.get(target)._render_into(ctx, {}, out, lineno)
 
     def _render_into(self, ctx, blocks, out, lineno=0):
         depth = getattr(_render_depth, 'value', 0)
@@ -2547,8 +2590,7 @@ class Template:
                 merged.update(blocks)
                 self.loader.get(self.extends)._render_into(ctx, merged, out)
                 return
-            for node in self.nodes:
-                node(ctx, blocks, out)
+            self._render(ctx, blocks, out)
         finally:
             _render_depth.value = depth
 

@@ -2356,6 +2356,39 @@ class TemplateTest(unittest.TestCase):
         with self.assertRaises(server.TemplateError):
             self.templates.get('inc.html').render()
 
+    def test_compiled_python_keeps_text_scopes_and_lines(self):
+        # Templates become Python functions: text must come out byte for byte, loop scopes
+        # must not leak, and an error must still name the template line it happened on.
+        tricky = 'a \'\'\' b """ c \\ d \n{ e % f } é\x00 \\u00e9 %s {0}'
+        self.assertEqual(self.render(tricky + '{{ x }}' + tricky, x='X'), tricky + 'X' + tricky)
+        self.assertEqual(self.render('{% for x in xs %}{% for x in ys %}{{ x }}{% endfor %}{{ x }}'
+                                     '{% endfor %}{{ x }}', xs=[1, 2], ys='ab', x='out'), 'ab1ab2out')
+        self.write('base.html', '{% for item in items %}[{% block row %}{{ item }}{% endblock %}]'
+                                '{% endfor %}')
+        self.write('child.html', '{% extends "base.html" %}{% block row %}<{{ item.name }}>{% endblock %}')
+        self.assertEqual(self.templates.get('child.html').render({'items': [{'name': 'a'}, {'name': 'b'}]}),
+                         '[<a>][<b>]')
+        self.write('fails.html', '{% extends "base.html" %}{% block row %}\n\n{{ item|length }}{% endblock %}')
+        cases = [
+            ('if_line.html', 'a\n{% if x %}\nb\n{% elif n|length %}\n{% endif %}', 4, 'TypeError'),
+            ('loop_line.html', '\n\n{% for x in n %}{% endfor %}', 3, 'cannot loop: TypeError'),
+            ('fails.html', None, 3, 'TypeError'),
+        ]
+        for name, source, line, words in cases:
+            with self.subTest(name=name):
+                if source is not None:
+                    self.write(name, source)
+                with self.assertRaises(server.TemplateError) as ctx:
+                    self.templates.get(name).render({'n': 5, 'items': [1]})
+                self.assertEqual((ctx.exception.filename.rsplit('/', 1)[-1], ctx.exception.lineno), (name, line))
+                self.assertIn(words, str(ctx.exception))
+        # Deeper than Python can nest blocks: refused when compiled, not a crash.
+        for deep in ('{% for a in b %}' * 30 + '{% endfor %}' * 30, '{% if a %}' * 120 + '{% endif %}' * 120):
+            with self.assertRaises(server.TemplateError) as ctx:
+                server.Template(deep)
+            self.assertIn('nested', str(ctx.exception))
+        self.assertEqual(self.render('{% if a %}' * 60 + 'x' + '{% endif %}' * 60, a=1), 'x')
+
     def test_injection_attempts_never_run_code(self):
         calls = []
 
