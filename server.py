@@ -1755,8 +1755,8 @@ def _kind(fn):
         return _SYNC
     func = getattr(fn, '__func__', fn)            # a bound method's function
     code = getattr(func, '__code__', None)
-    if func.__class__ is not types.FunctionType or code is None:
-        return _ASYNC                               # a partial, a callable object: no guessing
+    if func.__class__ is not types.FunctionType or not code.co_flags & inspect.CO_COROUTINE:
+        return _ASYNC     # a partial, a callable object, a def marked as a coroutine function
     if any(ins.opname in _AWAIT_OPCODES for ins in dis.get_instructions(code)):
         return _ASYNC
     return _INLINE
@@ -2162,7 +2162,7 @@ _TEMPLATE_TOKEN_RE = re.compile(r'({{.*?}}|{%.*?%}|{#.*?#})', re.S)
 _EXPR_TOKEN_RE = re.compile(r'''
     \s*(?:
       (?P<string>"[^"\\]*(?:\\.[^"\\]*)*"|'[^'\\]*(?:\\.[^'\\]*)*')
-    | (?P<number>-?\d+(?:\.\d+)?)
+    | (?P<number>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?)
     | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)
     | (?P<op>==|!=|<=|>=|<|>|\(|\)|\||,)
     )''', re.X)
@@ -2349,7 +2349,11 @@ def expression_source(text, filename='<string>', lineno=0):
     if m and m.group(1) not in _LITERALS and m.group(1) not in ('and', 'or', 'not', 'in'):
         # The common case, a (dotted) name: a direct lookup, split in advance.
         return _name_source((m.group(1), *m.group(2)[1:].split('.')) if m.group(2) else (m.group(1),))
-    return _ExpressionParser(text, filename, lineno).parse()
+    try:
+        return _ExpressionParser(text, filename, lineno).parse()
+    except (SyntaxError, ValueError, RecursionError) as exc:    # a bad string escape, ((((...
+        raise TemplateError(f'cannot parse expression {text.strip()[:80]!r} ({exc.__class__.__name__})',
+                            filename, lineno) from None
 
 
 def _name_source(parts):
@@ -2394,6 +2398,7 @@ class Template:
         tokens = _TEMPLATE_TOKEN_RE.split(source)
         lineno = 1
         stack = [('root', [], None, 1)]   # (tag, nodes, extra, lineno)
+        block_names = set()
         for i, token in enumerate(tokens):
             start_line = lineno
             lineno += token.count('\n')
@@ -2456,6 +2461,9 @@ class Template:
                 name = arg.strip()
                 if not re.fullmatch(r'\w+', name):
                     raise TemplateError('expected {% block name %}', self.name, start_line)
+                if name in block_names:
+                    raise TemplateError(f'block {name!r} defined twice', self.name, start_line)
+                block_names.add(name)
                 stack.append(('block', [], name, start_line))
             elif tag == 'endblock':
                 if stack[-1][0] != 'block':
@@ -2556,8 +2564,10 @@ class Template:
         env = dict(_TEMPLATE_ENV, _t=self, _fail=self._failure(where))
         try:
             exec(compile('\n'.join(code), f'<template {self.name}>', 'exec'), env)
-        except (SyntaxError, RecursionError, MemoryError) as exc:   # Python's own nesting limit
-            raise TemplateError(f'too deeply nested to compile ({exc.__class__.__name__})', self.name) from None
+        except (SyntaxError, RecursionError, MemoryError) as exc:   # Python's own nesting limits
+            lineno = where.get(getattr(exc, 'lineno', None), (0,))[0]
+            raise TemplateError(f'too deeply nested to compile ({exc.__class__.__name__})',
+                                self.name, lineno) from None
         self._render = env['_render']
         for fname, block in functions:
             if block is not None:
@@ -3583,8 +3593,10 @@ class HTTPConnection(asyncio.Protocol):
                 await self._write_response(head, request, response, reader)
         except (ConnectionError, asyncio.CancelledError):
             self.transport.abort()
-        except Exception:
-            log.exception('error writing a response')
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException:    # a bug of ours, or an app's own BaseException subclass
+            log.exception('error answering a request')
             self.transport.abort()
 
     def _keep_alive(self, head, response, reader):
@@ -3939,12 +3951,18 @@ class Server:
         """
         due, self._due = self._due, []
         base = self._context
-        for conn, coro in due:
+        for index, (conn, coro) in enumerate(due):
             context = base.copy()
             try:
                 yielded = context.run(coro.send, None)
             except StopIteration:
                 conn.task = None
+            except BaseException:
+                # Only KeyboardInterrupt or SystemExit (_respond answers the rest): they stop
+                # the loop, as from a task, and the requests after this one still start.
+                for rest in due[index + 1:]:
+                    self.start_soon(*rest)
+                raise
             else:
                 conn.task = self.spawn(_Resumed(coro, context, yielded))
 
@@ -4027,6 +4045,7 @@ class Server:
         self.loop.set_exception_handler(self._loop_exception)
         ssl_context = make_ssl_context(self.config.certfile, self.config.keyfile)
         await self.app.startup()
+        self._context = contextvars.copy_context()    # with what the startup hooks set
 
         def factory():
             return HTTPConnection(self)

@@ -12,6 +12,7 @@ import email.policy
 import functools
 import gzip
 import hashlib
+import inspect
 import http.client
 import io
 import itertools
@@ -712,6 +713,22 @@ def task_app(data):
     """Handlers that show where they run: inline (no task) or in a task of their own."""
     app = server.App(data=data, csrf=False, sessions=False)
     mark = contextvars.ContextVar('mark', default=None)
+    started = contextvars.ContextVar('started', default='no')
+
+    class Abort(BaseException):
+        pass
+
+    @app.on_startup
+    async def startup(app):
+        started.set('by the startup hook')   # what the server's context holds for requests
+
+    @app.get('/started')
+    async def started_by(request):
+        return started.get()
+
+    @app.get('/abort')
+    async def abort(request):
+        raise Abort()                    # not an Exception: nobody can answer it
 
     def where(request):
         seen = mark.get()
@@ -801,6 +818,9 @@ class InlineRequestTest(unittest.TestCase):
             async def method(self, request):
                 return 1
 
+        if hasattr(inspect, 'markcoroutinefunction'):       # 3.12: a def that returns a coroutine
+            self.assertEqual(server._kind(inspect.markcoroutinefunction(lambda request: never(request))),
+                             server._ASYNC)
         self.assertEqual(server._kind(lambda request: 1), server._SYNC)
         self.assertEqual(server._kind(never), server._INLINE)
         self.assertEqual(server._kind(Handlers().method), server._INLINE)
@@ -854,6 +874,29 @@ class InlineRequestTest(unittest.TestCase):
         # The handler ran inline; the after hook that awaits, in a task.
         self.assertEqual(hooked, {'task': False, 'leaked': None})
         self.assertEqual(responses[3][1]['x-after-task'], 'True')
+
+    def test_context_holds_what_startup_hooks_set(self):
+        (status, _, body), = exchange(self.port, b'GET /started HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+        self.assertEqual((status, body), (200, b'by the startup hook'))
+
+    def test_a_base_exception_closes_its_own_connection_only(self):
+        with self.assertLogs('server', 'ERROR') as logs:
+            socks = [socket.create_connection(('127.0.0.1', self.port), timeout=5) for _ in range(6)]
+            try:
+                for i, sock in enumerate(socks):
+                    path = b'/abort' if i % 2 else b'/inline'
+                    sock.sendall(b'GET ' + path + b' HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+                for i, sock in enumerate(socks):
+                    answer = sock.makefile('rb').read()
+                    if i % 2:
+                        self.assertEqual(answer, b'')       # closed, unanswered
+                    else:
+                        self.assertTrue(answer.startswith(b'HTTP/1.1 200 OK'), answer[:40])
+            finally:
+                for sock in socks:
+                    sock.close()
+        self.assertIn('Abort', '\n'.join(logs.output))
+        self.assertEqual(status_of(self.port, b'GET /inline HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
 
     def test_a_request_suspended_before_its_handler_keeps_its_task(self):
         body = b'x' * 5000
@@ -2383,6 +2426,10 @@ class TemplateTest(unittest.TestCase):
                 self.assertEqual((ctx.exception.filename.rsplit('/', 1)[-1], ctx.exception.lineno), (name, line))
                 self.assertIn(words, str(ctx.exception))
         # Deeper than Python can nest blocks: refused when compiled, not a crash.
+        for source in ('{{ 01 }}', '{{ "\\x" }}', '{{ ' + '(' * 5000 + 'a' + ')' * 5000 + ' }}', '{{ ٣ }}',
+                       '{% block a %}{% endblock %}{% block a %}{% endblock %}'):
+            with self.subTest(source=source[:20]), self.assertRaises(server.TemplateError):
+                server.Template(source)
         for deep in ('{% for a in b %}' * 30 + '{% endfor %}' * 30, '{% if a %}' * 120 + '{% endif %}' * 120):
             with self.assertRaises(server.TemplateError) as ctx:
                 server.Template(deep)
