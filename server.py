@@ -1308,7 +1308,7 @@ async def _storage(fn, *args):
 
 
 def _open_spool(upload_dir, name, filename, content_type):
-    os.makedirs(upload_dir, exist_ok=True)
+    os.makedirs(upload_dir, mode=0o700, exist_ok=True)
     path = os.path.join(upload_dir, '.part-' + secrets.token_hex(16))
     f = open(path, 'xb')
     return UploadedFile(name, filename, content_type, path, f)
@@ -1746,10 +1746,10 @@ def _kind(fn):
     """How the server runs ``fn``: _SYNC (a thread), _ASYNC (a task) or _INLINE.
 
     _INLINE is an ``async def`` whose code never awaits: it cannot suspend, so it is run on
-    the spot, with no task of its own (asyncio.current_task() is None in it). A request
-    whose handlers are all like that (and that reads no body and no session) is answered
-    in the turn of the loop that read it, without a task: on the hello benchmark a task
-    and its bookkeeping cost about a seventh of the request.
+    the spot, in a task only if one is already running the request (something before it
+    suspended: a plain def hook, a session lookup, the body), else with none
+    (asyncio.current_task() is None). A request that never suspends is answered without a
+    task: on the hello benchmark a task and its bookkeeping cost about a seventh of it.
     """
     if not inspect.iscoroutinefunction(fn):
         return _SYNC
@@ -2129,7 +2129,7 @@ class TemplateError(Exception):
     """A template that cannot be compiled or rendered; names the file and line."""
 
     def __init__(self, message, filename='<string>', lineno=0):
-        super().__init__(f'{filename}:{lineno}: {message}')
+        super().__init__(f'{filename}:{lineno}: {message}' if lineno else f'{filename}: {message}')
         self.filename = filename
         self.lineno = lineno
 
@@ -2434,7 +2434,7 @@ class Template:
                 stack.append(('for-else', [], extra, ln))
             elif tag == 'endif':
                 if stack[-1][0] != 'if':
-                    raise TemplateError('{% endif %} without {% if %}', self.name, start_line)
+                    raise self._unclosed(stack, 'endif', start_line)
                 _, nodes, branches, ln = stack.pop()
                 branches[-1] = branches[-1][:2] + (nodes,)
                 stack[-1][1].append(('if', branches))
@@ -2447,7 +2447,7 @@ class Template:
                 stack.append(('for', [], extra, start_line))
             elif tag == 'endfor':
                 if stack[-1][0] not in ('for', 'for-else'):
-                    raise TemplateError('{% endfor %} without {% for %}', self.name, start_line)
+                    raise self._unclosed(stack, 'endfor', start_line)
                 kind, nodes, extra, ln = stack.pop()
                 if kind == 'for':
                     extra['body'], extra['else'] = nodes, []
@@ -2468,7 +2468,7 @@ class Template:
                 stack.append(('block', [], name, start_line))
             elif tag == 'endblock':
                 if stack[-1][0] != 'block':
-                    raise TemplateError('{% endblock %} without {% block %}', self.name, start_line)
+                    raise self._unclosed(stack, 'endblock', start_line)
                 _, nodes, name, _ = stack.pop()
                 stack[-1][1].append(('block', name, nodes))
             elif tag == 'include':
@@ -2483,6 +2483,14 @@ class Template:
             tag, _, _, ln = stack[-1]
             raise TemplateError(f'{{% {tag} %}} is never closed', self.name, ln)
         return stack[0][1]
+
+    def _unclosed(self, stack, closing, lineno):
+        """The error for a closing tag that does not close the innermost open one."""
+        tag, _, _, opened = stack[-1]
+        if tag == 'root':
+            return TemplateError(f'{{% {closing} %}} without {{% {closing[3:]} %}}', self.name, lineno)
+        return TemplateError(f'{{% {closing} %}} while the {{% {tag.split("-")[0]} %}} of line {opened} '
+                             'is still open', self.name, lineno)
 
     def _string_arg(self, arg, lineno):
         arg = arg.strip()
@@ -2729,7 +2737,7 @@ class Database:
                 time.sleep(0.05)
 
     def _connect_once(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=DB_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -2985,7 +2993,7 @@ class StaticFiles:
             if segment in ('.', '..'):
                 raise HTTPError(403, 'forbidden path')
             if segment.startswith('.'):
-                raise HTTPError(404)
+                raise HTTPError(404, 'hidden file')
         candidate = os.path.join(self.root, *segments)
         real = os.path.realpath(candidate)
         if real != self.root and os.path.commonpath([real, self.root]) != self.root:
@@ -4529,7 +4537,7 @@ def _add_visits(conn, count):
 
 def _sweep_uploads(conn, upload_dir):
     """Remove spool files and files no row points at: what a crash may leave behind."""
-    os.makedirs(upload_dir, exist_ok=True)
+    os.makedirs(upload_dir, mode=0o700, exist_ok=True)
     known = {row[0] for row in conn.execute('SELECT stored FROM uploads')}
     removed = 0
     for name in os.listdir(upload_dir):
@@ -4862,7 +4870,9 @@ def config_from_args(argv, environ=None):
 
 def check_data_folder(data):
     try:
-        os.makedirs(os.path.join(data, 'uploads'), exist_ok=True)
+        # Messages, addresses and uploads: private to the user running the server.
+        os.makedirs(data, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(data, 'uploads'), mode=0o700, exist_ok=True)
         probe = os.path.join(data, f'.write-test-{os.getpid()}')
         with open(probe, 'w') as f:
             f.write('ok')
@@ -4977,6 +4987,9 @@ def main(argv=None):
     except ConfigError as exc:
         print(f'server.py: error: {exc}', file=sys.stderr)
         return 2
+    except TemplateError as exc:    # every template is compiled at startup
+        print(f'server.py: error: template {exc}', file=sys.stderr)
+        return 1
     except OSError as exc:
         # Most often the port: in use, or below 1024 without the right to bind it.
         print(f'server.py: error: cannot listen: {exc.strerror or exc}', file=sys.stderr)

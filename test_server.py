@@ -2430,6 +2430,15 @@ class TemplateTest(unittest.TestCase):
                        '{% block a %}{% endblock %}{% block a %}{% endblock %}'):
             with self.subTest(source=source[:20]), self.assertRaises(server.TemplateError):
                 server.Template(source)
+        for source, message in (('{% block a %}{% for x in y %}{% endblock %}',
+                                 "<string>:1: {% endblock %} while the {% for %} of line 1 is still open"),
+                                ('x\n{% endif %}', '<string>:2: {% endif %} without {% if %}')):
+            with self.assertRaises(server.TemplateError) as ctx:
+                server.Template(source)
+            self.assertEqual(str(ctx.exception), message)
+        with self.assertRaises(server.TemplateError) as ctx:
+            self.templates.get('missing.html')
+        self.assertEqual(str(ctx.exception), 'missing.html: template not found')     # no line 0
         for deep in ('{% for a in b %}' * 30 + '{% endfor %}' * 30, '{% if a %}' * 120 + '{% endif %}' * 120):
             with self.assertRaises(server.TemplateError) as ctx:
                 server.Template(deep)
@@ -2962,6 +2971,11 @@ class StaticTest(unittest.TestCase):
                         self.assertNotIn(secret, body)
         self.assertEqual(self.get('/notes.txt')[0], 200)      # still serving
 
+    def test_refusals_are_logged(self):
+        with self.assertLogs('server', 'WARNING') as logs:
+            self.assertEqual(raw_get(self.port, b'/.env')[0], 404)
+        self.assertIn('static: refused /.env (hidden file)', '\n'.join(logs.output))
+
     def test_large_file_full_range_and_head(self):
         size = len(self.big)
         status, headers, body = self.get('/big.bin')
@@ -3465,6 +3479,21 @@ class CommandLineTest(unittest.TestCase):
                 self.assertEqual(result.returncode, 2, result.stderr)
                 self.assertEqual(result.stderr.count('\n'), 1, result.stderr)
                 self.assertNotIn('Traceback', result.stderr)
+
+    def test_a_broken_template_is_a_one_line_error_and_data_is_private(self):
+        tmp = tempfile.mkdtemp(prefix='server-cli-')
+        self.addCleanup(shutil.rmtree, tmp, True)
+        root = os.path.join(tmp, 'www')
+        shutil.copytree(WWW, root)
+        with open(os.path.join(root, 'templates', 'unused.html'), 'w') as f:
+            f.write('a\n{% for x in y %}\n')
+        result = self.run_cli('--port', '0', '--root', root, '--data', os.path.join(tmp, 'data'))
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(result.stderr.strip().splitlines(),
+                         ['server.py: error: template templates/unused.html:2: {% for %} is never closed'])
+        # Messages, addresses and uploads live there: only the server's user may look in.
+        for folder in ('data', os.path.join('data', 'uploads')):
+            self.assertEqual(os.stat(os.path.join(tmp, folder)).st_mode & 0o777, 0o700, folder)
 
     def test_port_in_use(self):
         with socket.socket() as s:
