@@ -550,7 +550,7 @@ class ProtocolTest(unittest.TestCase):
             (b'GET /hello HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n', 400),
         ]
         for raw, status in cases:
-            with self.subTest(raw=raw[:60]):
+            with self.subTest(raw=raw[:60]), quiet_logs():    # /boom's traceback is expected
                 responses = exchange(self.port, raw)
                 self.assertTrue(responses, 'no response')
                 self.assertEqual(responses[0][0], status)
@@ -3758,7 +3758,7 @@ class NginxTest(unittest.TestCase):
         self.assertEqual(check.returncode, 0, check.stderr)
         proc = subprocess.Popen([nginx, '-c', path, '-p', tmp, '-g', 'daemon off;'],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.addCleanup(lambda: (proc.terminate(), proc.wait(10)))
+        self.addCleanup(lambda: (proc.terminate(), proc.wait(10), proc.stderr.close()))
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -3770,6 +3770,7 @@ class NginxTest(unittest.TestCase):
                 time.sleep(0.05)
 
         plain = http.client.HTTPConnection('127.0.0.1', http_port, timeout=5)
+        self.addCleanup(plain.close)
         plain.request('GET', '/contact?x=1')
         resp = plain.getresponse()
         resp.read()
@@ -3777,6 +3778,7 @@ class NginxTest(unittest.TestCase):
         self.assertTrue(resp.getheader('Location').startswith('https://'))
         context = ssl.create_default_context(cafile=pair[0])
         conn = http.client.HTTPSConnection('127.0.0.1', https_port, context=context, timeout=5)
+        self.addCleanup(conn.close)
         conn.request('GET', '/')
         resp = conn.getresponse()
         self.assertEqual(resp.status, 200)
@@ -3791,6 +3793,7 @@ class NginxTest(unittest.TestCase):
         # From another loopback address, so the real client differs from the proxy's address.
         conn = http.client.HTTPSConnection('127.0.0.1', https_port, context=context, timeout=5,
                                            source_address=('127.0.0.2', 0))
+        self.addCleanup(conn.close)
         conn.request('POST', '/whoami', body='a=1&b=2', headers={
             'Content-Type': 'application/x-www-form-urlencoded', 'X-Forwarded-For': '6.6.6.6'})
         resp = conn.getresponse()
