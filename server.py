@@ -3558,7 +3558,7 @@ class HTTPConnection(asyncio.Protocol):
         try:
             head = parse_head(buf[:end])
         except HTTPError as exc:
-            self._send_error(exc)
+            self._send_error(exc, buf[:buf.find(b'\n')].rstrip(b'\r'))
             return
         del buf[:end]
         self.active = True
@@ -3856,13 +3856,17 @@ class HTTPConnection(asyncio.Protocol):
         else:
             self._set_deadline('idle', KEEPALIVE_TIMEOUT_S)
 
-    def _send_error(self, error):
-        """Answer a request we could not even parse, then close."""
+    def _send_error(self, error, request_line=b''):
+        """Answer a request we could not parse, then close; the access log shows its request
+        line when that much was well-formed (a bad header, a bad length)."""
         self.active = True
         self.deadline_kind = None
         response = error_page(error)
         response.close = True
-        head = RequestHead('GET', '-', (1, 1), Headers())
+        try:
+            head = RequestHead(*parse_request_line(bytes(request_line)), Headers())
+        except HTTPError:
+            head = RequestHead('GET', '-', (1, 1), Headers())
         head.keep_alive = False
         head.path, head.query_string = '-', ''
         self.loop.create_task(self._write_response(head, None, response, None))

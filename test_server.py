@@ -3697,6 +3697,14 @@ class AccessLogTest(unittest.TestCase):
         self.assertRegex(logs.records[-1].getMessage(), r'^127\.0\.0\.1 - - \[[^]]+\] "GET /healthz HTTP/1\.1" 200 3 "-" "-"$')
         self.assertFalse(server._is_ip('fe80::1%eth0'))
         self.assertTrue(server._is_ip('2001:db8::1') and server._is_ip('203.0.113.9'))
+        # A request refused for its header still shows its request line, as nginx's log does;
+        # one whose request line is itself bad shows "-".
+        for raw, logged in ((b'HEAD /a"b?q HTTP/1.0\r\nContent-Length: abc\r\n\r\n', '"HEAD /a\\x22b?q HTTP/1.0" 400 0'),
+                            (b'GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n', '"GET /x HTTP/1.1" 400 '),
+                            (b'GET /x\x01 HTTP/1.1\r\nHost: a\r\n\r\n', '"-" 400 ')):
+            with self.subTest(raw=raw), self.assertLogs('server.access', 'INFO') as logs:
+                exchange(live.port, raw)
+            self.assertIn(logged, logs.records[-1].getMessage())
 
 
     def test_stdout_access_log_of_a_real_process(self):
