@@ -3936,8 +3936,8 @@ class CrashSafetyTest(unittest.TestCase):
                 while not stop.is_set():
                     n = next(counter)
                     nonce = f'msg-{round_}-{n}'
+                    conn = http.client.HTTPConnection('127.0.0.1', proc.port, timeout=5)
                     try:
-                        conn = http.client.HTTPConnection('127.0.0.1', proc.port, timeout=5)
                         conn.request('GET', '/contact')
                         resp = conn.getresponse()
                         page = resp.read()
@@ -3952,16 +3952,17 @@ class CrashSafetyTest(unittest.TestCase):
                         resp.read()
                         if resp.status == 303:
                             acked_messages.add(nonce)
-                        conn.close()
                     except (OSError, http.client.HTTPException, AttributeError):
                         time.sleep(0.01)
+                    finally:
+                        conn.close()      # also when the server was killed mid-request
 
             def uploads():
                 while not stop.is_set():
                     n = next(counter)
                     content = f'upload-{round_}-{n}-'.encode() * rng.randint(1, 20000)
+                    conn = http.client.HTTPConnection('127.0.0.1', proc.port, timeout=5)
                     try:
-                        conn = http.client.HTTPConnection('127.0.0.1', proc.port, timeout=5)
                         conn.request('GET', '/upload')
                         resp = conn.getresponse()
                         page = resp.read()
@@ -3973,9 +3974,10 @@ class CrashSafetyTest(unittest.TestCase):
                         resp.read()
                         if resp.status == 303:
                             acked_uploads[f'f{n}.txt'] = content
-                        conn.close()
                     except (OSError, http.client.HTTPException, AttributeError):
                         time.sleep(0.01)
+                    finally:
+                        conn.close()      # also when the server was killed mid-request
 
             threads = [threading.Thread(target=messages), threading.Thread(target=uploads)]
             for t in threads:
