@@ -249,6 +249,7 @@ _HEAD_RE = re.compile(
 # stripped after, and only when there is some: a lazy repeat here costs three times more).
 _FIELD_RE = re.compile('(' + _TOKEN_TEXT + '):[ \t]*([^\r\n]*)\r?\n')
 _HTTP_11, _HTTP_10 = (1, 1), (1, 0)
+_HTTP_VERSIONS = {_HTTP_11: 'HTTP/1.1', _HTTP_10: 'HTTP/1.0'}   # as the access log writes them
 _METHODS_WITH_BODY_SEMANTICS = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
 
 
@@ -3984,28 +3985,30 @@ class Server:
 
         With the stock handler (configure_logging's, on stdout) lines are gathered and
         written once per turn of the event loop: a record, a format and a flush per
-        request would cost more than the request. Any other handler (a file, syslog, a
-        test's assertLogs) gets one ordinary logging record per line.
+        request would cost more than the request, and logging's configuration is asked
+        once a turn, at its first line. Any other handler (a file, syslog, a test's
+        assertLogs) gets one ordinary logging record per line.
         """
-        if not access_log.isEnabledFor(logging.INFO):
-            return
+        pending = self._access_lines
+        if not pending:
+            if not access_log.isEnabledFor(logging.INFO):
+                return
+            handlers = access_log.handlers
+            stock = len(handlers) == 1 and getattr(handlers[0], '_server_py', False) and not access_log.propagate
         headers = head.headers
         client = _log_escape(request.client if request is not None else peer)
-        if head.target == '-':
-            line = '-'
-        else:
-            line = _log_escape(f'{head.method} {head.target} HTTP/{head.version[0]}.{head.version[1]}')
+        target = head.target
+        line = '-' if target == '-' else f'{head.method} {_log_escape(target)} {_HTTP_VERSIONS[head.version]}'
         referer = headers.get('referer')
         agent = headers.get('user-agent')
         CLOCK.tick()
         text = (f'{client} - - [{CLOCK.log_time}] "{line}" {status} {sent} '
                 f'"{_log_escape(referer) if referer else "-"}" "{_log_escape(agent) if agent else "-"}"')
-        handlers = access_log.handlers
-        if len(handlers) == 1 and getattr(handlers[0], '_server_py', False) and not access_log.propagate:
-            pending = self._access_lines
+        if pending:                       # this turn's lines go where its first one went
             pending.append(text)
-            if len(pending) == 1:
-                self.loop.call_soon(self._flush_access, handlers[0])
+        elif stock:
+            pending.append(text)
+            self.loop.call_soon(self._flush_access, handlers[0])
         else:
             access_log.info('%s', text)
 
