@@ -2363,7 +2363,8 @@ def _name_source(parts):
     if len(parts) == 1:
         return f'_c.get({parts[0]!r})'
     if len(parts) == 2 and not parts[1].startswith('_'):
-        return f'(_d.get({parts[1]!r}) if (_d := _c.get({parts[0]!r})).__class__ is dict else _l(_c, {parts!r}))'
+        return (f'(_d.get({parts[1]!r}) if (_d := _c.get({parts[0]!r})).__class__ is dict '
+                f'else _l(_c, {parts!r}))')
     return f'_l(_c, {parts!r})'
 
 
