@@ -75,6 +75,8 @@ access_log = logging.getLogger('server.access')
 # === 1. Limits and config ===
 # Every limit maps to exactly one status. Precedents: nginx, aiohttp, h11.
 
+#: The data folder and its uploads: messages, e-mail and IP addresses, for the server's user only.
+DATA_DIR_MODE = 0o700
 #: Longest request line; longer -> 414 (nginx large_client_header_buffers 8k, aiohttp 8190).
 MAX_REQUEST_LINE_BYTES = 8192
 #: Largest header section, request line included; larger -> 431.
@@ -1309,7 +1311,7 @@ async def _storage(fn, *args):
 
 
 def _open_spool(upload_dir, name, filename, content_type):
-    os.makedirs(upload_dir, mode=0o700, exist_ok=True)
+    os.makedirs(upload_dir, mode=DATA_DIR_MODE, exist_ok=True)
     path = os.path.join(upload_dir, '.part-' + secrets.token_hex(16))
     f = open(path, 'xb')
     return UploadedFile(name, filename, content_type, path, f)
@@ -1536,7 +1538,6 @@ class Route:
         self.max_body = max_body
         self.stream = stream
         self.csrf = csrf
-        self.kind = _kind(handler)
         self.converters = {}
         self.builder = None
         if isinstance(pattern, re.Pattern):
@@ -1683,7 +1684,8 @@ class Router:
                 return route, {}
         elif not self.raw and None not in self.dynamic and \
                 path[1:].partition('/')[0] not in self.dynamic:
-            return self._no_route(method)      # no pattern can match: most static files
+            self._refuse_unknown_method(method)   # no pattern can match: most static files
+            return None, None
         return self._lookup_patterns(method, path)
 
     def _lookup_patterns(self, method, path):
@@ -1696,15 +1698,15 @@ class Router:
         if allowed:
             if method == 'OPTIONS':
                 return None, {'allow': allowed}
-            if method not in self.methods and method not in ('GET', 'HEAD', 'OPTIONS'):
-                raise HTTPError(501, f'method {method} is not implemented')
+            self._refuse_unknown_method(method)
             raise HTTPError(405, headers={'Allow': format_allow(allowed)})
-        return self._no_route(method)
+        self._refuse_unknown_method(method)
+        return None, None
 
-    def _no_route(self, method):
+    def _refuse_unknown_method(self, method):
+        """501 for a method no route and no static file answers."""
         if method not in self.methods and method not in ('GET', 'HEAD', 'OPTIONS'):
             raise HTTPError(501, f'method {method} is not implemented')
-        return None, None
 
 
 def _anonymous_groups(pattern):
@@ -1735,7 +1737,7 @@ def _call(fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-_KINDS = {}   # hooks and error handlers -> their _kind (asked once each)
+_KINDS = {}   # handlers, hooks and error handlers -> their _kind (asked once each)
 _SYNC, _ASYNC, _INLINE = 'sync', 'async', 'inline'
 # The opcodes of await, async with and async for (3.10 to 3.13): a coroutine without any of
 # them runs to its end the first time it is stepped.
@@ -1975,14 +1977,7 @@ class App:
             request._body = b''
         if csrf:
             self._check_csrf(request)
-        kind = route.kind
-        if kind is _SYNC:
-            rv = await asyncio.to_thread(route.handler, request, **params)
-        else:
-            if kind is _ASYNC and asyncio.current_task() is None:
-                await _INTO_TASK
-            rv = await route.handler(request, **params)
-        return make_response(rv)
+        return make_response(await _call(route.handler, request, **params))
 
     async def _serve_static_other(self, request):
         if not await self.static.exists(request.path):
@@ -2189,14 +2184,13 @@ TEMPLATE_FILTERS = {
 }
 
 
-def _lookup(context, dotted):
-    """``a.b.0`` (or its parts, split in advance) against the context: dict keys, then
-    attributes, then list indexes.
+def _lookup(context, parts):
+    """The parts of ``a.b.0`` (split when the template was compiled) against the context:
+    dict keys, then attributes, then list indexes.
 
     Names starting with '_' are never reached, so ``__class__`` and friends stay out, and
     nothing is ever called.
     """
-    parts = dotted.split('.') if dotted.__class__ is str else dotted
     value = context.get(parts[0])
     for part in parts[1:]:
         if value is None or part.startswith('_'):
@@ -2739,7 +2733,7 @@ class Database:
                 time.sleep(0.05)
 
     def _connect_once(self):
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(self.path), mode=DATA_DIR_MODE, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=DB_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -4545,7 +4539,7 @@ def _add_visits(conn, count):
 
 def _sweep_uploads(conn, upload_dir):
     """Remove spool files and files no row points at: what a crash may leave behind."""
-    os.makedirs(upload_dir, mode=0o700, exist_ok=True)
+    os.makedirs(upload_dir, mode=DATA_DIR_MODE, exist_ok=True)
     known = {row[0] for row in conn.execute('SELECT stored FROM uploads')}
     removed = 0
     for name in os.listdir(upload_dir):
@@ -4879,8 +4873,8 @@ def config_from_args(argv, environ=None):
 def check_data_folder(data):
     try:
         # Messages, addresses and uploads: private to the user running the server.
-        os.makedirs(data, mode=0o700, exist_ok=True)
-        os.makedirs(os.path.join(data, 'uploads'), mode=0o700, exist_ok=True)
+        os.makedirs(data, mode=DATA_DIR_MODE, exist_ok=True)
+        os.makedirs(os.path.join(data, 'uploads'), mode=DATA_DIR_MODE, exist_ok=True)
         probe = os.path.join(data, f'.write-test-{os.getpid()}')
         with open(probe, 'w') as f:
             f.write('ok')
