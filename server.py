@@ -83,6 +83,9 @@ MAX_REQUEST_LINE_BYTES = 8192
 MAX_HEADER_BYTES = 64 * 1024
 #: Most header fields in one request; more -> 431 (aiohttp allows 128, Apache 100).
 MAX_HEADER_COUNT = 100
+# A buffer up to this size is searched for a whole head by one regular expression; a
+# larger one (pipelined requests, a body) is searched for the blank line first.
+QUICK_HEAD_BYTES = 4096
 #: Default body limit for forms and JSON; larger -> 413 (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is 2.5 MB).
 MAX_BODY_BYTES = 1024 * 1024
 #: Body limit of upload routes; larger -> 413. nginx.conf's client_max_body_size matches it.
@@ -469,19 +472,10 @@ def parse_head(head):
     """
     if len(head) > MAX_HEADER_BYTES:
         raise HTTPError(431, 'header section too large', close=True)
-    # The common case in two C-level passes: one regular expression checks the request line
-    # and every field line at once, a second one picks the fields out.
     m = _HEAD_RE.fullmatch(head.decode('latin-1'))
-    if m is not None and m.end(3) <= MAX_REQUEST_LINE_BYTES:
-        block = m.group(4)
-        fields = _FIELD_RE.findall(block)
-        if ' \r' in block or ' \n' in block or '\t\r' in block or '\t\n' in block:
-            fields = [(name, value.rstrip(' \t')) for name, value in fields]
-        if len(fields) <= MAX_HEADER_COUNT:
-            method, target, minor, _ = m.groups()
-            req = RequestHead(method, target, _HTTP_11 if minor == '1' else _HTTP_10,
-                              Headers(fields, _index_fields(fields)))
-            frame_request(req)
+    if m is not None:
+        req = head_from_match(m)
+        if req is not None:
             return req
     # Something is off (or too long): the line-by-line way says exactly what.
     lines = bytes(head).split(b'\n')
@@ -491,6 +485,30 @@ def parse_head(head):
     if line[-1:] == b'\r':
         line = line[:-1]
     req = RequestHead(*parse_request_line(line), parse_header_lines(lines[1:]))
+    frame_request(req)
+    return req
+
+
+def head_from_match(m):
+    """The RequestHead of a _HEAD_RE match, or None if it is too large for the quick way.
+
+    The common case in two C-level passes: _HEAD_RE checked the request line and every
+    field line at once, _FIELD_RE picks the fields out.
+    """
+    if m.end() > MAX_HEADER_BYTES or m.end(3) > MAX_REQUEST_LINE_BYTES:
+        return None
+    block = m.group(4)
+    fields = _FIELD_RE.findall(block)
+    if len(fields) > MAX_HEADER_COUNT:
+        return None
+    if ' \r' in block or ' \n' in block or '\t\r' in block or '\t\n' in block:
+        fields = [(name, value.rstrip(' \t')) for name, value in fields]
+    # Most heads name each field once: the index in one comprehension, else field by field.
+    index = {name.lower(): [value] for name, value in fields}
+    if len(index) != len(fields):
+        index = _index_fields(fields)
+    method, target, minor, _ = m.groups()
+    req = RequestHead(method, target, _HTTP_11 if minor == '1' else _HTTP_10, Headers(fields, index))
     frame_request(req)
     return req
 
@@ -1356,8 +1374,8 @@ class Response:
         elif isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
         if headers is None:
-            # The common case, built directly: no copy, no lookups.
-            headers = Headers([('Content-Type', content_type)] if content_type is not None else ())
+            # The common case: its type's shared, already encoded field, copied only if changed.
+            headers = Headers() if content_type is None else _typed_fields(content_type)
         else:
             headers = headers if isinstance(headers, Headers) else Headers(headers)
             if content_type is not None:
@@ -1428,6 +1446,21 @@ class Response:
 
 # RFC 6265 4.1.1 cookie-octet
 _COOKIE_VALUE_RE = re.compile(r'[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*')
+
+
+def _typed_fields(content_type):
+    """A view of the lone Content-Type field ``content_type``, indexed and encoded once for
+    all responses of that type (at most 256 types are kept)."""
+    fields = _TYPED_FIELDS.get(content_type)
+    if fields is None:
+        fields = _frozen_fields([('Content-Type', content_type)])
+        if fields._block is None or len(_TYPED_FIELDS) >= 256 or content_type.__class__ is not str:
+            return fields      # refused when written (CR, LF or NUL), or not to be kept
+        _TYPED_FIELDS[content_type] = fields
+    return fields._view()
+
+
+_TYPED_FIELDS = {}
 
 
 def content_disposition(filename, disposition='attachment'):
@@ -3540,6 +3573,20 @@ class HTTPConnection(asyncio.Protocol):
             stripped = bytes(buf).lstrip(b'\r\n')
             del buf[:len(buf) - len(stripped)]
             self.scanned = 0
+        if self.scanned == 0 and len(buf) <= QUICK_HEAD_BYTES:
+            # Most buffers hold one whole, well-formed head (and maybe a body): one match
+            # finds where it ends and checks it at once. Tried once a head: one that comes
+            # in pieces is searched for its end below, from where the last search stopped.
+            m = _HEAD_RE.match(buf.decode('latin-1'))
+            if m is not None:
+                try:
+                    head = head_from_match(m)
+                except HTTPError as exc:
+                    self._send_error(exc, buf[:buf.find(b'\n')].rstrip(b'\r'))
+                    return
+                if head is not None:
+                    self._start(head, m.end())
+                    return
         end = find_head_end(buf, self.scanned)
         if end == -1:
             # Resume the search where this one stopped: a head sent a byte at a time costs
@@ -3556,7 +3603,13 @@ class HTTPConnection(asyncio.Protocol):
         except HTTPError as exc:
             self._send_error(exc, buf[:buf.find(b'\n')].rstrip(b'\r'))
             return
+        self._start(head, end)
+
+    def _start(self, head, end):
+        """Take the head (the first ``end`` bytes of the buffer) off it and answer the request."""
+        buf = self.buf
         del buf[:end]
+        self.scanned = 0
         self.active = True
         self.requests += 1
         if len(buf) > READ_HIGH_WATER_BYTES and not self.paused_reading:
@@ -3879,33 +3932,19 @@ def _field_block(headers):
 
     Framing is ours alone: an app's Content-Length, Transfer-Encoding or Connection could
     desynchronise the client, so they are dropped. Each line has exactly one CR and one LF;
-    more means a value carried its own (header injection). A lone Content-Type (most
-    answers have nothing else) is looked up in a small cache instead.
+    more means a value carried its own (header injection). The block is kept on the
+    Headers until they change, so shared fields (_typed_fields, a static file's) are
+    encoded once.
     """
     block = headers._block
     if block is not None:
         return block
-    items = headers._items
-    cacheable = False
-    if len(items) == 1:
-        field = items[0]
-        # Only Content-Type: a lone Location (a redirect) may carry what a client sent.
-        cacheable = field.__class__ is tuple and field[0] == 'Content-Type' and field[1].__class__ is str
-        if cacheable:
-            block = _FIELD_BLOCKS.get(field)
-            if block is not None:
-                return block
-    lines = [f'{name}: {value}\r\n' for name, value in items if name.lower() not in _FRAMING_HEADERS]
+    lines = [f'{name}: {value}\r\n' for name, value in headers._items if name.lower() not in _FRAMING_HEADERS]
     text = ''.join(lines)
     if text.count('\n') != len(lines) or text.count('\r') != len(lines) or '\x00' in text:
         return None
     block = headers._block = text.encode('latin-1', 'replace')
-    if cacheable and len(_FIELD_BLOCKS) < 256:
-        _FIELD_BLOCKS[field] = block
     return block
-
-
-_FIELD_BLOCKS = {}   # ('Content-Type', value) -> its encoded line (at most 256 of them)
 
 
 def _is_stream(body):

@@ -595,6 +595,20 @@ class ProtocolTest(unittest.TestCase):
             self.assertEqual(read_response(f)[2], b'slept')
             self.assertEqual(json.loads(read_response(f)[2])['query'], {'i': 'last'})
 
+    def test_heads_found_whole_in_the_buffer_or_in_pieces_alike(self):
+        # A buffer of at most QUICK_HEAD_BYTES is matched whole; a larger one (a burst of
+        # pipelined requests) is searched for each head's end first. A bad head after good
+        # ones is refused either way, after the good ones are answered.
+        one = b'GET /echo?i=%d HTTP/1.1\r\nHost: a\r\nX-Pad: ' + b'p' * 40 + b'\r\n\r\n'
+        for count in (2, 3 * server.QUICK_HEAD_BYTES // len(one)):
+            with self.subTest(count=count), self.live.connect() as sock:
+                sock.sendall(b''.join(one % i for i in range(count)) + b'GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n')
+                f = sock.makefile('rb')
+                for i in range(count):
+                    self.assertEqual(json.loads(read_response(f)[2])['query'], {'i': str(i)})
+                status, headers, _ = read_response(f)
+                self.assertEqual((status, headers['connection']), (400, 'close'))
+
     def test_pipelined_bodies_three_ways(self):
         raw = (b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello'
                b'POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: 1\r\n\r\n'
@@ -2701,12 +2715,20 @@ class HeaderBlockTest(unittest.TestCase):
             self.assertEqual(original.get_all('etag'), ['"1"'])
             self.assertEqual(server._field_block(original), b'Content-Type: text/css\r\nETag: "1"\r\n')
             self.assertIsNone(original.get('x-new') or original.get('x-d'))
-        # Only Content-Type lines are shared: a lone Location may carry what a client sent.
-        server._field_block(server.Headers([('Location', '/next?client-chosen')]))
-        self.assertNotIn(('Location', '/next?client-chosen'), server._FIELD_BLOCKS)
-        server._field_block(server.Headers([('Content-Type', 'text/x-test')]))
-        self.assertIn(('Content-Type', 'text/x-test'), server._FIELD_BLOCKS)
-        # One response's lone field never leaks into another's through the shared cache.
+        # Responses of one type share its encoded field; a change stays with its response.
+        first, second = server.Response.text('a'), server.Response.text('b')
+        first.set_cookie('k', 'v')
+        self.assertEqual(server._field_block(second.headers), b'Content-Type: text/plain; charset=utf-8\r\n')
+        self.assertIn(b'Set-Cookie: k=v', server._field_block(first.headers))
+        self.assertEqual(server._field_block(server.Response.text('c').headers),
+                         b'Content-Type: text/plain; charset=utf-8\r\n')
+        # Only the Content-Type given as such is shared: a redirect's Location may carry
+        # what a client sent, and a type that would inject is never kept.
+        server.Response.redirect('/next?client-chosen')
+        self.assertNotIn('/next?client-chosen', str(list(server._TYPED_FIELDS)))
+        evil = server.Response(b'', content_type='text/x\r\nX-Evil: 1')
+        self.assertIsNone(server._field_block(evil.headers))
+        self.assertNotIn('text/x\r\nX-Evil: 1', server._TYPED_FIELDS)
         self.assertEqual(server._field_block(server.Headers([('X-A', '9')])), b'X-A: 9\r\n')
         self.assertIsNone(server._field_block(server.Headers([('X-A', 'a\r\nX-Evil: 1')])))
 
