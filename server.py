@@ -244,12 +244,14 @@ _FIELD_LINE_RE = re.compile(rb'(' + _TOKEN + rb'):[ \t]*((?:[^\x00-\x20\x7f][^\x
 # RFC 9112 7.1: chunk-size is 1*HEXDIG; extensions follow a ';' and are ignored.
 _CHUNK_SIZE_RE = re.compile(rb'([0-9A-Fa-f]+)[ \t]*(;.*)?')
 # The same grammar over a whole head decoded as latin-1 (so obs-text stays one character a
-# byte): request line, field lines, blank line. Every repeat is delimited by characters the
-# one before it cannot contain, so a failing match is linear too.
+# byte): request line, field lines, blank line. Only the field block is captured, so the
+# whitespace before a value joins the value's own repeat (the same characters, in one
+# loop). Every repeat is delimited by characters the one before it cannot contain, so a
+# failing match is linear too.
 _TOKEN_TEXT = _TOKEN.decode('ascii')
 _HEAD_RE = re.compile(
     '(' + _TOKEN_TEXT + ') ([\x21-\x7e]+) HTTP/1\\.([01])\r?\n'
-    '((?:' + _TOKEN_TEXT + ':[ \t]*(?:[^\x00-\x20\x7f][^\x00-\x08\x0a-\x1f\x7f]*)?\r?\n)*)\r?\n')
+    '((?:' + _TOKEN_TEXT + ':[^\x00-\x08\x0a-\x1f\x7f]*\r?\n)*)\r?\n')
 # Run only over field lines _HEAD_RE accepted: each name and value (trailing whitespace is
 # stripped after, and only when there is some: a lazy repeat here costs three times more).
 _FIELD_RE = re.compile('(' + _TOKEN_TEXT + '):[ \t]*([^\r\n]*)\r?\n')
@@ -1754,23 +1756,28 @@ def format_allow(methods):
     return ', '.join(sorted(methods))
 
 
-def _call(fn, *args, **kwargs):
-    """Run a handler or hook, to be awaited: ``async def`` on the loop (in a task, unless it
-    never awaits: _kind), plain ``def`` in a worker thread. A plain function returning the
-    awaitable saves a coroutine a call."""
-    kind = _KINDS.get(fn)
-    if kind is None:
-        kind = _KINDS[fn] = _kind(fn)
-    if kind is _INLINE:
-        return fn(*args, **kwargs)
-    if kind is _SYNC:
-        return asyncio.to_thread(fn, *args, **kwargs)
-    if asyncio.current_task() is None:
-        return _in_task(fn, args, kwargs)
-    return fn(*args, **kwargs)
+def _runner(fn):
+    """What to call in place of a handler or hook ``fn`` for an awaitable (decided once per
+    function, by _kind): ``fn`` itself for an ``async def`` that never awaits, a wrapper
+    that moves the request into a task first for any other, and asyncio.to_thread for a
+    plain ``def``. No coroutine is added on the way."""
+    runner = _RUNNERS.get(fn)
+    if runner is None:
+        kind = _kind(fn)
+        if kind is _INLINE:
+            runner = fn
+        elif kind is _SYNC:
+            runner = functools.partial(asyncio.to_thread, fn)
+        else:
+            def runner(*args, **kwargs):
+                if asyncio.current_task() is None:
+                    return _in_task(fn, args, kwargs)
+                return fn(*args, **kwargs)
+        runner = _RUNNERS[fn] = runner
+    return runner
 
 
-_KINDS = {}   # handlers, hooks and error handlers -> their _kind (asked once each)
+_RUNNERS = {}   # handlers, hooks and error handlers -> what _runner calls for each
 _SYNC, _ASYNC, _INLINE = 'sync', 'async', 'inline'
 # The opcodes of await, async with and async for (3.10 to 3.13): a coroutine without any of
 # them runs to its end the first time it is stepped.
@@ -1915,12 +1922,12 @@ class App:
     async def startup(self):
         await asyncio.to_thread(self.templates.preload)
         for fn in self.startup_hooks:
-            await _call(fn, self)
+            await _runner(fn)(self)
 
     async def shutdown(self):
         for fn in self.shutdown_hooks:
             try:
-                await _call(fn, self)
+                await _runner(fn)(self)
             except Exception:
                 log.exception('shutdown hook failed')
         await self.db.close()
@@ -1941,7 +1948,7 @@ class App:
                 response = await self.error_response(request, HTTPError(500))
             try:
                 for hook in self.after_hooks:
-                    rv = await _call(hook, request, response)
+                    rv = await _runner(hook)(request, response)
                     if rv is not None:
                         response = make_response(rv)
                 if request._session is not None:
@@ -1987,7 +1994,7 @@ class App:
         request.route = route
         request.params = params
         for hook in self.before_hooks:
-            rv = await _call(hook, request)
+            rv = await _runner(hook)(request)
             if rv is not None:
                 return make_response(rv)
         if self.sessions_enabled:
@@ -2010,7 +2017,7 @@ class App:
             request._body = b''
         if csrf:
             self._check_csrf(request)
-        return make_response(await _call(route.handler, request, **params))
+        return make_response(await _runner(route.handler)(request, **params))
 
     async def _serve_static_other(self, request):
         if not await self.static.exists(request.path):
@@ -2056,7 +2063,7 @@ class App:
         response = None
         if handler is not None and request is not None:
             try:
-                response = make_response(await _call(handler, request, error))
+                response = make_response(await _runner(handler)(request, error))
             except Exception:
                 log.exception('error handler for %d failed', error.status)
         if response is None:
@@ -3234,15 +3241,15 @@ class _Clock:
     """The Date header and the access-log time, formatted at most once a second."""
 
     def __init__(self):
-        self._second = None
+        self._next = 0.0       # when the current second ends
         self.date_line = b''
         self.log_time = ''
 
     def tick(self):
         now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
+        if now >= self._next or now < self._next - 1.0:    # a new second, or the clock went back
+            second = int(now)
+            self._next = second + 1.0
             self.date_line = f'Date: {http_date(second)}\r\n'.encode('ascii')
             self.log_time = time.strftime('%d/%b/%Y:%H:%M:%S +0000', time.gmtime(second))
         return self.date_line
@@ -3253,6 +3260,7 @@ _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _CR_LF = (13, 10)
 _NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING_HEADERS = frozenset({'content-length', 'transfer-encoding', 'connection'})
+_LENGTH_LINES = {}   # body length -> its Content-Length line: formatting bytes costs more
 
 
 class BodyReader:
@@ -3682,7 +3690,11 @@ class HTTPConnection(asyncio.Protocol):
         if status in _NO_BODY_STATUSES or status < 200:
             framing = b''
         elif length is not None:
-            framing = b'Content-Length: %d\r\n' % length
+            framing = _LENGTH_LINES.get(length)
+            if framing is None:
+                framing = b'Content-Length: %d\r\n' % length
+                if len(_LENGTH_LINES) < 4096:
+                    _LENGTH_LINES[length] = framing
         elif head.version >= (1, 1):
             framing = b'Transfer-Encoding: chunked\r\n'
         else:
@@ -3995,7 +4007,7 @@ class Server:
         of a hello request). Answering each request inside data_received instead measured
         no faster: a write between two reads made every send() dearer. Each request has a
         context of its own, a copy of the server's; user code that may await runs only
-        inside a task (_INTO_TASK, _call).
+        inside a task (_INTO_TASK, _runner).
         """
         due, self._due = self._due, []
         base = self._context
