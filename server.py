@@ -252,9 +252,7 @@ _TOKEN_TEXT = _TOKEN.decode('ascii')
 _HEAD_RE = re.compile(
     '(' + _TOKEN_TEXT + ') ([\x21-\x7e]+) HTTP/1\\.([01])\r?\n'
     '((?:' + _TOKEN_TEXT + ':[^\x00-\x08\x0a-\x1f\x7f]*\r?\n)*)\r?\n')
-# Run only over field lines _HEAD_RE accepted: each name and value (trailing whitespace is
-# stripped after, and only when there is some: a lazy repeat here costs three times more).
-_FIELD_RE = re.compile('(' + _TOKEN_TEXT + '):[ \t]*([^\r\n]*)\r?\n')
+_COLONS = itertools.repeat(':')      # str.partition's second argument, for map()
 _HTTP_11, _HTTP_10 = (1, 1), (1, 0)
 _HTTP_VERSIONS = {_HTTP_11: 'HTTP/1.1', _HTTP_10: 'HTTP/1.0'}   # as the access log writes them
 _METHODS_WITH_BODY_SEMANTICS = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
@@ -494,21 +492,33 @@ def parse_head(head):
 def head_from_match(m):
     """The RequestHead of a _HEAD_RE match, or None if it is too large for the quick way.
 
-    The common case in two C-level passes: _HEAD_RE checked the request line and every
-    field line at once, _FIELD_RE picks the fields out.
+    _HEAD_RE checked the request line and every field line at once, so the field block is
+    known good: each line is a token, a colon and a value with no CR but the one that may
+    end it. Splitting it at LF and each line at its first colon picks the fields out at
+    about half the cost of a second regular expression over a browser's dozen fields.
     """
     if m.end() > MAX_HEADER_BYTES or m.end(3) > MAX_REQUEST_LINE_BYTES:
         return None
     block = m.group(4)
-    fields = _FIELD_RE.findall(block)
-    if len(fields) > MAX_HEADER_COUNT:
-        return None
-    if ' \r' in block or ' \n' in block or '\t\r' in block or '\t\n' in block:
-        fields = [(name, value.rstrip(' \t')) for name, value in fields]
-    # Most heads name each field once: the index in one comprehension, else field by field.
-    index = {name.lower(): [value] for name, value in fields}
-    if len(index) != len(fields):
-        index = _index_fields(fields)
+    # Each strip takes the optional whitespace around a value and the line's end.
+    if block.count('\n') > 1:
+        fields = [(name, value.strip(' \t\r')) for name, _, value
+                  in map(str.partition, block[:-1].split('\n'), _COLONS)]
+        if len(fields) > MAX_HEADER_COUNT:
+            return None
+        # Most heads name each field once: the index in one comprehension, else field by field.
+        index = {name.lower(): [value] for name, value in fields}
+        if len(index) != len(fields):
+            index = _index_fields(fields)
+    elif block:
+        # Host alone, as load generators and health checks send it: no comprehension at
+        # all (making one costs more than the whole field).
+        name, _, value = block.partition(':')
+        value = value.strip(' \t\r\n')
+        fields = [(name, value)]
+        index = {name.lower(): [value]}
+    else:
+        fields, index = [], {}
     method, target, minor, _ = m.groups()
     req = RequestHead(method, target, _HTTP_11 if minor == '1' else _HTTP_10, Headers(fields, index))
     frame_request(req)
@@ -520,7 +530,12 @@ def frame_request(req):
     index = req.headers._index
     version = req.version
     connection = index.get('connection')
-    conn_tokens = {t.strip().lower() for v in connection for t in v.split(',')} if connection else ()
+    if connection is None:
+        conn_tokens = ()
+    elif len(connection) == 1 and ',' not in connection[0]:
+        conn_tokens = (connection[0].strip().lower(),)     # the usual one option
+    else:
+        conn_tokens = {t.strip().lower() for v in connection for t in v.split(',')}
     hosts = index.get('host', ())
     if version == (1, 1):
         req.keep_alive = 'close' not in conn_tokens

@@ -312,6 +312,10 @@ class ParseHeadTest(unittest.TestCase):
         # to parse_request_line + parse_header_lines otherwise: both must read it alike.
         heads = [
             b'GET / HTTP/1.1\r\nHost: a\r\n\r\n',
+            # No field, and one alone (parsed without a comprehension): ports, OWS, bare LF.
+            b'GET / HTTP/1.0\r\n\r\n',
+            b'GET / HTTP/1.1\r\nHost:\t a:8000 \t\r\n\r\n',
+            b'GET / HTTP/1.0\nX-Empty:  \n\n',
             b'GET /a%20b?x=1&y HTTP/1.0\nHost: h\nA:  x  \nB:\t\ty z\t\nC:\n\n',
             b'POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nX-Obs: caf\xe9 \x80\xff\r\n\r\n',
             b'GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1\r\ncookie: b=2\nAccept: */*\r\n\r\n',
