@@ -1096,8 +1096,8 @@ class Request:
     @property
     def client(self):
         """The client's IP: the peer, or the last untrusted X-Forwarded-For hop behind a trusted proxy."""
-        headers = self.headers
-        if ('x-real-ip' in headers or 'x-forwarded-for' in headers) and self._trusted():
+        index = self.headers._index
+        if ('x-real-ip' in index or 'x-forwarded-for' in index) and self._trusted():
             # X-Real-IP is set (not appended) by the proxy in front, so it is exact; else the
             # right-most X-Forwarded-For hop that is not itself a trusted proxy.
             real = self.headers.get('x-real-ip', '').strip()
@@ -4056,15 +4056,18 @@ class Server:
                 return
             handlers = access_log.handlers
             stock = len(handlers) == 1 and getattr(handlers[0], '_server_py', False) and not access_log.propagate
-        headers = head.headers
-        client = _log_escape(request.client if request is not None else peer)
+        client = peer if request is None else request.client
+        if client is not peer:
+            client = _log_escape(client)    # forwarded (_is_ip checked it): escaped all the same
         target = head.target
         line = '-' if target == '-' else f'{head.method} {_log_escape(target)} {_HTTP_VERSIONS[head.version]}'
-        referer = headers.get('referer')
-        agent = headers.get('user-agent')
+        index = head.headers._index         # lowercase names, looked up as they are
+        referer = index.get('referer')
+        agent = index.get('user-agent')
         CLOCK.tick()
         text = (f'{client} - - [{CLOCK.log_time}] "{line}" {status} {sent} '
-                f'"{_log_escape(referer) if referer else "-"}" "{_log_escape(agent) if agent else "-"}"')
+                f'"{_log_escape(referer[0]) if referer and referer[0] else "-"}" '
+                f'"{_log_escape(agent[0]) if agent and agent[0] else "-"}"')
         if pending:                       # this turn's lines go where its first one went
             pending.append(text)
         elif stock:
