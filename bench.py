@@ -11,6 +11,8 @@ Usage::
     python3 bench.py --quick                  # smoke test: 1 run of 2 s each
     python3 bench.py --scenarios hello,static-1m --runs 5 --duration 10
     python3 bench.py --compare 'python3 my_aiohttp_app.py --port {port}'
+    python3 bench.py --harness hello,browser,static,hello-log                  # µs per request
+    python3 bench.py --harness hello,browser --instructions    # valgrind: instructions/request
 
 Scenarios (``--scenarios``, comma-separated; default all):
 
@@ -56,6 +58,13 @@ Scenarios (``--scenarios``, comma-separated; default all):
     server's processes kept busy (their CPU time from /proc over the run's length) and the
     req/s per busy CPU: on a machine where wrk takes a share of the CPUs, that figure shows
     how well the workers scale apart from the CPUs left to them.
+
+``--harness`` starts no server: it feeds requests to server.py's connections in this process
+through a stand-in transport (50 connections, wrk's head; ``browser`` sends a browser's 13
+fields; ``static`` is the site's 10 KiB file from memory; ``hello-log`` writes the access log
+to /dev/null) and prints server.py's own cost per request. With ``--instructions`` it runs
+itself twice under valgrind (N and 3N requests) and prints the instructions per request:
+repeatable to a fraction of a percent on a busy machine, where seconds are not.
 
 The load generator is wrk (``--latency``) when installed. Without it a built-in asyncio
 keep-alive client is used and its figures are marked "(client-bound)": it is Python too,
@@ -173,10 +182,6 @@ import sys
 sys.path.insert(0, {here!r})
 import server
 
-port, access_log, data = int(sys.argv[1]), sys.argv[2] == 'on', sys.argv[3]
-workers = int(sys.argv[4]) if len(sys.argv) > 4 else 1
-app = server.App(data=data)
-
 
 def filler(i):
     async def handler(request, **params):
@@ -184,23 +189,39 @@ def filler(i):
     return handler
 
 
-routes = 0
-for i in range(100):                                  # 100 static routes
-    app.get(f'/r{{i}}', name=f'r{{i}}')(filler(i))
+def make_app(data):
+    app = server.App(data=data)
+    routes = 0
+    for i in range(100):                                  # 100 static routes
+        app.get(f'/r{{i}}', name=f'r{{i}}')(filler(i))
+        routes += 1
+    for i in range(99):                                   # 99 dynamic routes
+        app.get(f'/item{{i}}/<int:id>', name=f'item{{i}}')(filler(i))
+        routes += 1
+
+    @app.get('/hello')                                    # the 200th, registered last
+    async def hello(request):
+        return server.Response.text('Hello, world!')
     routes += 1
-for i in range(99):                                   # 99 dynamic routes
-    app.get(f'/item{{i}}/<int:id>', name=f'item{{i}}')(filler(i))
-    routes += 1
+    assert routes == 200, routes
+    return app
 
 
-@app.get('/hello')                                    # the 200th, registered last
-async def hello(request):
-    return server.Response.text('Hello, world!')
-routes += 1
-assert routes == 200, routes
-
-app.run(host='127.0.0.1', port=port, access_log=access_log, workers=workers)
+if __name__ == '__main__':
+    port, access_log, data = int(sys.argv[1]), sys.argv[2] == 'on', sys.argv[3]
+    workers = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    make_app(data).run(host='127.0.0.1', port=port, access_log=access_log, workers=workers)
 '''
+
+
+def make_web_root(tmp):
+    """A copy of www/ plus the two benchmark files, under ``tmp``."""
+    root = os.path.join(tmp, 'www')
+    shutil.copytree(WWW, root)
+    for name, size in STATIC_FILES.values():
+        with open(os.path.join(root, name), 'wb') as f:
+            f.write(os.urandom(size))
+    return root
 
 
 # === Servers: a subprocess on a free port, waited for, and always stopped ===
@@ -563,13 +584,8 @@ class Bench:
 
     # -- setup of what the servers need --
     def web_root(self):
-        """A copy of www/ plus the two benchmark files (created once)."""
         if self.root is None:
-            self.root = os.path.join(self.tmp, 'www')
-            shutil.copytree(WWW, self.root)
-            for name, size in STATIC_FILES.values():
-                with open(os.path.join(self.root, name), 'wb') as f:
-                    f.write(os.urandom(size))
+            self.root = make_web_root(self.tmp)
         return self.root
 
     def data_dir(self, name):
@@ -1581,6 +1597,161 @@ def server_py_version():
     return version
 
 
+# === The in-process harness (python3 bench.py --harness hello,browser,static,hello-log) ===
+#
+# server.py's own work per request, without sockets, kernel or load generator: requests are
+# fed to HTTPConnection objects through a stand-in transport, 50 connections a turn as wrk's
+# would arrive. Seconds vary with the machine; under valgrind the instruction count of a
+# request does not (--instructions), so a change to the hot path can be judged by it.
+
+HARNESS_KINDS = ('hello', 'browser', 'static', 'hello-log')
+HARNESS_CONNECTIONS = 50
+HARNESS_HEADS = {
+    'hello': b'GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n',     # wrk's own head
+    'browser': (b'GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nConnection: keep-alive\r\n'
+                b'Cache-Control: max-age=0\r\nUpgrade-Insecure-Requests: 1\r\n'
+                b'User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) '
+                b'Chrome/131.0.0.0 Safari/537.36\r\n'
+                b'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,'
+                b'image/webp,*/*;q=0.8\r\nSec-Fetch-Site: none\r\nSec-Fetch-Mode: navigate\r\n'
+                b'Sec-Fetch-User: ?1\r\nSec-Fetch-Dest: document\r\nAccept-Encoding: gzip, deflate, br\r\n'
+                b'Accept-Language: en-US,en;q=0.9\r\nDNT: 1\r\n\r\n'),
+    'static': b'GET /bench-10k.bin HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n',
+}
+
+
+class HarnessTransport(asyncio.Transport):
+    """Takes the place of a socket: counts the responses and keeps the last one."""
+
+    def __init__(self, sink):
+        super().__init__()
+        self.sink = sink
+        self.closing = False
+
+    def write(self, data):
+        self.sink.append(bytes(data))
+
+    def get_extra_info(self, name, default=None):
+        return ('127.0.0.1', 40000) if name == 'peername' else default
+
+    def is_closing(self):
+        return self.closing
+
+    def close(self):
+        self.closing = True
+
+    abort = close
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def harness(kind, requests, tmp):
+    """Answer ``requests`` requests of ``kind`` in this process: (µs per request, a response).
+
+    Raises RuntimeError if a response is not the 200 the scenario expects.
+    """
+    import server
+    import logging
+    head = HARNESS_HEADS[kind.removesuffix('-log')]
+    data = os.path.join(tmp, 'data-harness-' + kind)
+    if kind == 'static':
+        app = server.build_site(server.Config(root=make_web_root(tmp), data=data))
+        expect = 10 * 1024
+    else:
+        namespace = {'__name__': 'bench_hello_app'}
+        exec(HELLO_APP.format(here=HERE), namespace)
+        app = namespace['make_app'](data)
+        expect = len(HELLO_BODY)
+    access_log = kind.endswith('-log')
+    if access_log:      # the stock handler, as `server.py` has it, writing to /dev/null
+        stdout, sys.stdout = sys.stdout, open(os.devnull, 'w')
+        try:
+            server.configure_logging('info')
+        finally:
+            sys.stdout = stdout
+    else:
+        logging.disable(logging.CRITICAL)
+
+    async def drive():
+        srv = server.Server(app, server.Config(access_log=access_log))
+        srv.attach(asyncio.get_running_loop())
+        await app.startup()
+        srv.attach(asyncio.get_running_loop())     # the context with what startup set
+        sink = []
+        connections = []
+        for _ in range(HARNESS_CONNECTIONS):
+            conn = server.HTTPConnection(srv)
+            conn.connection_made(HarnessTransport(sink))
+            connections.append(conn)
+
+        async def turn():
+            sink.clear()
+            for conn in connections:
+                conn.data_received(head)
+            while len(sink) < len(connections):
+                await asyncio.sleep(0)
+            response = sink[-1]
+            if not response.startswith(b'HTTP/1.1 200 ') or b'\r\nContent-Length: %d\r\n' % expect not in response:
+                raise RuntimeError(f'{kind}: unexpected response {response[:80]!r}')
+            return response
+
+        for _ in range(20):               # warm-up: the static file reaches the cache
+            await turn()
+            await asyncio.sleep(0.01)
+        if app.static is not None:        # no revalidation stat() in the measured part
+            for entry in app.static._cache.values():
+                entry.checked_at = float('inf')
+        turns = max(1, requests // HARNESS_CONNECTIONS)
+        started = time.perf_counter()
+        for _ in range(turns):
+            response = await turn()
+        elapsed = time.perf_counter() - started
+        await app.shutdown()
+        return elapsed / (turns * HARNESS_CONNECTIONS) * 1e6, response
+    try:
+        return asyncio.run(drive())
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def run_harness(kinds, requests, instructions):
+    """Print µs per request of each kind, or with ``instructions`` the instructions per request
+    counted by valgrind: (count at 3N - count at N) / 2N, so start-up cancels out."""
+    if instructions:
+        valgrind = shutil.which('valgrind')
+        if valgrind is None:
+            sys.exit('bench.py: --instructions needs valgrind')
+        env = dict(os.environ, PYTHONHASHSEED='0')
+        for kind in kinds:
+            counts = []
+            for n in (requests, 3 * requests):
+                with tempfile.TemporaryDirectory(prefix='bench-') as tmp:
+                    out = os.path.join(tmp, 'callgrind.out')
+                    proc = subprocess.run(
+                        [valgrind, '--tool=callgrind', f'--callgrind-out-file={out}', PYTHON,
+                         os.path.abspath(__file__), '--harness', kind, '--requests', str(n)],
+                        env=env, capture_output=True, text=True)
+                found = re.search(r'Collected : (\d+)', proc.stderr)
+                if proc.returncode != 0 or found is None:
+                    sys.exit(f'bench.py: valgrind failed on {kind}:\n{proc.stdout}{proc.stderr[-2000:]}')
+                counts.append(int(found.group(1)))
+            print(f'{kind:10s} {(counts[1] - counts[0]) / (2 * requests):10,.0f} instructions/request'
+                  f'  (valgrind, Python {platform.python_version()}, {2 * requests:,} requests)', flush=True)
+        return 0
+    for kind in kinds:
+        with tempfile.TemporaryDirectory(prefix='bench-') as tmp:
+            us, _ = harness(kind, requests, tmp)
+        print(f'{kind:10s} {us:8.2f} µs/request  (in process, {requests:,} requests, no sockets)', flush=True)
+    return 0
+
+
 # === Command line ===
 
 def parse_args(argv):
@@ -1601,8 +1772,25 @@ def parse_args(argv):
                              '(repeatable); it must answer GET /hello on 127.0.0.1:{port}')
     parser.add_argument('--client', choices=('auto', 'wrk', 'builtin'), default='auto',
                         help='load generator: wrk if installed (auto), or the built-in asyncio client')
+    parser.add_argument('--harness', metavar='KINDS',
+                        help='no servers: time server.py in process, comma-separated kinds of: '
+                             + ', '.join(HARNESS_KINDS))
+    parser.add_argument('--requests', type=int, default=None, metavar='N',
+                        help='--harness: requests per kind (default 20000, 1000 with --instructions)')
+    parser.add_argument('--instructions', action='store_true',
+                        help='--harness: count instructions per request with valgrind instead')
     parser.add_argument('--bare-server', type=int, metavar='PORT', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.harness is not None:
+        args.harness = [k.strip() for k in args.harness.split(',') if k.strip()]
+        unknown = [k for k in args.harness if k not in HARNESS_KINDS]
+        if unknown or not args.harness:
+            parser.error(f'unknown harness kind {", ".join(unknown) or "(none)"}; '
+                         f'choose from {", ".join(HARNESS_KINDS)}')
+        if args.requests is None:
+            args.requests = 1000 if args.instructions else 20000
+        if args.requests < HARNESS_CONNECTIONS:
+            parser.error(f'--requests must be at least {HARNESS_CONNECTIONS}')
     args.duration_given = args.duration is not None
     if args.duration is None:
         args.duration = 2 if args.quick else 5
@@ -1658,6 +1846,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.bare_server is not None:
         return run_bare_server(args.bare_server)
+    if args.harness is not None:
+        return run_harness(args.harness, args.requests, args.instructions)
     signal.signal(signal.SIGTERM, on_sigterm)       # so the finally below stops the servers
     raise_fd_limit()
     started = time.monotonic()

@@ -4613,3 +4613,27 @@ class MessagesCommandSafetyTest(unittest.TestCase):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+class BenchHarnessTest(unittest.TestCase):
+    """bench.py --harness: the in-process measurement the README's instruction counts use."""
+
+    def test_harness_answers_every_kind_it_measures(self):
+        import bench
+        for kind in ('hello', 'browser', 'static'):
+            with self.subTest(kind=kind), tempfile.TemporaryDirectory() as tmp:
+                micros, response = bench.harness(kind, 100, tmp)
+                self.assertGreater(micros, 0)
+                self.assertTrue(response.startswith(b'HTTP/1.1 200 OK\r\n'), response[:40])
+                if kind == 'static':
+                    self.assertEqual(len(response.partition(b'\r\n\r\n')[2]), 10 * 1024)
+                else:
+                    self.assertTrue(response.endswith(b'\r\n\r\nHello, world!'), response[-40:])
+                    self.assertIn(b'Content-Type: text/plain; charset=utf-8\r\n', response)
+
+    def test_harness_kinds_are_checked(self):
+        import bench
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
+            bench.parse_args(['--harness', 'hello,nope'])
+        args = bench.parse_args(['--harness', 'hello', '--instructions'])
+        self.assertEqual((args.harness, args.requests), (['hello'], 1000))
