@@ -1112,7 +1112,7 @@ class Request:
     @property
     def scheme(self):
         """'https' when the connection is TLS or a trusted proxy says so in X-Forwarded-Proto."""
-        if self._scheme == 'http' and 'x-forwarded-proto' in self.headers and self._trusted():
+        if self._scheme == 'http' and 'x-forwarded-proto' in self.headers._index and self._trusted():
             proto = self.headers.get('x-forwarded-proto', '').strip().lower()
             if proto in ('http', 'https'):
                 return proto
@@ -2013,11 +2013,11 @@ class App:
             if rv is not None:
                 return make_response(rv)
         if self.sessions_enabled:
-            if 'cookie' in request.headers:
+            if 'cookie' in request.headers._index:
                 await self._load_session(request)
             else:
                 request._session_ready = True     # no cookie, no stored session to look up
-        length = request.content_length
+        length = request._head.body_length
         if length is not None and length > route.max_body:
             raise HTTPError(413, _too_large(route.max_body))
         csrf = route.csrf and method in _STATE_CHANGING and request.content_type in _CSRF_CONTENT_TYPES
