@@ -3698,9 +3698,11 @@ class HTTPConnection(asyncio.Protocol):
     def _response_head(head, response, length, keep_alive, body=b''):
         """Status line, Date, the app's fields, our framing (and ``body``, to send them in one
         write) as bytes; None if a field would inject."""
-        user = _field_block(response.headers)
+        user = response.headers._block      # encoded when first written, kept until changed
         if user is None:
-            return None
+            user = _field_block(response.headers)
+            if user is None:
+                return None
         status = response.status
         if status in _NO_BODY_STATUSES or status < 200:
             framing = b''
