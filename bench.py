@@ -179,7 +179,8 @@ def run_bare_server(port):
 
 HELLO_APP = '''\
 import sys
-sys.path.insert(0, {here!r})
+if {here!r} not in sys.path:
+    sys.path.insert(0, {here!r})
 import server
 
 
@@ -1670,8 +1671,13 @@ def harness(kind, requests, tmp):
         app = namespace['make_app'](data)
         expect = len(HELLO_BODY)
     access_log = kind.endswith('-log')
+    # Logging as it was is put back at the end (the tests call this in their own process).
+    root, access = logging.getLogger(), server.access_log
+    saved = (root.handlers[:], root.level, access.handlers[:], access.propagate,
+             logging.root.manager.disable)
+    devnull = open(os.devnull, 'w')
     if access_log:      # the stock handler, as `server.py` has it, writing to /dev/null
-        stdout, sys.stdout = sys.stdout, open(os.devnull, 'w')
+        stdout, sys.stdout = sys.stdout, devnull
         try:
             server.configure_logging('info')
         finally:
@@ -1718,7 +1724,9 @@ def harness(kind, requests, tmp):
     try:
         return asyncio.run(drive())
     finally:
-        logging.disable(logging.NOTSET)
+        root.handlers[:], root.level, access.handlers[:], access.propagate, disabled = saved
+        logging.disable(disabled)
+        devnull.close()
 
 
 def run_harness(kinds, requests, instructions):

@@ -253,6 +253,7 @@ _HEAD_RE = re.compile(
     '(' + _TOKEN_TEXT + ') ([\x21-\x7e]+) HTTP/1\\.([01])\r?\n'
     '((?:' + _TOKEN_TEXT + ':[^\x00-\x08\x0a-\x1f\x7f]*\r?\n)*)\r?\n')
 _COLONS = itertools.repeat(':')      # str.partition's second argument, for map()
+_OWS = ' \t'                          # RFC 9110 5.6.3: optional whitespace
 _HTTP_11, _HTTP_10 = (1, 1), (1, 0)
 _HTTP_VERSIONS = {_HTTP_11: 'HTTP/1.1', _HTTP_10: 'HTTP/1.0'}   # as the access log writes them
 _METHODS_WITH_BODY_SEMANTICS = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
@@ -527,16 +528,21 @@ def head_from_match(m):
 
 
 def frame_request(req):
-    """Decide keep-alive and body framing from the parsed head (RFC 9112 6, 9.3)."""
+    """Decide keep-alive and body framing from the parsed head (RFC 9112 6, 9.3).
+
+    List elements are trimmed of OWS (space and tab) only: str.strip() would also take
+    latin-1's NBSP and NEL, so 'Content-Length: 5\xa0' would read as 5 here where a proxy
+    in front may refuse it or read it otherwise (request smuggling).
+    """
     index = req.headers._index
     version = req.version
     connection = index.get('connection')
     if connection is None:
         conn_tokens = ()
     elif len(connection) == 1 and ',' not in connection[0]:
-        conn_tokens = (connection[0].strip().lower(),)     # the usual one option
+        conn_tokens = (connection[0].strip(_OWS).lower(),)     # the usual one option
     else:
-        conn_tokens = {t.strip().lower() for v in connection for t in v.split(',')}
+        conn_tokens = {t.strip(_OWS).lower() for v in connection for t in v.split(',')}
     hosts = index.get('host', ())
     if version == (1, 1):
         req.keep_alive = 'close' not in conn_tokens
@@ -558,7 +564,7 @@ def frame_request(req):
         if version == (1, 0):
             # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
             raise HTTPError(400, 'Transfer-Encoding in an HTTP/1.0 request', close=True)
-        codings = [c.strip().lower() for v in te_values for c in v.split(',')]
+        codings = [c.strip(_OWS).lower() for v in te_values for c in v.split(',')]
         if codings[-1] != 'chunked':
             # RFC 9112 6.3 (4): without chunked last the length cannot be known: 400, close.
             raise HTTPError(400, 'Transfer-Encoding must end with chunked', close=True)
@@ -570,7 +576,7 @@ def frame_request(req):
         req.chunked = True
         req.body_length = None
     elif cl_values:
-        lengths = {v.strip() for value in cl_values for v in value.split(',')}
+        lengths = {v.strip(_OWS) for value in cl_values for v in value.split(',')}
         if len(lengths) != 1:
             raise HTTPError(400, 'conflicting Content-Length values', close=True)
         raw = lengths.pop()
@@ -583,7 +589,7 @@ def frame_request(req):
     expect = index.get('expect')
     req.expect_continue = False
     if expect is not None:
-        if len(expect) > 1 or expect[0].strip().lower() != '100-continue':
+        if len(expect) > 1 or expect[0].strip(_OWS).lower() != '100-continue':
             raise HTTPError(417, 'only Expect: 100-continue is supported')
         # RFC 9110 10.1.1: ignore 100-continue from HTTP/1.0 clients.
         req.expect_continue = version == (1, 1)

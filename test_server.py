@@ -341,6 +341,19 @@ class ParseHeadTest(unittest.TestCase):
             with self.subTest(raw=raw):
                 self.assertStatus(raw, status)
 
+    def test_framing_fields_are_trimmed_of_space_and_tab_only(self):
+        # str.strip() would also take latin-1's NBSP (\xa0) and NEL (\x85): a length or coding
+        # that a proxy in front reads otherwise must be refused, not trimmed into shape.
+        for field in (b'Content-Length: 5\xa0', b'Content-Length: \x855', b'Content-Length: 5,\xa05',
+                      b'Transfer-Encoding: chunked\x85', b'Transfer-Encoding: \xa0chunked'):
+            with self.subTest(field=field):
+                self.assertStatus(b'POST / HTTP/1.1\r\nHost: a\r\n' + field + b'\r\n\r\n', 400)
+        self.assertStatus(b'GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\xa0\r\n\r\n', 417)
+        head = self.parse(b'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\x85\r\n\r\n')
+        self.assertTrue(head.keep_alive)          # not the 'close' option: an unknown one
+        head = self.parse(b'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \t 5 \t\r\n\r\n')
+        self.assertEqual(head.body_length, 5)
+
     def test_head_size_checks_while_incomplete(self):
         server.check_head_size(b'GET /' + b'a' * 100)
         with self.assertRaises(server.HTTPError) as ctx:
@@ -4611,10 +4624,6 @@ class MessagesCommandSafetyTest(unittest.TestCase):
         self.assertEqual(server.safe_filename('Résumé 2024.pdf'), 'Résumé 2024.pdf')
 
 
-if __name__ == '__main__':
-    unittest.main()
-
-
 class BenchHarnessTest(unittest.TestCase):
     """bench.py --harness: the in-process measurement the README's instruction counts use."""
 
@@ -4631,9 +4640,22 @@ class BenchHarnessTest(unittest.TestCase):
                     self.assertTrue(response.endswith(b'\r\n\r\nHello, world!'), response[-40:])
                     self.assertIn(b'Content-Type: text/plain; charset=utf-8\r\n', response)
 
+    def test_harness_puts_logging_back(self):
+        import bench
+        state = lambda: (logging.root.handlers[:], logging.root.level, server.access_log.handlers[:],
+                         server.access_log.propagate, logging.root.manager.disable)
+        before = state()
+        with tempfile.TemporaryDirectory() as tmp:
+            bench.harness('hello-log', 100, tmp)     # installs the stock handlers while it runs
+        self.assertEqual(state(), before)
+
     def test_harness_kinds_are_checked(self):
         import bench
         with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit):
             bench.parse_args(['--harness', 'hello,nope'])
         args = bench.parse_args(['--harness', 'hello', '--instructions'])
         self.assertEqual((args.harness, args.requests), (['hello'], 1000))
+
+
+if __name__ == '__main__':
+    unittest.main()
