@@ -1617,7 +1617,7 @@ HARNESS_HEADS = {
                 b'image/webp,*/*;q=0.8\r\nSec-Fetch-Site: none\r\nSec-Fetch-Mode: navigate\r\n'
                 b'Sec-Fetch-User: ?1\r\nSec-Fetch-Dest: document\r\nAccept-Encoding: gzip, deflate, br\r\n'
                 b'Accept-Language: en-US,en;q=0.9\r\nDNT: 1\r\n\r\n'),
-    'static': b'GET /bench-10k.bin HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n',
+    'static': b'GET /%s HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n' % STATIC_FILES['static-10k'][0].encode(),
 }
 
 
@@ -1664,7 +1664,7 @@ def harness(kind, requests, tmp):
     data = os.path.join(tmp, 'data-harness-' + kind)
     if kind == 'static':
         app = server.build_site(server.Config(root=make_web_root(tmp), data=data))
-        expect = 10 * 1024
+        expect = STATIC_FILES['static-10k'][1]      # the file static-10k serves
     else:
         namespace = {'__name__': 'bench_hello_app'}
         exec(HELLO_APP.format(here=HERE), namespace)
