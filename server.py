@@ -209,10 +209,10 @@ class ClientDisconnected(ConnectionError):
 
 
 def reason_phrase(status):
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return 'Unknown'
+    return _REASONS.get(status, 'Unknown')
+
+
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 
 
 def _too_large(limit):
@@ -701,14 +701,30 @@ class ChunkedDecoder:
 
 
 def parse_query(query, max_fields=1000):
-    """Decode ``a=1&a=2&b`` into a MultiDict (UTF-8, '+' is space). Bad UTF-8 -> 400."""
-    try:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, encoding='utf-8',
-                                       errors='strict', max_num_fields=max_fields)
-    except UnicodeDecodeError:
-        raise HTTPError(400, 'query or form is not valid UTF-8') from None
-    except ValueError:
-        raise HTTPError(413, 'too many fields') from None
+    """Decode ``a=1&a=2&b`` into a MultiDict (UTF-8, '+' is space). Bad UTF-8 -> 400.
+
+    What ``urllib.parse.parse_qsl(keep_blank_values=True, errors='strict')`` gives, at a
+    third of its cost: most queries and forms have nothing to unquote, and unquote is
+    called only for a part that has a '%'.
+    """
+    if query.count('&') >= max_fields:
+        raise HTTPError(413, 'too many fields')
+    coded = '%' in query
+    if '+' in query:
+        query = query.replace('+', ' ')
+    pairs = []
+    for field in query.split('&'):
+        if field:
+            name, _, value = field.partition('=')
+            if coded:
+                try:
+                    if '%' in name:
+                        name = urllib.parse.unquote(name, 'utf-8', 'strict')
+                    if '%' in value:
+                        value = urllib.parse.unquote(value, 'utf-8', 'strict')
+                except UnicodeDecodeError:
+                    raise HTTPError(400, 'query or form is not valid UTF-8') from None
+            pairs.append((name, value))
     return MultiDict(pairs)
 
 
@@ -717,9 +733,14 @@ class MultiDict(dict):
 
     def __init__(self, pairs=()):
         super().__init__()
-        self._lists = {}
+        lists = self._lists = {}
         for key, value in pairs:
-            self.add(key, value)
+            values = lists.get(key)
+            if values is None:
+                lists[key] = [value]
+                dict.__setitem__(self, key, value)
+            else:
+                values.append(value)
 
     def add(self, key, value):
         self._lists.setdefault(key, []).append(value)
@@ -1207,13 +1228,18 @@ class Request:
         if ctype == 'multipart/form-data':
             await self._read_multipart(params.get('boundary', ''), limit)
             return
-        chunks, total = [], 0
-        async for chunk in self.stream():
-            total += len(chunk)
-            if total > limit:
-                raise HTTPError(413, _too_large(limit), close=True)
-            chunks.append(chunk)
-        self._body = b''.join(chunks)
+        body = self._body_source.take_all()      # usually it came in with the head
+        if body is None:
+            chunks, total = [], 0
+            async for chunk in self.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise HTTPError(413, _too_large(limit), close=True)
+                chunks.append(chunk)
+            body = b''.join(chunks)
+        elif len(body) > limit:
+            raise HTTPError(413, _too_large(limit), close=True)
+        self._body = body
         if ctype == 'application/x-www-form-urlencoded':
             try:
                 text = self._body.decode('utf-8')
@@ -1409,7 +1435,7 @@ class Response:
 
     @classmethod
     def json(cls, data, status=200, headers=None):
-        body = json.dumps(data, ensure_ascii=False, separators=(',', ':')).encode('utf-8')
+        body = _json_text(data).encode('utf-8')
         return cls(body, status, headers, 'application/json')
 
     @classmethod
@@ -1529,6 +1555,10 @@ mimetypes.add_type('image/webp', '.webp')
 mimetypes.add_type('font/woff2', '.woff2')
 
 
+# One encoder for every JSON response: json.dumps with options makes a new one per call.
+_json_text = json.JSONEncoder(ensure_ascii=False, separators=(',', ':')).encode
+
+
 def make_response(rv):
     """Normalise what a handler returned into a Response.
 
@@ -1536,6 +1566,13 @@ def make_response(rv):
     async iterator -> streamed; a tuple (body, status), (body, headers) or
     (body, status, headers).
     """
+    kind = rv.__class__
+    if kind is Response:
+        return rv
+    if kind is str:
+        return Response(rv)
+    if kind is dict:
+        return Response.json(rv)
     if isinstance(rv, Response):
         return rv
     if isinstance(rv, tuple):
@@ -2118,7 +2155,7 @@ def error_page(error):
     body = f'{error.status} {error.reason}\n'
     if error.detail:
         body += f'{error.detail}\n'
-    resp = Response(body.encode('utf-8'), error.status, error.headers,
+    resp = Response(body.encode('utf-8'), error.status, error.headers or None,
                     'text/plain; charset=utf-8')
     resp.close = error.close
     return resp
@@ -3349,6 +3386,16 @@ class BodyReader:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def take_all(self):
+        """The whole body if all of it has arrived and none was taken yet, else None."""
+        if not self.complete or self.error is not None or self.received != self.buffered:
+            return None
+        body = b''.join(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        self.conn._resume_reading_body()
+        return body
+
     async def receive(self):
         """The next decoded chunk, or b'' at the end of the body."""
         while True:
@@ -4231,6 +4278,10 @@ class _BytesBody:
 
     def __init__(self, data):
         self.data = data
+
+    def take_all(self):
+        data, self.data = self.data, b''
+        return data
 
     async def receive(self):
         data, self.data = self.data, b''

@@ -427,6 +427,19 @@ class SmallParsersTest(unittest.TestCase):
             server.parse_query('a=%FF')
         self.assertEqual(ctx.exception.status, 400)
 
+    def test_query_matches_parse_qsl(self):
+        # The quick parser must give what the standard library's does, field for field.
+        for query in ['', '&', 'a', 'a=', '=b', '=', 'a==b', 'a=b=c', '&&a=1&&', 'a+b=c+d',
+                      '%2B=%2b+', 'a%3Db=c%26d', 'é=ü', 'x=%', 'x=%4', 'x=%zz', '%C3%A9=%e2%82%AC',
+                      'a=1;b=2', 'k=+%20+', 'a=1&a=&a', ' = ']:
+            with self.subTest(query=query):
+                expected = urllib.parse.parse_qsl(query, keep_blank_values=True, errors='strict')
+                self.assertEqual(server.parse_query(query).allitems(), expected)
+        self.assertEqual(len(server.parse_query('a&' * 999, max_fields=1000).getlist('a')), 999)
+        with self.assertRaises(server.HTTPError) as ctx:
+            server.parse_query('a&' * 1000, max_fields=1000)
+        self.assertEqual(ctx.exception.status, 413)
+
     def test_cookies(self):
         c = server.parse_cookies(['a=1; b="two"; bad; =x; a=3', 'c=4'])
         self.assertEqual(c, {'a': '1', 'b': 'two', 'c': '4'})
