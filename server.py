@@ -1729,15 +1729,23 @@ class Router:
             table[method] = route
 
     def _combined(self, segment):
-        rx = self._compiled.get(segment)
-        if rx is None:
-            group = self.dynamic[segment]
-            # Inner named groups would clash between alternatives, so each alternative's own
-            # groups are made anonymous; the route's regex extracts the parameters after.
-            alts = [f'(?P<r{i}>{_anonymous_groups(sample.regex.pattern)})'
-                    for i, (_, _, sample) in enumerate(group)]
-            rx = self._compiled[segment] = re.compile('|'.join(alts))
-        return rx
+        """(regex, params) for a group: one regular expression whose alternative ``r<i>``
+        is the group's i-th pattern, and per alternative the (group name, parameter,
+        converter) triples that read its parameters from a match of it."""
+        combined = self._compiled.get(segment)
+        if combined is None:
+            alts, params = [], []
+            for i, (_, _, sample) in enumerate(self.dynamic[segment]):
+                # Group names must differ between alternatives: each parameter's group is
+                # prefixed with its alternative's name, any other named group made anonymous.
+                def rename(m, i=i, names=sample.converters):
+                    name = m.group(1)
+                    return f'(?P<r{i}_{name}>' if name in names else '(?:'
+                alts.append(f'(?P<r{i}>{_NAMED_GROUP_RE.sub(rename, sample.regex.pattern)})')
+                params.append([(f'r{i}_{name}', name, convert)
+                               for name, convert in sample.converters.items()])
+            combined = self._compiled[segment] = (re.compile('|'.join(alts)), params)
+        return combined
 
     def _candidates(self, path):
         """Yield (table, params) for every pattern matching ``path``, most specific first."""
@@ -1749,7 +1757,7 @@ class Router:
             group = self.dynamic.get(key)
             if not group:
                 continue
-            m = self._combined(key).fullmatch(path)
+            m = self._combined(key)[0].fullmatch(path)
             if m is None:
                 continue
             first = int(m.lastgroup[1:])
@@ -1776,10 +1784,24 @@ class Router:
             route = table.get(method)
             if route is not None:
                 return route, {}
-        elif not self.raw and None not in self.dynamic and \
-                path[1:].partition('/')[0] not in self.dynamic:
-            self._refuse_unknown_method(method)   # no pattern can match: most static files
-            return None, None
+            return self._lookup_patterns(method, path)
+        segment = path[1:].partition('/')[0]
+        group = self.dynamic.get(segment)
+        if group is None:
+            if not self.raw and None not in self.dynamic:
+                self._refuse_unknown_method(method)   # no pattern can match: most static files
+                return None, None
+        else:
+            # The usual dynamic path: the first pattern of its segment that matches has the
+            # method, and one match of the group's regex gives its parameters too.
+            regex, params = self._combined(segment)
+            m = regex.fullmatch(path)
+            if m is not None:
+                first = int(m.lastgroup[1:])
+                table = group[first][1]
+                route = table.get(method) or (table.get('GET') if method == 'HEAD' else None)
+                if route is not None:
+                    return route, {name: convert(m.group(key)) for key, name, convert in params[first]}
         return self._lookup_patterns(method, path)
 
     def _lookup_patterns(self, method, path):
@@ -1803,8 +1825,7 @@ class Router:
             raise HTTPError(501, f'method {method} is not implemented')
 
 
-def _anonymous_groups(pattern):
-    return re.sub(r'\(\?P<[^>]+>', '(?:', pattern)
+_NAMED_GROUP_RE = re.compile(r'\(\?P<([^>]+)>')
 
 
 def format_allow(methods):

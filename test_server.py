@@ -1353,6 +1353,33 @@ class RouterTest(unittest.TestCase):
             self.assertEqual(client.get('/api/static').json(), {'i': 101, 'params': {}})
             self.assertEqual(client.get('/api/v30/x').status, 404)
 
+    def test_quick_lookup_agrees_with_the_full_walk(self):
+        # lookup reads a dynamic route's parameters from the group's combined regex; it must
+        # give what walking every candidate in order gives, errors included.
+        async def handler(request, **params):
+            return 'x'
+        router = server.Router()
+        routes = [('/u/<name>', 'GET'), ('/u/<name>/<int:n>', 'GET'), ('/u/<int:k>', 'POST'),
+                  ('/u/<int:k>', 'PUT'), ('/u/me', 'GET'), ('/f/<path:rest>', 'GET'),
+                  ('/f/<path:rest>/raw', 'DELETE'), ('/<page>', 'GET'), ('/<a>/<int:b>', 'PATCH')]
+        for i, (pattern, method) in enumerate(routes):
+            router.add(server.Route(pattern, handler, (method,), f'r{i}', 1024, False, False))
+
+        def outcome(find, method, path):
+            try:
+                route, params = find(method, path)
+            except server.HTTPError as exc:
+                return exc.status, exc.headers
+            return (route.name if route is not None else None), params
+        for method in ('GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'BREW'):
+            for path in ('/u/bob', '/u/7', '/u/me', '/u/bob/3', '/u/bob/x', '/f/a/b', '/f/a/raw',
+                         '/f/x/y/raw', '/about', '/about/9', '/a/b/c', '/u/', '/f/'):
+                with self.subTest(method=method, path=path):
+                    self.assertEqual(outcome(router.lookup, method, path),
+                                     outcome(router._lookup_patterns, method, path))
+        self.assertEqual(router.lookup('GET', '/u/bob/3')[1], {'name': 'bob', 'n': 3})
+        self.assertEqual(router.lookup('PUT', '/u/7')[1], {'k': 7})
+
     def test_head_follows_get(self):
         resp = self.client.head('/users/bob')
         self.assertEqual((resp.status, resp.body), (200, b''))
