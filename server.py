@@ -3084,7 +3084,8 @@ class StaticFiles:
     """Files under ``root``, behind the file jail, with ETag/304, Range and gzip.
 
     Small files are answered from memory and revalidated with stat() (in a thread) at most
-    once a second; large ones are streamed by the connection (sendfile over plain TCP).
+    once a second, and so is a missing file's 404; large ones are streamed by the
+    connection (sendfile over plain TCP).
     Folders serve their index.html; there are no listings. ``exclude`` names top-level
     folders that are never served (templates).
     """
@@ -3094,6 +3095,9 @@ class StaticFiles:
         self._excluded = [os.path.realpath(os.path.join(self.root, name)) for name in exclude]
         self._cache = collections.OrderedDict()   # url path -> StaticEntry
         self._cached_bytes = 0
+        # url path -> when it was found missing: a 404 is known for a second without a stat()
+        # in a thread each time (a scanner's probes, a missing favicon), as a file is.
+        self._missing = collections.OrderedDict()
 
     def resolve(self, url_path):
         """The jail: a decoded URL path -> a real file path inside the root (blocking).
@@ -3128,6 +3132,8 @@ class StaticFiles:
         return real
 
     async def exists(self, url_path):
+        if self._known_missing(url_path):
+            return False
         try:
             await asyncio.to_thread(self.resolve, url_path)
         except HTTPError:
@@ -3187,16 +3193,33 @@ class StaticFiles:
                 entry.checked_at = now
                 return entry
             self._forget(url_path)
+        elif self._known_missing(url_path):
+            raise HTTPError(404)
         try:
             entry = await asyncio.to_thread(self._load, url_path)
         except HTTPError as exc:
             if exc.status in (403, 404) and exc.detail:
                 log.warning('static: refused %s (%s)', _log_escape(url_path), exc.detail)
+            elif exc.status == 404:
+                self._note_missing(url_path)
             raise
         except OSError:
+            self._note_missing(url_path)
             raise HTTPError(404) from None
+        self._missing.pop(url_path, None)
         self._remember(url_path, entry)   # large files too: their validators, not their bytes
         return entry
+
+    def _known_missing(self, url_path):
+        since = self._missing.get(url_path)
+        return since is not None and time.monotonic() - since < 1.0
+
+    def _note_missing(self, url_path):
+        missing = self._missing
+        missing[url_path] = time.monotonic()
+        missing.move_to_end(url_path)
+        if len(missing) > 1024:
+            missing.popitem(last=False)
 
     def _remember(self, url_path, entry):
         self._cache[url_path] = entry

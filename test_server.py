@@ -3075,6 +3075,22 @@ class StaticTest(unittest.TestCase):
             self.assertEqual(read_response(f)[2], self.big)
             self.assertEqual(read_response(f)[2], b'plain notes')
 
+    def test_a_missing_file_is_known_for_a_second(self):
+        # A 404 is remembered as a file is, so a flood of misses costs no stat() each; a
+        # file that appears is served once its second is over.
+        static, path = self.app.static, '/appears-later.txt'
+        self.assertEqual(self.get(path)[0], 404)
+        self.assertIn(path, static._missing)
+        with open(os.path.join(self.root, path[1:]), 'w') as f:
+            f.write('here now')
+        self.addCleanup(os.unlink, os.path.join(self.root, path[1:]))
+        static._missing[path] = time.monotonic()          # found missing just now
+        self.assertEqual(self.get(path)[0], 404)
+        self.assertEqual(self.get(path, method='OPTIONS')[0], 404)
+        static._missing[path] = time.monotonic() - 1.0    # a second ago: looked at again
+        self.assertEqual(self.get(path)[:3:2], (200, b'here now'))
+        self.assertNotIn(path, static._missing)
+
     def test_methods_on_static(self):
         status, headers, body = self.get('/notes.txt', method='HEAD')
         self.assertEqual((status, body), (200, b''))
