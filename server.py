@@ -3011,6 +3011,9 @@ class SessionStore:
     def __init__(self, db):
         self.db = db
         self._last_purge = 0.0
+        self._new_rows = []        # new sessions waiting for the next group commit
+        self._new_saved = None     # the future their requests wait on
+        self._inserting = False    # a group commit is in the database thread
 
     async def load(self, sid):
         if not sid or len(sid) > 100:
@@ -3036,9 +3039,13 @@ class SessionStore:
         if new:
             session.id = secrets.token_urlsafe(32)
         session.expires = time.time() + session.lifetime()
-        stored = await self.db.run(_save_session, _session_key(session.id),
-                                   _session_key(session.old_id) if session.old_id else None,
-                                   json.dumps(dict(session)), session.expires, new)
+        if new and session.old_id is None:
+            stored = await self._insert(_session_key(session.id), json.dumps(dict(session)),
+                                        session.expires)
+        else:
+            stored = await self.db.run(_save_session, _session_key(session.id),
+                                       _session_key(session.old_id) if session.old_id else None,
+                                       json.dumps(dict(session)), session.expires, new)
         session.modified = False
         session.old_id = None
         if time.monotonic() - self._last_purge > 600:
@@ -3046,12 +3053,50 @@ class SessionStore:
             await self.purge()
         return stored
 
+    async def _insert(self, key, data, expires):
+        """Insert a brand-new session with the others made meanwhile: one transaction (and
+        one fsync) for all of them. Every visitor without a cookie who opens a page with a
+        form gets a session, so without this each such GET cost a commit of its own."""
+        if self._new_saved is None:
+            self._new_saved = asyncio.get_running_loop().create_future()
+            if not self._inserting:
+                # After this turn of the loop: the requests read with this one join it.
+                asyncio.get_running_loop().call_soon(self._insert_rows)
+        saved = self._new_saved
+        self._new_rows.append((key, data, expires))
+        await asyncio.shield(saved)      # one request's cancellation is not the others'
+        return True
+
+    def _insert_rows(self):
+        rows, saved = self._new_rows, self._new_saved
+        self._new_rows, self._new_saved = [], None
+        self._inserting = True
+        commit = asyncio.ensure_future(self.db.run(_insert_sessions, rows))
+
+        def committed(commit):
+            self._inserting = False
+            if commit.cancelled():
+                saved.cancel()
+            elif commit.exception() is not None:
+                saved.set_exception(commit.exception())
+            else:
+                saved.set_result(None)
+            if self._new_saved is not None:      # made while this commit ran: the next one
+                self._insert_rows()
+        commit.add_done_callback(committed)
+
     async def delete(self, sid):
         await self.db.execute('DELETE FROM sessions WHERE id = ?', (_session_key(sid),))
 
     async def purge(self):
         """Delete expired sessions."""
         await self.db.execute('DELETE FROM sessions WHERE expires < ?', (time.time(),))
+
+
+def _insert_sessions(conn, rows):
+    with conn:
+        conn.execute('BEGIN IMMEDIATE')
+        conn.executemany('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?)', rows)
 
 
 def _save_session(conn, key, old_key, data, expires, new):

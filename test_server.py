@@ -2190,6 +2190,36 @@ class SessionTest(unittest.TestCase):
         self.assertEqual(rows[0][0], hashlib.sha256(sid.encode()).hexdigest())
         self.assertNotIn(sid, rows[0][0] + rows[0][1])
 
+    def test_new_sessions_are_committed_together(self):
+        # New sessions made in one turn of the loop share one transaction; each one's save
+        # returns only after that commit, a cancelled request's row is stored all the same,
+        # and a failed commit reaches every request of its group.
+        db = server.Database(os.path.join(self.data, 'group.db'))
+        store = server.SessionStore(db)
+        statements = []
+
+        async def scenario():
+            await db.run(lambda conn: conn.set_trace_callback(statements.append))
+            sessions = [server.Session({'_csrf': f'token{i}'}) for i in range(20)]
+            saves = [asyncio.ensure_future(store.save(s)) for s in sessions]
+            await asyncio.sleep(0)                # every save is waiting on the commit now
+            saves[3].cancel()
+            results = await asyncio.gather(*saves, return_exceptions=True)
+            self.assertIsInstance(results.pop(3), asyncio.CancelledError)
+            self.assertEqual(results, [True] * 19)
+            for i, session in enumerate(sessions):
+                self.assertEqual(dict(await store.load(session.id)), {'_csrf': f'token{i}'})
+            self.assertEqual(sum(s.startswith('BEGIN IMMEDIATE') for s in statements), 1)
+            # The next group after a failure: every one of its requests gets the error.
+            await db.execute('ALTER TABLE sessions RENAME TO sessions_away')
+            failed = await asyncio.gather(*(store.save(server.Session({'a': 1})) for _ in range(3)),
+                                          return_exceptions=True)
+            self.assertTrue(all(isinstance(e, sqlite3.OperationalError) for e in failed), failed)
+            await db.execute('ALTER TABLE sessions_away RENAME TO sessions')
+            self.assertTrue(await store.save(server.Session({'b': 2})))
+            await db.close()
+        asyncio.run(scenario())
+
     def test_survives_a_restart(self):
         first = LiveServer(session_app(self.data))
         try:
