@@ -2832,6 +2832,8 @@ class Database:
         self._executor = None
         self._conn = None
         self._lock = threading.Lock()
+        self._group = []            # (fn, args, future) of grouped calls for the next commit
+        self._committing = False    # a group is in the database thread
 
     def _ensure_executor(self):
         with self._lock:
@@ -2896,6 +2898,49 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._ensure_executor(), self._call, fn, args)
 
+    async def grouped(self, fn, *args):
+        """Run ``fn(conn, *args)`` in one transaction with the other grouped calls made
+        meanwhile (group commit), and return its result once that transaction is durable.
+
+        Each call runs in a savepoint of its own: one that raises is undone alone and its
+        request gets the exception, the others commit. ``fn`` must not begin or commit a
+        transaction itself. Calls made in one turn of the loop go together, and those
+        made while a group commits go with the next one: N inserts cost one fsync, not N.
+        A call whose request was cancelled before its group left is not run.
+        """
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._group.append((fn, args, done))
+        if len(self._group) == 1 and not self._committing:
+            loop.call_soon(self._commit_group)
+        return await done
+
+    def _commit_group(self):
+        group = [call for call in self._group if not call[2].cancelled()]
+        self._group = []
+        if not group:
+            return
+        self._committing = True
+        commit = asyncio.ensure_future(self.run(_run_group, [call[:2] for call in group]))
+
+        def committed(commit):
+            self._committing = False
+            if commit.cancelled():
+                outcomes = [(False, asyncio.CancelledError())] * len(group)
+            elif commit.exception() is not None:
+                outcomes = [(False, commit.exception())] * len(group)
+            else:
+                outcomes = commit.result()
+            for (_, _, done), (ok, value) in zip(group, outcomes):
+                if not done.done():
+                    if ok:
+                        done.set_result(value)
+                    else:
+                        done.set_exception(value)
+            if self._group:                # made while this group committed: the next one
+                self._commit_group()
+        commit.add_done_callback(committed)
+
     def run_sync(self, fn, *args):
         """The same as ``run`` for plain def handlers (worker threads); blocks until done."""
         return self._ensure_executor().submit(self._call, fn, args).result()
@@ -2923,6 +2968,29 @@ class Database:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _run_group(conn, calls):
+    """Database.grouped's transaction: each call in a savepoint; [(ok, result or exception)]."""
+    outcomes = []
+    conn.execute('BEGIN IMMEDIATE')
+    try:
+        for fn, args in calls:
+            conn.execute('SAVEPOINT call')
+            try:
+                value = fn(conn, *args)
+            except Exception as exc:
+                conn.execute('ROLLBACK TO call')
+                outcomes.append((False, exc))
+            else:
+                outcomes.append((True, value))
+            conn.execute('RELEASE call')
+        conn.execute('COMMIT')
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute('ROLLBACK')
+        raise
+    return outcomes
 
 
 def _db_execute(conn, sql, params):
@@ -3011,9 +3079,6 @@ class SessionStore:
     def __init__(self, db):
         self.db = db
         self._last_purge = 0.0
-        self._new_rows = []        # new sessions waiting for the next group commit
-        self._new_saved = None     # the future their requests wait on
-        self._inserting = False    # a group commit is in the database thread
 
     async def load(self, sid):
         if not sid or len(sid) > 100:
@@ -3040,8 +3105,10 @@ class SessionStore:
             session.id = secrets.token_urlsafe(32)
         session.expires = time.time() + session.lifetime()
         if new and session.old_id is None:
-            stored = await self._insert(_session_key(session.id), json.dumps(dict(session)),
-                                        session.expires)
+            # Every visitor without a cookie who opens a page with a form gets one: each in
+            # a transaction (and fsync) of its own made GET /contact disk-bound.
+            stored = await self.db.grouped(_insert_session, _session_key(session.id),
+                                           json.dumps(dict(session)), session.expires)
         else:
             stored = await self.db.run(_save_session, _session_key(session.id),
                                        _session_key(session.old_id) if session.old_id else None,
@@ -3053,38 +3120,6 @@ class SessionStore:
             await self.purge()
         return stored
 
-    async def _insert(self, key, data, expires):
-        """Insert a brand-new session with the others made meanwhile: one transaction (and
-        one fsync) for all of them. Every visitor without a cookie who opens a page with a
-        form gets a session, so without this each such GET cost a commit of its own."""
-        if self._new_saved is None:
-            self._new_saved = asyncio.get_running_loop().create_future()
-            if not self._inserting:
-                # After this turn of the loop: the requests read with this one join it.
-                asyncio.get_running_loop().call_soon(self._insert_rows)
-        saved = self._new_saved
-        self._new_rows.append((key, data, expires))
-        await asyncio.shield(saved)      # one request's cancellation is not the others'
-        return True
-
-    def _insert_rows(self):
-        rows, saved = self._new_rows, self._new_saved
-        self._new_rows, self._new_saved = [], None
-        self._inserting = True
-        commit = asyncio.ensure_future(self.db.run(_insert_sessions, rows))
-
-        def committed(commit):
-            self._inserting = False
-            if commit.cancelled():
-                saved.cancel()
-            elif commit.exception() is not None:
-                saved.set_exception(commit.exception())
-            else:
-                saved.set_result(None)
-            if self._new_saved is not None:      # made while this commit ran: the next one
-                self._insert_rows()
-        commit.add_done_callback(committed)
-
     async def delete(self, sid):
         await self.db.execute('DELETE FROM sessions WHERE id = ?', (_session_key(sid),))
 
@@ -3093,10 +3128,9 @@ class SessionStore:
         await self.db.execute('DELETE FROM sessions WHERE expires < ?', (time.time(),))
 
 
-def _insert_sessions(conn, rows):
-    with conn:
-        conn.execute('BEGIN IMMEDIATE')
-        conn.executemany('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?)', rows)
+def _insert_session(conn, key, data, expires):
+    conn.execute('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?)', (key, data, expires))
+    return True
 
 
 def _save_session(conn, key, old_key, data, expires, new):
@@ -4749,6 +4783,18 @@ class VisitCounter:
                 self.flushing = 0
 
 
+def _store_message(conn, values, client, now):
+    """Store a contact message unless ``client`` sent CONTACT_LIMIT in the window: then
+    the time of its first one there, and nothing is stored."""
+    count, first = conn.execute('SELECT COUNT(*), MIN(created) FROM messages WHERE ip = ? AND created > ?',
+                                (client, now - CONTACT_WINDOW_S)).fetchone()
+    if count >= CONTACT_LIMIT:
+        return first
+    conn.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
+                 (values['name'], values['email'], values['message'], client, now))
+    return None
+
+
 def _add_visits(conn, count):
     with conn:
         conn.execute("UPDATE counters SET value = value + ? WHERE name = 'visits'", (count,))
@@ -4874,12 +4920,11 @@ def build_site(config):
             errors['message'] = 'Your message can be at most 5000 characters.'
         if errors:
             return render('contact.html', values=values, errors=errors), 400
-        client = request.client
-        since = time.time() - CONTACT_WINDOW_S
-        row = await app.db.fetchone('SELECT COUNT(*) AS n, MIN(created) AS first FROM messages '
-                                    'WHERE ip = ? AND created > ?', (client, since))
-        if row['n'] >= CONTACT_LIMIT:
-            retry = max(1, int(row['first'] + CONTACT_WINDOW_S - time.time()) + 1)
+        # Checked and stored in one step (no two requests both pass a full limit), committed
+        # with the other messages and new sessions of the moment (Database.grouped).
+        first = await app.db.grouped(_store_message, values, request.client, time.time())
+        if first is not None:
+            retry = max(1, int(first + CONTACT_WINDOW_S - time.time()) + 1)
             errors = {'form': f'You have sent {CONTACT_LIMIT} messages in the last '
                               f'{CONTACT_WINDOW_S // 60} minutes. Your message is kept below: '
                               f'please send it again in about {max(1, round(retry / 60))} minutes.'}
@@ -4887,8 +4932,6 @@ def build_site(config):
             resp.status = 429
             resp.headers['Retry-After'] = str(retry)
             return resp
-        await app.db.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
-                             (values['name'], values['email'], values['message'], client, time.time()))
         return redirect('/contact/thanks')
 
     @app.get('/contact/thanks')

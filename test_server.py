@@ -2191,9 +2191,9 @@ class SessionTest(unittest.TestCase):
         self.assertNotIn(sid, rows[0][0] + rows[0][1])
 
     def test_new_sessions_are_committed_together(self):
-        # New sessions made in one turn of the loop share one transaction; each one's save
-        # returns only after that commit, a cancelled request's row is stored all the same,
-        # and a failed commit reaches every request of its group.
+        # New sessions made in one turn of the loop share one transaction (Database.grouped);
+        # each save returns only after that commit; a request cancelled before its group
+        # left stores nothing; a failing call is undone alone, its error its request's.
         db = server.Database(os.path.join(self.data, 'group.db'))
         store = server.SessionStore(db)
         statements = []
@@ -2202,15 +2202,31 @@ class SessionTest(unittest.TestCase):
             await db.run(lambda conn: conn.set_trace_callback(statements.append))
             sessions = [server.Session({'_csrf': f'token{i}'}) for i in range(20)]
             saves = [asyncio.ensure_future(store.save(s)) for s in sessions]
-            await asyncio.sleep(0)                # every save is waiting on the commit now
+            await asyncio.sleep(0)                # every save has joined the group now
             saves[3].cancel()
             results = await asyncio.gather(*saves, return_exceptions=True)
-            self.assertIsInstance(results.pop(3), asyncio.CancelledError)
-            self.assertEqual(results, [True] * 19)
+            self.assertIsInstance(results[3], asyncio.CancelledError)
+            self.assertEqual(results[:3] + results[4:], [True] * 19)
             for i, session in enumerate(sessions):
-                self.assertEqual(dict(await store.load(session.id)), {'_csrf': f'token{i}'})
+                self.assertEqual(dict(await store.load(session.id)), {} if i == 3 else {'_csrf': f'token{i}'})
             self.assertEqual(sum(s.startswith('BEGIN IMMEDIATE') for s in statements), 1)
-            # The next group after a failure: every one of its requests gets the error.
+
+            # Calls of one group: the one that fails is undone alone.
+            def insert(conn, value, fail):
+                conn.execute('INSERT INTO sessions (id, data, expires) VALUES (?, ?, 0)', (value, value))
+                if fail:
+                    raise ValueError(value)
+                return value
+            outcomes = await asyncio.gather(db.grouped(insert, 'a', False), db.grouped(insert, 'b', True),
+                                            db.grouped(insert, 'c', False), return_exceptions=True)
+            self.assertEqual(outcomes[::2], ['a', 'c'])
+            self.assertIsInstance(outcomes[1], ValueError)
+            self.assertEqual([r['id'] for r in await db.fetchall(
+                "SELECT id FROM sessions WHERE id IN ('a', 'b', 'c') ORDER BY id")], ['a', 'c'])
+            self.assertEqual(sum(s.startswith('BEGIN IMMEDIATE') for s in statements), 2)
+
+            # No table to insert into: every request of the group gets its error, and the
+            # next group works again.
             await db.execute('ALTER TABLE sessions RENAME TO sessions_away')
             failed = await asyncio.gather(*(store.save(server.Session({'a': 1})) for _ in range(3)),
                                           return_exceptions=True)
