@@ -560,6 +560,18 @@ class ProtocolTest(unittest.TestCase):
         self.assertRegex(headers['date'], r'^\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT$')
         self.assertEqual(headers['connection'], 'close')
 
+    def test_accepted_sockets_have_no_nagle_delay(self):
+        # Set by asyncio's socket transport; server.py relies on it and must not lose it.
+        with self.live.connect() as sock:
+            sock.sendall(b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n')
+            self.assertEqual(read_response(sock.makefile('rb'))[0], 200)
+            mine = sock.getsockname()
+            accepted = [conn.transport.get_extra_info('socket') for conn in list(self.live.server.connections)]
+            options = [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in accepted
+                       if s.getpeername() == mine]
+            self.assertEqual(len(options), 1)
+            self.assertNotEqual(options[0], 0)
+
     def test_statuses_over_the_wire(self):
         cases = [
             (b'GET / HTTP/1.1\r\n\r\n', 400),
@@ -1807,6 +1819,16 @@ class SecureCookieLiveTest(unittest.TestCase):
     def test_untrusted_peer_cannot_claim_https(self):
         attrs, _ = self.live_set_cookie('10.9.9.9', 'https')
         self.assertNotIn('secure', attrs)
+
+    def test_trusted_peers_by_address_and_network(self):
+        app = server.App(data=fresh_dir(self), trusted_proxy='10.0.0.0/8, ::1, fe80::/10')
+        cases = [('10.1.2.3', True), ('11.1.2.3', False), ('::1', True), ('fe80::1%eth0', True),
+                 ('not an address', False), ('', False), ('10.1.2.3', True), ('11.1.2.3', False)]
+        for address, trusted in cases:           # asked twice each: the kept answers agree
+            self.assertIs(app.config_trusted(address), trusted, address)
+        app.trusted = server._parse_trusted('11.0.0.0/8')    # answers follow a new list
+        self.assertIs(app.config_trusted('11.1.2.3'), True)
+        self.assertIs(app.config_trusted('10.1.2.3'), False)
 
     def test_send_file_of_a_missing_file_is_an_error_response(self):
         # Was a bug, now fixed: Response.send_file() of a path that does not exist (e.g. an upload whose stored
