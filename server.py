@@ -2823,8 +2823,10 @@ class Database:
 
     ``await db.execute(sql, params)`` -> lastrowid; ``await db.fetchall(...)`` -> list of
     dicts; ``await db.fetchone(...)``; ``await db.run(fn, *args)`` runs ``fn(conn, *args)``
-    in the database thread (``with conn:`` makes it one transaction). From a plain def
-    handler use ``db.run_sync(fn, *args)``.
+    in the database thread (``with conn:`` makes it one transaction); ``await
+    db.grouped(fn, *args)`` runs it in a transaction shared with the grouped calls of the
+    moment (group commit: one fsync for many inserts). From a plain def handler use
+    ``db.run_sync(fn, *args)``.
     """
 
     #: Tables the framework itself needs; created if missing, never dropped.
@@ -2936,8 +2938,10 @@ class Database:
 
         def committed(commit):
             self._committing = False
-            if commit.cancelled():
-                outcomes = [(False, asyncio.CancelledError())] * len(group)
+            if commit.cancelled():         # the loop is being shut down
+                for _, _, done in group:
+                    done.cancel()
+                outcomes = ()
             elif commit.exception() is not None:
                 outcomes = [(False, commit.exception())] * len(group)
             else:
