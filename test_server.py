@@ -5,6 +5,7 @@ over real sockets. Every test gets a fresh temporary data folder and leaves noth
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import email.generator
@@ -3301,6 +3302,23 @@ class SiteTest(unittest.TestCase):
         # another client is not limited
         other = self.browser('192.0.2.21')
         self.assertEqual(other.post_form('/contact', dict(fields, csrf_token=other.csrf('/contact'))).status, 303)
+
+    def test_contact_rate_limit_holds_for_posts_sent_at_once(self):
+        # The limit is checked and the message stored in one step: of posts sent together,
+        # exactly CONTACT_LIMIT are stored, whatever order they are committed in.
+        b = self.browser('192.0.2.22')
+        token = b.csrf('/contact')
+        fields = {'csrf_token': token, 'name': 'Ada', 'email': 'ada@example.com', 'message': 'Hi'}
+        clients = []
+        for _ in range(server.CONTACT_LIMIT + 4):
+            client = self.browser('192.0.2.22')
+            client.cookies = dict(b.cookies)
+            clients.append(client)
+        with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+            statuses = sorted(pool.map(lambda c: c.post_form('/contact', fields).status, clients))
+        self.assertEqual(statuses, [303] * server.CONTACT_LIMIT + [429] * 4)
+        self.assertEqual(len(self.query('SELECT 1 FROM messages WHERE ip = ?', ('192.0.2.22',))),
+                         server.CONTACT_LIMIT)
 
     def test_upload_private_to_the_session(self):
         alice = self.browser('192.0.2.30')
