@@ -62,6 +62,7 @@ import time
 import types
 import unicodedata
 import urllib.parse
+import weakref
 
 __version__ = '0.1.0'
 __all__ = [
@@ -707,7 +708,7 @@ def parse_query(query, max_fields=1000):
     third of its cost: most queries and forms have nothing to unquote, and unquote is
     called only for a part that has a '%'.
     """
-    if query.count('&') >= max_fields:
+    if query and query.count('&') >= max_fields:
         raise HTTPError(413, 'too many fields')
     coded = '%' in query
     if '+' in query:
@@ -1926,7 +1927,7 @@ class App:
         self.sessions_enabled = sessions
         self.csrf_enabled = csrf
         self.trusted = _parse_trusted(trusted_proxy)
-        self._trusted_answers = (self.trusted, {})   # config_trusted: address -> bool
+        self._trusted_answers = (list(self.trusted), {})   # config_trusted: address -> bool
         self.db = Database(os.path.join(self.data, 'app.db'), migrations)
         self.sessions = SessionStore(self.db)
         self.templates = Templates(os.path.join(self.root, 'templates') if self.root else None)
@@ -1996,8 +1997,8 @@ class App:
         if not address or not self.trusted:
             return False
         known = self._trusted_answers
-        if known[0] is not self.trusted or len(known[1]) >= 1024:
-            known = self._trusted_answers = (self.trusted, {})
+        if known[0] != self.trusted or len(known[1]) >= 1024:
+            known = self._trusted_answers = (list(self.trusted), {})
         answer = known[1].get(address)
         if answer is None:
             try:
@@ -2845,8 +2846,8 @@ class Database:
         self._executor = None
         self._conn = None
         self._lock = threading.Lock()
-        self._group = []            # (fn, args, future) of grouped calls for the next commit
-        self._committing = False    # a group is in the database thread
+        # Per event loop (a test may run several): [calls for the next commit, committing].
+        self._groups = weakref.WeakKeyDictionary()
 
     def _ensure_executor(self):
         with self._lock:
@@ -2922,38 +2923,44 @@ class Database:
         A call whose request was cancelled before its group left is not run.
         """
         loop = asyncio.get_running_loop()
+        state = self._groups.get(loop)
+        if state is None:
+            state = self._groups[loop] = [[], False]
         done = loop.create_future()
-        self._group.append((fn, args, done))
-        if len(self._group) == 1 and not self._committing:
-            loop.call_soon(self._commit_group)
+        state[0].append((fn, args, done))
+        if len(state[0]) == 1 and not state[1]:
+            loop.call_soon(self._commit_group, state)
         return await done
 
-    def _commit_group(self):
-        group = [call for call in self._group if not call[2].cancelled()]
-        self._group = []
+    def _commit_group(self, state):
+        group = [call for call in state[0] if not call[2].cancelled()]
+        state[0] = []
         if not group:
             return
-        self._committing = True
+        state[1] = True
         commit = asyncio.ensure_future(self.run(_run_group, [call[:2] for call in group]))
 
         def committed(commit):
-            self._committing = False
-            if commit.cancelled():         # the loop is being shut down
-                for _, _, done in group:
-                    done.cancel()
-                outcomes = ()
-            elif commit.exception() is not None:
-                outcomes = [(False, commit.exception())] * len(group)
-            else:
-                outcomes = commit.result()
-            for (_, _, done), (ok, value) in zip(group, outcomes):
-                if not done.done():
+            try:
+                if commit.cancelled():         # the loop is being shut down
+                    outcomes = [(False, None)] * len(group)
+                elif commit.exception() is not None:
+                    outcomes = [(False, commit.exception())] * len(group)
+                else:
+                    outcomes = commit.result()
+                for (_, _, done), (ok, value) in zip(group, outcomes):
+                    if done.done():
+                        continue
                     if ok:
                         done.set_result(value)
+                    elif value is None:
+                        done.cancel()
                     else:
                         done.set_exception(value)
-            if self._group:                # made while this group committed: the next one
-                self._commit_group()
+            finally:
+                state[1] = False
+                if state[0]:                   # made while this group committed: the next one
+                    self._commit_group(state)
         commit.add_done_callback(committed)
 
     def run_sync(self, fn, *args):
@@ -2996,6 +3003,8 @@ def _run_group(conn, calls):
                 value = fn(conn, *args)
             except Exception as exc:
                 conn.execute('ROLLBACK TO call')
+                if isinstance(exc, StopIteration):    # a future refuses it, as a coroutine would
+                    exc = RuntimeError('a grouped call raised StopIteration')
                 outcomes.append((False, exc))
             else:
                 outcomes.append((True, value))
@@ -3297,8 +3306,7 @@ class StaticFiles:
             elif exc.status == 404:
                 self._note_missing(url_path)
             raise
-        except OSError:
-            self._note_missing(url_path)
+        except OSError:      # vanished meanwhile, or unreadable: not remembered
             raise HTTPError(404) from None
         self._missing.pop(url_path, None)
         self._remember(url_path, entry)   # large files too: their validators, not their bytes
@@ -3644,8 +3652,15 @@ class HTTPConnection(asyncio.Protocol):
         self.peer_trusted = self.app.config_trusted(self.peer)   # once per connection, not per request
         if transport.get_extra_info('sslcontext') is not None:
             self.scheme = 'https'
-        # TCP_NODELAY: asyncio's socket transport sets it on every TCP socket (3.10 to 3.13),
-        # TLS ones included; a second setsockopt here was 7% of a connection-per-request run.
+        # TCP_NODELAY: asyncio's socket transport sets it on TCP sockets made with proto
+        # IPPROTO_TCP (3.10 to 3.13, TLS ones included); a second setsockopt here was 7% of
+        # a connection-per-request run. A listening socket handed in with proto 0 gives
+        # sockets that asyncio leaves alone: those get it here.
+        sock = transport.get_extra_info('socket')
+        if sock is not None and sock.proto != socket.IPPROTO_TCP and \
+                sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._set_deadline('head', HEADER_TIMEOUT_S)
         self.server.connections.add(self)
         if self.server.closing:

@@ -573,6 +573,30 @@ class ProtocolTest(unittest.TestCase):
             self.assertEqual(len(options), 1)
             self.assertNotEqual(options[0], 0)
 
+    def test_no_nagle_delay_on_a_handed_in_socket_with_proto_0(self):
+        # asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP; a listening
+        # socket made as socket(AF_INET, SOCK_STREAM) has proto 0, and so has each it accepts.
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(('127.0.0.1', 0))
+        listener.listen()
+        self.assertEqual(listener.proto, 0)
+        config = server.Config(host='127.0.0.1', port=0, data=fresh_dir(self), access_log=False)
+        srv = server.Server(echo_app(), config)
+
+        async def scenario():
+            await srv.start(listener)
+            reader, writer = await asyncio.open_connection(*listener.getsockname())
+            writer.write(b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n')
+            self.assertTrue((await reader.readline()).startswith(b'HTTP/1.1 200'))
+            options = [conn.transport.get_extra_info('socket').getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                       for conn in srv.connections]
+            writer.close()
+            await srv.shutdown(grace=1)
+            return options
+        options = asyncio.run(scenario())
+        self.assertEqual(len(options), 1)
+        self.assertNotEqual(options[0], 0)
+
     def test_statuses_over_the_wire(self):
         cases = [
             (b'GET / HTTP/1.1\r\n\r\n', 400),
@@ -2258,6 +2282,26 @@ class SessionTest(unittest.TestCase):
             self.assertTrue(await store.save(server.Session({'b': 2})))
             await db.close()
         asyncio.run(scenario())
+
+    def test_grouped_calls_survive_a_bad_call(self):
+        db = server.Database(os.path.join(self.data, 'robust.db'))
+        self.addCleanup(lambda: asyncio.run(db.close()))
+
+        def insert(conn, key):
+            conn.execute("INSERT INTO sessions (id, data, expires) VALUES (?, '{}', 0)", (key,))
+            return key
+
+        def stop_iteration(conn):
+            return next(iter(conn.execute("SELECT 1 FROM sessions WHERE id = 'none'")))
+
+        async def bad_call_among_good_ones():
+            results = await asyncio.gather(db.grouped(insert, 'a'), db.grouped(stop_iteration),
+                                           db.grouped(insert, 'b'), return_exceptions=True)
+            self.assertEqual(results[::2], ['a', 'b'])
+            self.assertIsInstance(results[1], RuntimeError)
+            # and the groups after it still go
+            self.assertEqual(await asyncio.wait_for(db.grouped(insert, 'c'), 5), 'c')
+        asyncio.run(bad_call_among_good_ones())
 
     def test_survives_a_restart(self):
         first = LiveServer(session_app(self.data))
