@@ -2272,8 +2272,20 @@ def _escape_text(text):
     # Most values (names, titles, dates) have nothing to escape: five `in` tests are a third
     # of html.escape's five str.replace calls (themselves 15x faster than str.translate).
     if '&' in text or '<' in text or '>' in text or '"' in text or "'" in text:
-        return html.escape(text)
-    return text
+        escaped = html.escape(text)
+    else:
+        escaped = text
+    if len(text) <= 200:
+        if len(_ESCAPED) >= 4096:
+            _ESCAPED.clear()
+        _ESCAPED[text] = escaped
+    return escaped
+
+
+# Short strings already escaped once -> their escaped form. Compiled templates look a value
+# up here (one C call) before calling _escape_text: a page shows the same names, titles
+# and dates on every request. Bounded, and cleared when full.
+_ESCAPED = {}
 
 
 def _escape_value(value):
@@ -2498,7 +2510,8 @@ _render_depth = threading.local()
 _LOOP_USERS_RE = re.compile(r'\b(?:loop|include|block)\b')   # in a for body's tags and outputs
 # All a compiled template's code can reach: no builtins, only these.
 _TEMPLATE_ENV = {'__builtins__': {}, '_l': _lookup, '_f': TEMPLATE_FILTERS, '_cmp': _compare,
-                 '_e': _escape_value, '_esc': _escape_text, '_str': str, 'dict': dict, 'list': list,
+                 '_e': _escape_value, '_esc': _escape_text, '_ec': _ESCAPED.get, '_str': str,
+                 'dict': dict, 'list': list,
                  'len': len, 'enumerate': enumerate, 'Exception': Exception,
                  'TemplateError': TemplateError}
 
@@ -2659,7 +2672,7 @@ class Template:
                 elif kind == 'out':
                     _, source, lineno = node
                     line(depth, f'_v = {source}', lineno)
-                    line(depth, '_a(_esc(_v) if _v.__class__ is _str else _e(_v))', lineno)
+                    line(depth, '_a((_ec(_v) or _esc(_v)) if _v.__class__ is _str else _e(_v))', lineno)
                 elif kind == 'if':
                     for n, (cond, lineno, body) in enumerate(node[1]):
                         if cond is None:

@@ -2437,6 +2437,24 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(self.render('{{ v }}', v=None), '')
         self.assertEqual(self.render('{{ v }}', v=0), '0')
 
+    def test_escaped_strings_kept_for_reuse_stay_right(self):
+        # Short strings are escaped once and kept (a bounded dict); every later rendering
+        # must still give the escaped text, and a Markup (a str subclass) is never taken
+        # for the plain string with the same characters.
+        template = server.Template('[{{ v }}]')
+        long_value = '<i>' * 100
+        for _ in range(3):
+            for value, expected in [('<b>&', '&lt;b&gt;&amp;'), ('plain', 'plain'), ('', ''),
+                                    ("'q'", '&#x27;q&#x27;'), (long_value, '&lt;i&gt;' * 100)]:
+                self.assertEqual(template.render({'v': value}), f'[{expected}]')
+            self.assertEqual(template.render({'v': server.Markup('<b>&')}), '[<b>&]')
+        self.assertEqual(server._ESCAPED.get('<b>&'), '&lt;b&gt;&amp;')
+        self.assertNotIn(long_value, server._ESCAPED)
+        for i in range(5000):
+            template.render({'v': f'<{i}>'})
+        self.assertLessEqual(len(server._ESCAPED), 4096)
+        self.assertEqual(template.render({'v': '<4999>'}), '[&lt;4999&gt;]')
+
     def test_dotted_lookups(self):
         obj = types.SimpleNamespace(attr='A', nested={'k': ['x', {'deep': 'D'}]})
         ctx = {'d': {'k': 'K', 'list': [{'name': 'first'}, {'name': 'second'}]}, 'o': obj, 'l': [10, 20, 30]}
