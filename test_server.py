@@ -2437,6 +2437,14 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(self.render('{{ v }}', v=None), '')
         self.assertEqual(self.render('{{ v }}', v=0), '0')
 
+    def test_the_site_visit_count_reads_as_english(self):
+        templates = server.Templates(os.path.join(WWW, 'templates'))
+        with open(os.path.join(WWW, 'templates', 'person.json'), encoding='utf-8') as f:
+            person = json.load(f)
+        for count, text in [(1, 'viewed 1 time.'), (2, 'viewed 2 times.'), (0, 'viewed 0 times.')]:
+            page = templates.get('index.html').render({'person': person, 'VISIT_COUNT': count, 'year': 2026})
+            self.assertIn(text, page)
+
     def test_escaped_strings_kept_for_reuse_stay_right(self):
         # Short strings are escaped once and kept (a bounded dict); every later rendering
         # must still give the escaped text, and a Markup (a str subclass) is never taken
@@ -3279,7 +3287,7 @@ class SiteTest(unittest.TestCase):
     def test_home_renders_the_visit_count(self):
         resp = self.browser('192.0.2.1').get('/')
         self.assertEqual(resp.status, 200)
-        self.assertRegex(resp.text, r'viewed \d+ times')
+        self.assertRegex(resp.text, r'viewed \d+ times?\.')
         self.assertNotIn('VISIT_COUNT', resp.text)
         self.assertEqual(resp.set_cookies, [])            # no session for a page without a form
 
@@ -3501,7 +3509,7 @@ class VisitCounterTest(unittest.TestCase):
         for _ in range(n):
             resp = WebClient(live.port).get('/')
             self.assertEqual(resp.status, 200)
-            out.append(int(re.search(r'viewed (\d+) times', resp.text).group(1)))
+            out.append(int(re.search(r'viewed (\d+) times?\.', resp.text).group(1)))
         return out
 
     def test_increments_and_survives_a_restart(self):
@@ -4693,7 +4701,7 @@ class SecurityReviewTest(unittest.TestCase):
 
     def test_head_is_not_a_visit(self):
         def count():
-            return int(re.search(r'viewed (\d+) times', WebClient(self.port).get('/').text).group(1))
+            return int(re.search(r'viewed (\d+) times?\.', WebClient(self.port).get('/').text).group(1))
         first = count()
         for _ in range(3):
             self.assertEqual(status_of(self.port, b'HEAD / HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
