@@ -2859,8 +2859,7 @@ class Database:
         self._executor = None
         self._conn = None
         self._lock = threading.Lock()
-        # Per event loop (a test may run several): [calls for the next commit, committing].
-        self._groups = weakref.WeakKeyDictionary()
+        self._groups = weakref.WeakKeyDictionary()   # event loop -> _Group (a test may run several)
 
     def _ensure_executor(self):
         with self._lock:
@@ -2938,19 +2937,19 @@ class Database:
         loop = asyncio.get_running_loop()
         state = self._groups.get(loop)
         if state is None:
-            state = self._groups[loop] = [[], False]
+            state = self._groups[loop] = _Group()
         done = loop.create_future()
-        state[0].append((fn, args, done))
-        if len(state[0]) == 1 and not state[1]:
+        state.calls.append((fn, args, done))
+        if len(state.calls) == 1 and not state.committing:
             loop.call_soon(self._commit_group, state)
         return await done
 
     def _commit_group(self, state):
-        group = [call for call in state[0] if not call[2].cancelled()]
-        state[0] = []
+        group = [call for call in state.calls if not call[2].cancelled()]
+        state.calls = []
         if not group:
             return
-        state[1] = True
+        state.committing = True
         commit = asyncio.ensure_future(self.run(_run_group, [call[:2] for call in group]))
 
         def committed(commit):
@@ -2971,8 +2970,8 @@ class Database:
                     else:
                         done.set_exception(value)
             finally:
-                state[1] = False
-                if state[0]:                   # made while this group committed: the next one
+                state.committing = False
+                if state.calls:                # made while this group committed: the next one
                     self._commit_group(state)
         commit.add_done_callback(committed)
 
@@ -3003,6 +3002,17 @@ class Database:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class _Group:
+    """One event loop's grouped calls: those waiting for the next commit, and whether one
+    is in the database thread now."""
+
+    __slots__ = ('calls', 'committing')
+
+    def __init__(self):
+        self.calls = []          # (fn, args, future)
+        self.committing = False
 
 
 def _run_group(conn, calls):
