@@ -87,6 +87,8 @@ MAX_HEADER_COUNT = 100
 # A buffer up to this size is searched for a whole head by one regular expression; a
 # larger one (pipelined requests, a body) is searched for the blank line first.
 QUICK_HEAD_BYTES = 4096
+PIPELINE_ROUNDS = 16                 # pipelined requests of one connection answered in one turn
+CORK_BYTES = 16 * 1024               # writes up to this size are gathered for pipelined answers
 #: Default body limit for forms and JSON; larger -> 413 (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is 2.5 MB).
 MAX_BODY_BYTES = 1024 * 1024
 #: Body limit of upload routes; larger -> 413. nginx.conf's client_max_body_size matches it.
@@ -3580,7 +3582,7 @@ class BodyReader:
                 return b''
             if self.expect_continue and not self.continue_sent:
                 self.continue_sent = True
-                self.conn.transport.write(_CONTINUE)
+                self.conn.write(_CONTINUE)
             self.waiter = self.conn.loop.create_future()
             try:
                 await self.waiter
@@ -3642,7 +3644,7 @@ class HTTPConnection(asyncio.Protocol):
     __slots__ = ('server', 'app', 'loop', 'transport', 'peer', 'peer_trusted', 'scheme', 'buf',
                  'active', 'reader', 'deadline', 'deadline_kind', 'paused_reading',
                  'write_paused', 'drain_waiter', 'closed', 'requests', 'eof', 'task',
-                 'sending_file', 'scanned')
+                 'sending_file', 'scanned', 'corked')
 
     def __init__(self, server):
         self.server = server
@@ -3666,6 +3668,7 @@ class HTTPConnection(asyncio.Protocol):
         self.task = None               # the task answering the current request
         self.sending_file = False      # loop.sendfile owns the socket right now
         self.scanned = 0               # how far the buffer was searched for the end of a head
+        self.corked = None             # small writes held back while pipelined requests are answered
 
     # -- asyncio.Protocol --
     def connection_made(self, transport):
@@ -3786,6 +3789,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _close_now(self):
         # close() would wait for unsent output forever if the client stopped reading.
+        self.uncork()
         if self.transport.get_write_buffer_size():
             self.transport.abort()
         else:
@@ -3812,6 +3816,25 @@ class HTTPConnection(asyncio.Protocol):
                 await self.drain_waiter
             finally:
                 self.drain_waiter = None
+
+    def write(self, data):
+        """transport.write, or held back while pipelined answers are gathered (Server._start_due)."""
+        corked = self.corked
+        if corked is None:
+            self.transport.write(data)
+        elif len(data) > CORK_BYTES:
+            self.uncork()
+            self.transport.write(data)
+        else:
+            corked.append(data)
+
+    def uncork(self):
+        """Send what was held back, in one write."""
+        corked = self.corked
+        if corked is not None:
+            self.corked = None
+            if corked:
+                self.transport.write(b''.join(corked))
 
     # -- requests --
     def _parse(self):
@@ -3901,11 +3924,13 @@ class HTTPConnection(asyncio.Protocol):
             else:
                 await self._write_response(head, request, response, reader)
         except (ConnectionError, asyncio.CancelledError):
+            self.uncork()
             self.transport.abort()
         except (KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException:    # a bug of ours, or an app's own BaseException subclass
             log.exception('error answering a request')
+            self.uncork()         # the answers before this one are whole
             self.transport.abort()
 
     def _keep_alive(self, head, response, reader):
@@ -3966,12 +3991,15 @@ class HTTPConnection(asyncio.Protocol):
         else:        # not worth copying a large body just to save one send()
             data = self._response_head(head, response, length, keep_alive)
             if data is not None:
-                self.transport.write(data)
+                self.write(data)
                 data = body
             sent = length
         if data is None:
             return None
-        self.transport.write(data)
+        if self.corked is None:       # the usual case, without a call
+            self.transport.write(data)
+        else:
+            self.write(data)
         return sent
 
     async def _write_response(self, head, request, response, reader):
@@ -4023,7 +4051,7 @@ class HTTPConnection(asyncio.Protocol):
                     stream.close()
             return None
         status = response.status
-        self.transport.write(data)
+        self.write(data)
         if head.method == 'HEAD' or status in _NO_BODY_STATUSES or status < 200:
             if stream is not None and hasattr(stream, 'close'):
                 with contextlib.suppress(Exception):
@@ -4035,7 +4063,7 @@ class HTTPConnection(asyncio.Protocol):
 
     async def _send_stream(self, stream, chunked):
         sent = 0
-        write = self.transport.write
+        write = self.write
         if hasattr(stream, '__aiter__'):
             if asyncio.current_task() is None:
                 await _INTO_TASK          # the app's own async code: in a task, as it expects
@@ -4082,7 +4110,7 @@ class HTTPConnection(asyncio.Protocol):
                     # The file shrank while we sent it; the length we promised is now a lie.
                     self.transport.abort()
                     raise ConnectionResetError('file changed while being sent')
-                self.transport.write(data)
+                self.write(data)
                 sent += len(data)
                 await self.drain()
             return sent
@@ -4128,6 +4156,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.closed:
             return
         if not keep_alive:
+            self.uncork()
             self.transport.close()
             return
         if reader is not None and not reader.complete:
@@ -4149,6 +4178,7 @@ class HTTPConnection(asyncio.Protocol):
             with contextlib.suppress(RuntimeError, AttributeError):
                 self.transport.resume_reading()
         if self.server.closing:
+            self.uncork()
             self.transport.close()
             return
         if self.eof and find_head_end(self.buf) == -1:
@@ -4156,9 +4186,8 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self.buf:
             self._set_deadline('head', HEADER_TIMEOUT_S)
-            # Through the loop, not recursion: a pipelined burst must not nest one stack
-            # frame deeper per request.
-            self.loop.call_soon(self._parse)
+            # The next pipelined request is only queued (start_soon), so this never recurses.
+            self._parse()
         else:
             self._set_deadline('idle', KEEPALIVE_TIMEOUT_S)
 
@@ -4253,23 +4282,41 @@ class Server:
         no faster: a write between two reads made every send() dearer. Each request has a
         context of its own, a copy of the server's; user code that may await runs only
         inside a task (_INTO_TASK, _runner).
+
+        Pipelined requests: one answered here queues the next of its connection at once
+        (_next_request), and that one is answered in the next round of this same call, up
+        to PIPELINE_ROUNDS; meanwhile the connection's small writes are gathered (corked)
+        and go out in one write at the end. A write per answer was half the cost of a
+        pipelined request, on each side. Nothing is corked outside this call, so a close,
+        an abort or a shutdown never finds answers held back.
         """
-        due, self._due = self._due, []
         base = self._context
-        for index, (conn, coro) in enumerate(due):
-            context = base.copy()
-            try:
-                yielded = context.run(coro.send, None)
-            except StopIteration:
-                conn.task = None
-            except BaseException:
-                # Only KeyboardInterrupt or SystemExit (_respond answers the rest): they stop
-                # the loop, as from a task, and the requests after this one still start.
-                for rest in due[index + 1:]:
-                    self.start_soon(*rest)
-                raise
-            else:
-                conn.task = self.spawn(_Resumed(coro, context, yielded))
+        corked = []
+        try:
+            for _ in range(PIPELINE_ROUNDS):
+                due, self._due = self._due, []
+                if not due:
+                    break
+                for index, (conn, coro) in enumerate(due):
+                    if conn.buf and conn.corked is None:
+                        conn.corked = []
+                        corked.append(conn)
+                    context = base.copy()
+                    try:
+                        yielded = context.run(coro.send, None)
+                    except StopIteration:
+                        conn.task = None
+                    except BaseException:
+                        # Only KeyboardInterrupt or SystemExit (_respond answers the rest): they stop
+                        # the loop, as from a task, and the requests after this one still start.
+                        for rest in due[index + 1:]:
+                            self.start_soon(*rest)
+                        raise
+                    else:
+                        conn.task = self.spawn(_Resumed(coro, context, yielded))
+        finally:
+            for conn in corked:
+                conn.uncork()
 
     def log_access(self, head, request, peer, status, sent):
         """One line in the Combined Log Format, the one nginx writes.

@@ -153,6 +153,54 @@ def exchange(port, data, timeout=5):
         return responses
 
 
+class RecordingTransport(asyncio.Transport):
+    """Stands in for a socket in tests that count a connection's writes."""
+
+    def __init__(self, writes):
+        super().__init__()
+        self.writes = writes
+        self.closed = False
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+
+    def get_extra_info(self, name, default=None):
+        return ('127.0.0.1', 40000) if name == 'peername' else default
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+    abort = close
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+async def answer_in_process(app, data, count):
+    """Feed ``data`` to one HTTPConnection on a RecordingTransport; its writes once ``count``
+    responses are out."""
+    srv = server.Server(app, server.Config(access_log=False))
+    srv.attach(asyncio.get_running_loop())
+    writes = []
+    conn = server.HTTPConnection(srv)
+    conn.connection_made(RecordingTransport(writes))
+    conn.data_received(data)
+    for _ in range(10000):
+        if b''.join(writes).count(b'HTTP/1.1 ') >= count:
+            break
+        await asyncio.sleep(0)
+    return writes
+
+
 def status_of(port, data):
     responses = exchange(port, data)
     return responses[0][0] if responses else None
@@ -491,6 +539,12 @@ def echo_app():
     async def hello(request):
         return server.Response.text('Hello, world!')
 
+    app.gate = threading.Event()
+
+    @app.get('/gate')
+    def gate(request):                 # a plain def: waits in a worker thread until the test opens it
+        return 'opened' if app.gate.wait(10) else 'timed out'
+
     @app.get('/sleep')
     def sleep(request):
         time.sleep(float(request.query.get('s', '0.5')))
@@ -661,6 +715,63 @@ class ProtocolTest(unittest.TestCase):
                 self.assertEqual(json.loads(body)['query'], {'i': str(i)})
             self.assertEqual(read_response(f)[2], b'slept')
             self.assertEqual(json.loads(read_response(f)[2])['query'], {'i': 'last'})
+
+    def test_pipelined_answers_go_out_together(self):
+        # Answers to a pipelined burst are gathered and written once per PIPELINE_ROUNDS
+        # requests, not once each: a write per answer was half of a pipelined request's cost.
+        app = echo_app()
+        for count in (1, 16, 40):
+            with self.subTest(count=count):
+                writes = asyncio.run(answer_in_process(app, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n' * count, count))
+                self.assertEqual(len(writes), -(-count // server.PIPELINE_ROUNDS))
+                out = b''.join(writes)
+                self.assertEqual(out.count(b'HTTP/1.1 200 OK\r\n'), count)
+                self.assertTrue(out.endswith(b'\r\n\r\nHello, world!'))
+
+    def test_pipelined_answers_are_not_held_back_by_a_slow_one(self):
+        # The answers before a request that waits go out before it is answered.
+        app = self.live.app
+        app.gate.clear()
+        with self.live.connect(timeout=10) as sock:
+            sock.sendall(b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n' * 3 + b'GET /gate HTTP/1.1\r\nHost: a\r\n\r\n'
+                         + b'GET /echo?i=after HTTP/1.1\r\nHost: a\r\n\r\n')
+            f = sock.makefile('rb')
+            try:
+                for _ in range(3):      # while /gate still waits (it times out after 10 s)
+                    self.assertEqual(read_response(f)[2], b'Hello, world!')
+                self.assertFalse(app.gate.is_set())
+            finally:
+                app.gate.set()
+            self.assertEqual(read_response(f)[2], b'opened')
+            self.assertEqual(json.loads(read_response(f)[2])['query'], {'i': 'after'})
+
+    def test_pipelined_mix_of_every_kind_of_answer_in_order(self):
+        # Gathered small answers, a body larger than CORK_BYTES, streams, HEAD, a 500 and a
+        # request body, one after another on one connection, each whole and in order.
+        parts = [b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n',
+                 b'GET /big HTTP/1.1\r\nHost: a\r\n\r\n',
+                 b'HEAD /hello HTTP/1.1\r\nHost: a\r\n\r\n',
+                 b'GET /stream HTTP/1.1\r\nHost: a\r\n\r\n',
+                 b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc',
+                 b'GET /boom HTTP/1.1\r\nHost: a\r\n\r\n',
+                 b'GET /syncstream HTTP/1.1\r\nHost: a\r\n\r\n',
+                 b'GET /late-body/str HTTP/1.1\r\nHost: a\r\n\r\n',
+                 b'GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n',
+                 b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n']        # after the close: never answered
+        with quiet_logs(), self.live.connect(timeout=10) as sock:
+            sock.sendall(b''.join(parts))
+            f = sock.makefile('rb')
+            answers = [read_response(f, 'HEAD' if i == 2 else 'GET') for i in range(9)]
+            self.assertEqual(f.read(), b'')
+        self.assertEqual([a[0] for a in answers], [200, 200, 200, 200, 200, 500, 200, 200, 200])
+        self.assertEqual(answers[0][2], b'Hello, world!')
+        self.assertEqual(answers[1][2], b'x' * (4 * 1024 * 1024))
+        self.assertEqual((answers[2][1]['content-length'], answers[2][2]), ('13', b''))
+        self.assertEqual(answers[3][2], b'part0;part1;part2;')
+        self.assertEqual(json.loads(answers[4][2])['body'], 'abc')
+        self.assertEqual(answers[6][2], b'abc')
+        self.assertEqual(answers[7][2], 'late é'.encode())
+        self.assertEqual((answers[8][1]['connection'], answers[8][2]), ('close', b'Hello, world!'))
 
     def test_heads_found_whole_in_the_buffer_or_in_pieces_alike(self):
         # A buffer of at most QUICK_HEAD_BYTES is matched whole; a larger one (a burst of
