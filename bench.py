@@ -22,6 +22,12 @@ Scenarios (``--scenarios``, comma-separated; default all):
     off and on (to /dev/null), against a bare ``asyncio.Protocol`` that answers a fixed
     ``Hello, world!`` (``python3 bench.py --bare-server PORT``) and every ``--compare``
     command.
+``pipeline``
+    ``hello`` with 16 requests in each write of wrk (a Lua script; wrk counts each response),
+    as the TechEmpower plaintext test sends them, against the bare server and every
+    ``--compare`` command. wrk's latencies are not per request here and are not shown. The
+    bare server parses nothing and answers a whole burst with one write, so its ratio here
+    is a ceiling, not a peer.
 ``home``
     ``GET /`` of the real site (``python3 server.py``): the templated home page.
 ``static-10k``, ``static-1m``
@@ -57,7 +63,10 @@ Scenarios (``--scenarios``, comma-separated; default all):
     connections; the machine's CPUs are shared with wrk. The notes say how many CPUs the
     server's processes kept busy (their CPU time from /proc over the run's length) and the
     req/s per busy CPU: on a machine where wrk takes a share of the CPUs, that figure shows
-    how well the workers scale apart from the CPUs left to them.
+    how well the workers scale apart from the CPUs left to them. A second case sends 16
+    pipelined requests per write: wrk's own cost per request (mostly its send() and recv()
+    calls, and the kernel's loopback work charged to them) falls to a fifth, and the
+    workers get nearly both CPUs.
 
 ``--harness`` starts no server: it feeds requests to server.py's connections in this process
 through a stand-in transport (50 connections, wrk's head; ``browser`` sends a browser's 13
@@ -104,7 +113,7 @@ WWW = os.path.join(HERE, 'www')
 NGINX = '/usr/sbin/nginx'
 PYTHON = sys.executable or 'python3'
 
-SCENARIOS = ('hello', 'home', 'static-10k', 'static-1m', 'concurrency',
+SCENARIOS = ('hello', 'pipeline', 'home', 'static-10k', 'static-1m', 'concurrency',
              'contact', 'upload-20m', 'idle-10k', 'loop-block', 'workers')
 CONCURRENCY_LEVELS = (1, 50, 1000)
 HELLO_BODY = b'Hello, world!'
@@ -130,6 +139,25 @@ LOOP_BLOCK_TARGET = 3.0           # loop-block: p99 under load at most this many
 PACED_RATE = 100                  # loop-block: contact POSTs per second
 PACED_MAX_INFLIGHT = 200          # loop-block: POSTs past this many unanswered are dropped (counted)
 WORKERS_CONNECTIONS = 100         # workers: wrk -t 1 -c this
+PIPELINE_DEPTH = 16               # pipeline and workers: requests per write of the pipelining script
+
+# pipeline (and the second workers case): each write carries PIPELINE_DEPTH requests, as in
+# the TechEmpower plaintext test; wrk counts each response.
+PIPELINE_LUA = '''\
+-- bench.py pipeline: wrk arg = how many GET requests each write carries.
+function init(args)
+    local depth = tonumber(args[1]) or 1
+    local requests = {}
+    for i = 1, depth do
+        requests[i] = wrk.format(nil)
+    end
+    burst = table.concat(requests)
+end
+
+function request()
+    return burst
+end
+'''
 
 # idle-10k runs the site through this, to hold idle connections longer than the 5 s default.
 IDLE_WRAPPER = (
@@ -509,6 +537,7 @@ class Case:
     finish: object = None      # finish(bench, case, srv) -> note for the table, after the runs
     note: str = ''             # the notes column of every row of the case
     track_cpu: bool = False    # also measure the CPU time the server's processes used
+    latency: bool = True       # False: wrk's latencies mean nothing here (pipelined requests)
     results: dict = dataclasses.field(default_factory=dict)    # label -> [Result]
     failures: dict = dataclasses.field(default_factory=dict)   # label -> reason
     notes: dict = dataclasses.field(default_factory=dict)      # label -> note
@@ -530,6 +559,22 @@ def hello_cases(args):
                Entry('bare asyncio.Protocol', 'bare')]
     entries += [Entry(f'compare {i}', f'compare-{i}') for i in range(1, len(args.compare) + 1)]
     return [Case('hello', '/hello', args.connections, entries, expect_body=HELLO_BODY)]
+
+
+def pipeline_wrk_options(bench, case, srv):
+    script = os.path.join(bench.tmp, 'pipeline.lua')
+    if not os.path.exists(script):
+        with open(script, 'w') as f:
+            f.write(PIPELINE_LUA)
+    return {'script': script, 'script_args': (PIPELINE_DEPTH,)}
+
+
+def pipeline_cases(args):
+    entries = [Entry('server.py', 'hello', subject=True), Entry('bare asyncio.Protocol', 'bare')]
+    entries += [Entry(f'compare {i}', f'compare-{i}') for i in range(1, len(args.compare) + 1)]
+    return [Case('pipeline', '/hello', args.connections, entries, expect_body=HELLO_BODY,
+                 title=f'GET /hello, {PIPELINE_DEPTH} requests per write', wrk_options=pipeline_wrk_options,
+                 latency=False, note=f'{PIPELINE_DEPTH} pipelined requests per write')]
 
 
 def home_cases(args):
@@ -556,6 +601,8 @@ def build_cases(args):
     for scenario in args.scenarios:
         if scenario == 'hello':
             cases += hello_cases(args)
+        elif scenario == 'pipeline':
+            cases += pipeline_cases(args)
         elif scenario == 'home':
             cases += home_cases(args)
         elif scenario.startswith('static-'):
@@ -752,8 +799,9 @@ class Bench:
                     continue
                 result = self.measure(case, entry, self.args.duration)
                 if result is not None:
+                    p50, p99 = (fmt_ms(result.p50_ms), fmt_ms(result.p99_ms)) if case.latency else ('—', '—')
                     print(f'  run {run}/{self.args.runs}  {entry.label:<26} {result.rps:>10,.0f} req/s'
-                          f'  p50 {fmt_ms(result.p50_ms):>9}  p99 {fmt_ms(result.p99_ms):>9}'
+                          f'  p50 {p50:>9}  p99 {p99:>9}'
                           f'  errors {result.errors}  ({result.requests:,} requests)')
         if case.finish:
             for entry in live:
@@ -912,11 +960,17 @@ def contact_cases(args):
 
 def workers_cases(args):
     cpus = os.cpu_count() or 0
-    return [Case('workers', '/hello', WORKERS_CONNECTIONS,
-                 [Entry('server.py hello, workers=2', 'hello-w2', subject=True),
-                  Entry('server.py hello, workers=1', 'hello')],
-                 expect_body=HELLO_BODY, threads=1, track_cpu=True, finish=cpu_note,
-                 note=f'one load-generator thread (wrk -t 1); ratio = workers=2 ÷ workers=1; {cpus} CPUs shared with wrk')]
+    entries = [Entry('server.py hello, workers=2', 'hello-w2', subject=True),
+               Entry('server.py hello, workers=1', 'hello')]
+    note = f'one load-generator thread (wrk -t 1); ratio = workers=2 ÷ workers=1; {cpus} CPUs shared with wrk'
+    # The second case leaves the workers more of the CPUs: wrk's cost per request is mostly
+    # its send() and recv() calls, and 16 requests per write take a fifth of its CPU time.
+    return [Case('workers', '/hello', WORKERS_CONNECTIONS, entries, expect_body=HELLO_BODY,
+                 threads=1, track_cpu=True, finish=cpu_note, note=note),
+            Case('workers, pipelined', '/hello', WORKERS_CONNECTIONS, entries, expect_body=HELLO_BODY,
+                 threads=1, track_cpu=True, finish=cpu_note, wrk_options=pipeline_wrk_options, latency=False,
+                 title=f'GET /hello, {PIPELINE_DEPTH} requests per write',
+                 note=note + f'; {PIPELINE_DEPTH} pipelined requests per write')]
 
 
 def cpu_note(bench, case, srv):
@@ -1530,9 +1584,9 @@ def table(cases, client_bound):
             ratio = ('—' if entry.subject or subject_rps is None or not rps
                      else f'{subject_rps / rps:.2f}×')
             notes = '; '.join(n for n in (case.note, case.notes.get(entry.label, '')) if n)
-            rows.append(row(case.scenario, case.connections, entry.label, f'{rps:,.0f}{mark}',
-                            fmt_ms(statistics.median(r.p50_ms for r in runs)),
-                            fmt_ms(statistics.median(r.p99_ms for r in runs)),
+            p50 = fmt_ms(statistics.median(r.p50_ms for r in runs)) if case.latency else '—'
+            p99 = fmt_ms(statistics.median(r.p99_ms for r in runs)) if case.latency else '—'
+            rows.append(row(case.scenario, case.connections, entry.label, f'{rps:,.0f}{mark}', p50, p99,
                             errors, f'{spread * 100:.0f}%' if len(runs) > 1 else '—', ratio, notes))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {1, 3, 4, 5, 6, 7, 8}
