@@ -3788,12 +3788,12 @@ class HTTPConnection(asyncio.Protocol):
                 self.transport.abort()
 
     def _close_now(self):
-        # close() would wait for unsent output forever if the client stopped reading.
+        """Close once what was answered is sent. A client that stopped reading would hold
+        close() open forever: the write deadline then aborts it (timed_out)."""
         self.uncork()
         if self.transport.get_write_buffer_size():
-            self.transport.abort()
-        else:
-            self.transport.close()
+            self._set_deadline('write', WRITE_TIMEOUT_S)
+        self.transport.close()
 
     def _pause_reading(self):
         self.paused_reading = True
@@ -3810,6 +3810,8 @@ class HTTPConnection(asyncio.Protocol):
         """Wait until the transport's write buffer is below its high-water mark."""
         if self.closed:
             raise ClientDisconnected('client went away')
+        # Held-back writes count too: the transport can only push back on what it was given.
+        self.uncork()
         if self.write_paused:
             self.drain_waiter = self.loop.create_future()
             try:
@@ -3930,7 +3932,9 @@ class HTTPConnection(asyncio.Protocol):
             raise
         except BaseException:    # a bug of ours, or an app's own BaseException subclass
             log.exception('error answering a request')
-            self.uncork()         # the answers before this one are whole
+            # This answer may be cut short, so the connection cannot go on. What was written
+            # before it still goes out if the kernel takes it now; abort drops the rest.
+            self.uncork()
             self.transport.abort()
 
     def _keep_alive(self, head, response, reader):
@@ -4264,12 +4268,13 @@ class Server:
         self._reaper = None
         self.sockets = []
         self._due = []         # (connection, request coroutine) to start at the next turn
+        self._start_pending = False    # _start_due is scheduled, or running
 
     def start_soon(self, conn, coro):
         """Start answering a request at the next turn of the loop, with the others read in this one."""
-        due = self._due
-        due.append((conn, coro))
-        if len(due) == 1:
+        self._due.append((conn, coro))
+        if not self._start_pending:
+            self._start_pending = True
             self.loop.call_soon(self._start_due)
 
     def _start_due(self):
@@ -4317,6 +4322,12 @@ class Server:
         finally:
             for conn in corked:
                 conn.uncork()
+            # Requests queued while this ran and not taken by its rounds wait for the next
+            # turn, behind the loop's other callbacks: one call does at most PIPELINE_ROUNDS.
+            if self._due:
+                self.loop.call_soon(self._start_due)
+            else:
+                self._start_pending = False
 
     def log_access(self, head, request, peer, status, sent):
         """One line in the Combined Log Format, the one nginx writes.

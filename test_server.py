@@ -185,12 +185,12 @@ class RecordingTransport(asyncio.Transport):
         pass
 
 
-async def answer_in_process(app, data, count):
-    """Feed ``data`` to one HTTPConnection on a RecordingTransport; its writes once ``count``
-    responses are out."""
+async def answer_in_process(app, data, count, writes=None):
+    """Feed ``data`` to one HTTPConnection on a RecordingTransport; its writes (into ``writes``
+    if given) once ``count`` responses are out."""
     srv = server.Server(app, server.Config(access_log=False))
     srv.attach(asyncio.get_running_loop())
-    writes = []
+    writes = [] if writes is None else writes
     conn = server.HTTPConnection(srv)
     conn.connection_made(RecordingTransport(writes))
     conn.data_received(data)
@@ -561,6 +561,17 @@ def echo_app():
                 yield f'part{i};'
         return server.Response(gen(), content_type='text/plain')
 
+    @app.get('/chunks')
+    async def chunks(request):
+        async def gen():
+            for _ in range(64):
+                yield b'c' * 1024
+        return server.Response(gen(), content_type='application/octet-stream')
+
+    @app.get('/pad')
+    async def pad(request):
+        return server.Response(b'p' * int(request.query['n']), content_type='application/octet-stream')
+
     @app.get('/syncstream')
     def syncstream(request):
         return server.Response(iter([b'a', b'b', b'c']), content_type='text/plain')
@@ -727,6 +738,72 @@ class ProtocolTest(unittest.TestCase):
                 out = b''.join(writes)
                 self.assertEqual(out.count(b'HTTP/1.1 200 OK\r\n'), count)
                 self.assertTrue(out.endswith(b'\r\n\r\nHello, world!'))
+
+    def test_pipelined_rounds_are_bounded_per_turn_of_the_loop(self):
+        # One turn of the loop answers at most PIPELINE_ROUNDS requests of a connection, then
+        # lets the loop's other callbacks (other connections, timers) run.
+        async def answers_per_turn():
+            counts = []
+            loop = asyncio.get_running_loop()
+
+            def tick():                # call_soon from a callback: once each turn
+                counts.append(b''.join(writes).count(b'HTTP/1.1 200'))
+                if counts[-1] < total:
+                    loop.call_soon(tick)
+            loop.call_soon(tick)
+            await answer_in_process(echo_app(), b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n' * total, total, writes)
+            return [b - a for a, b in zip(counts, counts[1:])]
+
+        total, writes = 20 * server.PIPELINE_ROUNDS, []
+        per_turn = asyncio.run(answers_per_turn())
+        self.assertLessEqual(max(per_turn), server.PIPELINE_ROUNDS)
+        self.assertEqual(b''.join(writes).count(b'HTTP/1.1 200'), total)
+
+    def test_pipelined_stream_still_waits_for_the_client(self):
+        # Gathered writes count as written for backpressure: a stream's drain() sends them, so
+        # each chunk reaches the transport before the next is made, even when an eager task
+        # factory (3.12+) runs the stream inside the round that gathers.
+        if not hasattr(asyncio, 'eager_task_factory'):
+            self.skipTest('no asyncio.eager_task_factory before Python 3.12')
+
+        async def run():
+            asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+            return await answer_in_process(echo_app(), b'GET /chunks HTTP/1.1\r\nHost: a\r\n\r\n'
+                                           b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n', 2)
+        writes = asyncio.run(run())
+        self.assertEqual(max(w.count(b'c' * 1024) for w in writes), 1)   # one chunk a write at most
+        out = b''.join(writes)
+        self.assertEqual(out.count(b'c' * 1024), 64)
+        self.assertTrue(out.endswith(b'\r\n\r\nHello, world!'))
+
+    def test_half_closed_pipeline_gets_every_answer_though_read_late(self):
+        # A client sends a burst, half-closes, and reads only later: the gathered answers are
+        # more than its socket takes at once, and the close must wait for them, not drop them.
+        app, count = self.live.app, server.PIPELINE_ROUNDS
+        app.gate.clear()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        with sock:
+            sock.connect(('127.0.0.1', self.port))
+            sock.sendall(b'GET /gate HTTP/1.1\r\nHost: a\r\n\r\n'
+                         + b'GET /pad?n=15000 HTTP/1.1\r\nHost: a\r\n\r\n' * count)
+            sock.shutdown(socket.SHUT_WR)
+            try:                       # the burst is answered only once the server saw the end
+                deadline = time.monotonic() + 10
+                while not (conns := [c for c in list(self.live.server.connections) if c.eof and c.active]):
+                    self.assertLess(time.monotonic(), deadline)
+                    time.sleep(0.005)
+                # Loopback would take all the answers at once; a small send buffer, as a slow
+                # link has, keeps most of them in the transport when the close comes.
+                conns[0].transport.get_extra_info('socket').setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            finally:
+                app.gate.set()
+            f = sock.makefile('rb')
+            self.assertEqual(read_response(f)[2], b'opened')
+            for _ in range(count):
+                self.assertEqual(read_response(f)[2], b'p' * 15000)
+            self.assertEqual(f.read(), b'')
 
     def test_pipelined_answers_are_not_held_back_by_a_slow_one(self):
         # The answers before a request that waits go out before it is answered.
