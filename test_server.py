@@ -45,6 +45,8 @@ import server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WWW = os.path.join(HERE, 'www')
+# Folders made without a test to clean them up (echo_app's data) go in here, removed at exit.
+SCRATCH = tempfile.TemporaryDirectory(prefix='server-tests-')
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -528,7 +530,7 @@ class SmallParsersTest(unittest.TestCase):
 # --- 10. The connection, over real sockets ---------------------------------------------------
 
 def echo_app():
-    app = server.App(data=tempfile.mkdtemp(prefix='server-echo-'), csrf=False)
+    app = server.App(data=tempfile.mkdtemp(prefix='echo-', dir=SCRATCH.name), csrf=False)
 
     @app.route('/echo', methods=['GET', 'POST', 'PUT'])
     async def echo(request):
@@ -3998,7 +4000,7 @@ class CommandLineTest(unittest.TestCase):
         self.assertEqual(proc.returncode, 0)
 
     def test_environment_and_flag_precedence(self):
-        config = server.config_from_args(['--port', '9001', '--data', tempfile.mkdtemp()],
+        config = server.config_from_args(['--port', '9001', '--data', SCRATCH.name],
                                          environ={'SERVER_PORT': '9000', 'SERVER_HOST': '0.0.0.0',
                                                   'SERVER_ACCESS_LOG': '0'})
         self.assertEqual((config.port, config.host, config.access_log), (9001, '0.0.0.0', False))
