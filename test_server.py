@@ -41,6 +41,7 @@ from email.mime.application import MIMEApplication
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 
+import bench
 import server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -155,46 +156,14 @@ def exchange(port, data, timeout=5):
         return responses
 
 
-class RecordingTransport(asyncio.Transport):
-    """Stands in for a socket in tests that count a connection's writes."""
-
-    def __init__(self, writes):
-        super().__init__()
-        self.writes = writes
-        self.closed = False
-
-    def write(self, data):
-        self.writes.append(bytes(data))
-
-    def get_extra_info(self, name, default=None):
-        return ('127.0.0.1', 40000) if name == 'peername' else default
-
-    def is_closing(self):
-        return self.closed
-
-    def close(self):
-        self.closed = True
-
-    abort = close
-
-    def get_write_buffer_size(self):
-        return 0
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-
 async def answer_in_process(app, data, count, writes=None):
-    """Feed ``data`` to one HTTPConnection on a RecordingTransport; its writes (into ``writes``
+    """Feed ``data`` to one HTTPConnection on bench.py's stand-in transport; its writes (into ``writes``
     if given) once ``count`` responses are out."""
     srv = server.Server(app, server.Config(access_log=False))
     srv.attach(asyncio.get_running_loop())
     writes = [] if writes is None else writes
     conn = server.HTTPConnection(srv)
-    conn.connection_made(RecordingTransport(writes))
+    conn.connection_made(bench.HarnessTransport(writes))
     conn.data_received(data)
     for _ in range(10000):
         if b''.join(writes).count(b'HTTP/1.1 ') >= count:
