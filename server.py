@@ -3644,7 +3644,7 @@ class HTTPConnection(asyncio.Protocol):
     __slots__ = ('server', 'app', 'loop', 'transport', 'peer', 'peer_trusted', 'scheme', 'buf',
                  'active', 'reader', 'deadline', 'deadline_kind', 'paused_reading',
                  'write_paused', 'drain_waiter', 'closed', 'requests', 'eof', 'task',
-                 'sending_file', 'scanned', 'corked')
+                 'sending_file', 'scanned', 'corked', 'paused_kind')
 
     def __init__(self, server):
         self.server = server
@@ -3669,6 +3669,7 @@ class HTTPConnection(asyncio.Protocol):
         self.sending_file = False      # loop.sendfile owns the socket right now
         self.scanned = 0               # how far the buffer was searched for the end of a head
         self.corked = None             # small writes held back while pipelined requests are answered
+        self.paused_kind = None        # the deadline a write deadline replaced (pause_writing)
 
     # -- asyncio.Protocol --
     def connection_made(self, transport):
@@ -3703,12 +3704,22 @@ class HTTPConnection(asyncio.Protocol):
 
     def pause_writing(self):
         self.write_paused = True
+        if self.deadline_kind != 'write':
+            self.paused_kind = self.deadline_kind
         self._set_deadline('write', WRITE_TIMEOUT_S)
 
     def resume_writing(self):
         self.write_paused = False
-        if self.deadline_kind == 'write':
-            self.deadline_kind = None
+        # A closing transport still holds output: the write deadline stays until it is sent.
+        if self.deadline_kind == 'write' and not (self.transport.is_closing() or self.sending_file):
+            # The idle, head or body clock the write had replaced (the gathered answers of
+            # _start_due are written after the next one is set) starts again, whole.
+            kind, self.paused_kind = self.paused_kind, None
+            if kind is None:
+                self.deadline_kind = None
+            else:
+                self._set_deadline(kind, {'idle': KEEPALIVE_TIMEOUT_S, 'head': HEADER_TIMEOUT_S,
+                                          'body': BODY_TIMEOUT_S}[kind])
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -4160,8 +4171,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.closed:
             return
         if not keep_alive:
-            self.uncork()
-            self.transport.close()
+            self._close_now()
             return
         if reader is not None and not reader.complete:
             # Discard the unread rest of the body, then go on with the next request.
@@ -4182,8 +4192,7 @@ class HTTPConnection(asyncio.Protocol):
             with contextlib.suppress(RuntimeError, AttributeError):
                 self.transport.resume_reading()
         if self.server.closing:
-            self.uncork()
-            self.transport.close()
+            self._close_now()
             return
         if self.eof and find_head_end(self.buf) == -1:
             self._close_now()            # half-closed, and every request it sent is answered

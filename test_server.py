@@ -1230,6 +1230,36 @@ class TimeoutTest(unittest.TestCase):
             self.assertIn(b'Hello, world!', data)
             self.assertLess(took, 3)
 
+    def test_deadlines_hold_after_answers_the_client_was_slow_to_take(self):
+        # A pipelined burst's gathered answers are written after the next deadline is set;
+        # the write deadline that a slow reader brings must not replace it for good. Idle
+        # and head deadlines close the connection; a stalled body still gets its 408.
+        for after, expected in ((b'', b''), (b'GET /hello HTTP/1.1\r\nHost: a\r\n', b'HTTP/1.1 408'),
+                                (b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc',
+                                 b'HTTP/1.1 408')):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            with self.subTest(after=after), sock:
+                before = set(self.live.server.connections)
+                sock.connect(('127.0.0.1', self.live.port))
+                deadline = time.monotonic() + 10
+                # Small socket buffers, as a slow link has: the gathered answers wait in the
+                # transport until the client reads.
+                while not (conns := list(set(self.live.server.connections) - before)):
+                    self.assertLess(time.monotonic(), deadline)
+                    time.sleep(0.005)
+                conns[0].transport.get_extra_info('socket').setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                sock.sendall(b'GET /pad?n=15000 HTTP/1.1\r\nHost: a\r\n\r\n' * server.PIPELINE_ROUNDS + after)
+                while not conns[0].write_paused:
+                    self.assertLess(time.monotonic(), deadline)
+                    time.sleep(0.005)
+                f = sock.makefile('rb')
+                for _ in range(server.PIPELINE_ROUNDS):
+                    self.assertEqual(read_response(f)[2], b'p' * 15000)
+                data, took = self.wait_closed(sock)
+                self.assertTrue(data.startswith(expected), data)
+                self.assertLess(took, 3)
+
     def test_stalled_body(self):
         with self.live.connect() as sock:
             sock.sendall(b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc')
