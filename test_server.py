@@ -87,6 +87,13 @@ class LiveServer:
     def call(self, coro, timeout=15):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def connections(self):
+        """The server's live connections, listed on its loop: iterating the set from the
+        test's thread could meet it changing size."""
+        async def snapshot():
+            return list(self.server.connections)
+        return self.call(snapshot())
+
     def stop(self):
         if self.thread.is_alive():
             self.call(self.server.shutdown(grace=2))
@@ -603,7 +610,7 @@ class ProtocolTest(unittest.TestCase):
             sock.sendall(b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n')
             self.assertEqual(read_response(sock.makefile('rb'))[0], 200)
             mine = sock.getsockname()
-            accepted = [conn.transport.get_extra_info('socket') for conn in list(self.live.server.connections)]
+            accepted = [conn.transport.get_extra_info('socket') for conn in self.live.connections()]
             options = [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in accepted
                        if s.getpeername() == mine]
             self.assertEqual(len(options), 1)
@@ -762,7 +769,7 @@ class ProtocolTest(unittest.TestCase):
             sock.shutdown(socket.SHUT_WR)
             try:                       # the burst is answered only once the server saw the end
                 deadline = time.monotonic() + 10
-                while not (conns := [c for c in list(self.live.server.connections) if c.eof and c.active]):
+                while not (conns := [c for c in self.live.connections() if c.eof and c.active]):
                     self.assertLess(time.monotonic(), deadline)
                     time.sleep(0.005)
                 # Loopback would take all the answers at once; a small send buffer, as a slow
@@ -1240,12 +1247,12 @@ class TimeoutTest(unittest.TestCase):
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             with self.subTest(after=after), sock:
-                before = set(self.live.server.connections)
+                before = set(self.live.connections())
                 sock.connect(('127.0.0.1', self.live.port))
                 deadline = time.monotonic() + 10
                 # Small socket buffers, as a slow link has: the gathered answers wait in the
                 # transport until the client reads.
-                while not (conns := list(set(self.live.server.connections) - before)):
+                while not (conns := list(set(self.live.connections()) - before)):
                     self.assertLess(time.monotonic(), deadline)
                     time.sleep(0.005)
                 conns[0].transport.get_extra_info('socket').setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -4747,7 +4754,7 @@ class SecurityReviewTest(unittest.TestCase):
                     sent += sock.send(stream[sent % len(stream):])
                 except BlockingIOError:
                     time.sleep(0.001)
-            conn = max(self.live.server.connections, key=lambda c: len(c.buf))
+            conn = max(self.live.connections(), key=lambda c: len(c.buf))
             buffered = len(conn.buf)
         self.assertLess(buffered, 2 * server.READ_HIGH_WATER_BYTES + len(request))
         self.assertLess(self.rss_kib() - before, 64 * 1024, f'sent {sent} bytes')
@@ -4980,10 +4987,10 @@ class ConnectionEdgeCasesTest(unittest.TestCase):
                 deaf.append(s)
             self.addCleanup(lambda: [s.close() for s in deaf])
             deadline = time.monotonic() + 10
-            while (sum(c.sending_file for c in list(self.live.server.connections)) < 3
+            while (sum(c.sending_file for c in self.live.connections()) < 3
                    and time.monotonic() < deadline):
                 time.sleep(0.02)              # all three are stuck inside sendfile now
-            self.assertEqual(sum(c.sending_file for c in list(self.live.server.connections)), 3)
+            self.assertEqual(sum(c.sending_file for c in self.live.connections()), 3)
             while self.live.server.connections and time.monotonic() < deadline:
                 time.sleep(0.05)
             self.assertEqual(len(self.live.server.connections), 0)
