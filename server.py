@@ -1412,7 +1412,7 @@ class Response:
     ``Response.send_file(path)``; ``set_cookie`` and ``delete_cookie`` add Set-Cookie fields.
     """
 
-    __slots__ = ('status', 'headers', 'body', 'file', 'close')
+    __slots__ = ('status', '_headers', '_shared', 'body', 'file', 'close')
 
     def __init__(self, body=b'', status=200, headers=None, content_type=None):
         self.status = status if status.__class__ is int else int(status)
@@ -1427,14 +1427,29 @@ class Response:
         elif isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
         if headers is None:
-            # The common case: its type's shared, already encoded field, copied only if changed.
-            headers = Headers() if content_type is None else _typed_fields(content_type)
+            # The common case: no Headers of its own yet. Its type's shared field, encoded
+            # once, is written as it is; ``headers`` makes a copy only if the app looks.
+            self._headers = None
+            self._shared = _NO_FIELDS if content_type is None else (
+                _TYPED_FIELDS.get(content_type) or _typed_fields(content_type))
         else:
             headers = headers if isinstance(headers, Headers) else Headers(headers)
             if content_type is not None:
                 headers['Content-Type'] = content_type
-        self.headers = headers
+            self._headers = headers
         self.body = body
+
+    @property
+    def headers(self):
+        """The response's fields (Headers)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = self._shared._view()
+        return headers
+
+    @headers.setter
+    def headers(self, headers):
+        self._headers = headers if isinstance(headers, Headers) else Headers(headers)
 
     @classmethod
     def json(cls, data, status=200, headers=None):
@@ -1502,15 +1517,15 @@ _COOKIE_VALUE_RE = re.compile(r'[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*')
 
 
 def _typed_fields(content_type):
-    """A view of the lone Content-Type field ``content_type``, indexed and encoded once for
-    all responses of that type (at most 256 types are kept)."""
+    """The lone Content-Type field ``content_type``, indexed and encoded once for all
+    responses of that type (at most 256 types are kept); only ever viewed (_view)."""
     fields = _TYPED_FIELDS.get(content_type)
     if fields is None:
         fields = _frozen_fields([('Content-Type', content_type)])
         if fields._block is None or len(_TYPED_FIELDS) >= 256 or content_type.__class__ is not str:
             return fields      # refused when written (CR, LF or NUL), or not to be kept
         _TYPED_FIELDS[content_type] = fields
-    return fields._view()
+    return fields
 
 
 _TYPED_FIELDS = {}
@@ -2111,7 +2126,9 @@ class App:
             request._body = b''
         if csrf:
             self._check_csrf(request)
-        return make_response(await _runner(route.handler)(request, **params))
+        handler = _runner(route.handler)
+        rv = await (handler(request, **params) if params else handler(request))
+        return rv if rv.__class__ is Response else make_response(rv)
 
     async def _serve_static_other(self, request):
         if not await self.static.exists(request.path):
@@ -3966,9 +3983,12 @@ class HTTPConnection(asyncio.Protocol):
     def _response_head(head, response, length, keep_alive, body=b''):
         """Status line, Date, the app's fields, our framing (and ``body``, to send them in one
         write) as bytes; None if a field would inject."""
-        user = response.headers._block      # encoded when first written, kept until changed
+        fields = response._headers
+        if fields is None:
+            fields = response._shared       # no copy made: the type's shared field
+        user = fields._block                # encoded when first written, kept until changed
         if user is None:
-            user = _field_block(response.headers)
+            user = _field_block(fields)
             if user is None:
                 return None
         status = response.status
@@ -4244,6 +4264,9 @@ def _field_block(headers):
         return None
     block = headers._block = text.encode('latin-1', 'replace')
     return block
+
+
+_NO_FIELDS = _frozen_fields([])     # the shared fields of a response made without any
 
 
 def _is_stream(body):

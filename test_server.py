@@ -3114,6 +3114,11 @@ class HeaderBlockTest(unittest.TestCase):
         self.assertIn(b'Set-Cookie: k=v', server._field_block(first.headers))
         self.assertEqual(server._field_block(server.Response.text('c').headers),
                          b'Content-Type: text/plain; charset=utf-8\r\n')
+        # Assigned fields replace the shared one; a dict or a list of pairs becomes Headers.
+        third = server.Response.text('d')
+        third.headers = {'Content-Type': 'text/csv', 'X-A': '1'}
+        self.assertEqual(server._field_block(third.headers), b'Content-Type: text/csv\r\nX-A: 1\r\n')
+        self.assertEqual(server.Response(b'').headers.items(), [])
         # Only the Content-Type given as such is shared: a redirect's Location may carry
         # what a client sent, and a type that would inject is never kept.
         server.Response.redirect('/next?client-chosen')
@@ -3124,7 +3129,7 @@ class HeaderBlockTest(unittest.TestCase):
         self.assertEqual(server._field_block(server.Headers([('X-A', '9')])), b'X-A: 9\r\n')
         self.assertIsNone(server._field_block(server.Headers([('X-A', 'a\r\nX-Evil: 1')])))
 
-    def test_hook_changes_reach_cached_static_files(self):
+    def test_hook_changes_reach_cached_and_typed_fields(self):
         root = os.path.join(fresh_dir(self), 'root')
         os.makedirs(root)
         with open(os.path.join(root, 'a.txt'), 'w') as f:
@@ -3135,6 +3140,10 @@ class HeaderBlockTest(unittest.TestCase):
 
         count = itertools.count(1)
 
+        @app.get('/text')
+        async def text(request):
+            return server.Response.text('typed')     # the shared text/plain field, until marked
+
         @app.after_request
         async def mark(request, response):
             response.headers['X-Hook'] = f'{request.path} {next(count)}'
@@ -3142,7 +3151,7 @@ class HeaderBlockTest(unittest.TestCase):
         live = LiveServer(app, root=root)
         self.addCleanup(live.stop)
         n = 0
-        for path in ('/a.txt', '/page.html', '/a.txt', '/page.html'):
+        for path in ('/a.txt', '/page.html', '/text', '/a.txt', '/page.html', '/text'):
             for encoding in ('identity', 'gzip'):
                 n += 1
                 with self.subTest(path=path, encoding=encoding):
@@ -3154,7 +3163,8 @@ class HeaderBlockTest(unittest.TestCase):
                     self.assertEqual(resp.status, 200)
                     # Exactly this request's mark: none left behind in the cached fields.
                     self.assertEqual(resp.headers.get_all('X-Hook'), [f'{path} {n}'])
-                    self.assertIsNotNone(resp.getheader('ETag'))
+                    if path != '/text':
+                        self.assertIsNotNone(resp.getheader('ETag'))
                     gzipped = path == '/page.html' and encoding == 'gzip'
                     self.assertEqual(resp.getheader('Content-Encoding'), 'gzip' if gzipped else None)
 
