@@ -517,6 +517,14 @@ def echo_app():
     async def hello(request):
         return server.Response.text('Hello, world!')
 
+    @app.get('/mark')
+    async def mark(request):
+        # Changes its request's fields: a later request that sent the same head must not see it.
+        seen = request.headers.get('x-mark')
+        request.headers['X-Mark'] = 'changed by the handler'
+        request.headers.add('X-Extra', '1')
+        return {'mark': seen, 'extra': request.headers.get_all('x-extra')}
+
     app.gate = threading.Event()
 
     @app.get('/gate')
@@ -704,6 +712,40 @@ class ProtocolTest(unittest.TestCase):
                 self.assertEqual(json.loads(body)['query'], {'i': str(i)})
             self.assertEqual(read_response(f)[2], b'slept')
             self.assertEqual(json.loads(read_response(f)[2])['query'], {'i': 'last'})
+
+    def test_a_repeated_head_is_answered_as_the_first(self):
+        # A head sent again byte for byte is copied from the first one's parse
+        # (_SEEN_HEADS): each copy has fields of its own, and the same framing.
+        mark = b'GET /mark HTTP/1.1\r\nHost: a\r\nX-Mark: original\r\n\r\n'
+        post = b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n'
+        with self.live.connect() as sock:
+            f = sock.makefile('rb')
+            for i in range(3):             # one at a time, then pipelined below
+                sock.sendall(mark)
+                self.assertEqual(json.loads(read_response(f)[2]), {'mark': 'original', 'extra': ['1']})
+            sock.sendall(mark * 3 + post + b'abc' + post + b'xyz' + mark)
+            answers = [json.loads(read_response(f)[2]) for _ in range(6)]
+        self.assertEqual(answers[:3] + answers[5:], [{'mark': 'original', 'extra': ['1']}] * 4)
+        self.assertEqual([a['body'] for a in answers[3:5]], ['abc', 'xyz'])
+
+    def test_seen_heads_are_kept_per_client_and_bounded(self):
+        head = b'GET /hello HTTP/1.1\r\nHost: a\r\nX-Id: %d\r\n\r\n' % id(self)
+        for source in ('127.0.0.1', '127.0.0.2'):
+            with socket.create_connection(('127.0.0.1', self.port), timeout=5,
+                                          source_address=(source, 0)) as sock:
+                sock.sendall(head)
+                self.assertEqual(read_response(sock.makefile('rb'))[0], 200)
+            self.assertIn((source, head), server._SEEN_HEADS)
+        # Kept only when every line ends in CRLF and the head is small; answered all the same.
+        bare_lf = head.replace(b'\r\n', b'\n')
+        large = head[:-2] + b'X-Pad: ' + b'p' * server.SEEN_HEAD_BYTES + b'\r\n\r\n'
+        responses = exchange(self.port, bare_lf + large)
+        self.assertEqual([r[0] for r in responses], [200, 200])
+        self.assertFalse([key for key in list(server._SEEN_HEADS) if key[1] in (bare_lf, large)])
+        # More different heads than it keeps: emptied when full, never larger.
+        heads = [b'GET /hello?%d HTTP/1.1\r\nHost: a\r\n\r\n' % i for i in range(server.SEEN_HEADS + 50)]
+        self.assertEqual([r[0] for r in exchange(self.port, b''.join(heads))], [200] * len(heads))
+        self.assertLessEqual(len(server._SEEN_HEADS), server.SEEN_HEADS)
 
     def test_pipelined_answers_go_out_together(self):
         # Answers to a pipelined burst are gathered and written once per PIPELINE_ROUNDS
