@@ -71,7 +71,9 @@ Scenarios (``--scenarios``, comma-separated; default all):
 ``--harness`` starts no server: it feeds requests to server.py's connections in this process
 through a stand-in transport (50 connections, wrk's head; ``browser`` sends a browser's 13
 fields; ``static`` is the site's 10 KiB file from memory; ``hello-log`` writes the access log
-to /dev/null) and prints server.py's own cost per request. With ``--instructions`` it runs
+to /dev/null; ``hello-new`` and ``browser-new`` make each head new with a query string, so
+none is a repeat that server.py copies instead of parsing) and prints server.py's own cost
+per request. With ``--instructions`` it runs
 itself twice under valgrind (N and 3N requests) and prints the instructions per request:
 repeatable to a fraction of a percent on a busy machine, where seconds are not.
 
@@ -90,6 +92,7 @@ import contextlib
 import dataclasses
 import html
 import http.client
+import itertools
 import os
 import platform
 import re
@@ -1659,7 +1662,7 @@ def server_py_version():
 # would arrive. Seconds vary with the machine; under valgrind the instruction count of a
 # request does not (--instructions), so a change to the hot path can be judged by it.
 
-HARNESS_KINDS = ('hello', 'browser', 'static', 'hello-log')
+HARNESS_KINDS = ('hello', 'browser', 'static', 'hello-log', 'hello-new', 'browser-new')
 HARNESS_CONNECTIONS = 50
 HARNESS_HEADS = {
     'hello': b'GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n',     # wrk's own head
@@ -1714,7 +1717,14 @@ def harness(kind, requests, tmp):
     """
     import server
     import logging
-    head = HARNESS_HEADS[kind.removesuffix('-log')]
+    head = HARNESS_HEADS[kind.removesuffix('-log').removesuffix('-new')]
+    if kind.endswith('-new'):
+        # Each request a head not seen before (its own query string), so each is parsed in
+        # full: the cost of a client's first request, where the others cost a copy.
+        numbers = itertools.count()
+        heads = iter(lambda: head.replace(b' HTTP/1.1\r\n', b'?%d HTTP/1.1\r\n' % next(numbers), 1), None)
+    else:
+        heads = itertools.repeat(head)
     data = os.path.join(tmp, 'data-harness-' + kind)
     if kind == 'static':
         app = server.build_site(server.Config(root=make_web_root(tmp), data=data))
@@ -1753,8 +1763,8 @@ def harness(kind, requests, tmp):
 
         async def turn():
             sink.clear()
-            for conn in connections:
-                conn.data_received(head)
+            for conn, data in zip(connections, heads):
+                conn.data_received(data)
             while len(sink) < len(connections):
                 await asyncio.sleep(0)
             response = sink[-1]
