@@ -386,33 +386,26 @@ def _index_fields(pairs):
 
 
 class RequestHead:
-    """What the request line and header section said."""
+    """What the request line and header section said; never changed once framed
+    (frame_request). A head kept in _SEEN_HEADS is ``seen``: every request that sends its
+    bytes shares it, each with a view of its fields of its own (Request)."""
 
     __slots__ = ('method', 'target', 'version', 'headers', 'path', 'query_string',
-                 'keep_alive', 'body_length', 'chunked', 'expect_continue')
+                 'keep_alive', 'body_length', 'chunked', 'expect_continue', 'seen')
 
     def __init__(self, method, target, version, headers):
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers
-
-    def copy(self):
-        """The same head for another request: it shares the fields until one changes them."""
-        head = RequestHead.__new__(RequestHead)
-        head.method, head.target, head.version = self.method, self.target, self.version
-        head.headers = self.headers._view()
-        head.path, head.query_string = self.path, self.query_string
-        head.keep_alive, head.body_length = self.keep_alive, self.body_length
-        head.chunked, head.expect_continue = self.chunked, self.expect_continue
-        return head
+        self.seen = False
 
 
 # Heads parsed lately, by (client address, bytes). A keep-alive client sends the same head
-# again and again, and copying it costs a fraction of parsing it anew: parsing a browser's
-# head was two thirds of answering it from memory. The address is part of the key so that
-# how fast an answer comes tells no client what heads others sent. A head depends on its
-# bytes alone, so an entry never goes stale; the cache is emptied when full.
+# again and again, and looking it up costs a fraction of parsing it anew: parsing a
+# browser's head was two thirds of answering it from memory. The address is part of the
+# key so that how fast an answer comes tells no client what heads others sent. A head
+# depends on its bytes alone, so an entry never goes stale; the cache is emptied when full.
 _SEEN_HEADS = {}
 
 
@@ -1095,7 +1088,7 @@ class Request:
         self.method = head.method
         self.target = head.target
         self.version = head.version
-        self.headers = head.headers
+        self.headers = head.headers._view() if head.seen else head.headers
         self.raw_path = head.path
         self.query_string = head.query_string
         self.peer = client
@@ -3904,8 +3897,8 @@ class HTTPConnection(asyncio.Protocol):
             end = buf.find(b'\r\n\r\n') + 4
             key = (self.peer, bytes(buf[:end])) if 4 <= end <= SEEN_HEAD_BYTES else None
             seen = _SEEN_HEADS.get(key)
-            if seen is not None:
-                self._start(seen.copy(), end)
+            if seen:
+                self._start(seen, end)
                 return
             # Most buffers hold one whole, well-formed head (and maybe a body): one match
             # finds where it ends and checks it at once. Tried once a head: one that comes
@@ -3918,11 +3911,16 @@ class HTTPConnection(asyncio.Protocol):
                     self._send_error(exc, buf[:buf.find(b'\n')].rstrip(b'\r'))
                     return
                 if head is not None:
-                    if m.end() == end and key is not None:     # every line ends in CRLF
+                    if m.end() == end and key is not None:     # it ends at the first CRLF CRLF
+                        # Its bytes are noted the first time, the head kept the second: a
+                        # head never sent again costs no more than a lookup.
                         if len(_SEEN_HEADS) >= SEEN_HEADS:
                             _SEEN_HEADS.clear()
-                        _SEEN_HEADS[key] = head
-                        head = head.copy()
+                        if seen is None:
+                            _SEEN_HEADS[key] = False
+                        else:
+                            _SEEN_HEADS[key] = head
+                            head.seen = True
                     self._start(head, m.end())
                     return
         end = find_head_end(buf, self.scanned)

@@ -733,9 +733,18 @@ class ProtocolTest(unittest.TestCase):
         for source in ('127.0.0.1', '127.0.0.2'):
             with socket.create_connection(('127.0.0.1', self.port), timeout=5,
                                           source_address=(source, 0)) as sock:
+                f = sock.makefile('rb')
+                # Noted the first time, kept the second, and only for this client address.
                 sock.sendall(head)
-                self.assertEqual(read_response(sock.makefile('rb'))[0], 200)
-            self.assertIn((source, head), server._SEEN_HEADS)
+                self.assertEqual(read_response(f)[0], 200)
+                self.assertIs(server._SEEN_HEADS.get((source, head)), False)
+                sock.sendall(head)
+                self.assertEqual(read_response(f)[0], 200)
+                kept = server._SEEN_HEADS.get((source, head))
+                self.assertIsInstance(kept, server.RequestHead)
+                self.assertEqual((kept.target, kept.headers.get('x-id'), kept.seen), ('/hello', str(id(self)), True))
+                sock.sendall(head)
+                self.assertEqual(read_response(f)[0], 200)
         # Kept only when every line ends in CRLF and the head is small; answered all the same.
         bare_lf = head.replace(b'\r\n', b'\n')
         large = head[:-2] + b'X-Pad: ' + b'p' * server.SEEN_HEAD_BYTES + b'\r\n\r\n'
