@@ -3893,7 +3893,7 @@ class HTTPConnection(asyncio.Protocol):
             self.scanned = 0
         if self.scanned == 0 and len(buf) <= QUICK_HEAD_BYTES:
             # A head this client sent before, byte for byte (a keep-alive client repeats
-            # itself): parsed and checked then, only copied now.
+            # itself): parsed and checked then, shared now (_SEEN_HEADS).
             end = buf.find(b'\r\n\r\n') + 4
             key = (self.peer, bytes(buf[:end])) if 4 <= end <= SEEN_HEAD_BYTES else None
             seen = _SEEN_HEADS.get(key)
