@@ -558,6 +558,12 @@ def echo_app():
     async def pad(request):
         return server.Response(b'p' * int(request.query['n']), content_type='application/octet-stream')
 
+    @app.get('/badbody')
+    async def badbody(request):
+        resp = server.Response(b'', content_type='text/plain')
+        resp.body = 42                 # an app's bug: neither bytes nor a stream, found while writing
+        return resp
+
     @app.get('/syncstream')
     def syncstream(request):
         return server.Response(iter([b'a', b'b', b'c']), content_type='text/plain')
@@ -767,6 +773,15 @@ class ProtocolTest(unittest.TestCase):
                 out = b''.join(writes)
                 self.assertEqual(out.count(b'HTTP/1.1 200 OK\r\n'), count)
                 self.assertTrue(out.endswith(b'\r\n\r\nHello, world!'))
+
+    def test_answers_gathered_before_a_failed_write_still_go_out(self):
+        # A response that fails while it is written cuts its connection off (abort), but
+        # the pipelined answers gathered before it in the same round are sent first.
+        with self.assertLogs('server', 'ERROR') as logs:
+            responses = exchange(self.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n' * 2
+                                 + b'GET /badbody HTTP/1.1\r\nHost: a\r\n\r\n')
+        self.assertEqual([(r[0], r[2]) for r in responses[:2]], [(200, b'Hello, world!')] * 2)
+        self.assertIn('error answering a request', '\n'.join(logs.output))
 
     def test_pipelined_rounds_are_bounded_per_turn_of_the_loop(self):
         # One turn of the loop answers at most PIPELINE_ROUNDS requests of a connection, then
