@@ -5071,7 +5071,7 @@ def build_site(config):
     @app.route('/contact', methods=['GET', 'POST'])
     async def contact(request):
         values = {'name': '', 'email': '', 'message': ''}
-        if request.method == 'GET':
+        if request.method != 'POST':    # GET, or HEAD: never a message, whatever body it brings
             return render('contact.html', values=values, errors={})
         form = request.form
         values = {key: form.get(key, '').strip() for key in values}
@@ -5122,7 +5122,7 @@ def build_site(config):
 
     @app.route('/upload', methods=['GET', 'POST'], max_body=MAX_UPLOAD_BYTES)
     async def upload(request):
-        if request.method == 'GET':
+        if request.method != 'POST':    # GET, or HEAD: never an upload, whatever body it brings
             message = 'Your file was uploaded.' if request.query.get('done') else ''
             return await upload_page(request, message=message)
         upload = request.files.get('file')

@@ -3629,6 +3629,23 @@ class SiteTest(unittest.TestCase):
         self.assertEqual(self.query('SELECT COUNT(*) FROM messages WHERE ip IN (?, ?)',
                                     ('192.0.2.11', '192.0.2.12')), [(0,)])
 
+    def test_head_with_a_body_stores_nothing_and_answers_as_get(self):
+        # HEAD is routed to the GET/POST handlers like GET; it is a safe method, so it has
+        # no CSRF check, and a body sent with it must never become a message or an upload.
+        b = self.browser('192.0.2.15')
+        fields = {'name': 'Head', 'email': 'head@example.com', 'message': 'sent with HEAD'}
+        form = urllib.parse.urlencode(fields).encode()
+        resp = b.request('HEAD', '/contact', form, {'Content-Type': 'application/x-www-form-urlencoded'})
+        get = b.get('/contact')
+        self.assertEqual((resp.status, resp.body), (200, b''))
+        self.assertEqual(resp.headers['content-length'], get.headers['content-length'])
+        body, ctype = server.encode_multipart(data_fields={}, files={'file': ('h.txt', b'head', 'text/plain')})
+        resp = b.request('HEAD', '/upload', body, {'Content-Type': ctype})
+        self.assertEqual((resp.status, resp.body), (200, b''))
+        self.assertEqual(self.query('SELECT COUNT(*) FROM messages WHERE ip = ?', ('192.0.2.15',)), [(0,)])
+        self.assertEqual(self.query("SELECT COUNT(*) FROM uploads WHERE name = 'h.txt'"), [(0,)])
+        self.assertEqual(b.request('HEAD', '/upload').status, 200)
+
     def test_contact_rate_limit(self):
         b = self.browser('192.0.2.20')
         token = b.csrf('/contact')
