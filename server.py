@@ -4927,21 +4927,33 @@ class VisitCounter:
     """Counts page views in memory and adds them to the database once a second.
 
     A count is not an acknowledged write, so batching it costs nothing the user relies on
-    and keeps an fsync off every home-page view.
+    and keeps an fsync off every home-page view. Workers (``shared``) each have a memory
+    of their own, where two would hand out the same numbers: there each view is counted
+    in the database, with the other writes of its moment (Database.grouped), and each
+    visitor gets the next number.
     """
 
-    def __init__(self, db):
+    def __init__(self, db, shared=False):
         self.db = db
+        self.shared = shared
         self.stored = 0
         self.pending = 0
         self.flushing = 0
 
     async def load(self):
-        row = await self.db.fetchone("SELECT value FROM counters WHERE name = 'visits'")
-        self.stored = row['value'] if row else 0
+        self.stored = await self.db.run(_visits)
 
-    def hit(self):
+    async def hit(self):
+        """Count a view; the count with it."""
+        if self.shared:
+            return await self.db.grouped(_count_visit)
         self.pending += 1
+        return self.stored + self.flushing + self.pending
+
+    async def current(self):
+        """The count, without a view."""
+        if self.shared:
+            return await self.db.run(_visits)
         return self.stored + self.flushing + self.pending
 
     async def flush(self):
@@ -4970,8 +4982,17 @@ def _store_message(conn, values, client, now):
 
 def _add_visits(conn, count):
     with conn:
-        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'visits'", (count,))
-        return conn.execute("SELECT value FROM counters WHERE name = 'visits'").fetchone()[0]
+        return _count_visit(conn, count)
+
+
+def _count_visit(conn, count=1):
+    conn.execute("UPDATE counters SET value = value + ? WHERE name = 'visits'", (count,))
+    return _visits(conn)
+
+
+def _visits(conn):
+    row = conn.execute("SELECT value FROM counters WHERE name = 'visits'").fetchone()
+    return row[0] if row else 0
 
 
 def _sweep_uploads(conn, upload_dir):
@@ -5009,7 +5030,7 @@ def build_site(config):
     """The portfolio site as an App."""
     app = App(root=config.root, data=config.data, trusted_proxy=config.trusted_proxy,
               migrations=SITE_MIGRATIONS)
-    counter = VisitCounter(app.db)
+    counter = VisitCounter(app.db, shared=config.workers > 1)
     admin_password = os.environ.get('ADMIN_PASSWORD', '')
     failures = {}   # client -> (count, first failure time)
     background = []
@@ -5065,7 +5086,7 @@ def build_site(config):
     @app.get('/')
     async def home(request):
         # A HEAD (a monitor, a link checker) is not a visit.
-        visits = counter.hit() if request.method == 'GET' else counter.stored + counter.pending
+        visits = await (counter.hit() if request.method == 'GET' else counter.current())
         return render('index.html', VISIT_COUNT=visits)
 
     @app.route('/contact', methods=['GET', 'POST'])

@@ -3827,12 +3827,12 @@ class VisitCounterTest(unittest.TestCase):
 
         async def scenario():
             await counter.load()
-            before = [counter.hit() for _ in range(3)]
+            before = [await counter.hit() for _ in range(3)]
             flushing = asyncio.get_running_loop().create_task(counter.flush())
             await asyncio.sleep(0)              # the flush is now waiting for the database
-            during = counter.hit()
+            during = await counter.hit()
             await flushing
-            after = counter.hit()
+            after = await counter.hit()
             await db.close()
             return before, during, after
         self.assertEqual(asyncio.run(scenario()), ([1, 2, 3], 4, 5))
@@ -4598,6 +4598,30 @@ class WorkersTest(unittest.TestCase):
         self.assertEqual(code, 0, err)
         for pid in now:
             self.assertFalse(self.running(pid), f'worker {pid} still running')
+
+    def test_workers_count_visits_as_one(self):
+        # Each worker has a memory of its own: the count is kept in the database, so
+        # visitors get 1, 2, 3... whichever worker answers (SO_REUSEPORT spreads them).
+        if not hasattr(os, 'fork'):
+            self.skipTest('needs fork')
+        proc = ServerProcess('--workers', '2', '--no-access-log')
+        self.addCleanup(proc.cleanup)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if status_of(proc.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n') == 200:
+                    break
+            time.sleep(0.05)
+        counts = []
+        for _ in range(20):
+            resp = WebClient(proc.port).get('/')
+            self.assertEqual(resp.status, 200)
+            counts.append(int(re.search(r'viewed (\d+) times?\.', resp.text).group(1)))
+        head = WebClient(proc.port).request('HEAD', '/')
+        self.assertEqual(head.status, 200)
+        self.assertEqual(counts, list(range(1, 21)))
+        self.assertEqual(int(re.search(r'viewed (\d+) times?\.', WebClient(proc.port).get('/').text).group(1)), 21)
+        self.assertEqual(proc.stop()[0], 0)
 
     @staticmethod
     def running(pid):
