@@ -1398,7 +1398,8 @@ async def _storage(fn, *args):
 def _open_spool(upload_dir, name, filename, content_type):
     os.makedirs(upload_dir, mode=DATA_DIR_MODE, exist_ok=True)
     path = os.path.join(upload_dir, '.part-' + secrets.token_hex(16))
-    f = open(path, 'xb')
+    # Readable by the server's user only, as its folder is, whatever the umask.
+    f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 'wb')
     return UploadedFile(name, filename, content_type, path, f)
 
 

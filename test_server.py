@@ -3707,6 +3707,8 @@ class SiteTest(unittest.TestCase):
         # nothing left in the spool, one stored file per upload
         stored = os.listdir(self.upload_dir)
         self.assertFalse([n for n in stored if n.startswith('.part-')], stored)
+        for name in stored:      # the server's user's alone, like their folder
+            self.assertEqual(os.stat(os.path.join(self.upload_dir, name)).st_mode & 0o777, 0o600)
         rows = self.query('SELECT stored FROM uploads')
         self.assertEqual(sorted(stored), sorted(r[0] for r in rows))
         # another browser sees none of it
