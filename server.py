@@ -4773,9 +4773,11 @@ async def serve(app, config, sock=None, ready=None, worker=False, supervisor=Non
         if watcher is not None:
             watcher.cancel()
         log.info('shutting down: finishing requests in flight (at most %.0f s)', SHUTDOWN_GRACE_S)
+        started = time.monotonic()
         await server.shutdown()
         for sig in installed:
             loop.remove_signal_handler(sig)
+        log.info('stopped after %.1f s', time.monotonic() - started)
     return 0
 
 

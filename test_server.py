@@ -4136,6 +4136,7 @@ class GracefulShutdownTest(unittest.TestCase):
         self.assertEqual(headers['connection'], 'close')
         code, out, err = proc.stop(sig=None)
         self.assertEqual(code, 0, err)
+        self.assertRegex(err, r'shutting down: .*\n(.*\n)*.*stopped after \d+\.\d s')   # says when it is done
         db = sqlite3.connect(os.path.join(proc.data, 'app.db'))
         self.assertEqual(db.execute('SELECT name, body FROM messages').fetchall(), [('Ann', 'hello there')])
         db.close()
