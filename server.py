@@ -87,9 +87,7 @@ MAX_HEADER_COUNT = 100
 # A buffer up to this size is searched for a whole head by one regular expression; a
 # larger one (pipelined requests, a body) is searched for the blank line first.
 QUICK_HEAD_BYTES = 4096
-# Heads up to this size are kept for their client's next request, this many at most (_SEEN_HEADS).
-SEEN_HEAD_BYTES = 2048
-SEEN_HEADS = 256
+SEEN_HEADS = 256                     # heads kept for their client's next request (_SEEN_HEADS)
 PIPELINE_ROUNDS = 16                 # pipelined requests of one connection answered in one turn
 CORK_BYTES = 16 * 1024               # writes up to this size are gathered for pipelined answers
 #: Default body limit for forms and JSON; larger -> 413 (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is 2.5 MB).
@@ -3896,7 +3894,7 @@ class HTTPConnection(asyncio.Protocol):
             # A head this client sent before, byte for byte (a keep-alive client repeats
             # itself): parsed and checked then, shared now (_SEEN_HEADS).
             end = buf.find(b'\r\n\r\n') + 4
-            key = (self.peer, bytes(buf[:end])) if 4 <= end <= SEEN_HEAD_BYTES else None
+            key = (self.peer, bytes(buf[:end])) if end > 3 else None
             seen = _SEEN_HEADS.get(key)
             if seen:
                 self._start(seen, end)

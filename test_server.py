@@ -751,9 +751,10 @@ class ProtocolTest(unittest.TestCase):
                 self.assertEqual((kept.target, kept.headers.get('x-id'), kept.seen), ('/hello', str(id(self)), True))
                 sock.sendall(head)
                 self.assertEqual(read_response(f)[0], 200)
-        # Kept only when every line ends in CRLF and the head is small; answered all the same.
+        # Kept only when the head ends at its first CRLF CRLF and is one the quick path
+        # parses (QUICK_HEAD_BYTES); answered all the same.
         bare_lf = head.replace(b'\r\n', b'\n')
-        large = head[:-2] + b'X-Pad: ' + b'p' * server.SEEN_HEAD_BYTES + b'\r\n\r\n'
+        large = head[:-2] + b'X-Pad: ' + b'p' * server.QUICK_HEAD_BYTES + b'\r\n\r\n'
         responses = exchange(self.port, bare_lf + large)
         self.assertEqual([r[0] for r in responses], [200, 200])
         self.assertFalse([key for key in list(server._SEEN_HEADS) if key[1] in (bare_lf, large)])
