@@ -896,6 +896,11 @@ def safe_filename(name, default='file'):
     return name[:120] or default
 
 
+# RFC 8187 3.2.1: the charsets of an ext-value every recipient reads. No other name a client
+# sends is looked up as a codec: punycode, idna, rot13 and the like fail each in its own way.
+_EXT_VALUE_CHARSETS = {'utf-8': 'utf-8', '': 'utf-8', 'iso-8859-1': 'latin-1'}
+
+
 def parse_header_params(value):
     """``form-data; name="a"; filename="b.txt"`` -> ('form-data', {'name': 'a', ...})."""
     kind, params = parse_content_type(value)
@@ -905,13 +910,15 @@ def parse_header_params(value):
             with contextlib.suppress(UnicodeError):
                 params[key] = params[key].encode('latin-1').decode('utf-8')
     if 'filename*' in params:
-        # RFC 5987 ext-value: charset'lang'percent-encoded
+        # RFC 8187 ext-value: charset'lang'percent-encoded. One that cannot be read is
+        # ignored, and the part stays a file (safe_filename names it).
         charset, _, rest = params['filename*'].partition("'")
         _, _, encoded = rest.partition("'")
-        try:
-            params['filename'] = urllib.parse.unquote(encoded, encoding=charset or 'utf-8', errors='strict')
-        except (LookupError, UnicodeDecodeError):
-            pass
+        encoding = _EXT_VALUE_CHARSETS.get(charset.lower())
+        if encoding is not None:
+            with contextlib.suppress(UnicodeError):
+                params['filename'] = urllib.parse.unquote(encoded, encoding=encoding, errors='strict')
+        params.setdefault('filename', '')
     return kind, params
 
 

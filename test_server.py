@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import email.generator
+import encodings.aliases
 import email.policy
 import functools
 import gzip
@@ -494,6 +495,53 @@ class SmallParsersTest(unittest.TestCase):
         self.assertTrue(server.etag_matches('W/"b"', '"b"'))
         self.assertTrue(server.etag_matches('*', '"b"'))
         self.assertFalse(server.etag_matches('"c"', '"b"'))
+
+    def test_ext_value_charsets_are_the_two_rfc_8187_requires(self):
+        cases = [
+            ("utf-8''caf%C3%A9", 'café'), ("UTF-8''%E2%82%AC", '€'), ("iso-8859-1'fr'caf%E9", 'café'),
+            ("utf-8''%FF", ''), ("punycode''%5C", ''), ("undefined''%41", ''), ("idna''%41", ''),
+            ("rot13''abc", ''), ("utf-16''%FF%FE", ''), ("no-quotes", ''),
+        ]
+        for ext_value, filename in cases:
+            with self.subTest(ext_value=ext_value):
+                kind, params = server.parse_header_params(f'form-data; name="f"; filename*={ext_value}')
+                self.assertEqual((kind, params['filename']), ('form-data', filename))
+
+    # Whatever a client puts in a header, its parser answers or raises HTTPError, never
+    # anything else (a 500 and a traceback). Every codec name Python knows is offered as
+    # an ext-value charset: none of them may be looked up.
+    HOSTILE_PIECES = ['; ', ';', '=', '"', '\\', "'", "''", '%', '%FF', '%5C', '%C3%A9', '%2', 'name=',
+                      'filename=', 'form-data', 'bytes=', '-', ',', '0', '9' * 20, 'q=', 'q=nan',
+                      'q=1e999', 'W/', '"x"', 'Thu, 01 Jan 1970 00:00:00 GMT', 'GMT', '+0000', '2024',
+                      'gzip', '*', ' ', '\t', '\xa0', '\xb2', '\xff', 'boundary=', 'charset=']
+
+    def test_header_parsers_never_raise_on_hostile_values(self):
+        rng = random.Random(19)
+        charsets = sorted(set(encodings.aliases.aliases.values()) | {'punycode', 'idna', 'undefined', 'rot13'})
+        etag = '"abc-1"'
+        for _ in range(3000):
+            pieces = [bytes(rng.randrange(256) for _ in range(rng.randrange(6))).decode('latin-1')
+                      if rng.random() < 0.3 else rng.choice(self.HOSTILE_PIECES)
+                      for _ in range(rng.randrange(12))]
+            value = ''.join(pieces)
+            disposition = f"form-data; name=f; filename*={rng.choice(charsets)}''{value}"
+            calls = [
+                (server.parse_content_type, value), (server.parse_header_params, value),
+                (server.parse_header_params, disposition), (server.parse_cookies, [value]),
+                (server.parse_range, value, 100), (server.parse_range, value, 0),
+                (server.parse_http_date, value), (server.if_range_holds, value, etag, 1e9),
+                (server.etag_matches, value, etag), (server.accepts_gzip, value),
+                (server.not_modified, server.Headers([('If-Modified-Since', value)]), etag, 1e9),
+                (server.not_modified, server.Headers([('If-None-Match', value)]), etag, 1e9),
+                (server.parse_query, value),
+            ]
+            for fn, *args in calls:
+                try:
+                    fn(*args)
+                except server.HTTPError:
+                    pass
+                except Exception as exc:   # pragma: no cover - the failure message is the point
+                    self.fail(f'{fn.__name__}{tuple(args)!r}: {type(exc).__name__}: {exc}')
 
     def test_safe_filename(self):
         self.assertEqual(server.safe_filename('../../etc/pass wd.txt'), 'pass wd.txt')
@@ -2408,6 +2456,12 @@ class FormsTest(unittest.TestCase):
             (b'filename="fallback.txt"; filename*=UTF-8\'\'na%C3%AFve%20caf%C3%A9.txt',
              server.safe_filename('naïve café.txt')),
             (b"filename*=utf-8''%E2%82%AC%20rates.txt", server.safe_filename('€ rates.txt')),
+            (b"filename*=iso-8859-1''caf%E9.txt", server.safe_filename('café.txt')),
+            # A charset we do not read, or bytes it cannot decode: the ext-value is ignored.
+            (b"filename*=punycode''%5C", 'file'),
+            (b"filename*=undefined''%41", 'file'),
+            (b"filename*=utf-8''%FF.txt", 'file'),
+            (b'filename="plain.txt"; filename*=idna\'\'%41', 'plain.txt'),
         ]
         for param, expected in cases:
             with self.subTest(param=param):
@@ -3586,6 +3640,20 @@ class SiteTest(unittest.TestCase):
         for path in ('/robots.txt', '/favicon.ico', '/contact/thanks', '/css/site.css'):
             with self.subTest(path=path):
                 self.assertEqual(self.browser('192.0.2.3').get(path).status, 200)
+
+    def test_hostile_filename_parameter_is_never_a_500(self):
+        b = self.browser('192.0.2.40')
+        token = b.csrf('/upload')
+        disposition = b"Content-Disposition: form-data; name=\"file\"; filename*=punycode''%5C"
+        body = multipart_body('b', [(b'Content-Disposition: form-data; name="csrf_token"', token.encode()),
+                                    (disposition, b'data')])
+        headers = {'Content-Type': 'multipart/form-data; boundary=b'}
+        resp = b.request('POST', '/upload', body, headers)
+        self.assertEqual((resp.status, resp.headers.get('location')), (303, '/upload?done=1'), resp.text[:300])
+        self.assertIn('>file<', b.get('/upload').text)
+        resp = b.request('GET', '/healthz', body, headers)
+        self.assertEqual(resp.status, 200)
+        self.assertNotIn(b'Traceback', resp.body)
 
     def test_contact_valid_invalid_and_honeypot(self):
         b = self.browser('192.0.2.10')
