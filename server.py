@@ -100,6 +100,9 @@ MAX_MULTIPART_PARTS = 100
 MAX_FIELD_BYTES = 64 * 1024
 #: Largest header block of one multipart part; larger -> 413.
 MAX_PART_HEADER_BYTES = 8 * 1024
+#: Largest urlencoded form parsed on the event loop; a larger one is parsed in a thread, so
+#: decoding a big form never holds up other clients' requests.
+FORM_ON_LOOP_BYTES = 16 * 1024
 #: A body the handler left unread is discarded up to this size to keep the connection; past it we close.
 MAX_DRAIN_BYTES = 256 * 1024
 #: Bytes buffered ahead of the application (pipelined requests or body) before we stop reading.
@@ -875,9 +878,19 @@ def etag_matches(header, etag, weak=True):
 
 
 # === 4. Forms ===
-# application/x-www-form-urlencoded is parse_query above. multipart/form-data (RFC 7578)
-# is parsed incrementally: the parser is pure (bytes in, events out) and the request
-# drives it, spooling file parts to disk as they arrive.
+# application/x-www-form-urlencoded is parse_query above (a large form is parsed in a
+# thread: Request._read_body). multipart/form-data (RFC 7578) is parsed incrementally: the
+# parser is pure (bytes in, events out) and the request drives it, spooling file parts to
+# disk as they arrive.
+
+def parse_urlencoded(body):
+    """An ``application/x-www-form-urlencoded`` body -> MultiDict; not UTF-8 -> 400."""
+    try:
+        text = body.decode('utf-8')
+    except UnicodeDecodeError:
+        raise HTTPError(400, 'form is not valid UTF-8') from None
+    return parse_query(text)
+
 
 # Letters and digits of any script stay (a résumé keeps its accents); separators,
 # controls, quotes and the like become '_'.
@@ -1263,11 +1276,10 @@ class Request:
             raise HTTPError(413, _too_large(limit), close=True)
         self._body = body
         if ctype == 'application/x-www-form-urlencoded':
-            try:
-                text = self._body.decode('utf-8')
-            except UnicodeDecodeError:
-                raise HTTPError(400, 'form is not valid UTF-8') from None
-            self._form = parse_query(text)
+            if len(body) > FORM_ON_LOOP_BYTES:
+                self._form = await asyncio.to_thread(parse_urlencoded, body)
+            else:
+                self._form = parse_urlencoded(body)
 
     async def _read_multipart(self, boundary, limit):
         parser = MultipartParser(boundary)

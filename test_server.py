@@ -1035,6 +1035,56 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(results['slow'], 200)
         self.assertLess(fast, 0.8)
 
+    def test_a_large_form_is_parsed_while_others_are_answered(self):
+        # The parse of a form past FORM_ON_LOOP_BYTES is held until another request has been
+        # answered: on the event loop that answer could never come, so the parse must run in a
+        # thread. Events, not timings: the hold ends at once when the answer is in.
+        parsing, answered, held = threading.Event(), threading.Event(), []
+        real_parse_query = server.parse_query
+
+        def observed_parse_query(query, *args, **kwargs):
+            if len(query) > server.FORM_ON_LOOP_BYTES:
+                parsing.set()
+                held.append(answered.wait(10))
+            return real_parse_query(query, *args, **kwargs)
+        form = b'a=' + b'%41' * ((server.MAX_BODY_BYTES - 2) // 3)
+        results = {}
+
+        def post():
+            results['form'] = exchange(self.port, b'POST /echo HTTP/1.1\r\nHost: a\r\n'
+                                       b'Content-Type: application/x-www-form-urlencoded\r\n'
+                                       b'Content-Length: %d\r\n\r\n' % len(form) + form, timeout=15)
+        with patched(parse_query=observed_parse_query):
+            poster = threading.Thread(target=post)
+            poster.start()
+            try:
+                self.assertTrue(parsing.wait(10))
+                with socket.create_connection(('127.0.0.1', self.port), timeout=2) as sock:
+                    sock.sendall(b'GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+                    self.assertEqual(read_response(sock.makefile('rb'))[0], 200)
+            finally:
+                answered.set()
+                poster.join(15)
+        self.assertEqual(held, [True])
+        self.assertEqual(results['form'][0][0], 200)
+
+    def test_forms_up_to_the_threshold_are_parsed_on_the_loop(self):
+        threads = {}
+        real_parse_query = server.parse_query
+
+        def observed_parse_query(query, *args, **kwargs):
+            threads[len(query)] = threading.get_ident()
+            return real_parse_query(query, *args, **kwargs)
+        with patched(parse_query=observed_parse_query):
+            for size in (server.FORM_ON_LOOP_BYTES, server.FORM_ON_LOOP_BYTES + 1):
+                form = b'a=' + b'x' * (size - 2)
+                self.assertEqual(status_of(self.port, b'POST /echo HTTP/1.1\r\nHost: a\r\n'
+                                           b'Content-Type: application/x-www-form-urlencoded\r\n'
+                                           b'Content-Length: %d\r\n\r\n' % size + form), 200)
+        loop_thread = self.live.thread.ident
+        self.assertEqual(threads[server.FORM_ON_LOOP_BYTES], loop_thread)
+        self.assertNotEqual(threads[server.FORM_ON_LOOP_BYTES + 1], loop_thread)
+
     def test_body_set_after_the_response_was_made(self):
         for kind, expected in (('str', 'late é'.encode()), ('bytearray', b'late'), ('view', b'late'),
                                ('none', b'')):
