@@ -4926,7 +4926,10 @@ UPLOAD_MIN_FREE_BYTES = 256 * 1024 * 1024
 #: Failed admin logins per client address before a lockout of ADMIN_LOCKOUT_S -> 429.
 ADMIN_MAX_FAILURES = 5
 ADMIN_LOCKOUT_S = 900
-_EMAIL_RE = re.compile(r"[^@\s<>\"']{1,64}@[^@\s<>\"']+\.[^@\s<>\"'.]{2,}")
+# An address as people type theirs: a local part of letters, digits and ._%+- (no ?, & or =
+# to smuggle headers into a mailto: link), then a domain of DNS labels under a real TLD.
+_EMAIL_RE = re.compile(r'[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+'
+                       r'(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})')
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; "
                            "script-src 'self'; form-action 'self'; frame-ancestors 'none'; "
                            "base-uri 'self'; object-src 'none'")
@@ -4986,6 +4989,13 @@ class VisitCounter:
                 raise
             finally:
                 self.flushing = 0
+
+
+def _mailto(address):
+    """A mailto: link for an address the contact form would accept, else '' (no link)."""
+    if len(address) > 200 or not _EMAIL_RE.fullmatch(address):
+        return ''
+    return 'mailto:' + urllib.parse.quote(address, safe='@')
 
 
 def _store_message(conn, values, client, now):
@@ -5222,6 +5232,7 @@ def build_site(config):
         messages = await app.db.fetchall('SELECT id, name, email, body, ip, created FROM messages ORDER BY id DESC')
         for m in messages:
             m['created'] = _format_time(m['created'])
+            m['mailto'] = _mailto(m['email'])
         rows = await app.db.fetchall('SELECT id, name, size, created FROM uploads ORDER BY id DESC')
         uploads = [{'id': r['id'], 'name': r['name'], 'size_h': human_size(r['size']),
                     'created': _format_time(r['created'])} for r in rows]
@@ -5403,9 +5414,14 @@ def _terminal_safe(text):
 
 
 def _csv_safe(value):
-    """A cell a spreadsheet will not run as a formula (OWASP's CSV injection advice)."""
-    text = str(value)
-    return "'" + text if text[:1] in ('=', '+', '-', '@', '\t', '\r') else text
+    """A cell of visitors' text that neither a spreadsheet nor the terminal it is printed on obeys.
+
+    Controls and escape sequences are shown as in the plain view, line breaks kept (CSV quotes
+    them); a cell that would start a formula gets a leading ' (OWASP's CSV injection advice),
+    which spreadsheets read as "this is text".
+    """
+    text = '\n'.join(_terminal_safe(line.rstrip('\r')) for line in str(value).split('\n'))
+    return "'" + text if text[:1] in ('=', '+', '-', '@') else text
 
 
 def run_with_reload(argv):

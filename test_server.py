@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import csv
 import email.generator
 import encodings.aliases
 import email.policy
@@ -3719,6 +3720,8 @@ class SiteTest(unittest.TestCase):
             ({'name': 'A' * 101, 'email': 'ada@example.com', 'message': 'm'}, 'at most 100'),
             ({'name': 'Ada', 'email': 'not-an-email', 'message': 'm'}, 'email address like'),
             ({'name': 'Ada', 'email': '"><script>@x.com', 'message': 'm'}, 'email address like'),
+            ({'name': 'Ada', 'email': 'ada@example.com?bcc=all@example.org', 'message': 'm'}, 'email address like'),
+            ({'name': 'Ada', 'email': 'a&cc=b@example.com', 'message': 'm'}, 'email address like'),
             ({'name': 'Ada', 'email': 'ada@example.com', 'message': '   '}, 'Please write a message.'),
             ({'name': 'Ada', 'email': 'ada@example.com', 'message': 'x' * 5001}, 'at most 5000'),
         ]
@@ -4004,6 +4007,20 @@ class AdminTest(unittest.TestCase):
         self.assertNotIn('sid', b.cookies)
         fixated.cookies['sid'] = after
         self.assertIn('Admin sign-in', fixated.get('/admin').text)
+
+    def test_mailto_links_only_for_plain_addresses_and_quoted(self):
+        # Rows stored before the contact form checked addresses strictly are shown, not linked.
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as db, db:
+            db.executemany('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)', [
+                ('Mallory', 'm@example.com?bcc=all@example.org&body=x', 'hi', '198.51.100.20', time.time()),
+                ('Tagged', 'ann+news@example.com', 'hi', '198.51.100.21', time.time()),
+            ])
+        b, token = self.login_page('198.51.100.22')
+        self.assertEqual(b.post_form('/admin/login', {'csrf_token': token, 'password': self.PASSWORD}).status, 303)
+        page = b.get('/admin').text
+        self.assertIn('href="mailto:ann%2Bnews@example.com"', page)
+        self.assertIn('&lt;m@example.com?bcc=all@example.org&amp;body=x&gt;', page)
+        self.assertNotIn('mailto:m@example.com', page)
 
     def test_wrong_password_and_lockout(self):
         b, token = self.login_page('198.51.100.9')
@@ -5265,6 +5282,45 @@ class ConnectionEdgeCasesTest(unittest.TestCase):
 
 
 class MessagesCommandSafetyTest(unittest.TestCase):
+
+    def test_csv_shows_visitors_controls_and_stays_csv(self):
+        data = fresh_dir(self)
+        with contextlib.closing(sqlite3.connect(os.path.join(data, 'app.db'))) as db, db:
+            db.execute('CREATE TABLE messages (id INTEGER PRIMARY KEY, name, email, body, ip, created)')
+            db.executemany('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)', [
+                ('\x1b]0;owned\x07Eve\x9b2J', 'eve@example.com', 'line1\r\nline2\rover\x1b[2K\n\u202eevil',
+                 '203.0.113.9', 2000),
+                ('=HYPERLINK("http://evil","x")', '@example.com', '+1 call me', '203.0.113.8', 1000),
+            ])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(server.print_messages(['--csv', '--data', data]), 0)
+        text = out.getvalue()
+        # Nothing a terminal obeys: CSV's own CRLF row ends, and the line breaks of a message.
+        self.assertEqual(re.findall(r'[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e]', text.replace('\r\n', '')), [])
+        rows = list(csv.reader(io.StringIO(text)))
+        self.assertEqual(rows[0], ['id', 'created_utc', 'name', 'email', 'ip', 'message'])
+        self.assertEqual(rows[1][2:], ['\\x1b]0;owned\\x07Eve\\x9b2J', 'eve@example.com', '203.0.113.9',
+                                       'line1\nline2\\rover\\x1b[2K\n\\u202eevil'])
+        # A cell that would start a formula is text: a leading apostrophe.
+        self.assertEqual(rows[2][2:4], ['\'=HYPERLINK("http://evil","x")', "'@example.com"])
+        self.assertEqual(rows[2][5], "'+1 call me")
+
+    def test_only_plain_addresses_are_accepted_and_linked(self):
+        accepted = ['ada@example.com', 'first.last+tag@mail.example.co.uk', 'o_k%x@sub-domain.example.io',
+                    'a@b.xn--p1ai']
+        refused = ['ada@example.com?bcc=all@example.org', 'a&cc=b@example.com', 'a=b@example.com',
+                   'ada@localhost', 'ada@-example.com', 'ada@example-.com', 'a b@example.com',
+                   '"a"@example.com', 'ada@exa_mple.com', 'ada@example.c', 'ad\nx@example.com', 'x' * 65 + '@example.com']
+        for address in accepted:
+            with self.subTest(address=address):
+                self.assertTrue(server._EMAIL_RE.fullmatch(address))
+        for address in refused:
+            with self.subTest(address=address):
+                self.assertIsNone(server._EMAIL_RE.fullmatch(address))
+                self.assertEqual(server._mailto(address), '')
+        self.assertEqual(server._mailto('first.last+tag@example.com'), 'mailto:first.last%2Btag@example.com')
+        self.assertEqual(server._mailto('50%off@example.com'), 'mailto:50%25off@example.com')
 
     def test_terminal_controls_escaped_and_csv_formulas_neutralised(self):
         self.assertEqual(server._terminal_safe('Zoë \x1b[2J\x07 \u202e'), 'Zoë \\x1b[2J\\x07 \\u202e')
