@@ -3253,7 +3253,7 @@ mimetypes.add_type('image/x-icon', '.ico')
 class StaticEntry:
     """What we know of one file: where it is, its validators, and (if small) its bytes."""
 
-    __slots__ = ('path', 'mtime_ns', 'size', 'etag', 'last_modified', 'content_type',
+    __slots__ = ('path', 'mtime_ns', 'size', 'ino', 'etag', 'last_modified', 'content_type',
                  'body', 'gzipped', 'checked_at', 'fields', 'gzip_fields')
 
 
@@ -3304,6 +3304,8 @@ class StaticFiles:
                 # One leading slash only: '//host/' would send the browser to another site.
                 raise HTTPError(301, headers={'Location': urllib.parse.quote('/' + url_path.lstrip('/') + '/')})
             real = os.path.join(real, 'index.html')
+        elif url_path.endswith('/'):
+            raise HTTPError(404)     # '/site.css/' names a folder, and there is none (ENOTDIR)
         if not os.path.isfile(real):
             raise HTTPError(404)
         return real
@@ -3325,7 +3327,8 @@ class StaticFiles:
         entry.path = path
         entry.mtime_ns = st.st_mtime_ns
         entry.size = st.st_size
-        entry.etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+        entry.ino = st.st_ino
+        entry.etag = file_etag(st)
         entry.last_modified = http_date(st.st_mtime)
         entry.content_type = guess_type(path)
         entry.body = None
@@ -3358,7 +3361,7 @@ class StaticFiles:
             st = os.stat(entry.path)
         except OSError:
             return False
-        return st.st_mtime_ns == entry.mtime_ns and st.st_size == entry.size
+        return st.st_mtime_ns == entry.mtime_ns and st.st_size == entry.size and st.st_ino == entry.ino
 
     async def _entry(self, url_path):
         entry = self._cache.get(url_path)
@@ -3448,6 +3451,14 @@ class StaticFiles:
         resp = Response(b'', 200, headers)
         resp.file = (entry.path, 0, entry.size)
         return resp
+
+
+def file_etag(st):
+    """A strong ETag for a file's ``os.stat()`` result: it changes whenever the modification time
+    (to the nanosecond), the size or the inode does (a same-second edit, a file replaced by
+    rename), yet shows none of them: a hash, stable across restarts and workers."""
+    validators = f'{st.st_mtime_ns}:{st.st_size}:{st.st_ino}'.encode('ascii')
+    return '"' + hashlib.blake2b(validators, digest_size=8).hexdigest() + '"'
 
 
 def _frozen_fields(items):

@@ -10,8 +10,9 @@ import contextlib
 import contextvars
 import csv
 import email.generator
-import encodings.aliases
 import email.policy
+import email.utils
+import encodings.aliases
 import functools
 import gzip
 import hashlib
@@ -3381,6 +3382,11 @@ class StaticTest(unittest.TestCase):
         os.symlink(cls.outside, os.path.join(root, 'escape.txt'))
         os.symlink(base, os.path.join(root, 'escdir'))
         os.symlink(os.path.join(root, 'notes.txt'), os.path.join(root, 'inside-link.txt'))
+        # A sibling whose name starts with the root's: its path starts with the root's as text.
+        os.makedirs(os.path.join(base, 'root-private'))
+        with open(os.path.join(base, 'root-private', 'secret.txt'), 'w') as f:
+            f.write('PRIVATE-SIBLING')
+        os.symlink(os.path.join(base, 'root-private'), os.path.join(root, 'private'))
         cls.app = server.App(root=root, data=os.path.join(base, 'data'))
         cls.live = LiveServer(cls.app, root=root)
         cls.addClassCleanup(cls.live.stop)
@@ -3482,6 +3488,8 @@ class StaticTest(unittest.TestCase):
         cases = [
             (etag, 206), ('"stale"', 200), ('W/' + etag, 200),            # strong comparison only
             (last_modified, 206), ('Thu, 01 Jan 1998 00:00:00 GMT', 200),
+            # RFC 9110 13.1.5: a date holds only if it is exactly Last-Modified, not any later one.
+            (server.http_date(email.utils.parsedate_to_datetime(last_modified).timestamp() + 3600), 200),
         ]
         for if_range, status in cases:
             with self.subTest(if_range=if_range):
@@ -3569,6 +3577,57 @@ class StaticTest(unittest.TestCase):
                     for secret in secrets_seen:
                         self.assertNotIn(secret, body)
         self.assertEqual(self.get('/notes.txt')[0], 200)      # still serving
+
+    def test_dot_dot_is_refused_even_when_it_stays_inside_the_root(self):
+        for target in (b'/css/../css/site.css', b'/css/%2e%2e/css/site.css', b'/css/%2E%2E/css/site.css',
+                       b'/sub/../notes.txt', b'/css/./site.css'):
+            with self.subTest(target=target), quiet_logs():
+                self.assertEqual(raw_get(self.port, target)[0], 403)
+        self.assertEqual(raw_get(self.port, b'/css/site.css')[0], 200)
+
+    def test_symlink_to_a_sibling_named_like_the_root_is_refused(self):
+        with quiet_logs():
+            for target in (b'/private/secret.txt', b'/private/'):
+                with self.subTest(target=target):
+                    status, _, body = raw_get(self.port, target)
+                    self.assertEqual(status, 404)
+                    self.assertNotIn(b'PRIVATE-SIBLING', body)
+
+    def test_a_file_with_a_trailing_slash_is_404(self):
+        for path in ('/style.css/', '/sub/index.html/', '/a%20b.txt/', '/inside-link.txt/'):
+            with self.subTest(path=path):
+                self.assertEqual(self.get(path)[0], 404)
+                self.assertEqual(self.get(path.rstrip('/'))[0], 200)    # and after the 404, the file
+
+    def test_etags_follow_every_change_and_show_no_mtime(self):
+        folder = fresh_dir(self)
+        path = os.path.join(folder, 'f.txt')
+        with open(path, 'w') as f:
+            f.write('one')
+        second = 1_700_000_000
+        os.utime(path, ns=(second * 10**9, second * 10**9 + 123_456_789))
+        st = os.stat(path)
+        etag = server.file_etag(st)
+        self.assertRegex(etag, r'^"[0-9a-f]{16}"$')
+        for shown in (str(st.st_mtime_ns), f'{st.st_mtime_ns:x}', str(second), f'{second:x}'):
+            self.assertNotIn(shown, etag)
+        self.assertEqual(server.file_etag(os.stat(path)), etag)               # stable
+        os.utime(path, ns=(second * 10**9, second * 10**9 + 123_456_790))     # the same second
+        self.assertNotEqual(server.file_etag(os.stat(path)), etag)
+        os.utime(path, ns=(second * 10**9, second * 10**9 + 123_456_789))
+        static = server.StaticFiles(folder)
+        entry = static._load('/f.txt')
+        self.assertEqual((entry.etag, static._still_valid(entry)), (etag, True))
+        replacement = os.path.join(folder, 'g.txt')                          # same size and time,
+        with open(replacement, 'w') as f:                                    # another file
+            f.write('two')
+        os.utime(replacement, ns=(second * 10**9, second * 10**9 + 123_456_789))
+        os.replace(replacement, path)
+        self.assertNotEqual(server.file_etag(os.stat(path)), etag)
+        self.assertFalse(static._still_valid(entry))      # so the cached 'one' is not served on
+        # What the server sends is this ETag.
+        self.assertEqual(self.get('/notes.txt')[1]['etag'],
+                         server.file_etag(os.stat(os.path.join(self.root, 'notes.txt'))))
 
     def test_refusals_are_logged(self):
         with self.assertLogs('server', 'WARNING') as logs:
