@@ -18,10 +18,13 @@ Scenarios (``--scenarios``, comma-separated; default all):
 
 ``hello``
     ``GET /hello`` through the whole framework (router, Request, Response) of an app with
-    200 routes (100 static, 99 dynamic, ``/hello`` registered last), with the access log
-    off and on (to /dev/null), against a bare ``asyncio.Protocol`` that answers a fixed
-    ``Hello, world!`` (``python3 bench.py --bare-server PORT``) and every ``--compare``
-    command.
+    200 routes (100 static, 99 dynamic, ``/hello`` registered last), with browser-like heads
+    that differ on every request (a Lua script: a new query string and cookie each time, the
+    six fields a browser's GET carries): an ``async def`` handler, the same as a plain
+    ``def`` (run in a worker thread), and with the access log on (to /dev/null), against a
+    bare ``asyncio.Protocol`` that answers a fixed ``Hello, world!`` (``python3 bench.py
+    --bare-server PORT``) and every ``--compare`` command. A second, secondary case sends
+    wrk's own bare head, the same bytes every time.
 ``pipeline``
     ``hello`` with 16 requests in each write of wrk (a Lua script; wrk counts each response),
     as the TechEmpower plaintext test sends them, against the bare server and every
@@ -162,6 +165,31 @@ function request()
 end
 '''
 
+# hello (the headline rows): every request a head of its own, as browsers send them: a new
+# query string and cookie each time, and the six fields a browser's GET carries. A server
+# that recognised repeated bytes would gain nothing here.
+BROWSER_LUA = '''\
+-- bench.py browser heads: each request a new query string and cookie, a browser's fields.
+local threads = 0
+function setup(thread)
+    threads = threads + 1
+    thread:set("id", threads)
+end
+
+local count = 0
+function request()
+    count = count + 1
+    local tag = (id or 0) .. "-" .. count
+    return wrk.format("GET", wrk.path .. "?v=" .. tag, {
+        ["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+        ["Accept"] = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+        ["Accept-Language"] = "en-US,en;q=0.9",
+        ["Accept-Encoding"] = "gzip, deflate, br, zstd",
+        ["Cookie"] = "theme=dark; seen=" .. tag,
+    })
+end
+'''
+
 # idle-10k runs the site through this, to hold idle connections longer than the 5 s default.
 IDLE_WRAPPER = (
     'import sys; sys.path.insert(0, {here!r}); import server; '
@@ -231,9 +259,14 @@ def make_app(data):
         app.get(f'/item{{i}}/<int:id>', name=f'item{{i}}')(filler(i))
         routes += 1
 
-    @app.get('/hello')                                    # the 200th, registered last
-    async def hello(request):
-        return server.Response.text('Hello, world!')
+    if sys.argv[5:] == ['sync']:
+        @app.get('/hello')                                # a plain def: runs in a worker thread
+        def hello(request):
+            return server.Response.text('Hello, world!')
+    else:
+        @app.get('/hello')                                # the 200th, registered last
+        async def hello(request):
+            return server.Response.text('Hello, world!')
     routes += 1
     assert routes == 200, routes
     return app
@@ -241,7 +274,7 @@ def make_app(data):
 
 if __name__ == '__main__':
     port, access_log, data = int(sys.argv[1]), sys.argv[2] == 'on', sys.argv[3]
-    workers = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    workers = int(sys.argv[4]) if len(sys.argv) > 4 else 1     # argv[5] 'sync': a plain def
     make_app(data).run(host='127.0.0.1', port=port, access_log=access_log, workers=workers)
 '''
 
@@ -556,12 +589,27 @@ class CustomCase:
     rows: list = dataclasses.field(default_factory=list)
 
 
+def browser_wrk_options(bench, case, srv):
+    script = os.path.join(bench.tmp, 'browser.lua')
+    if not os.path.exists(script):
+        with open(script, 'w') as f:
+            f.write(BROWSER_LUA)
+    return {'script': script}
+
+
 def hello_cases(args):
     entries = [Entry('server.py', 'hello', subject=True),
+               Entry('server.py, plain def', 'hello-sync'),
                Entry('server.py, access log on', 'hello-log'),
                Entry('bare asyncio.Protocol', 'bare')]
     entries += [Entry(f'compare {i}', f'compare-{i}') for i in range(1, len(args.compare) + 1)]
-    return [Case('hello', '/hello', args.connections, entries, expect_body=HELLO_BODY)]
+    same = [Entry('server.py', 'hello', subject=True)]
+    same += [Entry(f'compare {i}', f'compare-{i}') for i in range(1, len(args.compare) + 1)]
+    return [Case('hello', '/hello', args.connections, entries, expect_body=HELLO_BODY,
+                 title='GET /hello, browser heads, each one new', wrk_options=browser_wrk_options,
+                 note='browser heads, each new'),
+            Case('hello', '/hello', args.connections, same, expect_body=HELLO_BODY,
+                 title='GET /hello, the same bare head every time', note='identical heads')]
 
 
 def pipeline_wrk_options(bench, case, srv):
@@ -666,17 +714,19 @@ class Bench:
 
     def make_server(self, key):
         py, tmp = PYTHON, self.tmp
-        if key in ('hello', 'hello-log', 'hello-w2'):
+        if key in ('hello', 'hello-log', 'hello-w2', 'hello-sync'):
             script = os.path.join(tmp, 'hello_app.py')
             if not os.path.exists(script):
                 with open(script, 'w') as f:
                     f.write(HELLO_APP.format(here=HERE))
             access = 'on' if key == 'hello-log' else 'off'
             workers = '2' if key == 'hello-w2' else '1'
+            kind = 'sync' if key == 'hello-sync' else 'async'
             data = self.data_dir(key)
             label = ('server.py hello' + (' (access log)' if access == 'on' else '')
+                     + (' (plain def)' if kind == 'sync' else '')
                      + (f' (workers={workers})' if workers != '1' else ''))
-            return Server(label, lambda port: [py, script, str(port), access, data, workers], tmp, cwd=tmp)
+            return Server(label, lambda port: [py, script, str(port), access, data, workers, kind], tmp, cwd=tmp)
         if key in ('bare', 'bare-idle'):
             return Server('bare asyncio.Protocol',
                           lambda port: [py, os.path.abspath(__file__), '--bare-server', str(port)], tmp, cwd=tmp)

@@ -32,7 +32,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import csv
-import dis
 import email.utils
 import errno
 import functools
@@ -48,6 +47,7 @@ import json
 import logging
 import mimetypes
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -87,7 +87,6 @@ MAX_HEADER_COUNT = 100
 # A buffer up to this size is searched for a whole head by one regular expression; a
 # larger one (pipelined requests, a body) is searched for the blank line first.
 QUICK_HEAD_BYTES = 4096
-SEEN_HEADS = 256                     # heads kept for their client's next request (_SEEN_HEADS)
 PIPELINE_ROUNDS = 16                 # pipelined requests of one connection answered in one turn
 CORK_BYTES = 16 * 1024               # writes up to this size are gathered for pipelined answers
 #: Default body limit for forms and JSON; larger -> 413 (Django's DATA_UPLOAD_MAX_MEMORY_SIZE is 2.5 MB).
@@ -387,27 +386,16 @@ def _index_fields(pairs):
 
 
 class RequestHead:
-    """What the request line and header section said; never changed once framed
-    (frame_request). A head kept in _SEEN_HEADS is ``seen``: every request that sends its
-    bytes shares it, each with a view of its fields of its own (Request)."""
+    """What the request line and header section said, and how the body is framed (frame_request)."""
 
     __slots__ = ('method', 'target', 'version', 'headers', 'path', 'query_string',
-                 'keep_alive', 'body_length', 'chunked', 'expect_continue', 'seen')
+                 'keep_alive', 'body_length', 'chunked', 'expect_continue')
 
     def __init__(self, method, target, version, headers):
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers
-        self.seen = False
-
-
-# Heads parsed lately, by (client address, bytes). A keep-alive client sends the same head
-# again and again, and looking it up costs a fraction of parsing it anew: parsing a
-# browser's head was two thirds of answering it from memory. The address is part of the
-# key so that how fast an answer comes tells no client what heads others sent. A head
-# depends on its bytes alone, so an entry never goes stale; the cache is emptied when full.
-_SEEN_HEADS = {}
 
 
 def find_head_end(buf, start=0):
@@ -1106,7 +1094,7 @@ class Request:
         self.method = head.method
         self.target = head.target
         self.version = head.version
-        self.headers = head.headers._view() if head.seen else head.headers
+        self.headers = head.headers
         self.raw_path = head.path
         self.query_string = head.query_string
         self.peer = client
@@ -1886,71 +1874,99 @@ def format_allow(methods):
     return ', '.join(sorted(methods))
 
 
+class HandlerThreads:
+    """Worker threads for plain ``def`` handlers and hooks, handing results back in batches.
+
+    asyncio.to_thread wakes the event loop once for every call that finishes (a write to
+    its self-pipe, then a turn of the loop for that one result); under load that wake-up
+    costs more than a quick handler. Here a finished call joins its loop's batch, only the
+    first call of a batch wakes the loop, and one callback settles the whole batch. The
+    threads are shared by every event loop of the process (the server's, each test
+    client's) and started as they are needed, up to ``max_threads`` (as many as
+    asyncio's default executor would start); each call runs in a copy of the caller's
+    contextvars context, as with asyncio.to_thread.
+    """
+
+    def __init__(self, max_threads=min(32, (os.cpu_count() or 1) + 4)):
+        self.max_threads = max_threads
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)   # a forked worker has no threads
+
+    def _reset(self):
+        self.jobs = queue.SimpleQueue()
+        self.idle = threading.Semaphore(0)     # released by each thread waiting for a job
+        self.threads = 0
+        self.lock = threading.Lock()
+        self.batches = {}                      # loop -> [(future, ok, value)] not yet settled
+
+    async def run(self, fn, *args):
+        """``await threads.run(fn, *args)``: fn(*args) in a worker thread."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.jobs.put((loop, future, contextvars.copy_context(), fn, args))
+        if not self.idle.acquire(blocking=False):
+            with self.lock:
+                start = self.threads < self.max_threads
+                self.threads += start
+            if start:
+                threading.Thread(target=self._work, name='server-handler', daemon=True).start()
+        return await future
+
+    def _work(self):
+        jobs, lock, batches = self.jobs, self.lock, self.batches
+        while True:
+            loop, future, context, fn, args = jobs.get()
+            try:
+                item = (future, True, context.run(fn, *args))
+            except BaseException as exc:          # handed to the awaiting task, as to_thread does
+                item = (future, False, exc)
+            with lock:
+                batch = batches.get(loop)
+                if batch is None:
+                    batches[loop] = [item]
+                else:
+                    batch.append(item)
+            if batch is None:
+                try:
+                    loop.call_soon_threadsafe(self._settle, loop)
+                except RuntimeError:              # that loop is closed: nobody waits any more
+                    with lock:
+                        batches.pop(loop, None)
+            del loop, future, context, fn, args, item, batch
+            self.idle.release()
+
+    def _settle(self, loop):
+        with self.lock:
+            batch = self.batches.pop(loop, ())
+        for future, ok, value in batch:
+            if future.cancelled():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+_HANDLER_THREADS = HandlerThreads()
+
+
 def _runner(fn):
-    """What to call in place of a handler or hook ``fn`` for an awaitable (decided once per
-    function, by _kind): ``fn`` itself for an ``async def`` that never awaits, a wrapper
-    that moves the request into a task first for any other, and asyncio.to_thread for a
-    plain ``def``. No coroutine is added on the way."""
+    """What to call, and await, in place of a handler, hook or error handler ``fn``.
+
+    An ``async def`` is called as it is: it runs in the request's own task. A plain ``def``
+    runs in a worker thread (HandlerThreads), so a blocking call never stalls the loop.
+    """
     runner = _RUNNERS.get(fn)
     if runner is None:
-        kind = _kind(fn)
-        if kind is _INLINE:
+        if inspect.iscoroutinefunction(fn):
             runner = fn
-        elif kind is _SYNC:
-            runner = functools.partial(asyncio.to_thread, fn)
         else:
-            def runner(*args, **kwargs):
-                if asyncio.current_task() is None:
-                    return _in_task(fn, args, kwargs)
-                return fn(*args, **kwargs)
+            runner = functools.partial(_HANDLER_THREADS.run, fn)
         runner = _RUNNERS[fn] = runner
     return runner
 
 
 _RUNNERS = {}   # handlers, hooks and error handlers -> what _runner calls for each
-_SYNC, _ASYNC, _INLINE = 'sync', 'async', 'inline'
-# The opcodes of await, async with and async for (3.10 to 3.13): a coroutine without any of
-# them runs to its end the first time it is stepped.
-_AWAIT_OPCODES = frozenset({'GET_AWAITABLE', 'GET_AITER', 'GET_ANEXT', 'BEFORE_ASYNC_WITH',
-                            'END_ASYNC_FOR', 'YIELD_FROM', 'YIELD_VALUE', 'SEND'})
-
-
-def _kind(fn):
-    """How the server runs ``fn``: _SYNC (a thread), _ASYNC (a task) or _INLINE.
-
-    _INLINE is an ``async def`` whose code never awaits: it cannot suspend, so it is run on
-    the spot, in a task only if one is already running the request (something before it
-    suspended: a plain def hook, a session lookup, the body), else with none
-    (asyncio.current_task() is None). A request that never suspends is answered without a
-    task: on the hello benchmark a task and its bookkeeping cost about a seventh of it.
-    """
-    if not inspect.iscoroutinefunction(fn):
-        return _SYNC
-    func = getattr(fn, '__func__', fn)            # a bound method's function
-    code = getattr(func, '__code__', None)
-    if func.__class__ is not types.FunctionType or not code.co_flags & inspect.CO_COROUTINE:
-        return _ASYNC     # a partial, a callable object, a def marked as a coroutine function
-    if any(ins.opname in _AWAIT_OPCODES for ins in dis.get_instructions(code)):
-        return _ASYNC
-    return _INLINE
-
-
-class _IntoTask:
-    """Awaited before code that needs a task while a request runs inline (current_task() is
-    None): the request's first step ends here, and a task goes on with it at once."""
-
-    __slots__ = ()
-
-    def __await__(self):
-        yield self
-
-
-_INTO_TASK = _IntoTask()
-
-
-async def _in_task(fn, args, kwargs):
-    await _INTO_TASK
-    return await fn(*args, **kwargs)
 
 
 class App:
@@ -3650,47 +3666,6 @@ class BodyReader:
                 self.waiter = None
 
 
-class _Resumed(collections.abc.Coroutine):
-    """The rest of a request coroutine whose first step ran outside any task, for a task to run.
-
-    A task steps it as it would the coroutine itself: its first send() hands over what that
-    step yielded (a future to wait on, None for a bare yield, _INTO_TASK to go on at once),
-    and every later send() and throw() goes to the coroutine, in the request's context. A
-    cancellation before that first step reaches the coroutine too.
-    """
-
-    __slots__ = ('_coro', '_context', '_yielded')
-
-    def __init__(self, coro, context, yielded):
-        self._coro = coro
-        self._context = context
-        self._yielded = yielded
-
-    def send(self, value):
-        yielded = self._yielded
-        if yielded is not _RESUMED:
-            self._yielded = _RESUMED
-            if yielded is not _INTO_TASK:
-                return yielded
-        return self._context.run(self._coro.send, value)
-
-    def throw(self, *exc):
-        self._yielded = _RESUMED
-        return self._context.run(self._coro.throw, *exc)
-
-    def close(self):
-        return self._context.run(self._coro.close)
-
-    def __next__(self):
-        return self.send(None)
-
-    def __await__(self):
-        return self
-
-
-_RESUMED = object()   # _Resumed's first step has been taken
-
-
 class HTTPConnection(asyncio.Protocol):
     """One client connection: parses requests, runs them one at a time, writes responses.
 
@@ -3921,14 +3896,6 @@ class HTTPConnection(asyncio.Protocol):
             del buf[:len(buf) - len(stripped)]
             self.scanned = 0
         if self.scanned == 0 and len(buf) <= QUICK_HEAD_BYTES:
-            # A head this client sent before, byte for byte (a keep-alive client repeats
-            # itself): parsed and checked then, shared now (_SEEN_HEADS).
-            end = buf.find(b'\r\n\r\n') + 4
-            key = (self.peer, bytes(buf[:end])) if end > 3 else None
-            seen = _SEEN_HEADS.get(key)
-            if seen:
-                self._start(seen, end)
-                return
             # Most buffers hold one whole, well-formed head (and maybe a body): one match
             # finds where it ends and checks it at once. Tried once a head: one that comes
             # in pieces is searched for its end below, from where the last search stopped.
@@ -3940,16 +3907,6 @@ class HTTPConnection(asyncio.Protocol):
                     self._send_error(exc, buf[:buf.find(b'\n')].rstrip(b'\r'))
                     return
                 if head is not None:
-                    if m.end() == end and key is not None:     # it ends at the first CRLF CRLF
-                        # Its bytes are noted the first time, the head kept the second: a
-                        # head never sent again costs no more than a lookup.
-                        if len(_SEEN_HEADS) >= SEEN_HEADS:
-                            _SEEN_HEADS.clear()
-                        if seen is None:
-                            _SEEN_HEADS[key] = False
-                        else:
-                            _SEEN_HEADS[key] = head
-                            head.seen = True
                     self._start(head, m.end())
                     return
         end = find_head_end(buf, self.scanned)
@@ -4161,8 +4118,6 @@ class HTTPConnection(asyncio.Protocol):
         sent = 0
         write = self.write
         if hasattr(stream, '__aiter__'):
-            if asyncio.current_task() is None:
-                await _INTO_TASK          # the app's own async code: in a task, as it expects
             async for chunk in stream:
                 sent += await self._write_chunk(write, chunk, chunked)
         else:
@@ -4371,24 +4326,23 @@ class Server:
             self.loop.call_soon(self._start_due)
 
     def _start_due(self):
-        """Run each due request's first step here; only one that suspends gets a task.
+        """Start each due request in a task of its own, each in a copy of the server's context.
 
-        Most requests never suspend (a quick handler, a cached static file): they are read
-        in one turn of the loop, then answered together in the next, as tasks would be, but
-        without a task each (its creation, scheduling and bookkeeping were about a seventh
-        of a hello request). Answering each request inside data_received instead measured
-        no faster: a write between two reads made every send() dearer. Each request has a
-        context of its own, a copy of the server's; user code that may await runs only
-        inside a task (_INTO_TASK, _runner).
+        Requests read in one turn of the loop are started together in the next. From Python
+        3.12 a task starts eagerly (asyncio's eager_start): its first step runs right here,
+        and a request that never suspends (a quick handler, a cached static file) is
+        answered before the task would otherwise have been scheduled; it is a task all the
+        same, so current_task(), asyncio.timeout() and contextvars behave as documented.
 
         Pipelined requests: one answered here queues the next of its connection at once
-        (_next_request), and that one is answered in the next round of this same call, up
+        (_next_request), and that one is started in the next round of this same call, up
         to PIPELINE_ROUNDS; meanwhile the connection's small writes are gathered (corked)
-        and go out in one write at the end. A write per answer was half the cost of a
+        and go out in one write at the end: a write per answer was half the cost of a
         pipelined request, on each side. Nothing is corked outside this call, so a close,
         an abort or a shutdown never finds answers held back.
         """
         base = self._context
+        spawn = self.spawn
         corked = []
         try:
             for _ in range(PIPELINE_ROUNDS):
@@ -4399,19 +4353,14 @@ class Server:
                     if conn.buf and conn.corked is None:
                         conn.corked = []
                         corked.append(conn)
-                    context = base.copy()
                     try:
-                        yielded = context.run(coro.send, None)
-                    except StopIteration:
-                        conn.task = None
+                        conn.task = base.run(spawn, coro)     # the task's context: a copy of base
                     except BaseException:
-                        # Only KeyboardInterrupt or SystemExit (_respond answers the rest): they stop
-                        # the loop, as from a task, and the requests after this one still start.
+                        # KeyboardInterrupt or SystemExit from an eager first step: it stops the
+                        # loop, and the requests after this one still start.
                         for rest in due[index + 1:]:
                             self.start_soon(*rest)
                         raise
-                    else:
-                        conn.task = self.spawn(_Resumed(coro, context, yielded))
         finally:
             for conn in corked:
                 conn.uncork()
@@ -4488,17 +4437,19 @@ class Server:
         loop.default_exception_handler(context)
 
     def attach(self, loop):
-        """Bind to ``loop``: a request that suspends goes on in a task made straight from
-        asyncio.Task when the loop has no task factory (loop.create_task's own checks cost
-        ~0.3 µs a request), else through the factory. Asked once, when the server starts."""
+        """Bind to ``loop``: each request's task is made straight from asyncio.Task (eagerly
+        started where asyncio can) when the loop has no task factory, else through the
+        factory. Asked once, when the server starts."""
         self.loop = loop
         # What each request's context starts from: the server's, never what an earlier
         # request (its pipelined predecessor, say) left in the one it ran in.
         self._context = contextvars.copy_context()
-        if loop.get_task_factory() is None:
-            self.spawn = functools.partial(asyncio.Task, loop=loop)
-        else:
+        if loop.get_task_factory() is not None:
             self.spawn = loop.create_task
+        elif sys.version_info >= (3, 12):
+            self.spawn = functools.partial(asyncio.Task, loop=loop, eager_start=True)
+        else:
+            self.spawn = functools.partial(asyncio.Task, loop=loop)
 
     async def start(self, sock=None):
         self.attach(asyncio.get_running_loop())

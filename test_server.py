@@ -770,8 +770,7 @@ class ProtocolTest(unittest.TestCase):
             self.assertEqual(json.loads(read_response(f)[2])['query'], {'i': 'last'})
 
     def test_a_repeated_head_is_answered_as_the_first(self):
-        # A head sent again byte for byte is shared from its first parse (_SEEN_HEADS):
-        # each request has a view of its fields of its own, and the same framing.
+        # Each request has fields of its own, whatever an earlier one changed.
         mark = b'GET /mark HTTP/1.1\r\nHost: a\r\nX-Mark: original\r\n\r\n'
         post = b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n'
         with self.live.connect() as sock:
@@ -784,46 +783,16 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(answers[:3] + answers[5:], [{'mark': 'original', 'extra': ['1']}] * 4)
         self.assertEqual([a['body'] for a in answers[3:5]], ['abc', 'xyz'])
 
-    def test_seen_heads_are_kept_per_client_and_bounded(self):
-        head = b'GET /hello HTTP/1.1\r\nHost: a\r\nX-Id: %d\r\n\r\n' % id(self)
-        for source in ('127.0.0.1', '127.0.0.2'):
-            with socket.create_connection(('127.0.0.1', self.port), timeout=5,
-                                          source_address=(source, 0)) as sock:
-                f = sock.makefile('rb')
-                # Noted the first time, kept the second, and only for this client address.
-                sock.sendall(head)
-                self.assertEqual(read_response(f)[0], 200)
-                self.assertIs(server._SEEN_HEADS.get((source, head)), False)
-                sock.sendall(head)
-                self.assertEqual(read_response(f)[0], 200)
-                kept = server._SEEN_HEADS.get((source, head))
-                self.assertIsInstance(kept, server.RequestHead)
-                self.assertEqual((kept.target, kept.headers.get('x-id'), kept.seen), ('/hello', str(id(self)), True))
-                sock.sendall(head)
-                self.assertEqual(read_response(f)[0], 200)
-        # Kept only when the head ends at its first CRLF CRLF and is one the quick path
-        # parses (QUICK_HEAD_BYTES); answered all the same.
-        bare_lf = head.replace(b'\r\n', b'\n')
-        large = head[:-2] + b'X-Pad: ' + b'p' * server.QUICK_HEAD_BYTES + b'\r\n\r\n'
-        responses = exchange(self.port, bare_lf + large)
-        self.assertEqual([r[0] for r in responses], [200, 200])
-        self.assertFalse([key for key in list(server._SEEN_HEADS) if key[1] in (bare_lf, large)])
-        # More different heads than it keeps (each in a buffer the quick path takes, so each
-        # is noted): emptied when full, never larger.
-        heads = [b'GET /hello?%d HTTP/1.1\r\nHost: a\r\n\r\n' % i for i in range(server.SEEN_HEADS + 50)]
-        for i in range(0, len(heads), 50):
-            batch = heads[i:i + 50]
-            self.assertEqual([r[0] for r in exchange(self.port, b''.join(batch))], [200] * len(batch))
-            self.assertLessEqual(len(server._SEEN_HEADS), server.SEEN_HEADS)
-
     def test_pipelined_answers_go_out_together(self):
         # Answers to a pipelined burst are gathered and written once per PIPELINE_ROUNDS
-        # requests, not once each: a write per answer was half of a pipelined request's cost.
+        # requests, not once each, where tasks start eagerly (3.12 on); before, each request's
+        # task runs after _start_due and each answer is a write of its own.
         app = echo_app()
         for count in (1, 16, 40):
             with self.subTest(count=count):
                 writes = asyncio.run(answer_in_process(app, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n' * count, count))
-                self.assertEqual(len(writes), -(-count // server.PIPELINE_ROUNDS))
+                gathered = sys.version_info >= (3, 12)
+                self.assertEqual(len(writes), -(-count // server.PIPELINE_ROUNDS) if gathered else count)
                 out = b''.join(writes)
                 self.assertEqual(out.count(b'HTTP/1.1 200 OK\r\n'), count)
                 self.assertTrue(out.endswith(b'\r\n\r\nHello, world!'))
@@ -1127,10 +1096,11 @@ class ProtocolTest(unittest.TestCase):
 
 
 def task_app(data):
-    """Handlers that show where they run: inline (no task) or in a task of their own."""
+    """Handlers and hooks that report the task and the context they run in."""
     app = server.App(data=data, csrf=False, sessions=False)
     mark = contextvars.ContextVar('mark', default=None)
     started = contextvars.ContextVar('started', default='no')
+    hooked = contextvars.ContextVar('hooked', default=None)
 
     class Abort(BaseException):
         pass
@@ -1149,36 +1119,53 @@ def task_app(data):
 
     def where(request):
         seen = mark.get()
-        mark.set(request.path)           # must not reach the next request, inline or not
-        return {'task': asyncio.current_task() is not None, 'leaked': seen}
+        mark.set(request.path)           # must not reach the next request
+        task = asyncio.current_task()
+        return {'task': isinstance(task, asyncio.Task) and not task.done(), 'leaked': seen,
+                'hooked': hooked.get() == request.path}
 
     @app.before_request
-    async def before(request):           # never awaits: runs inline too
-        request.state['before'] = True
+    async def before(request):
+        hooked.set(request.path)         # a hook's context is its request's handler's
 
     @app.after_request
     async def after(request, response):
-        if request.path == '/hooked':
-            await asyncio.sleep(0)       # awaits: run in a task
-            response.headers['X-After-Task'] = str(asyncio.current_task() is not None)
+        response.headers['X-After-Task'] = str(asyncio.current_task() is not None)
 
-    @app.get('/inline')
-    async def inline(request):
-        return where(request)
-
-    @app.get('/hooked')
-    async def hooked(request):
+    @app.get('/plain')
+    async def plain(request):
         return where(request)
 
     @app.get('/timeout')
     async def timeout(request):
         # wait_for cancels the sleep, then itself is told apart from a cancelled task: only
-        # right inside a task of its own (and 3.11's asyncio.timeout needs one outright).
+        # right inside a task of its own.
         try:
             await asyncio.wait_for(asyncio.sleep(5), 0.02)
         except asyncio.TimeoutError:
             return {**where(request), 'timed_out': True}
         return {'timed_out': False}
+
+    if sys.version_info >= (3, 11):
+        @app.get('/taskgroup')
+        async def taskgroup(request):
+            async def one(n):
+                await asyncio.sleep(0)
+                return n
+            try:
+                async with asyncio.timeout(0.02):
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                timed_out = True
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(n)) for n in range(3)]
+            return {**where(request), 'timed_out': timed_out, 'results': [t.result() for t in tasks]}
+
+    @app.get('/sync')
+    def sync(request):
+        # A plain def runs in a worker thread, in a copy of its request's context.
+        return {'thread': threading.current_thread() is not threading.main_thread(),
+                'hooked': hooked.get() == request.path}
 
     @app.post('/body-then-timeout')
     async def body_then_timeout(request):
@@ -1200,13 +1187,15 @@ def task_app(data):
     return app
 
 
-class InlineRequestTest(unittest.TestCase):
-    """Requests whose code never suspends are answered without a task; the rest get one."""
+class TaskRequestTest(unittest.TestCase):
+    """Every async handler and hook runs in a real task, the same on a live server and in the
+    test client; contexts never leak from one request to the next."""
 
     @classmethod
     def setUpClass(cls):
         cls.tmp = fresh_dir(cls)
-        cls.live = LiveServer(task_app(os.path.join(cls.tmp, 'data')), root=None)
+        cls.app = task_app(os.path.join(cls.tmp, 'data'))
+        cls.live = LiveServer(cls.app, root=None)
         cls.port = cls.live.port
 
     @classmethod
@@ -1216,81 +1205,45 @@ class InlineRequestTest(unittest.TestCase):
     def get_json(self, responses):
         return [json.loads(body) for _, _, body in responses]
 
-    def test_kinds(self):
-        async def never(request):
-            return 1
+    def test_no_bytecode_is_read(self):
+        with open(server.__file__, encoding='utf-8') as f:
+            source = f.read()
+        self.assertNotIn('import dis', source)
+        self.assertNotIn('co_code', source)
 
-        async def awaits(request):
-            await asyncio.sleep(0)
-
-        async def with_block(request):
-            async with contextlib.AsyncExitStack():
-                pass
-
-        async def loops(request):
-            async for _ in request.stream():
-                pass
-
-        class Handlers:
-            async def method(self, request):
-                return 1
-
-        if hasattr(inspect, 'markcoroutinefunction'):       # 3.12: a def that returns a coroutine
-            self.assertEqual(server._kind(inspect.markcoroutinefunction(lambda request: never(request))),
-                             server._ASYNC)
-        self.assertEqual(server._kind(lambda request: 1), server._SYNC)
-        self.assertEqual(server._kind(never), server._INLINE)
-        self.assertEqual(server._kind(Handlers().method), server._INLINE)
-        for fn in (awaits, with_block, loops, functools.partial(never)):
-            with self.subTest(fn=fn):
-                self.assertEqual(server._kind(fn), server._ASYNC)
-
-    def test_resumed_coroutine_in_a_task(self):
-        # What _start_due does: step a coroutine outside any task, then hand the rest to one.
-        async def main():
-            loop = asyncio.get_running_loop()
-
-            def started(coro):
-                context = contextvars.copy_context()
-                return asyncio.Task(server._Resumed(coro, context, context.run(coro.send, None)))
-
-            async def waits(fut):
-                try:
-                    return await fut
-                except asyncio.CancelledError:
-                    return 'cancelled inside'
-
-            async def moves():
-                await server._INTO_TASK
-                return asyncio.current_task() is not None
-
-            ready = loop.create_future()
-            task = started(waits(ready))
-            ready.set_result('result')
-            self.assertEqual(await task, 'result')
-            # Cancelled before the task took its first step: the coroutine still hears it.
-            task = started(waits(loop.create_future()))
-            task.cancel()
-            self.assertEqual(await task, 'cancelled inside')
-            self.assertTrue(await started(moves()))
-        asyncio.run(main())
-
-    def test_inline_and_task_requests_on_one_connection(self):
-        request = (b'GET /inline HTTP/1.1\r\nHost: a\r\n\r\n'
+    def test_handlers_and_hooks_run_in_a_task_on_one_connection(self):
+        request = (b'GET /plain HTTP/1.1\r\nHost: a\r\n\r\n'
                    b'GET /timeout HTTP/1.1\r\nHost: a\r\n\r\n'
-                   b'GET /inline HTTP/1.1\r\nHost: a\r\n\r\n'
-                   b'GET /hooked HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+                   b'GET /plain HTTP/1.1\r\nHost: a\r\n\r\n'
+                   b'GET /sync HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
         responses = exchange(self.port, request)
         self.assertEqual([status for status, _, _ in responses], [200] * 4)
-        first, timed, second, hooked = self.get_json(responses)
-        # Inline: no task, and still a context of its own, as a task would have given it.
-        self.assertEqual(first, {'task': False, 'leaked': None})
-        self.assertEqual(second, {'task': False, 'leaked': None})
-        # wait_for's timeout worked: the handler ran inside a real task.
-        self.assertEqual(timed, {'task': True, 'leaked': None, 'timed_out': True})
-        # The handler ran inline; the after hook that awaits, in a task.
-        self.assertEqual(hooked, {'task': False, 'leaked': None})
-        self.assertEqual(responses[3][1]['x-after-task'], 'True')
+        first, timed, second, sync = self.get_json(responses)
+        mine = {'task': True, 'leaked': None, 'hooked': True}
+        self.assertEqual(first, mine)
+        self.assertEqual(second, mine)
+        self.assertEqual(timed, {**mine, 'timed_out': True})
+        self.assertEqual(sync, {'thread': True, 'hooked': True})
+        self.assertEqual([r[1]['x-after-task'] for r in responses], ['True'] * 4)
+
+    def test_the_test_client_runs_them_the_same_way(self):
+        with self.app.test_client() as client:
+            for path in ('/plain', '/timeout', '/sync', '/taskgroup'):
+                if path == '/taskgroup' and sys.version_info < (3, 11):
+                    continue
+                with self.subTest(path=path):
+                    live, = exchange(self.port, b'GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'
+                                     % path.encode())
+                    answer = client.get(path)
+                    self.assertEqual((answer.status, answer.json()), (live[0], json.loads(live[2])))
+                    self.assertEqual(answer.headers['x-after-task'], 'True')
+
+    @unittest.skipIf(sys.version_info < (3, 11), 'asyncio.timeout and TaskGroup came in 3.11')
+    def test_asyncio_timeout_and_taskgroup_work_in_a_handler(self):
+        (status, _, body), = exchange(self.port, b'GET /taskgroup HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+        self.assertEqual((status, json.loads(body)),
+                         (200, {'task': True, 'leaked': None, 'hooked': True, 'timed_out': True,
+                                'results': [0, 1, 2]}))
 
     def test_context_holds_what_startup_hooks_set(self):
         (status, _, body), = exchange(self.port, b'GET /started HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
@@ -1301,7 +1254,7 @@ class InlineRequestTest(unittest.TestCase):
             socks = [socket.create_connection(('127.0.0.1', self.port), timeout=5) for _ in range(6)]
             try:
                 for i, sock in enumerate(socks):
-                    path = b'/abort' if i % 2 else b'/inline'
+                    path = b'/abort' if i % 2 else b'/plain'
                     sock.sendall(b'GET ' + path + b' HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
                 for i, sock in enumerate(socks):
                     answer = sock.makefile('rb').read()
@@ -1313,32 +1266,95 @@ class InlineRequestTest(unittest.TestCase):
                 for sock in socks:
                     sock.close()
         self.assertIn('Abort', '\n'.join(logs.output))
-        self.assertEqual(status_of(self.port, b'GET /inline HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+        self.assertEqual(status_of(self.port, b'GET /plain HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
 
     def test_a_request_suspended_before_its_handler_keeps_its_task(self):
         body = b'x' * 5000
         responses = exchange(self.port, b'POST /body-then-timeout HTTP/1.1\r\nHost: a\r\n'
                              b'Content-Length: 5000\r\nConnection: close\r\n\r\n' + body)
-        self.assertEqual(self.get_json(responses), [{'task': True, 'leaked': None, 'size': 5000}])
+        self.assertEqual(self.get_json(responses), [{'task': True, 'leaked': None, 'hooked': True, 'size': 5000}])
 
     def test_an_async_body_runs_in_a_task(self):
         (status, _, body), = exchange(self.port, b'GET /stream HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
         self.assertEqual((status, body), (200, b'task=True;done'))
 
     def test_many_connections_in_one_turn(self):
-        # Requests read in the same turn of the loop are answered together: each its own.
+        # Requests read in the same turn of the loop are started together: each its own.
         socks = [socket.create_connection(('127.0.0.1', self.port), timeout=5) for _ in range(20)]
         try:
             for i, sock in enumerate(socks):
-                path = b'/timeout' if i % 3 == 0 else b'/inline'
+                path = b'/timeout' if i % 3 == 0 else b'/plain'
                 sock.sendall(b'GET ' + path + b' HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
             for i, sock in enumerate(socks):
                 status, _, body = read_response(sock.makefile('rb'))
                 self.assertEqual(status, 200)
-                self.assertEqual(json.loads(body)['task'], i % 3 == 0)
+                answer = json.loads(body)
+                self.assertEqual((answer['task'], answer['leaked'], answer.get('timed_out', False)),
+                                 (True, None, i % 3 == 0))
         finally:
             for sock in socks:
                 sock.close()
+
+
+class HandlerThreadsTest(unittest.TestCase):
+    """Plain def handlers run in worker threads whose results reach the loop in batches."""
+
+    def test_results_errors_and_contexts(self):
+        threads = server.HandlerThreads(max_threads=3)
+        var = contextvars.ContextVar('var', default='unset')
+
+        def work(n):
+            if n == 7:
+                raise ValueError('seven')
+            return n * 2, var.get(), threading.current_thread().name
+
+        async def main():
+            var.set('caller')
+            results = await asyncio.gather(*(threads.run(work, n) for n in range(20)), return_exceptions=True)
+            return results
+        results = asyncio.run(main())
+        self.assertIsInstance(results[7], ValueError)
+        good = [r for i, r in enumerate(results) if i != 7]
+        self.assertEqual([r[0] for r in good], [n * 2 for n in range(20) if n != 7])
+        self.assertEqual({r[1] for r in good}, {'caller'})
+        self.assertLessEqual(threads.threads, 3)
+        self.assertTrue(all(r[2] == 'server-handler' for r in good))
+
+    def test_many_results_wake_the_loop_once(self):
+        # Twenty calls that finish while the loop is busy are settled by one callback.
+        threads = server.HandlerThreads(max_threads=4)
+        settled = []
+        original = threads._settle
+
+        def settle(loop):
+            settled.append(len(threads.batches.get(loop, ())))
+            original(loop)
+        threads._settle = settle
+        gate = threading.Event()
+
+        async def main():
+            calls = [asyncio.ensure_future(threads.run(gate.wait, 5)) for _ in range(4)]
+            await asyncio.sleep(0)
+            # Hold the loop while the threads finish: their results gather in one batch.
+            gate.set()
+            deadline = time.monotonic() + 5
+            while len(threads.batches.get(asyncio.get_running_loop(), ())) < 4 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return await asyncio.gather(*calls)
+        self.assertEqual(asyncio.run(main()), [True] * 4)
+        self.assertEqual(settled, [4])
+
+    def test_a_cancelled_caller_leaves_the_others_alone(self):
+        threads = server.HandlerThreads(max_threads=2)
+        gate = threading.Event()
+
+        async def main():
+            slow = asyncio.ensure_future(threads.run(gate.wait, 5))
+            await asyncio.sleep(0)
+            slow.cancel()
+            gate.set()
+            return await threads.run(lambda: 'after')
+        self.assertEqual(asyncio.run(main()), 'after')
 
 
 class LargeFileTest(unittest.TestCase):
