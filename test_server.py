@@ -306,7 +306,8 @@ class ParseHeadTest(unittest.TestCase):
         (b'POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n', 400),   # 9112 6.1
         (b'GET / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n', 417),
         (b'GET * HTTP/1.1\r\nHost: a\r\n\r\n', 400),
-        (b'CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n', 400),
+        (b'CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n', 501),               # 9110 9.3.6: not a proxy
+        (b'CONNECT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n', 501),
         (b'GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n', 400),
     ]
 
@@ -442,6 +443,60 @@ class ChunkedDecoderTest(unittest.TestCase):
     def test_endless_chunk_line(self):
         with self.assertRaises(server.HTTPError):
             self.decode([b'1' * 5000])
+
+    def refused(self, raw, status=400):
+        """``raw`` refused whole, byte by byte and with a pipelined request after it."""
+        for how, pieces in zip(('whole', 'bytewise', 'pipelined'),
+                               ([raw], [raw[i:i + 1] for i in range(len(raw))],
+                                [raw + b'GET /next HTTP/1.1\r\nHost: x\r\n\r\n'])):
+            with self.subTest(raw=raw, how=how):
+                with self.assertRaises(server.HTTPError) as ctx:
+                    self.decode(pieces)
+                self.assertEqual(ctx.exception.status, status)
+                self.assertTrue(ctx.exception.close)
+
+    def test_framing_lines_end_in_crlf_only(self):
+        # RFC 9112 7.1: CRLF after the size line and after the data. A bare LF or a lone CR
+        # where CRLF belongs is the one-byte-terminator smuggling shape.
+        for raw in [b'3\r\nabc\n0\r\n\r\n',            # LF after the data
+                    b'3;a\nabc\r\n0\r\n\r\n',          # LF ending an extension
+                    b'3\nabc\r\n0\r\n\r\n',            # LF ending a size line
+                    b'3\r\nab\r\n2\r\nxy\r\n0\r\n\r\n',   # a lone CR read as data, then LF
+                    b'3\r\nabc\r\r\n0\r\n\r\n',       # CR CR LF after the data
+                    b'3\r\nabc\r\n0\n\r\n',             # LF ending the last chunk
+                    b'3\r\nabc\r\n0\r\n\n',             # LF ending the trailer section
+                    b'3\r\nabc\r\n0\r\nA: b\n\r\n',   # LF ending a trailer
+                    b'3;a\x00b\r\nabc\r\n0\r\n\r\n',   # a control in an extension
+                    b'3;a\rb\r\nabc\r\n0\r\n\r\n']:    # a bare CR in an extension
+            self.refused(raw)
+
+    def test_trailers_are_field_lines(self):
+        for raw in [b'0\r\nGET /n HTTP/1.1\r\nHost: a\r\n\r\n',   # a request smuggled as trailers
+                    b'0\r\nA: b\r\n folded\r\n\r\n',          # obs-fold
+                    b'0\r\nA : b\r\n\r\n',                      # space before the colon
+                    b'0\r\nA: b\x01c\r\n\r\n',                  # a control in the value
+                    b'0\r\n: b\r\n\r\n',                        # no name
+                    b'0\r\nA\x7f: b\r\n\r\n',                   # DEL in the name
+                    b'0\r\nno colon\r\n\r\n']:
+            self.refused(raw)
+        body = b'1\r\nx\r\n0\r\nA: b\r\nEtag:\r\nX-Sum: \t q\xe9 \r\n\r\n'
+        for result in feed_three_ways(self, self.decode, body):
+            self.assertEqual(result[:2], (b'x', True))
+
+    def test_chunk_line_limit_holds_however_the_line_is_split(self):
+        limit = server.MAX_CHUNK_LINE_BYTES
+        for prefix, tail in ((b'', b'3;' ), (b'1\r\nx\r\n0\r\n', b'A: ')):
+            at = tail + b'x' * (limit - len(tail) - 1) + b'\r\n'     # the line, CR included, at the limit
+            past = tail + b'x' * (limit - len(tail)) + b'\r\n'
+            rest = b'abc\r\n0\r\n\r\n' if not prefix else b'\r\n'
+            with self.subTest(prefix=prefix):
+                for result in feed_three_ways(self, self.decode, prefix + at + rest):
+                    self.assertTrue(result[1])
+                self.refused(prefix + past + rest)
+                # The whole line in one piece, its LF included: checked after the LF too.
+                for cut in (len(prefix), len(prefix) + len(past) - 1, len(prefix) + len(past) - 2):
+                    with self.assertRaises(server.HTTPError):
+                        self.decode([(prefix + past + rest)[:cut], (prefix + past + rest)[cut:]])
 
 
 class SmallParsersTest(unittest.TestCase):
@@ -1024,6 +1079,47 @@ class ProtocolTest(unittest.TestCase):
         chunk = b'1000\r\n' + b'a' * 4096 + b'\r\n'
         raw = b'POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n' + chunk * 3 + b'0\r\n\r\n'
         self.assertEqual(status_of(self.port, raw), 413)
+
+    def assert_refused_and_closed(self, raw, status):
+        """One answer with ``status`` and Connection: close; the request after it never read."""
+        responses = exchange(self.port, raw + b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n')
+        self.assertEqual([r[0] for r in responses], [status], raw)
+        self.assertEqual(responses[0][1].get('connection'), 'close', raw)
+
+    def test_chunked_framing_and_trailers_as_strict_as_heads(self):
+        post = b'POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n'
+        long_ext = b';' + b'e' * server.MAX_CHUNK_LINE_BYTES
+        for body in [b'3\r\nabc\n0\r\n\r\n', b'3;a\nabc\r\n0\r\n\r\n', b'3\r\nab\r\n2\r\nxy\r\n0\r\n\r\n',
+                     b'3\r\nabc\r\n0\r\nGET /n HTTP/1.1\r\nHost: a\r\n\r\n', b'3\r\nabc\r\n0\r\nA\x01: b\r\n\r\n',
+                     b'3' + long_ext + b'\r\nabc\r\n0\r\n\r\n']:
+            with self.subTest(body=body[:40]):
+                self.assert_refused_and_closed(post + body, 400)
+        # The same shapes well formed: read, answered, and the next request too.
+        responses = exchange(self.port, post + b'3;a\r\nabc\r\n0\r\nA: b\r\n\r\n'
+                             b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n')
+        self.assertEqual([r[0] for r in responses], [200, 200])
+        self.assertEqual(json.loads(responses[0][2])['body'], 'abc')
+        self.assertEqual(responses[1][2], b'Hello, world!')
+
+    def test_connect_is_refused_and_the_connection_closed(self):
+        # RFC 9110 9.3.6: what follows CONNECT's head is a tunnel, never the next request.
+        for head in (b'CONNECT /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n',
+                     b'CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n'):
+            with self.subTest(head=head):
+                self.assert_refused_and_closed(head, 501)
+
+    def test_a_lone_cr_before_a_request_line_is_refused(self):
+        self.assert_refused_and_closed(b'\rGET /hello HTTP/1.1\r\nHost: a\r\n\r\n', 400)
+        responses = exchange(self.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n'
+                                        b'\rGET /hello HTTP/1.1\r\nHost: a\r\n\r\n')
+        self.assertEqual([r[0] for r in responses], [200, 400])
+        # Empty lines, CRLF or bare LF, are still passed over (RFC 9112 2.2), even split.
+        self.assertEqual(status_of(self.port, b'\r\n\n\r\nGET /hello HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+        with self.live.connect() as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for piece in (b'\r', b'\n\r', b'\nGET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'):
+                sock.sendall(piece)
+            self.assertEqual(read_response(sock.makefile('rb'))[0], 200)
 
 
 def task_app(data):
