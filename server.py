@@ -111,6 +111,13 @@ READ_HIGH_WATER_BYTES = 256 * 1024
 HEADER_TIMEOUT_S = 10.0
 #: A request body may stall at most this long between two reads -> 408.
 BODY_TIMEOUT_S = 30.0
+#: A body must also arrive at this average rate, after BODY_RATE_GRACE_S, or it is cut off
+#: with a 408: one byte just before each stall deadline would otherwise hold a connection
+#: for as long as the body is long (Apache mod_reqtimeout's MinRate=500; nginx bounds only
+#: the gap between two reads).
+MIN_BODY_RATE_BYTES_S = 500
+#: The time a body gets before MIN_BODY_RATE_BYTES_S counts (mod_reqtimeout's body=20).
+BODY_RATE_GRACE_S = 30.0
 #: An idle keep-alive connection is closed after this long (nginx keepalive_timeout is 75 s, 5 s is Apache's).
 KEEPALIVE_TIMEOUT_S = 5.0
 #: A client that reads none of its response for this long is cut off.
@@ -3560,7 +3567,8 @@ class BodyReader:
     """
 
     __slots__ = ('conn', 'remaining', 'decoder', 'chunks', 'buffered', 'complete', 'error',
-                 'waiter', 'expect_continue', 'continue_sent', 'received', 'discarding')
+                 'waiter', 'expect_continue', 'continue_sent', 'received', 'discarding',
+                 'started', 'arrived')
 
     def __init__(self, conn, head):
         self.conn = conn
@@ -3575,9 +3583,16 @@ class BodyReader:
         self.continue_sent = False
         self.received = 0
         self.discarding = False
+        self.started = time.monotonic()   # when the head was read (rate_deadline)
+        self.arrived = 0                  # bytes on the wire since, framing included
+
+    def rate_deadline(self):
+        """When the body falls below MIN_BODY_RATE_BYTES_S on average, grace included."""
+        return self.started + BODY_RATE_GRACE_S + self.arrived / MIN_BODY_RATE_BYTES_S
 
     def feed(self, data):
         """Take the body's bytes from ``data``; return what follows the body (the next request)."""
+        self.arrived += len(data)
         leftover = b''
         if self.decoder is not None:
             try:
@@ -3776,6 +3791,8 @@ class HTTPConnection(asyncio.Protocol):
             kind, self.paused_kind = self.paused_kind, None
             if kind is None:
                 self.deadline_kind = None
+            elif kind == 'body' and self.reader is not None:
+                self._set_body_deadline()
             else:
                 self._set_deadline(kind, {'idle': KEEPALIVE_TIMEOUT_S, 'head': HEADER_TIMEOUT_S,
                                           'body': BODY_TIMEOUT_S}[kind])
@@ -3786,9 +3803,9 @@ class HTTPConnection(asyncio.Protocol):
     def data_received(self, data):
         reader = self.reader
         if reader is not None and not reader.complete and reader.error is None:
-            if self.deadline_kind == 'body':
-                self.deadline = time.monotonic() + BODY_TIMEOUT_S
             data = reader.feed(data)
+            if self.deadline_kind == 'body':
+                self._set_body_deadline()
             if reader.buffered >= READ_HIGH_WATER_BYTES and not self.paused_reading:
                 self._pause_reading()
             if reader.complete:
@@ -3832,6 +3849,11 @@ class HTTPConnection(asyncio.Protocol):
         self.deadline_kind = kind
         self.deadline = time.monotonic() + seconds
 
+    def _set_body_deadline(self):
+        """The stall deadline, pushed back as bytes arrive, or the body's rate deadline if sooner."""
+        self.deadline_kind = 'body'
+        self.deadline = min(time.monotonic() + BODY_TIMEOUT_S, self.reader.rate_deadline())
+
     def timed_out(self):
         kind = self.deadline_kind
         self.deadline_kind = None
@@ -3844,7 +3866,9 @@ class HTTPConnection(asyncio.Protocol):
             self._close_now()
         elif kind == 'body':
             if self.reader is not None:
-                self.reader.fail(HTTPError(408, 'request body stalled', close=True))
+                slow = self.reader.rate_deadline() <= time.monotonic()
+                self.reader.fail(HTTPError(408, 'request body too slow' if slow else 'request body stalled',
+                                           close=True))
                 if self.reader.discarding:
                     self.transport.close()
             else:
@@ -3981,7 +4005,7 @@ class HTTPConnection(asyncio.Protocol):
         reader = None
         if head.chunked or head.body_length:
             reader = self.reader = BodyReader(self, head)
-            self._set_deadline('body', BODY_TIMEOUT_S)
+            self._set_body_deadline()
             if buf:
                 rest = reader.feed(bytes(buf))
                 buf.clear()
@@ -4259,7 +4283,7 @@ class HTTPConnection(asyncio.Protocol):
             reader.chunks.clear()
             reader.buffered = 0
             reader.received = 0        # MAX_DRAIN_BYTES counts what is discarded from here
-            self._set_deadline('body', BODY_TIMEOUT_S)
+            self._set_body_deadline()
             self._resume_reading_body()
             return
         self.reader = None

@@ -1439,6 +1439,40 @@ class TimeoutTest(unittest.TestCase):
             data, took = self.wait_closed(sock)
             self.assertTrue(data.startswith(b'HTTP/1.1 408'), data)
 
+    def test_a_slow_but_steady_body_is_not_cut(self):
+        # Each read pushes the stall deadline back, and a rate above the floor never trips
+        # it: this body takes three times BODY_TIMEOUT_S (0.5 s) and more than the grace.
+        with patched(BODY_RATE_GRACE_S=0.5, MIN_BODY_RATE_BYTES_S=10), self.live.connect() as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 75\r\n\r\n')
+            for _ in range(15):
+                time.sleep(0.1)              # the client's pace: 50 bytes a second
+                sock.sendall(b'abcde')
+            status, _, body = read_response(sock.makefile('rb'))
+            self.assertEqual(status, 200, body)
+            self.assertEqual(json.loads(body)['body'], 'abcde' * 15)
+
+    def test_a_body_under_the_minimum_rate_is_cut(self):
+        # One byte each 0.1 s never stalls for BODY_TIMEOUT_S, but averages far under the
+        # rate: 408 after the grace, where the stall deadline alone would wait for all 1000.
+        with patched(BODY_RATE_GRACE_S=0.3, MIN_BODY_RATE_BYTES_S=100), self.live.connect() as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n')
+            sock.settimeout(0.1)
+            data = b''
+            deadline = time.monotonic() + 3
+            while not data:
+                self.assertLess(time.monotonic(), deadline, 'still reading a body sent at 10 bytes/s')
+                with contextlib.suppress(OSError):
+                    sock.sendall(b'x')
+                with contextlib.suppress(socket.timeout):
+                    data = sock.recv(65536)        # waits 0.1 s for the answer: the pace
+            rest, _ = self.wait_closed(sock)
+            data += rest
+            self.assertTrue(data.startswith(b'HTTP/1.1 408'), data)
+            self.assertIn(b'too slow', data)
+            self.assertIn(b'Connection: close', data)
+
     def test_client_not_reading(self):
         sock = self.live.connect()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
