@@ -1059,6 +1059,34 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(status, 500)
         self.assertNotIn('set-cookie', headers)
 
+    def test_response_header_with_any_line_break_or_nul_refused(self):
+        # Not only CRLF: a bare CR or LF alone splits a field for some clients, and a NUL
+        # cuts it for others. Each is a logged 500 that closes, and nothing of it is sent.
+        app = server.App(data=tempfile.mkdtemp(prefix='hdr-', dir=SCRATCH.name), csrf=False, sessions=False)
+        values = {'cr': 'a\rSet-Cookie: evil=1', 'lf': 'a\nSet-Cookie: evil=1',
+                  'crlf': 'a\r\nSet-Cookie: evil=1', 'nul': 'a\x00Set-Cookie: evil=1'}
+
+        @app.get('/h/<kind>')
+        async def h(request, kind):
+            resp = server.Response('x')
+            if kind == 'name':
+                resp.headers['X-A\rSet-Cookie'] = 'evil=1'
+            else:
+                resp.headers['X-Bad'] = values[kind]
+            return resp
+        live = LiveServer(app)
+        self.addCleanup(live.stop)
+        for kind in (*values, 'name'):
+            with self.subTest(kind=kind), self.assertLogs('server', 'ERROR') as logs:
+                responses = exchange(live.port, b'GET /h/%s HTTP/1.1\r\nHost: a\r\n\r\n'
+                                                b'GET /h/name HTTP/1.1\r\nHost: a\r\n\r\n' % kind.encode())
+            (status, headers, body), = responses          # and the connection closed after it
+            self.assertEqual((status, headers['connection']), (500, 'close'))
+            self.assertNotIn('set-cookie', headers)
+            self.assertNotIn('x-bad', headers)
+            self.assertNotIn(b'evil', body)
+            self.assertIn('refusing a response header', logs.output[0])
+
     def test_flow_control_big_response_to_a_slow_reader(self):
         with self.live.connect(timeout=10) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -4383,6 +4411,26 @@ class AccessLogTest(unittest.TestCase):
                 exchange(live.port, raw)
             self.assertIn(logged, logs.records[-1].getMessage())
 
+
+    def test_log_escape_covers_every_path(self):
+        # _log_escape has a quick path (printable ASCII without quote or backslash returned as
+        # it is), a \xHH path for everything else up to U+00FF and a \u/\U path past it.
+        for text, escaped in [
+                ('GET /a?b=1 ok', 'GET /a?b=1 ok'),                 # the quick path
+                ('a\tb', 'a\\x09b'), ('a\nb', 'a\\x0Ab'), ('a\rb', 'a\\x0Db'),   # ASCII, not printable
+                ('\x00\x1b[31m\x7f', '\\x00\\x1B[31m\\x7F'),
+                ('a"b', 'a\\x22b'), ('a\\b', 'a\\x5Cb'),            # printable, but they would end a field
+                ('\xe9\n', '\\xE9\\x0A'), ('\x85\xa0', '\\x85\\xA0'),   # not ASCII: NEL, NBSP
+                ('\u2028\u202e', '\\u2028\\u202e'),                 # line separator, bidi override
+                ('\U0001f600\n', '\\U0001f600\\x0A'),
+                ('caf\xe9', 'caf\\xE9'), ('\u03a9\U0001f600', '\\u03a9\\U0001f600'),   # printable, not ASCII
+                (404, '404')]:
+            with self.subTest(text=text):
+                self.assertEqual(server._log_escape(text), escaped)
+        every = ''.join(map(chr, range(0x3000))) + '\U0001f600\U000e0001'
+        out = server._log_escape(every)
+        self.assertTrue(out.isascii() and out.isprintable() and '"' not in out)
+        self.assertEqual(out.encode().decode('unicode_escape'), every)      # nothing lost either
 
     def test_stdout_access_log_of_a_real_process(self):
         proc = ServerProcess()
