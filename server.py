@@ -93,6 +93,9 @@ CORK_BYTES = 16 * 1024               # writes up to this size are gathered for p
 MAX_BODY_BYTES = 1024 * 1024
 #: Body limit of upload routes; larger -> 413. nginx.conf's client_max_body_size matches it.
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+#: Longest line of a chunked body (a chunk size with its extensions, a trailer field), its
+#: CR included; longer -> 400.
+MAX_CHUNK_LINE_BYTES = 4096
 #: Most parts in one multipart body; more -> 413.
 MAX_MULTIPART_PARTS = 100
 #: Largest non-file multipart field; larger -> 413.
@@ -110,6 +113,13 @@ READ_HIGH_WATER_BYTES = 256 * 1024
 HEADER_TIMEOUT_S = 10.0
 #: A request body may stall at most this long between two reads -> 408.
 BODY_TIMEOUT_S = 30.0
+#: A body must also arrive at this average rate, after BODY_RATE_GRACE_S, or it is cut off
+#: with a 408: one byte just before each stall deadline would otherwise hold a connection
+#: for as long as the body is long (Apache mod_reqtimeout's MinRate=500; nginx bounds only
+#: the gap between two reads).
+MIN_BODY_RATE_BYTES_S = 500
+#: The time a body gets before MIN_BODY_RATE_BYTES_S counts (mod_reqtimeout's body=20).
+BODY_RATE_GRACE_S = 30.0
 #: An idle keep-alive connection is closed after this long (nginx keepalive_timeout is 75 s, 5 s is Apache's).
 KEEPALIVE_TIMEOUT_S = 5.0
 #: A client that reads none of its response for this long is cut off.
@@ -247,8 +257,9 @@ _CONTENT_LENGTH_RE = re.compile(rb'[0-9]+')
 # The value may not start with a space or tab, so the optional whitespace before it is
 # unambiguous and a failing match backtracks in linear time.
 _FIELD_LINE_RE = re.compile(rb'(' + _TOKEN + rb'):[ \t]*((?:[^\x00-\x20\x7f][^\x00-\x08\x0a-\x1f\x7f]*)?)\r?')
-# RFC 9112 7.1: chunk-size is 1*HEXDIG; extensions follow a ';' and are ignored.
-_CHUNK_SIZE_RE = re.compile(rb'([0-9A-Fa-f]+)[ \t]*(;.*)?')
+# RFC 9112 7.1: chunk-size is 1*HEXDIG; extensions follow a ';' and are ignored, but may
+# hold no control characters, as a field value may not.
+_CHUNK_SIZE_RE = re.compile(rb'([0-9A-Fa-f]+)[ \t]*(;[^\x00-\x08\x0a-\x1f\x7f]*)?')
 # The same grammar over a whole head decoded as latin-1 (so obs-text stays one character a
 # byte): request line, field lines, blank line. Only the field block is captured, so the
 # whitespace before a value joins the value's own repeat (the same characters, in one
@@ -540,6 +551,12 @@ def frame_request(req):
     latin-1's NBSP and NEL, so 'Content-Length: 5\xa0' would read as 5 here where a proxy
     in front may refuse it or read it otherwise (request smuggling).
     """
+    if req.method == 'CONNECT':
+        # RFC 9110 9.3.6: CONNECT asks a proxy for a tunnel, and whatever follows its head
+        # is the tunnel's bytes, not a request. 501 rather than 405: no resource here
+        # supports it (405 would need an Allow of methods that would), the answer the
+        # router gives a method it does not know. Closing keeps those bytes unread.
+        raise HTTPError(501, 'CONNECT is not supported: this is not a proxy', close=True)
     index = req.headers._index
     version = req.version
     connection = index.get('connection')
@@ -630,7 +647,7 @@ class ChunkedDecoder:
 
     ``feed(data)`` returns the decoded bytes it could produce; ``done`` turns true after
     the last chunk and trailers, and ``leftover`` then holds the bytes that followed
-    (the next pipelined request). Trailers are read and dropped. Errors raise 400.
+    (the next pipelined request). Trailers are checked and dropped. Errors raise 400.
     """
 
     __slots__ = ('_buf', '_state', '_remaining', 'done', 'leftover', '_trailer_bytes', '_chunks',
@@ -661,15 +678,33 @@ class ChunkedDecoder:
                 if self._remaining == 0:
                     self._state = 'data_end'
                 continue
+            if state == 'data_end':
+                # RFC 9112 7.1: the data is followed by CRLF, exactly; a lone LF or CR here
+                # ends the chunk for us and not for a front end that counts otherwise.
+                end = buf[pos:pos + 2]
+                if end != b'\r\n':
+                    if end == b'\r' and pos + 1 == n:
+                        break             # its LF is still on the way
+                    raise HTTPError(400, 'chunk data not followed by CRLF', close=True)
+                pos += 2
+                self._state = 'size'
+                continue
             nl = buf.find(b'\n', pos)
+            # The line limit holds however TCP splits the line: checked before its LF
+            # arrives and after.
             if nl == -1:
-                if n - pos > 4096:
+                if n - pos > MAX_CHUNK_LINE_BYTES:
                     raise HTTPError(400, 'chunk line too long', close=True)
                 break
-            line = buf[pos:nl]
+            if nl - pos > MAX_CHUNK_LINE_BYTES:
+                raise HTTPError(400, 'chunk line too long', close=True)
+            # Unlike the head's lines (RFC 9112 2.2), every line of a chunked body ends in
+            # CRLF: a front end that does not re-frame bodies may read a bare LF otherwise
+            # (one-byte-terminator smuggling).
+            if nl == pos or buf[nl - 1] != 13:
+                raise HTTPError(400, 'chunk line not ended by CRLF', close=True)
+            line = buf[pos:nl - 1]
             pos = nl + 1
-            if line.endswith(b'\r'):
-                line = line[:-1]
             if b'\r' in line:
                 raise HTTPError(400, 'bare CR in chunked body', close=True)
             if state == 'size':
@@ -687,14 +722,14 @@ class ChunkedDecoder:
                 else:
                     self._remaining = size
                     self._state = 'data'
-            elif state == 'data_end':
-                if line:
-                    raise HTTPError(400, 'chunk data longer than its size', close=True)
-                self._state = 'size'
             else:  # trailer section: field lines until an empty one
                 if not line:
                     self.done = True
                 else:
+                    # The head's grammar (no obs-fold, no controls): a request line or any
+                    # other stray text here is not a trailer a front end would agree on.
+                    if _FIELD_LINE_RE.fullmatch(line) is None:
+                        raise HTTPError(400, 'malformed trailer field', close=True)
                     self._trailer_bytes += len(line)
                     if self._trailer_bytes > MAX_HEADER_BYTES:
                         raise HTTPError(431, 'trailer section too large', close=True)
@@ -3564,6 +3599,7 @@ class _Clock:
 CLOCK = _Clock()
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _CR_LF = (13, 10)
+_EMPTY_LINES_RE = re.compile(rb'(?:\r?\n)*')
 _NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING_HEADERS = frozenset({'content-length', 'transfer-encoding', 'connection'})
 _LENGTH_LINES = {}   # body length -> its Content-Length line: formatting bytes costs more
@@ -3577,7 +3613,8 @@ class BodyReader:
     """
 
     __slots__ = ('conn', 'remaining', 'decoder', 'chunks', 'buffered', 'complete', 'error',
-                 'waiter', 'expect_continue', 'continue_sent', 'received', 'discarding')
+                 'waiter', 'expect_continue', 'continue_sent', 'received', 'discarding',
+                 'started', 'arrived')
 
     def __init__(self, conn, head):
         self.conn = conn
@@ -3592,9 +3629,16 @@ class BodyReader:
         self.continue_sent = False
         self.received = 0
         self.discarding = False
+        self.started = time.monotonic()   # when the head was read (rate_deadline)
+        self.arrived = 0                  # bytes on the wire since, framing included
+
+    def rate_deadline(self):
+        """When the body falls below MIN_BODY_RATE_BYTES_S on average, grace included."""
+        return self.started + BODY_RATE_GRACE_S + self.arrived / MIN_BODY_RATE_BYTES_S
 
     def feed(self, data):
         """Take the body's bytes from ``data``; return what follows the body (the next request)."""
+        self.arrived += len(data)
         leftover = b''
         if self.decoder is not None:
             try:
@@ -3752,6 +3796,8 @@ class HTTPConnection(asyncio.Protocol):
             kind, self.paused_kind = self.paused_kind, None
             if kind is None:
                 self.deadline_kind = None
+            elif kind == 'body' and self.reader is not None:
+                self._set_body_deadline()
             else:
                 self._set_deadline(kind, {'idle': KEEPALIVE_TIMEOUT_S, 'head': HEADER_TIMEOUT_S,
                                           'body': BODY_TIMEOUT_S}[kind])
@@ -3762,9 +3808,9 @@ class HTTPConnection(asyncio.Protocol):
     def data_received(self, data):
         reader = self.reader
         if reader is not None and not reader.complete and reader.error is None:
-            if self.deadline_kind == 'body':
-                self.deadline = time.monotonic() + BODY_TIMEOUT_S
             data = reader.feed(data)
+            if self.deadline_kind == 'body':
+                self._set_body_deadline()
             if reader.buffered >= READ_HIGH_WATER_BYTES and not self.paused_reading:
                 self._pause_reading()
             if reader.complete:
@@ -3808,6 +3854,11 @@ class HTTPConnection(asyncio.Protocol):
         self.deadline_kind = kind
         self.deadline = time.monotonic() + seconds
 
+    def _set_body_deadline(self):
+        """The stall deadline, pushed back as bytes arrive, or the body's rate deadline if sooner."""
+        self.deadline_kind = 'body'
+        self.deadline = min(time.monotonic() + BODY_TIMEOUT_S, self.reader.rate_deadline())
+
     def timed_out(self):
         kind = self.deadline_kind
         self.deadline_kind = None
@@ -3820,7 +3871,9 @@ class HTTPConnection(asyncio.Protocol):
             self._close_now()
         elif kind == 'body':
             if self.reader is not None:
-                self.reader.fail(HTTPError(408, 'request body stalled', close=True))
+                slow = self.reader.rate_deadline() <= time.monotonic()
+                self.reader.fail(HTTPError(408, 'request body too slow' if slow else 'request body stalled',
+                                           close=True))
                 if self.reader.discarding:
                     self.transport.close()
             else:
@@ -3891,9 +3944,9 @@ class HTTPConnection(asyncio.Protocol):
             return
         buf = self.buf
         if buf and buf[0] in _CR_LF:
-            # RFC 9112 2.2: ignore empty lines before a request line.
-            stripped = bytes(buf).lstrip(b'\r\n')
-            del buf[:len(buf) - len(stripped)]
+            # RFC 9112 2.2: ignore empty lines (CRLF, or a bare LF) before a request line. A
+            # lone CR ends no line: it stays, and the request line it starts is refused.
+            del buf[:_EMPTY_LINES_RE.match(buf).end()]
             self.scanned = 0
         if self.scanned == 0 and len(buf) <= QUICK_HEAD_BYTES:
             # Most buffers hold one whole, well-formed head (and maybe a body): one match
@@ -3939,7 +3992,7 @@ class HTTPConnection(asyncio.Protocol):
         reader = None
         if head.chunked or head.body_length:
             reader = self.reader = BodyReader(self, head)
-            self._set_deadline('body', BODY_TIMEOUT_S)
+            self._set_body_deadline()
             if buf:
                 rest = reader.feed(bytes(buf))
                 buf.clear()
@@ -4215,7 +4268,7 @@ class HTTPConnection(asyncio.Protocol):
             reader.chunks.clear()
             reader.buffered = 0
             reader.received = 0        # MAX_DRAIN_BYTES counts what is discarded from here
-            self._set_deadline('body', BODY_TIMEOUT_S)
+            self._set_body_deadline()
             self._resume_reading_body()
             return
         self.reader = None

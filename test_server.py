@@ -309,7 +309,8 @@ class ParseHeadTest(unittest.TestCase):
         (b'POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n', 400),   # 9112 6.1
         (b'GET / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n', 417),
         (b'GET * HTTP/1.1\r\nHost: a\r\n\r\n', 400),
-        (b'CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n', 400),
+        (b'CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n', 501),               # 9110 9.3.6: not a proxy
+        (b'CONNECT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n', 501),
         (b'GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n', 400),
     ]
 
@@ -445,6 +446,60 @@ class ChunkedDecoderTest(unittest.TestCase):
     def test_endless_chunk_line(self):
         with self.assertRaises(server.HTTPError):
             self.decode([b'1' * 5000])
+
+    def refused(self, raw, status=400):
+        """``raw`` refused whole, byte by byte and with a pipelined request after it."""
+        for how, pieces in zip(('whole', 'bytewise', 'pipelined'),
+                               ([raw], [raw[i:i + 1] for i in range(len(raw))],
+                                [raw + b'GET /next HTTP/1.1\r\nHost: x\r\n\r\n'])):
+            with self.subTest(raw=raw, how=how):
+                with self.assertRaises(server.HTTPError) as ctx:
+                    self.decode(pieces)
+                self.assertEqual(ctx.exception.status, status)
+                self.assertTrue(ctx.exception.close)
+
+    def test_framing_lines_end_in_crlf_only(self):
+        # RFC 9112 7.1: CRLF after the size line and after the data. A bare LF or a lone CR
+        # where CRLF belongs is the one-byte-terminator smuggling shape.
+        for raw in [b'3\r\nabc\n0\r\n\r\n',            # LF after the data
+                    b'3;a\nabc\r\n0\r\n\r\n',          # LF ending an extension
+                    b'3\nabc\r\n0\r\n\r\n',            # LF ending a size line
+                    b'3\r\nab\r\n2\r\nxy\r\n0\r\n\r\n',   # a lone CR read as data, then LF
+                    b'3\r\nabc\r\r\n0\r\n\r\n',       # CR CR LF after the data
+                    b'3\r\nabc\r\n0\n\r\n',             # LF ending the last chunk
+                    b'3\r\nabc\r\n0\r\n\n',             # LF ending the trailer section
+                    b'3\r\nabc\r\n0\r\nA: b\n\r\n',   # LF ending a trailer
+                    b'3;a\x00b\r\nabc\r\n0\r\n\r\n',   # a control in an extension
+                    b'3;a\rb\r\nabc\r\n0\r\n\r\n']:    # a bare CR in an extension
+            self.refused(raw)
+
+    def test_trailers_are_field_lines(self):
+        for raw in [b'0\r\nGET /n HTTP/1.1\r\nHost: a\r\n\r\n',   # a request smuggled as trailers
+                    b'0\r\nA: b\r\n folded\r\n\r\n',          # obs-fold
+                    b'0\r\nA : b\r\n\r\n',                      # space before the colon
+                    b'0\r\nA: b\x01c\r\n\r\n',                  # a control in the value
+                    b'0\r\n: b\r\n\r\n',                        # no name
+                    b'0\r\nA\x7f: b\r\n\r\n',                   # DEL in the name
+                    b'0\r\nno colon\r\n\r\n']:
+            self.refused(raw)
+        body = b'1\r\nx\r\n0\r\nA: b\r\nEtag:\r\nX-Sum: \t q\xe9 \r\n\r\n'
+        for result in feed_three_ways(self, self.decode, body):
+            self.assertEqual(result[:2], (b'x', True))
+
+    def test_chunk_line_limit_holds_however_the_line_is_split(self):
+        limit = server.MAX_CHUNK_LINE_BYTES
+        for prefix, tail in ((b'', b'3;' ), (b'1\r\nx\r\n0\r\n', b'A: ')):
+            at = tail + b'x' * (limit - len(tail) - 1) + b'\r\n'     # the line, CR included, at the limit
+            past = tail + b'x' * (limit - len(tail)) + b'\r\n'
+            rest = b'abc\r\n0\r\n\r\n' if not prefix else b'\r\n'
+            with self.subTest(prefix=prefix):
+                for result in feed_three_ways(self, self.decode, prefix + at + rest):
+                    self.assertTrue(result[1])
+                self.refused(prefix + past + rest)
+                # The whole line in one piece, its LF included: checked after the LF too.
+                for cut in (len(prefix), len(prefix) + len(past) - 1, len(prefix) + len(past) - 2):
+                    with self.assertRaises(server.HTTPError):
+                        self.decode([(prefix + past + rest)[:cut], (prefix + past + rest)[cut:]])
 
 
 class SmallParsersTest(unittest.TestCase):
@@ -1073,6 +1128,34 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(status, 500)
         self.assertNotIn('set-cookie', headers)
 
+    def test_response_header_with_any_line_break_or_nul_refused(self):
+        # Not only CRLF: a bare CR or LF alone splits a field for some clients, and a NUL
+        # cuts it for others. Each is a logged 500 that closes, and nothing of it is sent.
+        app = server.App(data=tempfile.mkdtemp(prefix='hdr-', dir=SCRATCH.name), csrf=False, sessions=False)
+        values = {'cr': 'a\rSet-Cookie: evil=1', 'lf': 'a\nSet-Cookie: evil=1',
+                  'crlf': 'a\r\nSet-Cookie: evil=1', 'nul': 'a\x00Set-Cookie: evil=1'}
+
+        @app.get('/h/<kind>')
+        async def h(request, kind):
+            resp = server.Response('x')
+            if kind == 'name':
+                resp.headers['X-A\rSet-Cookie'] = 'evil=1'
+            else:
+                resp.headers['X-Bad'] = values[kind]
+            return resp
+        live = LiveServer(app)
+        self.addCleanup(live.stop)
+        for kind in (*values, 'name'):
+            with self.subTest(kind=kind), self.assertLogs('server', 'ERROR') as logs:
+                responses = exchange(live.port, b'GET /h/%s HTTP/1.1\r\nHost: a\r\n\r\n'
+                                                b'GET /h/name HTTP/1.1\r\nHost: a\r\n\r\n' % kind.encode())
+            (status, headers, body), = responses          # and the connection closed after it
+            self.assertEqual((status, headers['connection']), (500, 'close'))
+            self.assertNotIn('set-cookie', headers)
+            self.assertNotIn('x-bad', headers)
+            self.assertNotIn(b'evil', body)
+            self.assertIn('refusing a response header', logs.output[0])
+
     def test_flow_control_big_response_to_a_slow_reader(self):
         with self.live.connect(timeout=10) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -1093,6 +1176,47 @@ class ProtocolTest(unittest.TestCase):
         chunk = b'1000\r\n' + b'a' * 4096 + b'\r\n'
         raw = b'POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n' + chunk * 3 + b'0\r\n\r\n'
         self.assertEqual(status_of(self.port, raw), 413)
+
+    def assert_refused_and_closed(self, raw, status):
+        """One answer with ``status`` and Connection: close; the request after it never read."""
+        responses = exchange(self.port, raw + b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n')
+        self.assertEqual([r[0] for r in responses], [status], raw)
+        self.assertEqual(responses[0][1].get('connection'), 'close', raw)
+
+    def test_chunked_framing_and_trailers_as_strict_as_heads(self):
+        post = b'POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n'
+        long_ext = b';' + b'e' * server.MAX_CHUNK_LINE_BYTES
+        for body in [b'3\r\nabc\n0\r\n\r\n', b'3;a\nabc\r\n0\r\n\r\n', b'3\r\nab\r\n2\r\nxy\r\n0\r\n\r\n',
+                     b'3\r\nabc\r\n0\r\nGET /n HTTP/1.1\r\nHost: a\r\n\r\n', b'3\r\nabc\r\n0\r\nA\x01: b\r\n\r\n',
+                     b'3' + long_ext + b'\r\nabc\r\n0\r\n\r\n']:
+            with self.subTest(body=body[:40]):
+                self.assert_refused_and_closed(post + body, 400)
+        # The same shapes well formed: read, answered, and the next request too.
+        responses = exchange(self.port, post + b'3;a\r\nabc\r\n0\r\nA: b\r\n\r\n'
+                             b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n')
+        self.assertEqual([r[0] for r in responses], [200, 200])
+        self.assertEqual(json.loads(responses[0][2])['body'], 'abc')
+        self.assertEqual(responses[1][2], b'Hello, world!')
+
+    def test_connect_is_refused_and_the_connection_closed(self):
+        # RFC 9110 9.3.6: what follows CONNECT's head is a tunnel, never the next request.
+        for head in (b'CONNECT /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n',
+                     b'CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n'):
+            with self.subTest(head=head):
+                self.assert_refused_and_closed(head, 501)
+
+    def test_a_lone_cr_before_a_request_line_is_refused(self):
+        self.assert_refused_and_closed(b'\rGET /hello HTTP/1.1\r\nHost: a\r\n\r\n', 400)
+        responses = exchange(self.port, b'GET /hello HTTP/1.1\r\nHost: a\r\n\r\n'
+                                        b'\rGET /hello HTTP/1.1\r\nHost: a\r\n\r\n')
+        self.assertEqual([r[0] for r in responses], [200, 400])
+        # Empty lines, CRLF or bare LF, are still passed over (RFC 9112 2.2), even split.
+        self.assertEqual(status_of(self.port, b'\r\n\n\r\nGET /hello HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+        with self.live.connect() as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for piece in (b'\r', b'\n\r', b'\nGET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'):
+                sock.sendall(piece)
+            self.assertEqual(read_response(sock.makefile('rb'))[0], 200)
 
 
 def task_app(data):
@@ -1458,6 +1582,40 @@ class TimeoutTest(unittest.TestCase):
             sock.sendall(b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc')
             data, took = self.wait_closed(sock)
             self.assertTrue(data.startswith(b'HTTP/1.1 408'), data)
+
+    def test_a_slow_but_steady_body_is_not_cut(self):
+        # Each read pushes the stall deadline back, and a rate above the floor never trips
+        # it: this body takes three times BODY_TIMEOUT_S (0.5 s) and more than the grace.
+        with patched(BODY_RATE_GRACE_S=0.5, MIN_BODY_RATE_BYTES_S=10), self.live.connect() as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 75\r\n\r\n')
+            for _ in range(15):
+                time.sleep(0.1)              # the client's pace: 50 bytes a second
+                sock.sendall(b'abcde')
+            status, _, body = read_response(sock.makefile('rb'))
+            self.assertEqual(status, 200, body)
+            self.assertEqual(json.loads(body)['body'], 'abcde' * 15)
+
+    def test_a_body_under_the_minimum_rate_is_cut(self):
+        # One byte each 0.1 s never stalls for BODY_TIMEOUT_S, but averages far under the
+        # rate: 408 after the grace, where the stall deadline alone would wait for all 1000.
+        with patched(BODY_RATE_GRACE_S=0.3, MIN_BODY_RATE_BYTES_S=100), self.live.connect() as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(b'POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n')
+            sock.settimeout(0.1)
+            data = b''
+            deadline = time.monotonic() + 3
+            while not data:
+                self.assertLess(time.monotonic(), deadline, 'still reading a body sent at 10 bytes/s')
+                with contextlib.suppress(OSError):
+                    sock.sendall(b'x')
+                with contextlib.suppress(socket.timeout):
+                    data = sock.recv(65536)        # waits 0.1 s for the answer: the pace
+            rest, _ = self.wait_closed(sock)
+            data += rest
+            self.assertTrue(data.startswith(b'HTTP/1.1 408'), data)
+            self.assertIn(b'too slow', data)
+            self.assertIn(b'Connection: close', data)
 
     def test_client_not_reading(self):
         sock = self.live.connect()
@@ -4463,6 +4621,26 @@ class AccessLogTest(unittest.TestCase):
                 exchange(live.port, raw)
             self.assertIn(logged, logs.records[-1].getMessage())
 
+
+    def test_log_escape_covers_every_path(self):
+        # _log_escape has a quick path (printable ASCII without quote or backslash returned as
+        # it is), a \xHH path for everything else up to U+00FF and a \u/\U path past it.
+        for text, escaped in [
+                ('GET /a?b=1 ok', 'GET /a?b=1 ok'),                 # the quick path
+                ('a\tb', 'a\\x09b'), ('a\nb', 'a\\x0Ab'), ('a\rb', 'a\\x0Db'),   # ASCII, not printable
+                ('\x00\x1b[31m\x7f', '\\x00\\x1B[31m\\x7F'),
+                ('a"b', 'a\\x22b'), ('a\\b', 'a\\x5Cb'),            # printable, but they would end a field
+                ('\xe9\n', '\\xE9\\x0A'), ('\x85\xa0', '\\x85\\xA0'),   # not ASCII: NEL, NBSP
+                ('\u2028\u202e', '\\u2028\\u202e'),                 # line separator, bidi override
+                ('\U0001f600\n', '\\U0001f600\\x0A'),
+                ('caf\xe9', 'caf\\xE9'), ('\u03a9\U0001f600', '\\u03a9\\U0001f600'),   # printable, not ASCII
+                (404, '404')]:
+            with self.subTest(text=text):
+                self.assertEqual(server._log_escape(text), escaped)
+        every = ''.join(map(chr, range(0x3000))) + '\U0001f600\U000e0001'
+        out = server._log_escape(every)
+        self.assertTrue(out.isascii() and out.isprintable() and '"' not in out)
+        self.assertEqual(out.encode().decode('unicode_escape'), every)      # nothing lost either
 
     def test_stdout_access_log_of_a_real_process(self):
         proc = ServerProcess()
