@@ -3930,7 +3930,7 @@ def free_port():
 class ServerProcess:
     """python3 server.py as a real subprocess on a free port with its own data folder."""
 
-    def __init__(self, *args, data=None, env=None):
+    def __init__(self, *args, data=None, env=None, umask=-1):
         self.tmp = tempfile.mkdtemp(prefix='server-proc-')
         self.data = data or os.path.join(self.tmp, 'data')
         self.port = free_port()
@@ -3940,7 +3940,7 @@ class ServerProcess:
             [sys.executable, os.path.join(HERE, 'server.py'), '--port', str(self.port),
              '--data', self.data, '--root', WWW, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})),
-            start_new_session=True)
+            start_new_session=True, umask=umask)
         self.banner = self.proc.stdout.readline().decode()
 
     def kill_all(self):
@@ -4654,6 +4654,58 @@ class WorkersTest(unittest.TestCase):
         while any(self.running(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         self.assertFalse([pid for pid in workers if self.running(pid)], 'orphaned workers kept running')
+
+
+class DataFolderTest(unittest.TestCase):
+    """One server owns a data folder at a time, and keeps its files to the server's user."""
+
+    def start_slow_upload(self, port, content):
+        """An upload whose head and first half are sent, its file part spooling: (browser, socket, rest)."""
+        browser = WebClient(port)
+        token = browser.csrf('/upload')
+        body, ctype = server.encode_multipart({'csrf_token': token}, {'file': ('slow.txt', content)})
+        sock = socket.create_connection(('127.0.0.1', port), timeout=10)
+        self.addCleanup(sock.close)
+        cookie = '; '.join(f'{k}={v}' for k, v in browser.cookies.items())
+        half = body.index(content) + len(content) // 2
+        sock.sendall(f'POST /upload HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\nContent-Type: {ctype}\r\n'
+                     f'Content-Length: {len(body)}\r\n\r\n'.encode() + body[:half])
+        return browser, sock, body[half:]
+
+    def wait_for_spool(self, upload_dir, count=1):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            parts = [n for n in os.listdir(upload_dir) if n.startswith('.part-')]
+            if len(parts) >= count:
+                return parts
+            time.sleep(0.02)
+        self.fail(f'no upload spooling in {upload_dir}')
+
+    def test_a_second_server_refuses_the_folder_and_an_upload_in_flight_survives(self):
+        first = ServerProcess('--no-access-log')
+        self.addCleanup(first.cleanup)
+        content = b'slow upload ' * 5000
+        browser, sock, rest = self.start_slow_upload(first.port, content)
+        self.wait_for_spool(os.path.join(first.data, 'uploads'))
+        second = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', str(free_port()),
+                                 '--data', first.data, '--root', WWW],
+                                capture_output=True, text=True, timeout=20)
+        self.assertEqual(second.returncode, 1, second.stderr)
+        self.assertEqual(second.stderr.splitlines(), [
+            f'server.py: error: the data folder {first.data} is in use by another server '
+            f'(pid {first.proc.pid}): stop it or use another --data'])
+        # The owner's reading command needs no lock: it works while the server runs.
+        messages = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), 'messages',
+                                   '--data', first.data], capture_output=True, text=True, timeout=20)
+        self.assertEqual((messages.returncode, messages.stdout), (0, 'No messages yet.\n'), messages.stderr)
+        sock.sendall(rest)                              # the upload in flight finishes as if alone
+        status, headers, _ = read_response(sock.makefile('rb'), 'POST')
+        self.assertEqual((status, headers.get('location')), (303, '/upload?done=1'))
+        ids = re.findall(r'href="/upload/(\d+)"', browser.get('/upload').text)
+        self.assertEqual(len(ids), 1)
+        self.assertEqual(browser.get(f'/upload/{ids[0]}').body, content)
+        self.assertEqual(status_of(first.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+        self.assertEqual(first.stop()[0], 0)
 
 
 
