@@ -4707,6 +4707,38 @@ class DataFolderTest(unittest.TestCase):
         self.assertEqual(status_of(first.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
         self.assertEqual(first.stop()[0], 0)
 
+    def test_data_files_are_private_whatever_the_umask_and_folder_mode(self):
+        # A folder made by hand (mkdir under umask 022: mode 0755), once empty and once with
+        # a database and uploads/ left 0644/0755 by an earlier run.
+        for leftovers in (False, True):
+            with self.subTest(leftovers=leftovers):
+                tmp = fresh_dir(self, 'server-modes-')
+                data = os.path.join(tmp, 'data')
+                os.mkdir(data)
+                os.chmod(data, 0o755)
+                if leftovers:
+                    os.mkdir(os.path.join(data, 'uploads'))
+                    os.chmod(os.path.join(data, 'uploads'), 0o755)
+                    sqlite3.connect(os.path.join(data, 'app.db')).close()
+                    os.chmod(os.path.join(data, 'app.db'), 0o644)
+                proc = ServerProcess('--no-access-log', data=data, umask=0o022)
+                self.addCleanup(proc.cleanup)
+                self.assertIn('serving http://', proc.banner)
+                browser = WebClient(proc.port)
+                token = browser.csrf('/contact')       # a row written: the journal is in use
+                resp = browser.post_form('/contact', {'csrf_token': token, 'name': 'N',
+                                                      'email': 'n@example.com', 'message': 'hello'})
+                self.assertEqual(resp.status, 303)
+                modes = {name: os.stat(os.path.join(data, name)).st_mode & 0o777
+                         for name in ('app.db', 'app.db-wal', 'app.db-shm', 'uploads', '.lock')}
+                self.assertEqual(modes, {'app.db': 0o600, 'app.db-wal': 0o600, 'app.db-shm': 0o600,
+                                         'uploads': 0o700, '.lock': 0o600})
+                code, _, err = proc.stop()
+                self.assertEqual(code, 0, err)
+                warnings = [line for line in err.splitlines() if 'open to other users' in line]
+                self.assertEqual(len(warnings), 1, err)
+                self.assertIn(f'the data folder {data} is open to other users (mode 755)', warnings[0])
+
 
 
 class HostileClientsTest(unittest.TestCase):
