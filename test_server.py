@@ -55,10 +55,10 @@ SCRATCH = tempfile.TemporaryDirectory(prefix='server-tests-')
 class LiveServer:
     """A real server on 127.0.0.1:<free port>, on its own event loop in a thread."""
 
-    def __init__(self, app=None, *, certfile='', keyfile='', access_log=False, root=WWW):
+    def __init__(self, app=None, *, certfile='', keyfile='', access_log=False, root=WWW, host='127.0.0.1'):
         self.tmp = tempfile.mkdtemp(prefix='server-test-')
         self.data = os.path.join(self.tmp, 'data')
-        self.config = server.Config(host='127.0.0.1', port=0, root=root, data=self.data,
+        self.config = server.Config(host=host, port=0, root=root, data=self.data,
                                     certfile=certfile, keyfile=keyfile, access_log=access_log)
         self.app = app if app is not None else server.build_site(self.config)
         self.loop = asyncio.new_event_loop()
@@ -2120,6 +2120,35 @@ class SecureCookieLiveTest(unittest.TestCase):
         app.trusted = server._parse_trusted('11.0.0.0/8')    # answers follow a new list
         self.assertIs(app.config_trusted('11.1.2.3'), True)
         self.assertIs(app.config_trusted('10.1.2.3'), False)
+
+    def test_default_trusted_proxies_are_both_loopbacks(self):
+        # nginx's `localhost` upstream may connect over ::1: if only 127.0.0.1 counted, every
+        # visitor would share the proxy's address (one rate-limit bucket for all).
+        config = server.config_from_args(['--data', SCRATCH.name], environ={})
+        for app in (server.App(data=fresh_dir(self)),
+                    server.App(data=fresh_dir(self), trusted_proxy=config.trusted_proxy)):
+            for address, trusted in (('127.0.0.1', True), ('::1', True), ('::2', False),
+                                     ('127.0.0.2', False), ('192.0.2.1', False)):
+                self.assertIs(app.config_trusted(address), trusted, address)
+        result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--help'],
+                                capture_output=True, text=True, timeout=30)
+        self.assertIn('(default: 127.0.0.1,::1)', ' '.join(result.stdout.split()))
+
+    def test_a_proxy_on_ipv6_loopback_is_believed_by_default(self):
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(('::1', 0))
+        except OSError:
+            self.skipTest('no IPv6 loopback')
+        live = LiveServer(request_app(fresh_dir(self)), host='::1')
+        self.addCleanup(live.stop)
+        conn = http.client.HTTPConnection('::1', live.port, timeout=5)
+        self.addCleanup(conn.close)
+        conn.request('GET', '/client', headers={'X-Forwarded-For': '203.0.113.9', 'X-Forwarded-Proto': 'https'})
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        got = json.loads(resp.read())
+        self.assertEqual((got['client'], got['scheme']), ('203.0.113.9', 'https'))
 
     def test_send_file_of_a_missing_file_is_an_error_response(self):
         # Was a bug, now fixed: Response.send_file() of a path that does not exist (e.g. an upload whose stored
