@@ -4775,6 +4775,68 @@ class DataFolderTest(unittest.TestCase):
         self.assertEqual(status_of(first.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
         self.assertEqual(first.stop()[0], 0)
 
+    @staticmethod
+    def open_files(pid):
+        names = set()
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f'/proc/{pid}/fd'):
+                with contextlib.suppress(OSError):
+                    names.add(os.readlink(f'/proc/{pid}/fd/{fd}'))
+        return names
+
+    def listening(self, pid, port):
+        """Does ``pid`` hold a socket listening on ``port``? (A worker listens once started.)"""
+        inodes = set()
+        for table in ('tcp', 'tcp6'):
+            with contextlib.suppress(OSError), open(f'/proc/{pid}/net/{table}') as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()
+                    if fields[1].endswith(f':{port:04X}') and fields[3] == '0A':
+                        inodes.add(f'socket:[{fields[9]}]')
+        return bool(inodes & self.open_files(pid))
+
+    def test_a_restarted_worker_leaves_its_siblings_uploads_alone(self):
+        if not os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children') or not hasattr(os, 'fork'):
+            self.skipTest('needs Linux /proc')
+        proc = ServerProcess('--workers', '2', '--no-access-log')
+        self.addCleanup(proc.cleanup)
+        upload_dir = os.path.join(proc.data, 'uploads')
+        workers = WorkersTest.children(self, proc.proc.pid)
+        deadline = time.monotonic() + 10
+        while not all(self.listening(pid, proc.port) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            workers = WorkersTest.children(self, proc.proc.pid)
+        self.assertEqual(len(workers), 2)
+        content = b'sibling upload ' * 5000
+        uploads = [self.start_slow_upload(proc.port, content) for _ in range(4)]
+        parts = self.wait_for_spool(upload_dir, count=4)
+        # Kill the worker holding the fewest spooling files: the other holds at least two.
+        held = {pid: {p for p in parts if os.path.join(upload_dir, p) in self.open_files(pid)} for pid in workers}
+        victim = min(workers, key=lambda pid: len(held[pid]))
+        survivor, = set(workers) - {victim}
+        self.assertGreaterEqual(len(held[survivor]), 2, held)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            new = set(WorkersTest.children(self, proc.proc.pid)) - {survivor, victim}
+            if new and self.listening(new.pop(), proc.port):
+                break                               # its startup is over: any sweep has run
+            time.sleep(0.02)
+        else:
+            self.fail('no new worker')
+        self.assertEqual(held[survivor] - set(os.listdir(upload_dir)), set(), 'a sibling swept them')
+        finished = 0
+        for browser, sock, rest in uploads:
+            with contextlib.suppress(OSError):
+                sock.sendall(rest)
+                response = read_response(sock.makefile('rb'), 'POST')
+                if response is not None:
+                    self.assertEqual((response[0], response[1].get('location')), (303, '/upload?done=1'))
+                    self.assertEqual(len(re.findall(r'href="/upload/(\d+)"', browser.get('/upload').text)), 1)
+                    finished += 1
+        self.assertGreaterEqual(finished, len(held[survivor]))
+        self.assertEqual(proc.stop()[0], 0)
+
     def test_data_files_are_private_whatever_the_umask_and_folder_mode(self):
         # A folder made by hand (mkdir under umask 022: mode 0755), once empty and once with
         # a database and uploads/ left 0644/0755 by an earlier run.
