@@ -2897,6 +2897,7 @@ def claim_data_folder(data):
     lives (forked workers inherit it). Also makes ``uploads/`` 0700 and warns if the folder
     itself is open to other users. Returns the descriptor, or None where flock does not exist.
     """
+    data = os.path.abspath(data)
     os.makedirs(data, mode=DATA_DIR_MODE, exist_ok=True)
     fd = None
     if fcntl is not None:
@@ -2908,7 +2909,7 @@ def claim_data_folder(data):
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise DataFolderInUse(f'cannot lock the data folder {data}: {exc.strerror}') from None
-            raise DataFolderInUse(f'the data folder {os.path.abspath(data)} is in use by another server '
+            raise DataFolderInUse(f'the data folder {data} is in use by another server '
                                   f'(pid {holder or "unknown"}): stop it or use another --data') from None
         os.fchmod(fd, DATA_FILE_MODE)
         os.ftruncate(fd, 0)
