@@ -64,6 +64,11 @@ import unicodedata
 import urllib.parse
 import weakref
 
+try:
+    import fcntl
+except ImportError:      # Windows: no flock, so one server per data folder is the owner's care
+    fcntl = None
+
 __version__ = '0.1.0'
 __all__ = [
     'App', 'Request', 'Response', 'HTTPError', 'Headers', 'UploadedFile', 'Database',
@@ -78,6 +83,8 @@ access_log = logging.getLogger('server.access')
 
 #: The data folder and its uploads: messages, e-mail and IP addresses, for the server's user only.
 DATA_DIR_MODE = 0o700
+#: The database files (app.db, -wal, -shm) and the data folder's lock: the server's user's alone.
+DATA_FILE_MODE = 0o600
 #: Longest request line; longer -> 414 (nginx large_client_header_buffers 8k, aiohttp 8190).
 MAX_REQUEST_LINE_BYTES = 8192
 #: Largest header section, request line included; larger -> 431.
@@ -162,7 +169,7 @@ class Config:
         'workers': (1, int, 'worker processes sharing the port (SO_REUSEPORT)'),
         'certfile': ('', str, 'TLS certificate (PEM): serve HTTPS'),
         'keyfile': ('', str, 'TLS private key (PEM)'),
-        'trusted_proxy': ('127.0.0.1', str, 'comma-separated proxy addresses whose X-Forwarded-* headers are believed'),
+        'trusted_proxy': ('127.0.0.1,::1', str, 'comma-separated proxy addresses whose X-Forwarded-* headers are believed'),
         'log_level': ('info', str, 'debug, info, warning or error'),
         'access_log': (True, bool, 'write the access log'),
         'reload': (False, bool, 'restart when server.py or a template changes (development)'),
@@ -2013,7 +2020,7 @@ class App:
 
     _default = None
 
-    def __init__(self, root=None, data='data', *, trusted_proxy='127.0.0.1', sessions=True,
+    def __init__(self, root=None, data='data', *, trusted_proxy='127.0.0.1,::1', sessions=True,
                  csrf=True, static=True, migrations=()):
         self.root = os.path.abspath(root) if root else None
         self.data = os.path.abspath(data)
@@ -2021,6 +2028,7 @@ class App:
         self.router = Router()
         self.before_hooks = []
         self.after_hooks = []
+        self.claim_hooks = []
         self.startup_hooks = []
         self.shutdown_hooks = []
         self.error_handlers = {}
@@ -2077,6 +2085,14 @@ class App:
             return fn
         return decorator
 
+    def on_claim(self, fn):
+        """``fn(app)`` runs once when a server takes the data folder, before any request and
+        before the startup hooks: the place to clear what a crashed run left behind. With
+        workers it runs in their parent before the first fork, never in a worker: a restarted
+        one would delete what its siblings are still writing."""
+        self.claim_hooks.append(fn)
+        return fn
+
     def on_startup(self, fn):
         self.startup_hooks.append(fn)
         return fn
@@ -2111,7 +2127,15 @@ class App:
         return answer
 
     # -- lifecycle --
-    async def startup(self):
+    async def claim(self):
+        """Run the claim hooks (see ``on_claim``)."""
+        for fn in self.claim_hooks:
+            await _runner(fn)(self)
+
+    async def startup(self, claim=True):
+        """Run the claim hooks (unless ``claim`` is false: a worker), then the startup hooks."""
+        if claim:
+            await self.claim()
         await asyncio.to_thread(self.templates.preload)
         for fn in self.startup_hooks:
             await _runner(fn)(self)
@@ -2279,7 +2303,7 @@ class App:
             access_log=True, log_level='info', reload=False):
         """Serve this app until SIGINT or SIGTERM (what ``python3 server.py`` does for the site)."""
         configure_logging(log_level)
-        config = Config(host=host, port=port, workers=workers, certfile=certfile or '',
+        config = Config(host=host, port=port, data=self.data, workers=workers, certfile=certfile or '',
                         keyfile=keyfile or '', access_log=access_log, log_level=log_level,
                         reload=reload)
         return serve_forever(lambda: self, config)
@@ -2929,6 +2953,58 @@ def _is_busy(exc):
     return 'locked' in text or 'busy' in text
 
 
+class DataFolderInUse(Exception):
+    """Another server holds the data folder (or it cannot be locked); main() prints it on one
+    line and exits 1."""
+
+
+def claim_data_folder(data):
+    """Make this process, and the workers it forks, the one server of ``data``; blocking.
+
+    An advisory lock (flock) on ``data/.lock``, which holds the owner's pid for the message
+    a second server gets: two servers on one folder would each sweep away the uploads the
+    other is still writing. The lock lasts while any process holding the returned descriptor
+    lives (forked workers inherit it). Also makes ``uploads/`` 0700 and warns if the folder
+    itself is open to other users. Returns the descriptor, or None where flock does not exist.
+    """
+    data = os.path.abspath(data)
+    os.makedirs(data, mode=DATA_DIR_MODE, exist_ok=True)
+    fd = None
+    if fcntl is not None:
+        fd = os.open(os.path.join(data, '.lock'), os.O_RDWR | os.O_CREAT, DATA_FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode('ascii', 'replace').strip()
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise DataFolderInUse(f'cannot lock the data folder {data}: {exc.strerror}') from None
+            raise DataFolderInUse(f'the data folder {data} is in use by another server '
+                                  f'(pid {holder or "unknown"}): stop it or use another --data') from None
+        os.fchmod(fd, DATA_FILE_MODE)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+    mode = os.stat(data).st_mode & 0o777
+    if mode & 0o077:
+        log.warning('the data folder %s is open to other users (mode %03o): chmod 700 it',
+                    data, mode)
+    upload_dir = os.path.join(data, 'uploads')
+    os.makedirs(upload_dir, mode=DATA_DIR_MODE, exist_ok=True)
+    os.chmod(upload_dir, DATA_DIR_MODE)     # a folder made by hand, or under a loose umask
+    return fd
+
+
+def _private_database_files(path):
+    """The database and its -wal and -shm the server's user's alone: SQLite gives a new -wal
+    and -shm the database file's mode, so a private database file keeps them private too."""
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, DATA_FILE_MODE))
+    for name in (path, path + '-wal', path + '-shm'):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(name).st_mode & 0o777 != DATA_FILE_MODE:
+                os.chmod(name, DATA_FILE_MODE)
+
+
 class Database:
     """SQLite on one dedicated thread, so the event loop never waits on it.
 
@@ -2984,6 +3060,7 @@ class Database:
 
     def _connect_once(self):
         os.makedirs(os.path.dirname(self.path), mode=DATA_DIR_MODE, exist_ok=True)
+        _private_database_files(self.path)
         conn = sqlite3.connect(self.path, timeout=DB_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -4504,12 +4581,13 @@ class Server:
         else:
             self.spawn = functools.partial(asyncio.Task, loop=loop)
 
-    async def start(self, sock=None):
+    async def start(self, sock=None, claim=True):
+        """Start the app (its claim hooks too, unless ``claim`` is false) and listen."""
         self.attach(asyncio.get_running_loop())
         self._last_fd_warning = -60.0
         self.loop.set_exception_handler(self._loop_exception)
         ssl_context = make_ssl_context(self.config.certfile, self.config.keyfile)
-        await self.app.startup()
+        await self.app.startup(claim)
         self._context = contextvars.copy_context()    # with what the startup hooks set
 
         def factory():
@@ -4763,7 +4841,7 @@ async def serve(app, config, sock=None, ready=None, worker=False, supervisor=Non
     its ``supervisor`` (a pid) is gone, even killed outright, instead of holding the port.
     """
     server = Server(app, config)
-    await server.start(sock)
+    await server.start(sock, claim=not worker)     # the parent claimed for its workers
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -4814,10 +4892,28 @@ async def serve(app, config, sock=None, ready=None, worker=False, supervisor=Non
 
 
 def serve_forever(app_factory, config):
-    """Run the server in this process, or supervise ``config.workers`` forked workers."""
-    if config.workers <= 1:
-        return asyncio.run(serve(app_factory(), config))
-    return supervise_workers(app_factory, config)
+    """Run the server in this process, or supervise ``config.workers`` forked workers.
+
+    The data folder is claimed first (DataFolderInUse if another server holds it) and stays
+    claimed until this process and every worker it forked have exited.
+    """
+    lock = claim_data_folder(config.data)
+    try:
+        if config.workers <= 1:
+            return asyncio.run(serve(app_factory(), config))
+        return supervise_workers(app_factory, config)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+async def _claim_and_close(app):
+    """The parent's share of a start with workers: the claim hooks, then no database thread
+    left to fork."""
+    try:
+        await app.claim()
+    finally:
+        await app.db.close()
 
 
 def supervise_workers(app_factory, config):
@@ -4873,6 +4969,7 @@ def supervise_workers(app_factory, config):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    asyncio.run(_claim_and_close(app_factory()))
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     for _ in range(config.workers):
@@ -5080,12 +5177,16 @@ def build_site(config):
     failures = {}   # client -> (count, first failure time)
     background = []
 
-    @app.on_startup
-    async def start(app):
-        await app.db.execute('SELECT 1')     # creates data/app.db and migrates it
+    @app.on_claim
+    async def sweep(app):
+        # Only while no other process can be writing uploads: see App.on_claim.
         removed = await app.db.run(_sweep_uploads, app.upload_dir)
         if removed:
             log.info('removed %d unfinished or orphaned upload files', removed)
+
+    @app.on_startup
+    async def start(app):
+        await app.db.execute('SELECT 1')     # creates data/app.db and migrates it
         await app.sessions.purge()
         await counter.load()
         person_path = os.path.join(app.root, 'templates', 'person.json')
@@ -5495,6 +5596,9 @@ def main(argv=None):
     except ConfigError as exc:
         print(f'server.py: error: {exc}', file=sys.stderr)
         return 2
+    except DataFolderInUse as exc:
+        print(f'server.py: error: {exc}', file=sys.stderr)
+        return 1
     except TemplateError as exc:    # every template is compiled at startup
         print(f'server.py: error: template {exc}', file=sys.stderr)
         return 1

@@ -58,10 +58,10 @@ SCRATCH = tempfile.TemporaryDirectory(prefix='server-tests-')
 class LiveServer:
     """A real server on 127.0.0.1:<free port>, on its own event loop in a thread."""
 
-    def __init__(self, app=None, *, certfile='', keyfile='', access_log=False, root=WWW):
+    def __init__(self, app=None, *, certfile='', keyfile='', access_log=False, root=WWW, host='127.0.0.1'):
         self.tmp = tempfile.mkdtemp(prefix='server-test-')
         self.data = os.path.join(self.tmp, 'data')
-        self.config = server.Config(host='127.0.0.1', port=0, root=root, data=self.data,
+        self.config = server.Config(host=host, port=0, root=root, data=self.data,
                                     certfile=certfile, keyfile=keyfile, access_log=access_log)
         self.app = app if app is not None else server.build_site(self.config)
         self.loop = asyncio.new_event_loop()
@@ -2395,6 +2395,35 @@ class SecureCookieLiveTest(unittest.TestCase):
         self.assertIs(app.config_trusted('11.1.2.3'), True)
         self.assertIs(app.config_trusted('10.1.2.3'), False)
 
+    def test_default_trusted_proxies_are_both_loopbacks(self):
+        # nginx's `localhost` upstream may connect over ::1: if only 127.0.0.1 counted, every
+        # visitor would share the proxy's address (one rate-limit bucket for all).
+        config = server.config_from_args(['--data', SCRATCH.name], environ={})
+        for app in (server.App(data=fresh_dir(self)),
+                    server.App(data=fresh_dir(self), trusted_proxy=config.trusted_proxy)):
+            for address, trusted in (('127.0.0.1', True), ('::1', True), ('::2', False),
+                                     ('127.0.0.2', False), ('192.0.2.1', False)):
+                self.assertIs(app.config_trusted(address), trusted, address)
+        result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--help'],
+                                capture_output=True, text=True, timeout=30)
+        self.assertIn('(default: 127.0.0.1,::1)', ' '.join(result.stdout.split()))
+
+    def test_a_proxy_on_ipv6_loopback_is_believed_by_default(self):
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(('::1', 0))
+        except OSError:
+            self.skipTest('no IPv6 loopback')
+        live = LiveServer(request_app(fresh_dir(self)), host='::1')
+        self.addCleanup(live.stop)
+        conn = http.client.HTTPConnection('::1', live.port, timeout=5)
+        self.addCleanup(conn.close)
+        conn.request('GET', '/client', headers={'X-Forwarded-For': '203.0.113.9', 'X-Forwarded-Proto': 'https'})
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        got = json.loads(resp.read())
+        self.assertEqual((got['client'], got['scheme']), ('203.0.113.9', 'https'))
+
     def test_send_file_of_a_missing_file_is_an_error_response(self):
         # Was a bug, now fixed: Response.send_file() of a path that does not exist (e.g. an upload whose stored
         # file was removed) fails in the connection's writer (os.stat -> FileNotFoundError,
@@ -3315,6 +3344,45 @@ class StorageTest(unittest.TestCase):
         self.assertEqual(self.query('PRAGMA user_version'), [(len(server.SITE_MIGRATIONS),)])
         tables = {r[0] for r in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self.assertLessEqual({'sessions', 'messages', 'uploads', 'counters'}, tables)
+
+    def test_the_server_connection_commits_with_synchronous_full(self):
+        # synchronous is per connection: ask the one the server writes through. FULL (2)
+        # makes a commit acknowledged to a visitor survive a power cut, not only a crash.
+        level = self.live.call(self.live.app.db.run(
+            lambda conn: conn.execute('PRAGMA synchronous').fetchone()[0]))
+        self.assertEqual(level, 2)
+
+    def test_an_upload_is_on_disk_before_its_row_commits(self):
+        # Every real fsync is recorded with the number of committed upload rows at that
+        # moment, read through a connection of the test's own.
+        real_fsync = os.fsync
+        fsyncs = []
+
+        def recording_fsync(fd):
+            st = os.fstat(fd)
+            with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as conn:
+                rows = conn.execute('SELECT COUNT(*) FROM uploads').fetchone()[0]
+            fsyncs.append(((st.st_dev, st.st_ino), rows))
+            return real_fsync(fd)
+        browser = WebClient(self.live.port, forwarded_for='192.0.2.62')
+        token = browser.csrf('/upload')
+        before = self.query('SELECT COUNT(*) FROM uploads')[0][0]
+        os.fsync = recording_fsync
+        try:
+            resp = browser.post_multipart('/upload', {'csrf_token': token},
+                                          {'file': ('durable.txt', b'kept through a power cut')})
+        finally:
+            os.fsync = real_fsync
+        self.assertEqual(resp.status, 303, resp.text[:300])
+        (stored,), = self.query("SELECT stored FROM uploads WHERE name = 'durable.txt'")
+        upload_dir = os.path.join(self.live.data, 'uploads')
+        file_st = os.stat(os.path.join(upload_dir, stored))
+        dir_st = os.stat(upload_dir)
+        # The file's bytes, and its entry (the rename to its stored name) in the folder,
+        # both reach the disk while its row is not yet committed.
+        self.assertIn(((file_st.st_dev, file_st.st_ino), before), fsyncs)
+        self.assertIn(((dir_st.st_dev, dir_st.st_ino), before), fsyncs)
+        self.assertEqual(self.query('SELECT COUNT(*) FROM uploads')[0][0], before + 1)
 
     def test_migrations_run_once(self):
         data = fresh_dir(self)
@@ -4298,7 +4366,7 @@ def free_port():
 class ServerProcess:
     """python3 server.py as a real subprocess on a free port with its own data folder."""
 
-    def __init__(self, *args, data=None, env=None):
+    def __init__(self, *args, data=None, env=None, umask=-1):
         self.tmp = tempfile.mkdtemp(prefix='server-proc-')
         self.data = data or os.path.join(self.tmp, 'data')
         self.port = free_port()
@@ -4308,7 +4376,7 @@ class ServerProcess:
             [sys.executable, os.path.join(HERE, 'server.py'), '--port', str(self.port),
              '--data', self.data, '--root', WWW, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})),
-            start_new_session=True)
+            start_new_session=True, umask=umask)
         self.banner = self.proc.stdout.readline().decode()
 
     def kill_all(self):
@@ -5042,6 +5110,152 @@ class WorkersTest(unittest.TestCase):
         while any(self.running(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         self.assertFalse([pid for pid in workers if self.running(pid)], 'orphaned workers kept running')
+
+
+class DataFolderTest(unittest.TestCase):
+    """One server owns a data folder at a time, and keeps its files to the server's user."""
+
+    def start_slow_upload(self, port, content):
+        """An upload whose head and first half are sent, its file part spooling: (browser, socket, rest)."""
+        browser = WebClient(port)
+        token = browser.csrf('/upload')
+        body, ctype = server.encode_multipart({'csrf_token': token}, {'file': ('slow.txt', content)})
+        sock = socket.create_connection(('127.0.0.1', port), timeout=10)
+        self.addCleanup(sock.close)
+        cookie = '; '.join(f'{k}={v}' for k, v in browser.cookies.items())
+        half = body.index(content) + len(content) // 2
+        sock.sendall(f'POST /upload HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\nContent-Type: {ctype}\r\n'
+                     f'Content-Length: {len(body)}\r\n\r\n'.encode() + body[:half])
+        return browser, sock, body[half:]
+
+    def wait_for_spool(self, upload_dir, count=1):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            parts = [n for n in os.listdir(upload_dir) if n.startswith('.part-')]
+            if len(parts) >= count:
+                return parts
+            time.sleep(0.02)
+        self.fail(f'no upload spooling in {upload_dir}')
+
+    def test_a_second_server_refuses_the_folder_and_an_upload_in_flight_survives(self):
+        first = ServerProcess('--no-access-log')
+        self.addCleanup(first.cleanup)
+        content = b'slow upload ' * 5000
+        browser, sock, rest = self.start_slow_upload(first.port, content)
+        self.wait_for_spool(os.path.join(first.data, 'uploads'))
+        second = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', str(free_port()),
+                                 '--data', first.data, '--root', WWW],
+                                capture_output=True, text=True, timeout=20)
+        self.assertEqual(second.returncode, 1, second.stderr)
+        self.assertEqual(second.stderr.splitlines(), [
+            f'server.py: error: the data folder {first.data} is in use by another server '
+            f'(pid {first.proc.pid}): stop it or use another --data'])
+        # The owner's reading command needs no lock: it works while the server runs.
+        messages = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), 'messages',
+                                   '--data', first.data], capture_output=True, text=True, timeout=20)
+        self.assertEqual((messages.returncode, messages.stdout), (0, 'No messages yet.\n'), messages.stderr)
+        sock.sendall(rest)                              # the upload in flight finishes as if alone
+        status, headers, _ = read_response(sock.makefile('rb'), 'POST')
+        self.assertEqual((status, headers.get('location')), (303, '/upload?done=1'))
+        ids = re.findall(r'href="/upload/(\d+)"', browser.get('/upload').text)
+        self.assertEqual(len(ids), 1)
+        self.assertEqual(browser.get(f'/upload/{ids[0]}').body, content)
+        self.assertEqual(status_of(first.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+        self.assertEqual(first.stop()[0], 0)
+
+    @staticmethod
+    def open_files(pid):
+        names = set()
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f'/proc/{pid}/fd'):
+                with contextlib.suppress(OSError):
+                    names.add(os.readlink(f'/proc/{pid}/fd/{fd}'))
+        return names
+
+    def listening(self, pid, port):
+        """Does ``pid`` hold a socket listening on ``port``? (A worker listens once started.)"""
+        inodes = set()
+        for table in ('tcp', 'tcp6'):
+            with contextlib.suppress(OSError), open(f'/proc/{pid}/net/{table}') as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()
+                    if fields[1].endswith(f':{port:04X}') and fields[3] == '0A':
+                        inodes.add(f'socket:[{fields[9]}]')
+        return bool(inodes & self.open_files(pid))
+
+    def test_a_restarted_worker_leaves_its_siblings_uploads_alone(self):
+        if not os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children') or not hasattr(os, 'fork'):
+            self.skipTest('needs Linux /proc')
+        proc = ServerProcess('--workers', '2', '--no-access-log')
+        self.addCleanup(proc.cleanup)
+        upload_dir = os.path.join(proc.data, 'uploads')
+        workers = WorkersTest.children(self, proc.proc.pid)
+        deadline = time.monotonic() + 10
+        while not all(self.listening(pid, proc.port) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            workers = WorkersTest.children(self, proc.proc.pid)
+        self.assertEqual(len(workers), 2)
+        content = b'sibling upload ' * 5000
+        uploads = [self.start_slow_upload(proc.port, content) for _ in range(4)]
+        parts = self.wait_for_spool(upload_dir, count=4)
+        # Kill the worker holding the fewest spooling files: the other holds at least two.
+        held = {pid: {p for p in parts if os.path.join(upload_dir, p) in self.open_files(pid)} for pid in workers}
+        victim = min(workers, key=lambda pid: len(held[pid]))
+        survivor, = set(workers) - {victim}
+        self.assertGreaterEqual(len(held[survivor]), 2, held)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            new = set(WorkersTest.children(self, proc.proc.pid)) - {survivor, victim}
+            if new and self.listening(new.pop(), proc.port):
+                break                               # its startup is over: any sweep has run
+            time.sleep(0.02)
+        else:
+            self.fail('no new worker')
+        self.assertEqual(held[survivor] - set(os.listdir(upload_dir)), set(), 'a sibling swept them')
+        finished = 0
+        for browser, sock, rest in uploads:
+            with contextlib.suppress(OSError):
+                sock.sendall(rest)
+                response = read_response(sock.makefile('rb'), 'POST')
+                if response is not None:
+                    self.assertEqual((response[0], response[1].get('location')), (303, '/upload?done=1'))
+                    self.assertEqual(len(re.findall(r'href="/upload/(\d+)"', browser.get('/upload').text)), 1)
+                    finished += 1
+        self.assertGreaterEqual(finished, len(held[survivor]))
+        self.assertEqual(proc.stop()[0], 0)
+
+    def test_data_files_are_private_whatever_the_umask_and_folder_mode(self):
+        # A folder made by hand (mkdir under umask 022: mode 0755), once empty and once with
+        # a database and uploads/ left 0644/0755 by an earlier run.
+        for leftovers in (False, True):
+            with self.subTest(leftovers=leftovers):
+                tmp = fresh_dir(self, 'server-modes-')
+                data = os.path.join(tmp, 'data')
+                os.mkdir(data)
+                os.chmod(data, 0o755)
+                if leftovers:
+                    os.mkdir(os.path.join(data, 'uploads'))
+                    os.chmod(os.path.join(data, 'uploads'), 0o755)
+                    sqlite3.connect(os.path.join(data, 'app.db')).close()
+                    os.chmod(os.path.join(data, 'app.db'), 0o644)
+                proc = ServerProcess('--no-access-log', data=data, umask=0o022)
+                self.addCleanup(proc.cleanup)
+                self.assertIn('serving http://', proc.banner)
+                browser = WebClient(proc.port)
+                token = browser.csrf('/contact')       # a row written: the journal is in use
+                resp = browser.post_form('/contact', {'csrf_token': token, 'name': 'N',
+                                                      'email': 'n@example.com', 'message': 'hello'})
+                self.assertEqual(resp.status, 303)
+                modes = {name: os.stat(os.path.join(data, name)).st_mode & 0o777
+                         for name in ('app.db', 'app.db-wal', 'app.db-shm', 'uploads', '.lock')}
+                self.assertEqual(modes, {'app.db': 0o600, 'app.db-wal': 0o600, 'app.db-shm': 0o600,
+                                         'uploads': 0o700, '.lock': 0o600})
+                code, _, err = proc.stop()
+                self.assertEqual(code, 0, err)
+                warnings = [line for line in err.splitlines() if 'open to other users' in line]
+                self.assertEqual(len(warnings), 1, err)
+                self.assertIn(f'the data folder {data} is open to other users (mode 755)', warnings[0])
 
 
 
