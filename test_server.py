@@ -2022,16 +2022,20 @@ class RequestResponseTest(unittest.TestCase):
         plain = self.app.test_client()
         secure = server.TestClient(self.app, scheme='https')
         try:
-            sc_plain = set_cookie_named(plain.get('/login').headers.get_all('set-cookie'), 'sid')
-            sc_secure = set_cookie_named(secure.get('/login').headers.get_all('set-cookie'), 'sid')
+            set_plain = plain.get('/login').headers.get_all('set-cookie')
+            set_secure = secure.get('/login').headers.get_all('set-cookie')
         finally:
             plain.close()
             secure.close()
+        sc_plain, sc_secure = set_cookie_named(set_plain, 'sid'), set_cookie_named(set_secure, '__Host-sid')
+        self.assertIsNone(set_cookie_named(set_plain, '__Host-sid'))
+        self.assertIsNone(set_cookie_named(set_secure, 'sid'))
         for value in (sc_plain, sc_secure):
             attrs = cookie_attrs(value)
             self.assertIn('httponly', attrs)
             self.assertEqual(attrs['samesite'], 'Lax')
             self.assertEqual(attrs['path'], '/')
+            self.assertNotIn('domain', attrs)       # __Host- requires none
         self.assertNotIn('secure', cookie_attrs(sc_plain))
         self.assertIn('secure', cookie_attrs(sc_secure))
 
@@ -2089,19 +2093,24 @@ class RequestResponseTest(unittest.TestCase):
 class SecureCookieLiveTest(unittest.TestCase):
     """Secure on the sid cookie from a trusted proxy's X-Forwarded-Proto, not from anyone else."""
 
-    def live_set_cookie(self, trusted_proxy, proto):
+    def live_set_cookie(self, trusted_proxy, proto, name='sid'):
         data = fresh_dir(self)
         live = LiveServer(request_app(data, trusted_proxy=trusted_proxy))
         self.addCleanup(live.stop)
         headers = {'X-Forwarded-Proto': proto} if proto else {}
         resp = WebClient(live.port).get('/login', headers=headers)
         self.assertEqual(resp.status, 200)
-        return cookie_attrs(set_cookie_named(resp.set_cookies, 'sid')), resp
+        self.assertEqual(len(resp.set_cookies), 1, resp.set_cookies)
+        return cookie_attrs(set_cookie_named(resp.set_cookies, name)), resp
 
     def test_trusted_proxy_https(self):
-        attrs, _ = self.live_set_cookie('127.0.0.1', 'https')
+        # Over HTTPS the cookie is __Host-sid: Secure, Path=/ and no Domain, so nothing but
+        # this host over HTTPS can set it.
+        attrs, _ = self.live_set_cookie('127.0.0.1', 'https', '__Host-sid')
         self.assertIn('secure', attrs)
         self.assertIn('httponly', attrs)
+        self.assertEqual(attrs['path'], '/')
+        self.assertNotIn('domain', attrs)
 
     def test_trusted_proxy_plain_http(self):
         attrs, _ = self.live_set_cookie('127.0.0.1', None)
@@ -2110,6 +2119,26 @@ class SecureCookieLiveTest(unittest.TestCase):
     def test_untrusted_peer_cannot_claim_https(self):
         attrs, _ = self.live_set_cookie('10.9.9.9', 'https')
         self.assertNotIn('secure', attrs)
+
+    def test_each_scheme_reads_only_its_own_session_cookie(self):
+        # A sid cookie planted over plain HTTP (or by a sibling subdomain) is not read over
+        # HTTPS, and a __Host-sid is not read over plain HTTP.
+        live = LiveServer()
+        self.addCleanup(live.stop)
+        https = {'X-Forwarded-Proto': 'https'}
+        for headers, own, other in ((https, '__Host-sid', 'sid'), ({}, 'sid', '__Host-sid')):
+            with self.subTest(own=own):
+                browser = WebClient(live.port)
+                page = browser.get('/upload', headers=headers)
+                self.assertEqual(list(browser.cookies), [own])
+                token = WebClient.CSRF_RE.search(page.text).group(1)
+                resp = browser.post_multipart('/upload', {'csrf_token': token}, {'file': ('a.txt', b'mine')}, headers)
+                self.assertEqual(resp.status, 303)
+                self.assertIn('a.txt', browser.get('/upload', headers=headers).text)
+                browser.cookies = {other: browser.cookies[own]}       # the same id, the other name
+                self.assertNotIn('a.txt', browser.get('/upload', headers=headers).text)
+                resp = browser.post_multipart('/upload', {'csrf_token': token}, {'file': ('b.txt', b'x')}, headers)
+                self.assertEqual(resp.status, 403)
 
     def test_trusted_peers_by_address_and_network(self):
         app = server.App(data=fresh_dir(self), trusted_proxy='10.0.0.0/8, ::1, fe80::/10')
@@ -3983,6 +4012,13 @@ class TLSTest(unittest.TestCase):
         self.assertIn(b'<html', body)
         self.assertIn('max-age', resp.getheader('Strict-Transport-Security'))
         self.assertIn('Secure', resp.getheader('Set-Cookie') or 'Secure')
+        conn.request('GET', '/contact')           # a form: direct TLS names the cookie __Host-sid
+        resp = conn.getresponse()
+        resp.read()
+        attrs = cookie_attrs(resp.getheader('Set-Cookie'))
+        self.assertIn('__Host-sid', attrs)
+        self.assertIn('secure', attrs)
+        self.assertEqual(attrs['path'], '/')
         conn.request('GET', '/img/og.png')        # a file through the TLS (non-sendfile) path
         resp = conn.getresponse()
         with open(os.path.join(WWW, 'img', 'og.png'), 'rb') as f:
