@@ -5153,6 +5153,20 @@ def _admin_attempt(conn, address, now):
         return None
 
 
+def _sign_out_admins(conn):
+    """Delete every signed-in admin's session -- blocking."""
+    doomed = []
+    for key, data in conn.execute("SELECT id, data FROM sessions WHERE data LIKE '%admin%'"):
+        with contextlib.suppress(ValueError):
+            if 'admin' in json.loads(data):
+                doomed.append((key,))
+    if doomed:
+        with conn:
+            conn.execute('BEGIN IMMEDIATE')
+            conn.executemany('DELETE FROM sessions WHERE id = ?', doomed)
+    return len(doomed)
+
+
 def _admin_failure_address(client):
     """The key of the failed-login table: the address, or an IPv6 client's /64, which one
     client can hold whole."""
@@ -5182,6 +5196,10 @@ def build_site(config):
         if removed:
             log.info('removed %d unfinished or orphaned upload files', removed)
         await app.sessions.purge()
+        if not admin_password:
+            # /admin is off: its sessions end, so a password set again (even the same one)
+            # is asked for again.
+            await app.db.run(_sign_out_admins)
         await counter.load()
         person_path = os.path.join(app.root, 'templates', 'person.json')
         app.template_globals['person'] = json.loads(await asyncio.to_thread(_read_text, person_path))
