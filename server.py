@@ -2046,7 +2046,7 @@ class App:
     # -- lifecycle --
     async def startup(self):
         await asyncio.to_thread(self.templates.preload)
-        if self._secret is None:
+        if self.sessions_enabled and self._secret is None:
             self._secret = await asyncio.to_thread(_load_secret, os.path.join(self.data, SECRET_FILE))
         for fn in self.startup_hooks:
             await _runner(fn)(self)
@@ -3280,6 +3280,21 @@ class SessionStore:
             await self.purge()
         return stored
 
+    async def claim(self, session, key, value):
+        """Store ``key`` in the session's row now unless the row holds one already, and return
+        the value kept (also put in ``session``): requests of one session that claim at once
+        (two tabs) all get the same one. None if the session's row was deleted meanwhile (a
+        logout): it is never brought back. ``value`` is JSON and not None."""
+        expires = time.time() + SESSION_LIFETIME_S
+        kept = await self.db.run(_claim_session_key, _session_key(session.ensure_id()), key,
+                                 json.dumps({**session, key: value}), expires, session.stored, time.time())
+        if kept is not None:
+            dict.__setitem__(session, key, kept)
+            session.stored = True
+            session.expires = expires
+            session.send_cookie = True      # with the row's lifetime
+        return kept
+
     async def delete(self, sid):
         await self.db.execute('DELETE FROM sessions WHERE id = ?', (_session_key(sid),))
 
@@ -3306,6 +3321,28 @@ def _create_session(conn, key, data, expires, now):
     # else: the row of an expired session with this id, whose data is never brought back
     conn.execute('UPDATE sessions SET data = ?, expires = ? WHERE id = ?', (data, expires, key))
     return True
+
+
+def _claim_session_key(conn, row_key, key, data, expires, stored, now):
+    ours = json.loads(data)
+    with conn:
+        conn.execute('BEGIN IMMEDIATE')
+        row = conn.execute('SELECT data, expires FROM sessions WHERE id = ?', (row_key,)).fetchone()
+        if row is not None and row[1] > now:
+            try:
+                theirs = json.loads(row[0])
+            except ValueError:
+                theirs = {}
+            if key in theirs:
+                return theirs[key]
+            theirs[key] = ours[key]
+            conn.execute('UPDATE sessions SET data = ? WHERE id = ?', (json.dumps(theirs), row_key))
+        elif stored:
+            return None
+        else:       # the first row of this id (one that expired is replaced, not revived)
+            conn.execute('INSERT OR REPLACE INTO sessions (id, data, expires) VALUES (?, ?, ?)',
+                         (row_key, data, expires))
+        return ours[key]
 
 
 def _save_session(conn, key, old_key, data, expires, new):
@@ -5309,9 +5346,12 @@ def build_site(config):
             return await upload_page(request, error='Please choose a non-empty file to upload.', status=400)
         owner = request.session.get('upload_owner')
         if not owner:
-            # Derived from the session id, not drawn at random: first uploads sent at once
-            # (two tabs) all pick this one, whichever of them stores the session last.
-            owner = request.session['upload_owner'] = app.keyed_hash('upload owner', request.session.ensure_id())
+            # Stored in the session's row before the file is: first uploads sent at once (two
+            # tabs) all get the token the first of them stored. Random, not derived from the
+            # session id, so a sign-in's new id or a sign-out cuts the old cookie off.
+            owner = await app.sessions.claim(request.session, 'upload_owner', secrets.token_urlsafe(24))
+            if owner is None:
+                abort(403, 'Your session has ended; reload the page and try again.')
         mine, everyone, free = await app.db.run(_upload_usage, owner, app.upload_dir)
         if mine['n'] >= UPLOAD_QUOTA_FILES or mine['bytes'] + upload.size > UPLOAD_QUOTA_BYTES:
             return await upload_page(request, status=429, error=(
@@ -5612,6 +5652,9 @@ def main(argv=None):
         print(f'server.py: error: template {exc}', file=sys.stderr)
         return 1
     except OSError as exc:
+        if exc.filename:            # a file of the data folder (its secret key), not the port
+            print(f'server.py: error: {exc.filename}: {exc.strerror or exc}', file=sys.stderr)
+            return 1
         # Most often the port: in use, or below 1024 without the right to bind it.
         print(f'server.py: error: cannot listen: {exc.strerror or exc}', file=sys.stderr)
         return 1

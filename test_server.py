@@ -4061,6 +4061,30 @@ class SiteSessionTest(unittest.TestCase):
         for name, upload_id in listed.items():
             self.assertEqual(browser.get(f'/upload/{upload_id}').body, files[name])
 
+    def test_an_old_cookie_loses_the_uploads_at_sign_in(self):
+        # The upload owner is random and lives in the session's row: someone who still holds
+        # the cookie from before a sign-in (a fixed or stolen id) gets a session of its own,
+        # with none of the files.
+        browser = WebClient(self.port, forwarded_for='198.51.100.72')
+        token = browser.csrf('/upload')
+        resp = browser.post_multipart('/upload', {'csrf_token': token}, {'file': ('mine.txt', b'private')})
+        self.assertEqual(resp.status, 303)
+        attrs = cookie_attrs(set_cookie_named(resp.set_cookies, 'sid'))      # the row's lifetime now
+        self.assertEqual(int(attrs['max-age']), server.SESSION_LIFETIME_S)
+        old = dict(browser.cookies)
+        self.assertEqual(browser.post_form('/admin/login', {'csrf_token': browser.csrf('/admin'),
+                                                            'password': self.PASSWORD}).status, 303)
+        self.assertIn('mine.txt', browser.get('/upload').text)
+        holder = WebClient(self.port, forwarded_for='198.51.100.73')
+        holder.cookies = old
+        token = holder.csrf('/upload')
+        self.assertNotIn('mine.txt', holder.get('/upload').text)
+        self.assertEqual(holder.post_multipart('/upload', {'csrf_token': token},
+                                               {'file': ('theirs.txt', b'x')}).status, 303)
+        page = holder.get('/upload').text
+        self.assertIn('theirs.txt', page)
+        self.assertNotIn('mine.txt', page)
+
     def test_csrf_token_is_renewed_at_sign_in(self):
         browser = WebClient(self.port, forwarded_for='198.51.100.71')
         before = browser.csrf('/admin')
@@ -4278,6 +4302,15 @@ class CommandLineTest(unittest.TestCase):
                 self.assertEqual(result.returncode, 2, result.stderr)
                 self.assertEqual(result.stderr.count('\n'), 1, result.stderr)
                 self.assertNotIn('Traceback', result.stderr)
+
+    def test_a_damaged_secret_key_is_a_one_line_error(self):
+        data = fresh_dir(self, 'server-cli-')
+        with open(os.path.join(data, server.SECRET_FILE), 'wb') as f:
+            f.write(b'short')
+        result = self.run_cli('--port', '0', '--data', data)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(result.stderr.count('\n'), 1, result.stderr)
+        self.assertIn(server.SECRET_FILE + ': too short to be a secret key', result.stderr)
 
     def test_a_broken_template_is_a_one_line_error_and_data_is_private(self):
         tmp = tempfile.mkdtemp(prefix='server-cli-')
