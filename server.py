@@ -146,8 +146,8 @@ STATIC_CACHE_BYTES = 32 * 1024 * 1024
 STATIC_CHUNK_BYTES = 256 * 1024
 #: Sessions expire after this many idle seconds (sliding).
 SESSION_LIFETIME_S = 14 * 24 * 3600
-#: A session holding nothing but a CSRF token (a visitor who only looked at a form) lasts this
-#: long, so page views cannot pile up rows for two weeks.
+#: The session cookie of a visitor who has only looked at a form (an id for its CSRF token,
+#: no row) lasts this long, renewed each time a form is shown again.
 ANON_SESSION_LIFETIME_S = 2 * 3600
 #: SQLite waits this long for a lock held by another process before giving up -> 503.
 DB_BUSY_TIMEOUT_MS = 5000
@@ -1402,14 +1402,16 @@ class Request:
 
     @property
     def csrf_token(self):
-        """This session's CSRF token, created on first use (put it in forms as ``csrf_token``)."""
-        if self.session is None:
+        """This session's CSRF token (put it in forms as ``csrf_token``); it changes with the
+        session id, so ``rotate()`` at sign-in renews it."""
+        session = self.session
+        if session is None:
             raise RuntimeError('sessions need App(data=...) and a request through the app')
-        token = self.session.get('_csrf')
-        if not token:
-            token = secrets.token_urlsafe(32)
-            self.session['_csrf'] = token
-        return token
+        if not session.stored:
+            # A keyed hash of the id needs no row: only the cookie is sent, and sent again
+            # with each form shown, so it outlives the visit to the page.
+            session.send_cookie = True
+        return self.app.keyed_hash('csrf', session.ensure_id())
 
     def __repr__(self):
         return f'<Request {self.method} {self.target}>'
@@ -2038,6 +2040,7 @@ class App:
         self._trusted_answers = (list(self.trusted), {})   # config_trusted: address -> bool
         self.db = Database(os.path.join(self.data, 'app.db'), migrations)
         self.sessions = SessionStore(self.db)
+        self._secret = None
         self.templates = Templates(os.path.join(self.root, 'templates') if self.root else None)
         self.template_globals = {}
         self.static = StaticFiles(self.root, exclude=('templates',)) if (self.root and static) else None
@@ -2137,6 +2140,8 @@ class App:
         if claim:
             await self.claim()
         await asyncio.to_thread(self.templates.preload)
+        if self.sessions_enabled and self._secret is None:
+            self._secret = await asyncio.to_thread(_load_secret, os.path.join(self.data, SECRET_FILE))
         for fn in self.startup_hooks:
             await _runner(fn)(self)
 
@@ -2147,6 +2152,16 @@ class App:
             except Exception:
                 log.exception('shutdown hook failed')
         await self.db.close()
+
+    def keyed_hash(self, purpose, value):
+        """HMAC-SHA256 of ``value`` under the data folder's secret, as 64 hex digits: the same
+        in every process on that folder, and unguessable without the secret.
+        ``purpose`` keeps the hashes made for different uses apart."""
+        secret = self._secret
+        if secret is None:      # an App used without startup(): read once, here
+            secret = self._secret = _load_secret(os.path.join(self.data, SECRET_FILE))
+        message = purpose.encode() + b'\0' + value.encode('utf-8', 'surrogatepass')
+        return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
     # -- handling: the one place where errors become responses --
     async def handle(self, request):
@@ -2222,8 +2237,8 @@ class App:
         if length is not None and length > route.max_body:
             raise HTTPError(413, _too_large(route.max_body))
         csrf = route.csrf and method in _STATE_CHANGING and request.content_type in _CSRF_CONTENT_TYPES
-        if csrf and not (request._session and request._session.get('_csrf')):
-            # No session token to match: refuse before reading (and spooling) the body.
+        if csrf and (request._session is None or not request._session.id):
+            # No session id, so no token to match: refuse before reading (and spooling) the body.
             raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
         if route.stream:
             pass
@@ -2245,35 +2260,39 @@ class App:
         raise HTTPError(405, headers={'Allow': 'GET, HEAD, OPTIONS'})
 
     def _check_csrf(self, request):
-        if request.session is None:
+        session = request.session
+        if session is None:
             raise HTTPError(403, 'CSRF check needs sessions')
-        expected = request.session.get('_csrf')
         sent = request.headers.get('x-csrf-token') or request.form.get('csrf_token') or ''
-        if not expected or not hmac.compare_digest(expected.encode(), sent.encode('utf-8', 'replace')):
+        if not session.id or not hmac.compare_digest(self.keyed_hash('csrf', session.id).encode(),
+                                                     sent.encode('utf-8', 'replace')):
             raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
 
     async def _load_session(self, request):
         # Only a request that brings a cookie costs a database read; others get an empty
         # session on first use (Request.session).
-        sid = request.cookies.get('sid')
+        sid = request.cookies.get(_session_cookie_name(request))
         if sid:
             request._session = await self.sessions.load(sid)
         request._session_ready = True
 
     async def _save_session(self, request, response):
         session = request.session
+        name, secure = _session_cookie_name(request), request.is_secure
         if session.destroyed:
             if session.old_id:
                 await self.sessions.delete(session.old_id)
-            response.delete_cookie('sid', secure=request.is_secure)
+            response.delete_cookie(name, secure=secure)
             return
-        if not session.should_save():
+        if session.should_save():
+            if not await self.sessions.save(session):
+                # deleted meanwhile (a logout in another tab): never brought back
+                response.delete_cookie(name, secure=secure)
+                return
+        elif not session.send_cookie:
             return
-        if await self.sessions.save(session):
-            response.set_cookie('sid', session.id, max_age=session.lifetime(),
-                                secure=request.is_secure, httponly=True, samesite='Lax')
-        else:   # deleted meanwhile (a logout in another tab): never brought back
-            response.delete_cookie('sid', secure=request.is_secure)
+        response.set_cookie(name, session.id, max_age=session.lifetime(),
+                            secure=secure, httponly=True, samesite='Lax')
 
     async def error_response(self, request, error):
         """The response for an HTTPError: the app's handler for that status, else plain text."""
@@ -2307,6 +2326,13 @@ class App:
                         keyfile=keyfile or '', access_log=access_log, log_level=log_level,
                         reload=reload)
         return serve_forever(lambda: self, config)
+
+
+def _session_cookie_name(request):
+    # Over HTTPS the __Host- prefix makes browsers refuse the cookie unless it is Secure,
+    # Path=/ and has no Domain, so a sibling subdomain or a plain-HTTP answer cannot plant
+    # one (RFC 6265bis 4.1.3.2). Each scheme reads only its own name.
+    return '__Host-sid' if request.is_secure else 'sid'
 
 
 def error_page(error):
@@ -3230,17 +3256,28 @@ def _db_fetchall(conn, sql, params):
 class Session(dict):
     """Server-side session data for one browser (dict-like, JSON-serialisable values).
 
-    ``rotate()`` gives it a new id (do it at login: no session fixation); ``destroy()``
-    deletes it at the end of the request.
+    ``id`` is the cookie's value, None until something needs one (``ensure_id()``); a row
+    is written only once something is stored. ``rotate()`` gives it a new id (do it at
+    login: no session fixation, and a new CSRF token); ``destroy()`` deletes it at the
+    end of the request.
     """
 
-    def __init__(self, data=None, sid=None, expires=0.0):
+    def __init__(self, data=None, sid=None, expires=0.0, stored=False):
         super().__init__(data or {})
         self.id = sid
         self.old_id = None
         self.expires = expires
+        self.stored = stored         # a row holds it; else at most the cookie exists
+        self.send_cookie = False     # the response sets the cookie even with nothing to store
         self.modified = False
         self.destroyed = False
+
+    def ensure_id(self):
+        """The session's id, made now (and sent as the cookie) if it has none."""
+        if self.id is None:
+            self.id = secrets.token_urlsafe(32)
+            self.send_cookie = True
+        return self.id
 
     def __setitem__(self, key, value):
         super().__setitem__(key, value)
@@ -3272,6 +3309,7 @@ class Session(dict):
         if self.id is not None and self.old_id is None:
             self.old_id = self.id
         self.id = None
+        self.stored = False
         self.modified = True
 
     def destroy(self):
@@ -3281,25 +3319,70 @@ class Session(dict):
             self.old_id = self.id
 
     def lifetime(self):
-        return ANON_SESSION_LIFETIME_S if self.keys() <= {'_csrf'} else SESSION_LIFETIME_S
+        return SESSION_LIFETIME_S if self else ANON_SESSION_LIFETIME_S
 
     def should_save(self):
         if self.modified:
-            return bool(self) or self.id is not None
+            return bool(self) or self.stored or self.old_id is not None
         # Sliding expiry: push the expiry forward at most once per tenth of the lifetime.
         lifetime = self.lifetime()
-        return self.id is not None and self.expires - time.time() < lifetime * 0.9
+        return self.stored and self.expires - time.time() < lifetime * 0.9
+
+
+#: The data folder's secret key (CSRF tokens, and App.keyed_hash for the app): made at first
+#: start, mode 0600; deleting it signs everyone out.
+SECRET_FILE = 'secret.key'
+SECRET_BYTES = 32
+
+
+def _load_secret(path):
+    """The secret key in ``path``, made first if there is none -- blocking.
+
+    It is written whole under a temporary name and linked into place, which fails if
+    the name exists (as O_EXCL does): processes starting together (workers, a second
+    app on the folder) all end up reading the one that was linked first, never half of one.
+    """
+    try:
+        with open(path, 'rb') as f:
+            secret = f.read()
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=DATA_DIR_MODE, exist_ok=True)
+        temporary = f'{path}.{secrets.token_hex(8)}.tmp'
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(SECRET_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
+        with open(path, 'rb') as f:
+            secret = f.read()
+    if len(secret) < SECRET_BYTES:
+        raise OSError(errno.EINVAL, f'too short to be a secret key (delete it to make a new one, '
+                                    f'which signs everyone out)', path)
+    return secret
 
 
 def _session_key(sid):
     return hashlib.sha256(sid.encode('utf-8', 'replace')).hexdigest()
 
 
+# What secrets.token_urlsafe(32) makes: any other cookie value is not one of our ids.
+_SESSION_ID_RE = re.compile(r'[A-Za-z0-9_-]{43}')
+
+
 class SessionStore:
     """Sessions as rows keyed by the sha256 of a ``secrets.token_urlsafe(32)`` cookie value.
 
-    An id the server never issued (or one that expired) is never adopted: the visitor gets
-    a fresh, empty session with a new id.
+    A cookie value of any other shape is never adopted: the visitor gets a fresh, empty
+    session with a new id. A well-formed id without a row (a visitor who has only seen a
+    form, or one whose session expired) carries on, empty, and gets its row when something
+    is stored in it.
     """
 
     def __init__(self, db):
@@ -3307,44 +3390,57 @@ class SessionStore:
         self._last_purge = 0.0
 
     async def load(self, sid):
-        if not sid or len(sid) > 100:
+        if not _SESSION_ID_RE.fullmatch(sid):
             return Session()
         row = await self.db.fetchone('SELECT data, expires FROM sessions WHERE id = ? AND expires > ?',
                                      (_session_key(sid), time.time()))
         if row is None:
-            return Session()
+            return Session(None, sid)
         try:
             data = json.loads(row['data'])
         except ValueError:
             data = {}
-        return Session(data, sid, row['expires'])
+        return Session(data, sid, row['expires'], stored=True)
 
     async def save(self, session):
         """Store the session; False if a loaded session's row was deleted meanwhile.
 
-        A new (or rotated) session is inserted; one loaded from the database is only ever
-        updated, so a request still in flight cannot resurrect a session that a logout
-        deleted.
+        A session first stored (new or rotated) is inserted; one loaded from the database
+        is only ever updated, so a request still in flight cannot resurrect a session that
+        a logout deleted.
         """
-        new = session.id is None
-        if new:
-            session.id = secrets.token_urlsafe(32)
+        key = _session_key(session.ensure_id())
         session.expires = time.time() + session.lifetime()
-        if new and session.old_id is None:
-            # Every visitor without a cookie who opens a page with a form gets one: each in
-            # a transaction (and fsync) of its own made GET /contact disk-bound.
-            stored = await self.db.grouped(_insert_session, _session_key(session.id),
-                                           json.dumps(dict(session)), session.expires)
+        if not session.stored and session.old_id is None:
+            # A first write shares its transaction (and fsync) with the others of the moment.
+            stored = await self.db.grouped(_create_session, key, json.dumps(dict(session)),
+                                           session.expires, time.time())
         else:
-            stored = await self.db.run(_save_session, _session_key(session.id),
+            stored = await self.db.run(_save_session, key,
                                        _session_key(session.old_id) if session.old_id else None,
-                                       json.dumps(dict(session)), session.expires, new)
+                                       json.dumps(dict(session)), session.expires, not session.stored)
+        session.stored = stored
         session.modified = False
         session.old_id = None
         if time.monotonic() - self._last_purge > 600:
             self._last_purge = time.monotonic()
             await self.purge()
         return stored
+
+    async def claim(self, session, key, value):
+        """Store ``key`` in the session's row now unless the row holds one already, and return
+        the value kept (also put in ``session``): requests of one session that claim at once
+        (two tabs) all get the same one. None if the session's row was deleted meanwhile (a
+        logout): it is never brought back. ``value`` is JSON and not None."""
+        expires = time.time() + SESSION_LIFETIME_S
+        kept = await self.db.run(_claim_session_key, _session_key(session.ensure_id()), key,
+                                 json.dumps({**session, key: value}), expires, session.stored, time.time())
+        if kept is not None:
+            dict.__setitem__(session, key, kept)
+            session.stored = True
+            session.expires = expires
+            session.send_cookie = True      # with the row's lifetime
+        return kept
 
     async def delete(self, sid):
         await self.db.execute('DELETE FROM sessions WHERE id = ?', (_session_key(sid),))
@@ -3354,9 +3450,46 @@ class SessionStore:
         await self.db.execute('DELETE FROM sessions WHERE expires < ?', (time.time(),))
 
 
-def _insert_session(conn, key, data, expires):
-    conn.execute('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?)', (key, data, expires))
+def _create_session(conn, key, data, expires, now):
+    """Insert a session's first row. Requests of one visitor that store something at once
+    (two tabs, one cookie) all come here with the same id: the first inserts, the others
+    add what they stored to its row instead of failing or overwriting it."""
+    row = conn.execute('SELECT data, expires FROM sessions WHERE id = ?', (key,)).fetchone()
+    if row is None:
+        conn.execute('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?)', (key, data, expires))
+        return True
+    if row[1] > now:
+        try:
+            merged = json.loads(row[0])
+        except ValueError:
+            merged = {}
+        merged.update(json.loads(data))
+        data = json.dumps(merged)
+    # else: the row of an expired session with this id, whose data is never brought back
+    conn.execute('UPDATE sessions SET data = ?, expires = ? WHERE id = ?', (data, expires, key))
     return True
+
+
+def _claim_session_key(conn, row_key, key, data, expires, stored, now):
+    ours = json.loads(data)
+    with conn:
+        conn.execute('BEGIN IMMEDIATE')
+        row = conn.execute('SELECT data, expires FROM sessions WHERE id = ?', (row_key,)).fetchone()
+        if row is not None and row[1] > now:
+            try:
+                theirs = json.loads(row[0])
+            except ValueError:
+                theirs = {}
+            if key in theirs:
+                return theirs[key]
+            theirs[key] = ours[key]
+            conn.execute('UPDATE sessions SET data = ? WHERE id = ?', (json.dumps(theirs), row_key))
+        elif stored:
+            return None
+        else:       # the first row of this id (one that expired is replaced, not revived)
+            conn.execute('INSERT OR REPLACE INTO sessions (id, data, expires) VALUES (?, ?, ?)',
+                         (row_key, data, expires))
+        return ours[key]
 
 
 def _save_session(conn, key, old_key, data, expires, new):
@@ -5024,6 +5157,14 @@ SITE_MIGRATIONS = [
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO counters (name, value) VALUES ('visits', 0);
     ''',
+    '''
+    CREATE TABLE IF NOT EXISTS admin_failures (
+        address TEXT PRIMARY KEY,         -- a client address (an IPv6 client's /64)
+        failures INTEGER NOT NULL,
+        until REAL NOT NULL               -- when the count (and any lockout) ends
+    );
+    CREATE INDEX IF NOT EXISTS admin_failures_until ON admin_failures (until);
+    ''',
 ]
 
 #: Contact messages allowed per client address in CONTACT_WINDOW_S; more -> 429.
@@ -5038,6 +5179,8 @@ UPLOAD_MIN_FREE_BYTES = 256 * 1024 * 1024
 #: Failed admin logins per client address before a lockout of ADMIN_LOCKOUT_S -> 429.
 ADMIN_MAX_FAILURES = 5
 ADMIN_LOCKOUT_S = 900
+#: Addresses the failed-login table keeps at most (the ones whose window ends first go).
+ADMIN_FAILURE_ADDRESSES = 10000
 # An address as people type theirs: a local part of letters, digits and ._%+- (no ?, & or =
 # to smuggle headers into a mailto: link), then a domain of DNS labels under a real TLD.
 _EMAIL_RE = re.compile(r'[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+'
@@ -5168,13 +5311,60 @@ def _store_upload(conn, upload, upload_dir, owner):
             (owner, upload.filename, stored, upload.size, upload.content_type[:100], time.time())).lastrowid
 
 
+def _admin_attempt(conn, address, now):
+    """Count a sign-in attempt from ``address`` before its password is checked, so attempts
+    sent at once (or to other workers) cannot all pass the limit; the seconds its lockout
+    has left if it already used its ADMIN_MAX_FAILURES, else None."""
+    with conn:
+        conn.execute('BEGIN IMMEDIATE')
+        conn.execute('DELETE FROM admin_failures WHERE until <= ?', (now,))
+        row = conn.execute('SELECT failures, until FROM admin_failures WHERE address = ?', (address,)).fetchone()
+        if row is not None and row[0] >= ADMIN_MAX_FAILURES:
+            return row[1] - now
+        if row is None:
+            conn.execute('INSERT INTO admin_failures (address, failures, until) VALUES (?, 1, ?)',
+                         (address, now + ADMIN_LOCKOUT_S))
+            conn.execute('DELETE FROM admin_failures WHERE address IN (SELECT address FROM admin_failures '
+                         'ORDER BY until DESC LIMIT -1 OFFSET ?)', (ADMIN_FAILURE_ADDRESSES,))
+        else:
+            conn.execute('UPDATE admin_failures SET failures = failures + 1 WHERE address = ?', (address,))
+        return None
+
+
+def _sign_out_admins(conn):
+    """Delete every signed-in admin's session -- blocking."""
+    doomed = []
+    for key, data in conn.execute("SELECT id, data FROM sessions WHERE data LIKE '%admin%'"):
+        with contextlib.suppress(ValueError):
+            if 'admin' in json.loads(data):
+                doomed.append((key,))
+    if doomed:
+        with conn:
+            conn.execute('BEGIN IMMEDIATE')
+            conn.executemany('DELETE FROM sessions WHERE id = ?', doomed)
+    return len(doomed)
+
+
+def _admin_failure_address(client):
+    """The key of the failed-login table: the address, or an IPv6 client's /64, which one
+    client can hold whole."""
+    try:
+        address = ipaddress.ip_address(client.split('%', 1)[0])
+    except ValueError:
+        return client
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f'{address}/64', strict=False))
+    return str(address)
+
+
 def build_site(config):
     """The portfolio site as an App."""
     app = App(root=config.root, data=config.data, trusted_proxy=config.trusted_proxy,
               migrations=SITE_MIGRATIONS)
     counter = VisitCounter(app.db, shared=config.workers > 1)
     admin_password = os.environ.get('ADMIN_PASSWORD', '')
-    failures = {}   # client -> (count, first failure time)
     background = []
 
     @app.on_claim
@@ -5188,6 +5378,10 @@ def build_site(config):
     async def start(app):
         await app.db.execute('SELECT 1')     # creates data/app.db and migrates it
         await app.sessions.purge()
+        if not admin_password:
+            # /admin is off: its sessions end, so a password set again (even the same one)
+            # is asked for again.
+            await app.db.run(_sign_out_admins)
         await counter.load()
         person_path = os.path.join(app.root, 'templates', 'person.json')
         app.template_globals['person'] = json.loads(await asyncio.to_thread(_read_text, person_path))
@@ -5297,7 +5491,12 @@ def build_site(config):
             return await upload_page(request, error='Please choose a non-empty file to upload.', status=400)
         owner = request.session.get('upload_owner')
         if not owner:
-            owner = request.session['upload_owner'] = secrets.token_urlsafe(24)
+            # Stored in the session's row before the file is: first uploads sent at once (two
+            # tabs) all get the token the first of them stored. Random, not derived from the
+            # session id, so a sign-in's new id or a sign-out cuts the old cookie off.
+            owner = await app.sessions.claim(request.session, 'upload_owner', secrets.token_urlsafe(24))
+            if owner is None:
+                abort(403, 'Your session has ended; reload the page and try again.')
         mine, everyone, free = await app.db.run(_upload_usage, owner, app.upload_dir)
         if mine['n'] >= UPLOAD_QUOTA_FILES or mine['bytes'] + upload.size > UPLOAD_QUOTA_BYTES:
             return await upload_page(request, status=429, error=(
@@ -5337,8 +5536,14 @@ def build_site(config):
         if not admin_password:
             abort(404)
 
+    def admin_mark():
+        # Kept in an admin's session and compared on each request: a new ADMIN_PASSWORD
+        # signs every admin out.
+        return app.keyed_hash('admin password', admin_password)
+
     def is_admin(request):
-        return request.session.get('admin') is True
+        mark = request.session.get('admin')
+        return isinstance(mark, str) and hmac.compare_digest(mark, admin_mark())
 
     @app.get('/admin')
     async def admin(request):
@@ -5369,22 +5574,20 @@ def build_site(config):
     @app.post('/admin/login')
     async def admin_login(request):
         admin_enabled()
-        client = request.client
-        count, first = failures.get(client, (0, 0.0))
-        if count >= ADMIN_MAX_FAILURES and time.time() - first < ADMIN_LOCKOUT_S:
+        address = _admin_failure_address(request.client)
+        # In the database, so every worker and process on the data folder counts together.
+        locked = await app.db.run(_admin_attempt, address, time.time())
+        if locked is not None:
             raise HTTPError(429, 'Too many failed sign-in attempts; try again later.',
-                            headers={'Retry-After': str(int(first + ADMIN_LOCKOUT_S - time.time()) + 1)})
+                            headers={'Retry-After': str(int(locked) + 1)})
         given = request.form.get('password', '')
         if hmac.compare_digest(hashlib.sha256(given.encode('utf-8', 'replace')).digest(),
                                hashlib.sha256(admin_password.encode('utf-8')).digest()):
-            failures.pop(client, None)
-            request.session.rotate()            # a new id at login: no session fixation
-            request.session['admin'] = True
+            await app.db.execute('DELETE FROM admin_failures WHERE address = ?', (address,))
+            request.session.rotate()            # a new id (and CSRF token) at login: no fixation
+            request.session['admin'] = admin_mark()
             return redirect('/admin')
-        if count >= ADMIN_MAX_FAILURES:
-            count, first = 0, time.time()
-        failures[client] = (count + 1, first or time.time())
-        log.warning('admin: failed sign-in from %s', _log_escape(client))
+        log.warning('admin: failed sign-in from %s', _log_escape(request.client))
         return render('admin_login.html', error='That password is not right.'), 403
 
     @app.post('/admin/logout')
@@ -5603,6 +5806,9 @@ def main(argv=None):
         print(f'server.py: error: template {exc}', file=sys.stderr)
         return 1
     except OSError as exc:
+        if exc.filename:            # a file of the data folder (its secret key), not the port
+            print(f'server.py: error: {exc.filename}: {exc.strerror or exc}', file=sys.stderr)
+            return 1
         # Most often the port: in use, or below 1024 without the right to bind it.
         print(f'server.py: error: cannot listen: {exc.strerror or exc}', file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -2296,16 +2297,20 @@ class RequestResponseTest(unittest.TestCase):
         plain = self.app.test_client()
         secure = server.TestClient(self.app, scheme='https')
         try:
-            sc_plain = set_cookie_named(plain.get('/login').headers.get_all('set-cookie'), 'sid')
-            sc_secure = set_cookie_named(secure.get('/login').headers.get_all('set-cookie'), 'sid')
+            set_plain = plain.get('/login').headers.get_all('set-cookie')
+            set_secure = secure.get('/login').headers.get_all('set-cookie')
         finally:
             plain.close()
             secure.close()
+        sc_plain, sc_secure = set_cookie_named(set_plain, 'sid'), set_cookie_named(set_secure, '__Host-sid')
+        self.assertIsNone(set_cookie_named(set_plain, '__Host-sid'))
+        self.assertIsNone(set_cookie_named(set_secure, 'sid'))
         for value in (sc_plain, sc_secure):
             attrs = cookie_attrs(value)
             self.assertIn('httponly', attrs)
             self.assertEqual(attrs['samesite'], 'Lax')
             self.assertEqual(attrs['path'], '/')
+            self.assertNotIn('domain', attrs)       # __Host- requires none
         self.assertNotIn('secure', cookie_attrs(sc_plain))
         self.assertIn('secure', cookie_attrs(sc_secure))
 
@@ -2363,19 +2368,24 @@ class RequestResponseTest(unittest.TestCase):
 class SecureCookieLiveTest(unittest.TestCase):
     """Secure on the sid cookie from a trusted proxy's X-Forwarded-Proto, not from anyone else."""
 
-    def live_set_cookie(self, trusted_proxy, proto):
+    def live_set_cookie(self, trusted_proxy, proto, name='sid'):
         data = fresh_dir(self)
         live = LiveServer(request_app(data, trusted_proxy=trusted_proxy))
         self.addCleanup(live.stop)
         headers = {'X-Forwarded-Proto': proto} if proto else {}
         resp = WebClient(live.port).get('/login', headers=headers)
         self.assertEqual(resp.status, 200)
-        return cookie_attrs(set_cookie_named(resp.set_cookies, 'sid')), resp
+        self.assertEqual(len(resp.set_cookies), 1, resp.set_cookies)
+        return cookie_attrs(set_cookie_named(resp.set_cookies, name)), resp
 
     def test_trusted_proxy_https(self):
-        attrs, _ = self.live_set_cookie('127.0.0.1', 'https')
+        # Over HTTPS the cookie is __Host-sid: Secure, Path=/ and no Domain, so nothing but
+        # this host over HTTPS can set it.
+        attrs, _ = self.live_set_cookie('127.0.0.1', 'https', '__Host-sid')
         self.assertIn('secure', attrs)
         self.assertIn('httponly', attrs)
+        self.assertEqual(attrs['path'], '/')
+        self.assertNotIn('domain', attrs)
 
     def test_trusted_proxy_plain_http(self):
         attrs, _ = self.live_set_cookie('127.0.0.1', None)
@@ -2384,6 +2394,26 @@ class SecureCookieLiveTest(unittest.TestCase):
     def test_untrusted_peer_cannot_claim_https(self):
         attrs, _ = self.live_set_cookie('10.9.9.9', 'https')
         self.assertNotIn('secure', attrs)
+
+    def test_each_scheme_reads_only_its_own_session_cookie(self):
+        # A sid cookie planted over plain HTTP (or by a sibling subdomain) is not read over
+        # HTTPS, and a __Host-sid is not read over plain HTTP.
+        live = LiveServer()
+        self.addCleanup(live.stop)
+        https = {'X-Forwarded-Proto': 'https'}
+        for headers, own, other in ((https, '__Host-sid', 'sid'), ({}, 'sid', '__Host-sid')):
+            with self.subTest(own=own):
+                browser = WebClient(live.port)
+                page = browser.get('/upload', headers=headers)
+                self.assertEqual(list(browser.cookies), [own])
+                token = WebClient.CSRF_RE.search(page.text).group(1)
+                resp = browser.post_multipart('/upload', {'csrf_token': token}, {'file': ('a.txt', b'mine')}, headers)
+                self.assertEqual(resp.status, 303)
+                self.assertIn('a.txt', browser.get('/upload', headers=headers).text)
+                browser.cookies = {other: browser.cookies[own]}       # the same id, the other name
+                self.assertNotIn('a.txt', browser.get('/upload', headers=headers).text)
+                resp = browser.post_multipart('/upload', {'csrf_token': token}, {'file': ('b.txt', b'x')}, headers)
+                self.assertEqual(resp.status, 403)
 
     def test_trusted_peers_by_address_and_network(self):
         app = server.App(data=fresh_dir(self), trusted_proxy='10.0.0.0/8, ::1, fe80::/10')
@@ -2785,7 +2815,10 @@ class SessionTest(unittest.TestCase):
         return cookie_attrs(value)['sid'] if value else None
 
     def db_rows(self):
-        with contextlib.closing(sqlite3.connect(os.path.join(self.data, 'app.db'))) as conn:
+        path = os.path.join(self.data, 'app.db')
+        if not os.path.exists(path):            # nothing has written to the database yet
+            return []
+        with contextlib.closing(sqlite3.connect(path)) as conn:
             return conn.execute('SELECT id, data, expires FROM sessions').fetchall()
 
     def test_cookie_only_when_written(self):
@@ -2877,6 +2910,50 @@ class SessionTest(unittest.TestCase):
             # and the groups after it still go
             self.assertEqual(await asyncio.wait_for(db.grouped(insert, 'c'), 5), 'c')
         asyncio.run(bad_call_among_good_ones())
+
+    def test_a_form_view_costs_a_cookie_and_no_row(self):
+        resp = self.client.get('/token')
+        token = resp.text
+        attrs = cookie_attrs(set_cookie_named(resp.headers.get_all('set-cookie'), 'sid'))
+        self.assertEqual(int(attrs['max-age']), server.ANON_SESSION_LIFETIME_S)
+        self.assertEqual(self.db_rows(), [])
+        sid = attrs['sid']
+        resp = self.client.get('/token')                   # shown again: same token, cookie renewed
+        self.assertEqual(resp.text, token)
+        self.assertEqual(self.sid_of(resp), sid)
+        self.assertEqual(self.db_rows(), [])
+        # The first value stored makes the row, under the id the cookie already carries, so
+        # the token in forms already shown stays good.
+        resp = self.client.get('/set?v=now')
+        self.assertEqual(self.sid_of(resp), sid)
+        self.assertEqual([row[0] for row in self.db_rows()], [hashlib.sha256(sid.encode()).hexdigest()])
+        self.assertEqual(self.client.get('/token').text, token)
+        self.assertEqual(self.client.post('/form', data={'a': '1', 'csrf_token': token}).status, 200)
+
+    def test_first_writes_to_one_session_are_merged(self):
+        # Requests of one visitor (one cookie, no row yet) that store at once, in one group
+        # or in turn, all keep what they stored; an expired row with that id is not revived.
+        db = server.Database(os.path.join(self.data, 'merge.db'))
+        store = server.SessionStore(db)
+
+        async def scenario():
+            sid = secrets.token_urlsafe(32)
+            tabs = [server.Session(None, sid) for _ in range(4)]
+            for i, tab in enumerate(tabs):
+                tab[f'tab{i}'] = i
+            self.assertEqual(await asyncio.gather(*(store.save(t) for t in tabs[:3])), [True] * 3)
+            self.assertTrue(await store.save(tabs[3]))
+            self.assertEqual(dict(await store.load(sid)), {'tab0': 0, 'tab1': 1, 'tab2': 2, 'tab3': 3})
+            expired = secrets.token_urlsafe(32)
+            await db.execute('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?)',
+                             (hashlib.sha256(expired.encode()).hexdigest(), '{"admin": "x"}', time.time() - 1))
+            late = await store.load(expired)
+            self.assertEqual((dict(late), late.id, late.stored), ({}, expired, False))
+            late['v'] = 1
+            self.assertTrue(await store.save(late))
+            self.assertEqual(dict(await store.load(expired)), {'v': 1})
+            await db.close()
+        asyncio.run(scenario())
 
     def test_survives_a_restart(self):
         first = LiveServer(session_app(self.data))
@@ -4343,6 +4420,199 @@ class AdminTest(unittest.TestCase):
 
 
 
+class SiteSessionTest(unittest.TestCase):
+    """Sessions, CSRF tokens, upload owners and admin sign-in under a crowd, concurrent tabs,
+    a second process and a password change."""
+
+    PASSWORD = 'correct horse battery staple'
+
+    @classmethod
+    def setUpClass(cls):
+        with_site(cls, admin_password=cls.PASSWORD)
+
+    def session_rows(self, db_path=None):
+        with contextlib.closing(sqlite3.connect(db_path or self.db_path, timeout=5)) as conn:
+            return conn.execute('SELECT COUNT(*) FROM sessions').fetchone()[0]
+
+    def site(self, data, password, client='203.0.113.60'):
+        """The site in-process on ``data`` with ADMIN_PASSWORD as given; closed afterwards."""
+        with environ(ADMIN_PASSWORD=password):
+            app = server.build_site(server.Config(root=WWW, data=data))
+        browser = server.TestClient(app, client=client)
+        self.addCleanup(browser.close)
+        return browser
+
+    def test_anonymous_form_views_write_no_session_rows(self):
+        before = self.session_rows()
+        visitors = []
+        for i in range(150):
+            browser = WebClient(self.port, forwarded_for=f'198.51.100.{i % 50 + 100}')
+            token = browser.csrf(('/contact', '/upload', '/admin')[i % 3])
+            self.assertEqual(list(browser.cookies), ['sid'])
+            visitors.append((browser, token))
+        self.assertEqual(self.session_rows(), before)
+        self.assertEqual(len({b.cookies['sid'] for b, _ in visitors}), 150)
+        # The token from the page posts the form: the cookie alone carries the session.
+        browser, token = visitors[0]
+        again = browser.csrf('/contact')
+        self.assertEqual(again, token)                     # one token per session, not per page
+        resp = browser.post_form('/contact', {'csrf_token': token, 'name': 'Rowless', 'email': 'r@example.com',
+                                              'message': 'seen the form only'})
+        self.assertEqual((resp.status, resp.headers['location']), (303, '/contact/thanks'))
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as conn:
+            self.assertEqual(conn.execute("SELECT COUNT(*) FROM messages WHERE name = 'Rowless'").fetchone()[0], 1)
+        # Another visitor's token, or a token with no cookie, is still refused.
+        other, other_token = visitors[1]
+        fields = {'name': 'X', 'email': 'x@example.com', 'message': 'm'}
+        self.assertEqual(other.post_form('/contact', dict(fields, csrf_token=token)).status, 403)
+        self.assertEqual(WebClient(self.port).post_form('/contact', dict(fields, csrf_token=token)).status, 403)
+        self.assertEqual(self.session_rows(), before)
+
+    def test_concurrent_first_uploads_of_one_visitor_are_all_kept(self):
+        browser = WebClient(self.port, forwarded_for='198.51.100.70')
+        token = browser.csrf('/upload')                    # only the form seen: a cookie, no row
+        cookie = f"sid={browser.cookies['sid']}"
+        files = {f'tab{i}.txt': f'content of tab {i}'.encode() for i in range(8)}
+        socks = []
+        for name, content in files.items():
+            body, ctype = server.encode_multipart({'csrf_token': token}, {'file': (name, content)})
+            sock = socket.create_connection(('127.0.0.1', self.port), timeout=10)
+            self.addCleanup(sock.close)
+            sock.sendall(f'POST /upload HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\nX-Forwarded-For: 198.51.100.70\r\n'
+                         f'Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n'.encode() + body[:-8])
+            socks.append((sock, body[-8:]))
+        # Every request has loaded the (empty) session before any of them stores it.
+        uploads = os.path.join(self.live.data, 'uploads')
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and sum(n.startswith('.part-') for n in os.listdir(uploads)) < 8:
+            time.sleep(0.01)
+        for sock, rest in socks:
+            sock.sendall(rest)
+        statuses = [read_response(sock.makefile('rb'))[0] for sock, _ in socks]
+        self.assertEqual(statuses, [303] * 8)
+        page = browser.get('/upload').text
+        listed = dict((name, upload_id) for upload_id, name in
+                      re.findall(r'href="/upload/(\d+)"[^>]*>([^<]+)<', page))
+        self.assertEqual(sorted(listed), sorted(files))
+        for name, upload_id in listed.items():
+            self.assertEqual(browser.get(f'/upload/{upload_id}').body, files[name])
+
+    def test_an_old_cookie_loses_the_uploads_at_sign_in(self):
+        # The upload owner is random and lives in the session's row: someone who still holds
+        # the cookie from before a sign-in (a fixed or stolen id) gets a session of its own,
+        # with none of the files.
+        browser = WebClient(self.port, forwarded_for='198.51.100.72')
+        token = browser.csrf('/upload')
+        resp = browser.post_multipart('/upload', {'csrf_token': token}, {'file': ('mine.txt', b'private')})
+        self.assertEqual(resp.status, 303)
+        attrs = cookie_attrs(set_cookie_named(resp.set_cookies, 'sid'))      # the row's lifetime now
+        self.assertEqual(int(attrs['max-age']), server.SESSION_LIFETIME_S)
+        old = dict(browser.cookies)
+        self.assertEqual(browser.post_form('/admin/login', {'csrf_token': browser.csrf('/admin'),
+                                                            'password': self.PASSWORD}).status, 303)
+        self.assertIn('mine.txt', browser.get('/upload').text)
+        holder = WebClient(self.port, forwarded_for='198.51.100.73')
+        holder.cookies = old
+        token = holder.csrf('/upload')
+        self.assertNotIn('mine.txt', holder.get('/upload').text)
+        self.assertEqual(holder.post_multipart('/upload', {'csrf_token': token},
+                                               {'file': ('theirs.txt', b'x')}).status, 303)
+        page = holder.get('/upload').text
+        self.assertIn('theirs.txt', page)
+        self.assertNotIn('mine.txt', page)
+
+    def test_csrf_token_is_renewed_at_sign_in(self):
+        browser = WebClient(self.port, forwarded_for='198.51.100.71')
+        before = browser.csrf('/admin')
+        self.assertEqual(browser.post_form('/admin/login', {'csrf_token': before, 'password': self.PASSWORD}).status, 303)
+        after = browser.csrf('/admin')
+        self.assertNotEqual(after, before)
+        self.assertEqual(browser.post_form('/admin/logout', {'csrf_token': before}).status, 403)
+        self.assertEqual(browser.post_form('/admin/logout', {'csrf_token': after}).status, 303)
+
+    def test_a_new_password_signs_admins_out(self):
+        # ADMIN_PASSWORD is read when the site is built: each start here is a restart.
+        data = fresh_dir(self)
+        first = self.site(data, 'first password')
+        page = first.get('/admin')
+        token = WebClient.CSRF_RE.search(page.text).group(1)
+        self.assertEqual(first.post('/admin/login', data={'csrf_token': token, 'password': 'first password'}).status, 303)
+        self.assertIn('Sign out', first.get('/admin').text)
+        cookies = dict(first.cookies)
+
+        def admin_page_with_old_cookie(password):
+            browser = self.site(data, password)
+            browser.cookies = dict(cookies)
+            return browser.get('/admin')
+        self.assertIn('Sign out', admin_page_with_old_cookie('first password').text)     # a plain restart
+        page = admin_page_with_old_cookie('second password')
+        self.assertEqual(page.status, 200)
+        self.assertIn('Admin sign-in', page.text)
+        self.assertNotIn('Sign out', page.text)
+        # Unset, then set again to the same password: signed out as well.
+        self.assertIn('Sign out', admin_page_with_old_cookie('first password').text)
+        self.assertEqual(admin_page_with_old_cookie(None).status, 404)
+        self.assertIn('Admin sign-in', admin_page_with_old_cookie('first password').text)
+
+    def test_lockout_is_shared_by_processes_on_one_data_folder(self):
+        data = fresh_dir(self)
+        one, two = self.site(data, 'pw', client='203.0.113.61'), self.site(data, 'pw', client='203.0.113.61')
+        tokens = {}
+        for browser in (one, two):
+            tokens[browser] = WebClient.CSRF_RE.search(browser.get('/admin').text).group(1)
+        with quiet_logs():
+            for i in range(server.ADMIN_MAX_FAILURES):
+                browser = (one, two)[i % 2]
+                resp = browser.post('/admin/login', data={'csrf_token': tokens[browser], 'password': f'wrong{i}'})
+                self.assertEqual(resp.status, 403, i)
+        for browser in (one, two):
+            resp = browser.post('/admin/login', data={'csrf_token': tokens[browser], 'password': 'pw'})
+            self.assertEqual(resp.status, 429)
+            self.assertTrue(resp.headers['retry-after'].isdigit())
+        other = self.site(data, 'pw', client='203.0.113.62')
+        token = WebClient.CSRF_RE.search(other.get('/admin').text).group(1)
+        self.assertEqual(other.post('/admin/login', data={'csrf_token': token, 'password': 'pw'}).status, 303)
+
+    def test_failed_sign_in_table_is_pruned_and_bounded(self):
+        with contextlib.closing(sqlite3.connect(':memory:', isolation_level=None)) as conn:
+            for script in server.SITE_MIGRATIONS:
+                conn.executescript(script)
+            now = 1000.0
+            for i in range(server.ADMIN_MAX_FAILURES):
+                self.assertIsNone(server._admin_attempt(conn, '192.0.2.1', now + i))
+            self.assertGreater(server._admin_attempt(conn, '192.0.2.1', now + 10), 0)
+            # An IPv6 client's /64 is one address: it cannot spread its guesses over it.
+            for i in range(server.ADMIN_MAX_FAILURES):
+                address = server._admin_failure_address(f'2001:db8::{i + 1:x}')
+                self.assertIsNone(server._admin_attempt(conn, address, now))
+            self.assertIsNotNone(server._admin_attempt(conn, server._admin_failure_address('2001:db8::ffff'), now))
+            self.assertIsNone(server._admin_attempt(conn, server._admin_failure_address('2001:db8:1::1'), now))
+            # Entries whose window has ended are removed; the lockout with them.
+            later = now + server.ADMIN_LOCKOUT_S + 11
+            self.assertIsNone(server._admin_attempt(conn, '192.0.2.9', later))
+            self.assertEqual(conn.execute('SELECT address, failures FROM admin_failures').fetchall(),
+                             [('192.0.2.9', 1)])
+            # However many addresses fail within one window, the table keeps a bounded number.
+            with patched(ADMIN_FAILURE_ADDRESSES=50):
+                for i in range(200):
+                    server._admin_attempt(conn, f'10.0.{i // 256}.{i % 256}', later + i / 1000)
+            self.assertEqual(conn.execute('SELECT COUNT(*) FROM admin_failures').fetchone()[0], 50)
+            self.assertEqual(conn.execute("SELECT COUNT(*) FROM admin_failures WHERE address = '10.0.0.199'").fetchone()[0], 1)
+
+    def test_secret_is_made_once_private_and_shared(self):
+        data = fresh_dir(self)
+        path = os.path.join(data, server.SECRET_FILE)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            secrets_seen = set(pool.map(lambda _: server._load_secret(path), range(32)))
+        self.assertEqual(len(secrets_seen), 1)
+        self.assertEqual(len(secrets_seen.pop()), server.SECRET_BYTES)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(os.listdir(data), [server.SECRET_FILE])         # no temporary file left
+        a, b = server.App(data=data), server.App(data=data)
+        self.assertEqual(a.keyed_hash('csrf', 'x'), b.keyed_hash('csrf', 'x'))
+        self.assertNotEqual(a.keyed_hash('csrf', 'x'), a.keyed_hash('other', 'x'))
+
+
 # --- TLS, the command line, graceful shutdown, nginx -----------------------------------------
 
 def make_certificate(folder):
@@ -4419,6 +4689,13 @@ class TLSTest(unittest.TestCase):
         self.assertIn(b'<html', body)
         self.assertIn('max-age', resp.getheader('Strict-Transport-Security'))
         self.assertIn('Secure', resp.getheader('Set-Cookie') or 'Secure')
+        conn.request('GET', '/contact')           # a form: direct TLS names the cookie __Host-sid
+        resp = conn.getresponse()
+        resp.read()
+        attrs = cookie_attrs(resp.getheader('Set-Cookie'))
+        self.assertIn('__Host-sid', attrs)
+        self.assertIn('secure', attrs)
+        self.assertEqual(attrs['path'], '/')
         conn.request('GET', '/img/og.png')        # a file through the TLS (non-sendfile) path
         resp = conn.getresponse()
         with open(os.path.join(WWW, 'img', 'og.png'), 'rb') as f:
@@ -4461,6 +4738,15 @@ class CommandLineTest(unittest.TestCase):
                 self.assertEqual(result.returncode, 2, result.stderr)
                 self.assertEqual(result.stderr.count('\n'), 1, result.stderr)
                 self.assertNotIn('Traceback', result.stderr)
+
+    def test_a_damaged_secret_key_is_a_one_line_error(self):
+        data = fresh_dir(self, 'server-cli-')
+        with open(os.path.join(data, server.SECRET_FILE), 'wb') as f:
+            f.write(b'short')
+        result = self.run_cli('--port', '0', '--data', data)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(result.stderr.count('\n'), 1, result.stderr)
+        self.assertIn(server.SECRET_FILE + ': too short to be a secret key', result.stderr)
 
     def test_a_broken_template_is_a_one_line_error_and_data_is_private(self):
         tmp = tempfile.mkdtemp(prefix='server-cli-')
