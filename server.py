@@ -893,7 +893,11 @@ def safe_filename(name, default='file'):
     name = name.replace('\\', '/').rsplit('/', 1)[-1]
     name = unicodedata.normalize('NFC', name)
     name = _SAFE_FILENAME_RE.sub('_', name).strip(' ._')
-    return name[:120] or default
+    if len(name) > 120:
+        # Cut the stem, not the extension: 'a…a.pdf' stays a .pdf.
+        stem, dot, ext = name.rpartition('.')
+        name = stem[:119 - len(ext)] + dot + ext if dot and len(ext) <= 16 else name[:120]
+    return name or default
 
 
 def parse_header_params(value):

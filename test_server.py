@@ -502,6 +502,14 @@ class SmallParsersTest(unittest.TestCase):
         self.assertEqual(server.safe_filename('<script>.html'), 'script_.html')
         self.assertEqual(server.safe_filename('.bashrc'), 'bashrc')
 
+    def test_safe_filename_cut_to_120_keeps_its_extension(self):
+        self.assertEqual(server.safe_filename('a' * 200 + '.pdf'), 'a' * 116 + '.pdf')
+        self.assertEqual(server.safe_filename('a' * 117 + '.pdf'), 'a' * 116 + '.pdf')   # one past
+        self.assertEqual(server.safe_filename('a' * 116 + '.pdf'), 'a' * 116 + '.pdf')   # at the limit
+        self.assertEqual(server.safe_filename('a' * 200), 'a' * 120)
+        # A long tail after a dot is not an extension: cut like any name.
+        self.assertEqual(server.safe_filename('a.' + 'b' * 200), 'a.' + 'b' * 118)
+
 
 # --- 10. The connection, over real sockets ---------------------------------------------------
 
@@ -2374,6 +2382,15 @@ class FormsTest(unittest.TestCase):
                 self.assertEqual(resp.status, status)
                 self.assertEqual(os.listdir(self.app.upload_dir) if os.path.isdir(self.app.upload_dir) else [], [])
 
+    def test_multipart_part_limit_at_and_past(self):
+        part = (b'Content-Disposition: form-data; name="a"', b'x')
+        at = multipart_body('b', [part] * server.MAX_MULTIPART_PARTS)
+        resp = self.post('/form', at, 'multipart/form-data; boundary=b')
+        self.assertEqual(resp.status, 200, resp.text)
+        self.assertEqual(len(resp.json()['form']['a']), server.MAX_MULTIPART_PARTS)
+        past = multipart_body('b', [part] * (server.MAX_MULTIPART_PARTS + 1))
+        self.assertEqual(self.post('/form', past, 'multipart/form-data; boundary=b').status, 413)
+
     def test_get_and_head_bodies_are_never_parsed(self):
         body = multipart_body('b', [(b'Content-Disposition: form-data; name="a"', b'x'),
                                     (b'Content-Disposition: form-data; name="f"; filename="f.txt"', b'y')])
@@ -3777,6 +3794,19 @@ class SiteTest(unittest.TestCase):
         for upload_id in ids:
             self.assertEqual(bob.get(f'/upload/{upload_id}').status, 404)
         self.assertEqual(WebClient(self.port).get(f'/upload/{ids[0]}').status, 404)   # no session at all
+
+    def test_a_visitor_with_uploads_of_their_own_cannot_download_mine(self):
+        alice, bob = self.browser('192.0.2.34'), self.browser('192.0.2.35')
+        for browser, name in ((alice, 'alice.txt'), (bob, 'bob.txt')):
+            resp = browser.post_multipart('/upload', {'csrf_token': browser.csrf('/upload')},
+                                          {'file': (name, name.encode())})
+            self.assertEqual(resp.status, 303)
+        alices, = re.findall(r'href="/upload/(\d+)"', alice.get('/upload').text)
+        bobs, = re.findall(r'href="/upload/(\d+)"', bob.get('/upload').text)
+        self.assertEqual(bob.get(f'/upload/{bobs}').body, b'bob.txt')
+        self.assertEqual(bob.get(f'/upload/{alices}').status, 404)
+        self.assertEqual(alice.get(f'/upload/{bobs}').status, 404)
+        self.assertEqual(alice.get(f'/upload/{alices}').body, b'alice.txt')
 
     def test_get_or_head_with_a_large_multipart_body_writes_nothing(self):
         b = self.browser('192.0.2.36')
