@@ -936,7 +936,11 @@ def safe_filename(name, default='file'):
     name = name.replace('\\', '/').rsplit('/', 1)[-1]
     name = unicodedata.normalize('NFC', name)
     name = _SAFE_FILENAME_RE.sub('_', name).strip(' ._')
-    return name[:120] or default
+    if len(name) > 120:
+        # Cut the stem, not the extension: 'a…a.pdf' stays a .pdf.
+        stem, dot, ext = name.rpartition('.')
+        name = stem[:119 - len(ext)] + dot + ext if dot and len(ext) <= 16 else name[:120]
+    return name or default
 
 
 # RFC 8187 3.2.1: the charsets of an ext-value every recipient reads. No other name a client
@@ -1130,6 +1134,8 @@ class Request:
     _state = None
     _body = _form = _files = _query = _cookies = None
     _cleanup = ()                  # uploads spooled for this request
+    _body_read = False             # read_body() finished
+    _csrf_pending = False          # a defer_body route's CSRF check waits for its body
 
     def __init__(self, app, head, client, scheme='http', body_source=None):
         self.app = app
@@ -1281,17 +1287,40 @@ class Request:
                 raise HTTPError(413, _too_large(limit), close=True)
             yield chunk
 
-    async def _read_body(self, limit):
-        """Read the whole body within ``limit`` bytes and parse forms; called before the handler."""
+    async def read_body(self):
+        """Read and parse the body within the route's ``max_body``, then check its CSRF token.
+
+        A route declared ``defer_body=True`` calls it itself, after the checks that need
+        no body (a quota, a permission), so a request refused there never has its body read
+        or its files written. Elsewhere the App read the body before the handler ran (or the
+        route streams it), and this does nothing; so does a second call.
+        """
+        route = self.route
+        if self._body_read or route is None or not route.defer_body:
+            return
+        await self._read_body(route.max_body, self._csrf_pending)
+        if self._csrf_pending:
+            self.app._check_csrf(self)
+            self._csrf_pending = False
+        self._body_read = True
+
+    async def _read_body(self, limit, csrf=False):
+        """Read the whole body within ``limit`` bytes and parse forms; with ``csrf``, a token
+        sent in a header (or in a form field ahead of the file parts) is checked before any
+        file is written."""
         length = self._head.body_length
         if length is not None and length > limit:
             raise HTTPError(413, _too_large(limit))
-        if self._body_source is None or length == 0:
+        if self._body_source is None or length == 0 or self.method == 'GET' or self.method == 'HEAD':
+            # A GET or HEAD body has no meaning a server may act on (RFC 9110 9.3.1): it is
+            # never parsed, and the connection drains it or closes.
             self._body = b''
             return
+        if csrf and self.headers.get('x-csrf-token'):
+            self.app._check_csrf(self)
         ctype, params = parse_content_type(self.headers.get('content-type', ''))
         if ctype == 'multipart/form-data':
-            await self._read_multipart(params.get('boundary', ''), limit)
+            await self._read_multipart(params.get('boundary', ''), limit, csrf)
             return
         body = self._body_source.take_all()      # usually it came in with the head
         if body is None:
@@ -1311,7 +1340,7 @@ class Request:
             else:
                 self._form = parse_urlencoded(body)
 
-    async def _read_multipart(self, boundary, limit):
+    async def _read_multipart(self, boundary, limit, csrf=False):
         parser = MultipartParser(boundary)
         form, files = MultiDict(), MultiDict()
         self._form, self._files, self._body = form, files, b''
@@ -1354,6 +1383,8 @@ class Request:
                         raise HTTPError(400, 'multipart part without form-data name')
                     name = dparams['name']
                     if 'filename' in dparams:
+                        if csrf and 'csrf_token' in form:     # sent ahead of the file, as forms do
+                            self.app._check_csrf(self)
                         upload = await _storage(
                             _open_spool, upload_dir, name, safe_filename(dparams['filename']),
                             value.get('content-type', 'application/octet-stream'))
@@ -1706,7 +1737,7 @@ _CSRF_CONTENT_TYPES = frozenset({'', 'application/x-www-form-urlencoded', 'multi
 class Route:
     """One registered handler: its pattern, methods and options."""
 
-    def __init__(self, pattern, handler, methods, name, max_body, stream, csrf):
+    def __init__(self, pattern, handler, methods, name, max_body, stream, csrf, defer_body=False):
         self.pattern = pattern
         self.handler = handler
         self.methods = frozenset(m.upper() for m in methods)
@@ -1714,6 +1745,7 @@ class Route:
         self.max_body = max_body
         self.stream = stream
         self.csrf = csrf
+        self.defer_body = defer_body
         self.converters = {}
         self.builder = None
         if isinstance(pattern, re.Pattern):
@@ -2048,19 +2080,21 @@ class App:
 
     # -- registration --
     def route(self, pattern, methods=('GET',), *, name=None, max_body=MAX_BODY_BYTES,
-              stream=False, csrf=None):
+              stream=False, csrf=None, defer_body=False):
         """Register a handler: ``@app.route('/item/<int:id>', methods=['GET', 'POST'])``.
 
         ``pattern`` may also be a compiled regular expression whose named groups become
         keyword arguments. ``max_body`` is the body limit (413 past it), ``stream=True``
         leaves the body to ``request.stream()``, ``csrf=False`` turns the CSRF check off.
+        ``defer_body=True`` runs the handler before the body is read: it checks what needs
+        no body, then ``await request.read_body()`` (which checks CSRF) before acting.
         """
         if isinstance(methods, str):
             methods = (methods,)
 
         def decorator(handler):
             route = Route(pattern, handler, methods, name or handler.__name__, max_body, stream,
-                          self.csrf_enabled if csrf is None else csrf)
+                          self.csrf_enabled if csrf is None else csrf, defer_body)
             self.router.add(route)
             return handler
         return decorator
@@ -2242,8 +2276,10 @@ class App:
             raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
         if route.stream:
             pass
+        elif route.defer_body:
+            request._csrf_pending, csrf = csrf, False     # read_body() checks it
         elif request._body_source is not None:
-            await request._read_body(route.max_body)
+            await request._read_body(route.max_body, csrf)
         else:
             request._body = b''
         if csrf:
@@ -5294,21 +5330,77 @@ def _sweep_uploads(conn, upload_dir):
 
 
 def _upload_usage(conn, owner, upload_dir):
-    """(this owner's {n, bytes}, every upload's bytes, free disk bytes) -- blocking."""
+    """(this owner's files, their bytes, every upload's bytes, free disk bytes) -- blocking."""
     n, size = conn.execute('SELECT COUNT(*), COALESCE(SUM(size), 0) FROM uploads WHERE owner = ?',
                            (owner,)).fetchone()
     total = conn.execute('SELECT COALESCE(SUM(size), 0) FROM uploads').fetchone()[0]
-    return {'n': n, 'bytes': size}, total, shutil.disk_usage(upload_dir).free
+    return n, size, total, shutil.disk_usage(upload_dir).free
 
 
-def _store_upload(conn, upload, upload_dir, owner):
-    """Move a spooled upload to its final random name, then record it; the row commits last."""
-    stored = secrets.token_hex(16)
-    upload.save(os.path.join(upload_dir, stored))
-    with conn:
-        return conn.execute(
+def _upload_refusal(files, size, total, free, adding):
+    """429 past a visitor's quota, 507 past the space for all, else None, if ``adding`` more
+    bytes in one more file joined ``files`` files of ``size`` bytes (``total`` for all)."""
+    if files + 1 > UPLOAD_QUOTA_FILES or size + adding > UPLOAD_QUOTA_BYTES:
+        return 429
+    if total + adding > UPLOAD_TOTAL_BYTES or free - adding < UPLOAD_MIN_FREE_BYTES:
+        return 507
+    return None
+
+
+def _record_upload(conn, owner, upload, stored, upload_dir):
+    """Check the quotas and record an upload already saved as ``stored``, in one
+    transaction (Database.grouped): two workers or processes cannot both pass the last
+    place. The refusing status, or None once recorded."""
+    n, size, total, free = _upload_usage(conn, owner, upload_dir)
+    refusal = _upload_refusal(n, size, total, free, upload.size)
+    if refusal is None:
+        conn.execute(
             'INSERT INTO uploads (owner, name, stored, size, content_type, created) VALUES (?, ?, ?, ?, ?, ?)',
-            (owner, upload.filename, stored, upload.size, upload.content_type[:100], time.time())).lastrowid
+            (owner, upload.filename, stored, upload.size, upload.content_type[:100], time.time()))
+    return refusal
+
+
+class UploadsInFlight:
+    """Uploads still arriving, counted against the quotas with the stored ones.
+
+    An upload reserves its Content-Length before its body is read, in the same turn of the
+    loop as the check, and gives it back when it ends: uploads sent at once cannot each
+    pass a quota that together they exceed, nor fill the disk while they arrive. Each
+    worker counts its own; the final check and the insert are one transaction, which holds
+    across workers and processes.
+    """
+
+    def __init__(self):
+        self.files = collections.Counter()     # visitor -> uploads arriving
+        self.bytes = collections.Counter()     # visitor -> bytes reserved
+        self.total = 0                         # bytes reserved for every visitor
+
+    def refusal(self, visitor, usage, size):
+        """The refusing status, or None, for ``size`` more bytes from ``visitor`` given the
+        stored ``usage`` (_upload_usage) and what is arriving. Reserve in the same turn of
+        the loop, with no await between, or another upload may take the room meanwhile."""
+        n, used, total, free = usage
+        return _upload_refusal(n + self.files[visitor], used + self.bytes[visitor],
+                               total + self.total, free - self.total, size)
+
+    def reserve(self, visitor, size):
+        """Count an upload of at most ``size`` bytes as arriving; the function that ends that
+        (once, however often it is called)."""
+        self.files[visitor] += 1
+        self.bytes[visitor] += size
+        self.total += size
+        released = False
+
+        def release():
+            nonlocal released
+            if not released:
+                released = True
+                self.files[visitor] -= 1
+                self.bytes[visitor] -= size
+                self.total -= size
+                if not self.files[visitor]:
+                    del self.files[visitor], self.bytes[visitor]
+        return release
 
 
 def _admin_attempt(conn, address, now):
@@ -5365,6 +5457,7 @@ def build_site(config):
               migrations=SITE_MIGRATIONS)
     counter = VisitCounter(app.db, shared=config.workers > 1)
     admin_password = os.environ.get('ADMIN_PASSWORD', '')
+    uploads_in_flight = UploadsInFlight()
     background = []
 
     @app.on_claim
@@ -5481,32 +5574,59 @@ def build_site(config):
         return render('upload.html', uploads=uploads, error=error, message=message,
                       max_upload_mb=MAX_UPLOAD_BYTES // (1024 * 1024)), status
 
-    @app.route('/upload', methods=['GET', 'POST'], max_body=MAX_UPLOAD_BYTES)
+    async def upload_refused(request, status):
+        if status == 429:
+            return await upload_page(request, status=429, error=(
+                f'You have reached the limit of {UPLOAD_QUOTA_FILES} files or '
+                f'{UPLOAD_QUOTA_BYTES // (1024 * 1024)} MB for this session.'))
+        log.error('upload refused: the upload space is full')
+        return await upload_page(request, status=507, error='The server has no room for more '
+                                 'uploads right now. Please try again later.')
+
+    # defer_body: the quotas are checked before the body is read, so a visitor past theirs,
+    # or a full disk, costs no file written; read_body() then checks the CSRF token.
+    @app.route('/upload', methods=['GET', 'POST'], max_body=MAX_UPLOAD_BYTES, defer_body=True)
     async def upload(request):
         if request.method != 'POST':    # GET, or HEAD: never an upload, whatever body it brings
             message = 'Your file was uploaded.' if request.query.get('done') else ''
             return await upload_page(request, message=message)
-        upload = request.files.get('file')
-        if upload is None or not upload.filename or upload.size == 0:
-            return await upload_page(request, error='Please choose a non-empty file to upload.', status=400)
         owner = request.session.get('upload_owner')
-        if not owner:
-            # Stored in the session's row before the file is: first uploads sent at once (two
-            # tabs) all get the token the first of them stored. Random, not derived from the
-            # session id, so a sign-in's new id or a sign-out cuts the old cookie off.
-            owner = await app.sessions.claim(request.session, 'upload_owner', secrets.token_urlsafe(24))
-            if owner is None:
-                abort(403, 'Your session has ended; reload the page and try again.')
-        mine, everyone, free = await app.db.run(_upload_usage, owner, app.upload_dir)
-        if mine['n'] >= UPLOAD_QUOTA_FILES or mine['bytes'] + upload.size > UPLOAD_QUOTA_BYTES:
-            return await upload_page(request, status=429, error=(
-                f'You have reached the limit of {UPLOAD_QUOTA_FILES} files or '
-                f'{UPLOAD_QUOTA_BYTES // (1024 * 1024)} MB for this session.'))
-        if everyone + upload.size > UPLOAD_TOTAL_BYTES or free - upload.size < UPLOAD_MIN_FREE_BYTES:
-            log.error('upload refused: the upload space is full')
-            return await upload_page(request, status=507, error='The server has no room for more '
-                                     'uploads right now. Please try again later.')
-        await app.db.run(_store_upload, upload, app.upload_dir, owner)
+        # Before a first upload has an owner, its session stands for the visitor.
+        visitor = owner or request.session.id or request.client
+        # The body bounds the file; one of unknown length (chunked) may be the largest.
+        size = request.content_length
+        size = MAX_UPLOAD_BYTES if size is None else size
+        usage = await app.db.run(_upload_usage, owner, app.upload_dir)
+        refusal = uploads_in_flight.refusal(visitor, usage, size)
+        if refusal is not None:
+            return await upload_refused(request, refusal)
+        release = uploads_in_flight.reserve(visitor, size)
+        try:
+            await request.read_body()
+            upload = request.files.get('file')
+            if upload is None or not upload.filename or upload.size == 0:
+                return await upload_page(request, error='Please choose a non-empty file to upload.', status=400)
+            if not owner:
+                # Stored in the session's row before the file is: first uploads sent at once
+                # (two tabs) all get the token the first of them stored. Random, not derived
+                # from the session id, so a sign-in's new id or a sign-out cuts the old cookie off.
+                owner = await app.sessions.claim(request.session, 'upload_owner', secrets.token_urlsafe(24))
+                if owner is None:
+                    abort(403, 'Your session has ended; reload the page and try again.')
+            # The file is durable under its final name before its row commits; if the
+            # process dies between, the startup sweep removes the file no row points at.
+            stored = secrets.token_hex(16)
+            path = os.path.join(app.upload_dir, stored)
+            await asyncio.to_thread(upload.save, path)
+            # Given back before the row is counted, so that no check counts this upload
+            # twice (arriving and stored); the transaction below has the last word.
+            release()
+            refusal = await app.db.grouped(_record_upload, owner, upload, stored, app.upload_dir)
+            if refusal is not None:
+                await asyncio.to_thread(_unlink_quietly, path)
+                return await upload_refused(request, refusal)
+        finally:
+            release()
         return redirect('/upload?done=1')
 
     @app.get('/upload/<int:upload_id>')
@@ -5606,6 +5726,11 @@ def _attachment(path, name):
     resp.headers['X-Content-Type-Options'] = 'nosniff'
     resp.headers['Cache-Control'] = 'private, no-store'
     return resp
+
+
+def _unlink_quietly(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _read_text(path):

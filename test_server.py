@@ -608,6 +608,14 @@ class SmallParsersTest(unittest.TestCase):
         self.assertEqual(server.safe_filename('<script>.html'), 'script_.html')
         self.assertEqual(server.safe_filename('.bashrc'), 'bashrc')
 
+    def test_safe_filename_cut_to_120_keeps_its_extension(self):
+        self.assertEqual(server.safe_filename('a' * 200 + '.pdf'), 'a' * 116 + '.pdf')
+        self.assertEqual(server.safe_filename('a' * 117 + '.pdf'), 'a' * 116 + '.pdf')   # one past
+        self.assertEqual(server.safe_filename('a' * 116 + '.pdf'), 'a' * 116 + '.pdf')   # at the limit
+        self.assertEqual(server.safe_filename('a' * 200), 'a' * 120)
+        # A long tail after a dot is not an extension: cut like any name.
+        self.assertEqual(server.safe_filename('a.' + 'b' * 200), 'a.' + 'b' * 118)
+
 
 # --- 10. The connection, over real sockets ---------------------------------------------------
 
@@ -2478,6 +2486,10 @@ def forms_app(data):
         return {'form': {k: request.form.getlist(k) for k in request.form},
                 'files': sorted(request.files)}
 
+    @app.route('/either', methods=['GET', 'POST'])
+    async def either(request):
+        return {'method': request.method, 'form': dict(request.form), 'files': sorted(request.files)}
+
     @app.route('/small', methods=['POST'], max_body=100)
     async def small(request):
         return {'len': len(request.body), 'form': dict(request.form)}
@@ -2703,6 +2715,26 @@ class FormsTest(unittest.TestCase):
                 self.assertEqual(resp.status, status)
                 self.assertEqual(os.listdir(self.app.upload_dir) if os.path.isdir(self.app.upload_dir) else [], [])
 
+    def test_multipart_part_limit_at_and_past(self):
+        part = (b'Content-Disposition: form-data; name="a"', b'x')
+        at = multipart_body('b', [part] * server.MAX_MULTIPART_PARTS)
+        resp = self.post('/form', at, 'multipart/form-data; boundary=b')
+        self.assertEqual(resp.status, 200, resp.text)
+        self.assertEqual(len(resp.json()['form']['a']), server.MAX_MULTIPART_PARTS)
+        past = multipart_body('b', [part] * (server.MAX_MULTIPART_PARTS + 1))
+        self.assertEqual(self.post('/form', past, 'multipart/form-data; boundary=b').status, 413)
+
+    def test_get_and_head_bodies_are_never_parsed(self):
+        body = multipart_body('b', [(b'Content-Disposition: form-data; name="a"', b'x'),
+                                    (b'Content-Disposition: form-data; name="f"; filename="f.txt"', b'y')])
+        resp = self.client.request('POST', '/either', body=body, headers={'Content-Type': 'multipart/form-data; boundary=b'})
+        self.assertEqual(resp.json(), {'method': 'POST', 'form': {'a': 'x'}, 'files': ['f']})
+        resp = self.client.request('GET', '/either', body=body, headers={'Content-Type': 'multipart/form-data; boundary=b'})
+        self.assertEqual(resp.json(), {'method': 'GET', 'form': {}, 'files': []})
+        resp = self.client.request('HEAD', '/either', body=b'a=1',
+                                   headers={'Content-Type': 'application/x-www-form-urlencoded'})
+        self.assertEqual((resp.status, resp.body), (200, b''))
+
     def test_file_part_spooled_then_removed(self):
         content = os.urandom(3000)
         body = multipart_body('b', [
@@ -2791,6 +2823,14 @@ def session_app(data):
     @app.route('/form', methods=['POST', 'PUT', 'PATCH', 'DELETE'])
     async def form(request):
         return {'ok': True, 'a': request.form.get('a')}
+
+    @app.route('/deferred', methods=['POST'], defer_body=True)
+    async def deferred(request):
+        before = {'form': dict(request.form), 'files': sorted(request.files)}
+        if request.query.get('refuse'):
+            return 'refused before the body', 429
+        await request.read_body()
+        return {'before': before, 'a': request.form.get('a'), 'files': sorted(request.files)}
 
     @app.route('/open', methods=['POST'], csrf=False)
     async def open_form(request):
@@ -3047,6 +3087,37 @@ class SessionTest(unittest.TestCase):
         multipart, ctype = server.encode_multipart({'a': 'm'})
         resp = self.client.request('POST', '/form', body=multipart, headers={'Content-Type': ctype})
         self.assertEqual(resp.status, 403)
+
+    def test_deferred_body_is_read_and_csrf_checked_by_read_body(self):
+        token = self.client.get('/token').text
+        body, ctype = server.encode_multipart({'csrf_token': token, 'a': 'm'}, {'f': ('f.txt', b'data')})
+        resp = self.client.request('POST', '/deferred', body=body, headers={'Content-Type': ctype})
+        self.assertEqual(resp.json(), {'before': {'form': {}, 'files': []}, 'a': 'm', 'files': ['f']})
+        resp = self.client.request('POST', '/deferred?refuse=1', body=body, headers={'Content-Type': ctype})
+        self.assertEqual((resp.status, resp.text), (429, 'refused before the body'))
+        for fields in ({'a': 'm'}, {'a': 'm', 'csrf_token': 'forged'}):
+            with self.subTest(fields=fields):
+                body, ctype = server.encode_multipart(fields, {'f': ('f.txt', b'data')})
+                resp = self.client.request('POST', '/deferred', body=body, headers={'Content-Type': ctype})
+                self.assertEqual(resp.status, 403)
+
+    def test_a_wrong_csrf_token_is_refused_before_the_file_parts(self):
+        # The token sent in a header, or in a field ahead of the file (as a browser sends
+        # the form), is checked before the file is written: here the body breaks off in
+        # the file part, which only a reader that went on would see (400).
+        token = self.client.get('/token').text
+        cut = multipart_body('b', [(b'Content-Disposition: form-data; name="csrf_token"', b'forged'),
+                                   (b'Content-Disposition: form-data; name="f"; filename="f.txt"', b'x' * 100)],
+                             close=False)
+        ctype = 'multipart/form-data; boundary=b'
+        for path in ('/form', '/deferred'):
+            with self.subTest(path=path):
+                self.assertEqual(self.client.request('POST', path, body=cut, headers={'Content-Type': ctype}).status, 403)
+                header = {'Content-Type': ctype, 'X-CSRF-Token': 'forged'}
+                no_field = cut.replace(b'name="csrf_token"', b'name="note"')
+                self.assertEqual(self.client.request('POST', path, body=no_field, headers=header).status, 403)
+                right = cut.replace(b'forged', token.encode())     # right token: the cut is seen
+                self.assertEqual(self.client.request('POST', path, body=right, headers={'Content-Type': ctype}).status, 400)
 
     def test_csrf_token_of_another_session_is_refused(self):
         token = self.client.get('/token').text
@@ -4223,6 +4294,44 @@ class SiteTest(unittest.TestCase):
             self.assertEqual(bob.get(f'/upload/{upload_id}').status, 404)
         self.assertEqual(WebClient(self.port).get(f'/upload/{ids[0]}').status, 404)   # no session at all
 
+    def test_a_visitor_with_uploads_of_their_own_cannot_download_mine(self):
+        alice, bob = self.browser('192.0.2.34'), self.browser('192.0.2.35')
+        for browser, name in ((alice, 'alice.txt'), (bob, 'bob.txt')):
+            resp = browser.post_multipart('/upload', {'csrf_token': browser.csrf('/upload')},
+                                          {'file': (name, name.encode())})
+            self.assertEqual(resp.status, 303)
+        alices, = re.findall(r'href="/upload/(\d+)"', alice.get('/upload').text)
+        bobs, = re.findall(r'href="/upload/(\d+)"', bob.get('/upload').text)
+        self.assertEqual(bob.get(f'/upload/{bobs}').body, b'bob.txt')
+        self.assertEqual(bob.get(f'/upload/{alices}').status, 404)
+        self.assertEqual(alice.get(f'/upload/{bobs}').status, 404)
+        self.assertEqual(alice.get(f'/upload/{alices}').body, b'alice.txt')
+
+    def test_get_or_head_with_a_large_multipart_body_writes_nothing(self):
+        b = self.browser('192.0.2.36')
+        b.csrf('/upload')
+        cookie = '; '.join(f'{k}={v}' for k, v in b.cookies.items())
+        part = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n\r\n'
+                + b'x' * (512 * 1024))
+        # /contact's body limit is 1 MiB: under it, so only the method keeps its body unread.
+        for method, path, length in (('GET', '/upload', 20 * 1000 * 1000), ('HEAD', '/upload', 20 * 1000 * 1000),
+                                     ('GET', '/contact', 1000 * 1000), ('HEAD', '/contact', 1000 * 1000)):
+            with self.subTest(method=method, path=path), self.live.connect() as sock:
+                # Half the body or less sent: a server that read it would wait for the rest.
+                sock.sendall(f'{method} {path} HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\n'
+                             f'Content-Type: multipart/form-data; boundary=B\r\n'
+                             f'Content-Length: {length}\r\n\r\n'.encode() + part)
+                f = sock.makefile('rb')
+                status, headers, _ = read_response(f, method)
+                self.assertEqual(status, 200)
+                self.assertEqual(headers.get('connection'), 'close')    # too much left to drain
+                self.assertEqual([n for n in os.listdir(self.upload_dir) if n.startswith('.part-')], [])
+                try:                                                    # and the server closes
+                    self.assertEqual(f.read(), b'')
+                except ConnectionResetError:    # with our unread bytes in its buffer: a reset
+                    pass
+        self.assertEqual(self.query("SELECT COUNT(*) FROM uploads WHERE name = 'big.bin'"), [(0,)])
+
     def test_upload_needs_csrf_and_a_file(self):
         b = self.browser('192.0.2.32')
         token = b.csrf('/upload')
@@ -4280,6 +4389,190 @@ class SiteTest(unittest.TestCase):
         b = self.browser('192.0.2.50')
         token = b.csrf('/contact')
         self.assertEqual(b.post_form('/admin/login', {'csrf_token': token, 'password': ''}).status, 404)
+
+
+class UploadQuotaTest(unittest.TestCase):
+    """The upload quotas count the uploads still arriving, are checked before a body is read
+    (from its Content-Length), and once more with the insert, in one transaction."""
+
+    GiB = 1024 * 1024 * 1024
+
+    @classmethod
+    def setUpClass(cls):
+        with_site(cls, admin_password=None)
+        cls.upload_dir = os.path.join(cls.live.data, 'uploads')
+
+    def visitor(self, ip):
+        browser = WebClient(self.port, forwarded_for=ip)
+        return browser, browser.csrf('/upload')
+
+    def query(self, sql, params=()):
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as conn:
+            with conn:
+                return conn.execute(sql, params).fetchall()
+
+    def part_files(self):
+        return [n for n in os.listdir(self.upload_dir) if n.startswith('.part-')]
+
+    def start_upload(self, browser, token, content=b'x', length=None, chunked=False):
+        """Send an upload's head with Expect: 100-continue and no body -> (socket, its
+        reader, the body). ``length`` overrides the Content-Length."""
+        body, ctype = server.encode_multipart({'csrf_token': token}, {'file': ('f.bin', content)})
+        framing = 'Transfer-Encoding: chunked' if chunked else f'Content-Length: {length or len(body)}'
+        cookie = '; '.join(f'{k}={v}' for k, v in browser.cookies.items())
+        sock = self.live.connect()
+        self.addCleanup(sock.close)
+        sock.sendall(f'POST /upload HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\nContent-Type: {ctype}\r\n'
+                     f'{framing}\r\nExpect: 100-continue\r\n\r\n'.encode())
+        return sock, sock.makefile('rb'), body
+
+    def assert_continue(self, f):
+        """The server waits for the body: it passed the first check and holds its place."""
+        self.assertEqual(f.readline(), b'HTTP/1.1 100 Continue\r\n')
+        self.assertEqual(f.readline(), b'\r\n')
+
+    def assert_refused(self, f, status):
+        """The final answer comes at once, without a 100 Continue: no body is read."""
+        self.assertEqual(f.readline().split()[1], str(status).encode())
+
+    def test_a_burst_of_uploads_stores_exactly_the_quota(self):
+        browser, token = self.visitor('198.51.100.1')
+        self.assertEqual(browser.post_multipart('/upload', {'csrf_token': token},
+                                                {'file': ('b0.txt', b'burst')}).status, 303)
+
+        def upload(i):
+            client = WebClient(self.port, forwarded_for='198.51.100.1')
+            client.cookies = dict(browser.cookies)
+            resp = client.post_multipart('/upload', {'csrf_token': token}, {'file': (f'b{i}.txt', b'burst')})
+            if resp.status == 429:
+                self.assertIn('You have reached the limit', resp.text)
+            return resp.status
+        burst = 29
+        with concurrent.futures.ThreadPoolExecutor(burst) as pool:
+            statuses = sorted(pool.map(upload, range(1, burst + 1)))
+        stored = server.UPLOAD_QUOTA_FILES - 1
+        self.assertEqual(statuses, [303] * stored + [429] * (burst - stored))
+        listed = re.findall(r'href="/upload/(\d+)"', browser.get('/upload').text)
+        self.assertEqual(len(listed), server.UPLOAD_QUOTA_FILES)
+        self.assertEqual(self.query("SELECT COUNT(*) FROM uploads WHERE name LIKE 'b%.txt'"),
+                         [(server.UPLOAD_QUOTA_FILES,)])
+        self.assertEqual(self.part_files(), [])
+
+    def test_a_visitor_at_the_quota_is_refused_before_the_body(self):
+        browser, token = self.visitor('198.51.100.2')
+        with patched(UPLOAD_QUOTA_FILES=1):
+            self.assertEqual(browser.post_multipart('/upload', {'csrf_token': token},
+                                                    {'file': ('q.txt', b'q')}).status, 303)
+            _, f, _ = self.start_upload(browser, token)
+            self.assertEqual(read_response(f)[0], 429)
+            # Without Expect: the answer comes while the file part is half sent, and no
+            # file part was opened for it.
+            body, ctype = server.encode_multipart({'csrf_token': token}, {'file': ('r.bin', b'r' * 100000)})
+            cookie = '; '.join(f'{k}={v}' for k, v in browser.cookies.items())
+            with self.live.connect() as sock:
+                sock.sendall(f'POST /upload HTTP/1.1\r\nHost: a\r\nCookie: {cookie}\r\nContent-Type: {ctype}\r\n'
+                             f'Content-Length: {len(body)}\r\n\r\n'.encode() + body[:len(body) // 2])
+                status, _, page = read_response(sock.makefile('rb'))
+                self.assertEqual(self.part_files(), [])
+            self.assertEqual(status, 429)
+            self.assertIn(b'You have reached the limit', page)
+        self.assertEqual(self.query("SELECT COUNT(*) FROM uploads WHERE name = 'r.bin'"), [(0,)])
+
+    def test_a_content_length_past_the_bytes_left_is_refused_before_the_body(self):
+        browser, token = self.visitor('198.51.100.3')
+        quota = 64 * 1024
+        with patched(UPLOAD_QUOTA_BYTES=quota):
+            _, f, _ = self.start_upload(browser, token, length=quota + 1)
+            self.assert_refused(f, 429)
+            # A body of exactly the quota goes on, and its file (a little smaller) is stored.
+            form = len(server.encode_multipart({'csrf_token': token}, {'file': ('f.bin', b'')})[0])
+            sock, f, body = self.start_upload(browser, token, content=b'q' * (quota - form))
+            self.assertEqual(len(body), quota)
+            self.assert_continue(f)
+            sock.sendall(body)
+            self.assertEqual(read_response(f)[0], 303)
+            # What is left is the size of the form around the file: a body of that size may
+            # come (it holds an empty file, refused with 400), one byte more may not.
+            _, f, _ = self.start_upload(browser, token, length=form + 1)
+            self.assert_refused(f, 429)
+            sock, f, body = self.start_upload(browser, token, content=b'')
+            self.assertEqual(len(body), form)
+            self.assert_continue(f)
+            sock.sendall(body)
+            self.assertEqual(read_response(f)[0], 400)
+
+    def test_uploads_arriving_count_against_the_files_quota(self):
+        # A first upload still arriving holds the visitor's one place: a second one sent
+        # meanwhile (by the same session, before either has an owner) is refused at once.
+        browser, token = self.visitor('198.51.100.4')
+        with patched(UPLOAD_QUOTA_FILES=1):
+            sock, first, body = self.start_upload(browser, token, content=b'first')
+            self.assert_continue(first)
+            _, second, _ = self.start_upload(browser, token, content=b'second')
+            self.assert_refused(second, 429)
+            other, other_token = self.visitor('198.51.100.9')      # another visitor is not held back
+            other_sock, third, other_body = self.start_upload(other, other_token)
+            self.assert_continue(third)
+            other_sock.sendall(other_body)
+            self.assertEqual(read_response(third)[0], 303)
+            sock.sendall(body)
+            self.assertEqual(read_response(first)[0], 303)
+        self.assertEqual(self.query("SELECT COUNT(*) FROM uploads WHERE name = 'f.bin' AND size = 5"), [(1,)])
+
+    def test_uploads_arriving_count_against_the_total_and_the_free_space(self):
+        # A chunked upload reserves the largest upload (MAX_UPLOAD_BYTES, raised here so the
+        # margins dwarf what other programs write to the disk meanwhile).
+        ann, ann_token = self.visitor('198.51.100.5')
+        bob, bob_token = self.visitor('198.51.100.6')
+        total = self.query('SELECT COALESCE(SUM(size), 0) FROM uploads')[0][0]
+        free = shutil.disk_usage(self.upload_dir).free
+        for limit in ({'UPLOAD_TOTAL_BYTES': total + self.GiB * 3 // 2},
+                      {'UPLOAD_MIN_FREE_BYTES': free - self.GiB * 3 // 2}):
+            with self.subTest(limit=limit), quiet_logs(), patched(
+                    MAX_UPLOAD_BYTES=self.GiB, UPLOAD_QUOTA_BYTES=4 * self.GiB, **limit):
+                sock, first, body = self.start_upload(ann, ann_token, chunked=True)
+                self.assert_continue(first)
+                _, second, _ = self.start_upload(bob, bob_token, chunked=True)
+                self.assert_refused(second, 507)
+                sock.sendall(b'%x\r\n%s\r\n0\r\n\r\n' % (len(body), body))
+                self.assertEqual(read_response(first)[0], 303)
+
+    def test_another_worker_taking_the_last_place_meanwhile_is_seen_at_the_end(self):
+        browser, token = self.visitor('198.51.100.7')
+        with patched(UPLOAD_QUOTA_FILES=2):
+            self.assertEqual(browser.post_multipart('/upload', {'csrf_token': token},
+                                                    {'file': ('w1.txt', b'w')}).status, 303)
+            (owner,), = self.query("SELECT owner FROM uploads WHERE name = 'w1.txt'")
+            sock, f, body = self.start_upload(browser, token, content=b'late')
+            self.assert_continue(f)
+            # Another worker (its own count of uploads arriving) stores the visitor's second file.
+            self.query('INSERT INTO uploads (owner, name, stored, size, content_type, created) '
+                       "VALUES (?, 'w2.txt', ?, 1, 'text/plain', 0)", (owner, 'f' * 32))
+            sock.sendall(body)
+            status, _, page = read_response(f)
+        self.assertEqual(status, 429)
+        self.assertIn(b'You have reached the limit', page)
+        self.assertEqual(self.query('SELECT COUNT(*) FROM uploads WHERE owner = ?', (owner,)), [(2,)])
+        stored = {row[0] for row in self.query('SELECT stored FROM uploads')}
+        self.assertEqual(set(os.listdir(self.upload_dir)), stored - {'f' * 32})    # its file removed
+
+    def test_a_place_is_given_back_however_the_upload_ends(self):
+        browser, token = self.visitor('198.51.100.8')
+        with patched(UPLOAD_QUOTA_FILES=1):
+            for fields, files, status in (({'csrf_token': 'forged'}, {'file': ('a.txt', b'a')}, 403),
+                                          ({'csrf_token': token}, {'file': ('a.txt', b'')}, 400)):
+                self.assertEqual(browser.post_multipart('/upload', fields, files).status, status)
+            sock, f, _ = self.start_upload(browser, token)
+            self.assert_continue(f)
+            sock.shutdown(socket.SHUT_RDWR)       # gone in the middle of the body
+            deadline = time.monotonic() + 5
+            while True:                           # until the server has seen the close
+                status = browser.post_multipart('/upload', {'csrf_token': token},
+                                                {'file': ('kept.txt', b'k')}).status
+                if status != 429 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            self.assertEqual(status, 303)
 
 
 class VisitCounterTest(unittest.TestCase):
