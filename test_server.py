@@ -5311,6 +5311,16 @@ class NginxTest(unittest.TestCase):
             self.skipTest('nginx is not installed')
         tmp = tempfile.mkdtemp(prefix='server-nginx-')
         self.addCleanup(shutil.rmtree, tmp, True)
+        # nginx's workers run as an unprivileged user when it starts as root: they read the
+        # static files from a copy they can reach, wherever this checkout lives (a clone in a
+        # folder only root may enter, as mktemp -d makes, is fine for the app, not for them).
+        os.chmod(tmp, 0o755)
+        www = os.path.join(tmp, 'www')
+        shutil.copytree(WWW, www)
+        for folder, _, files in os.walk(www):
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o644)
         pair = make_certificate(tmp)
         if pair is None:
             self.skipTest('openssl is not installed')
@@ -5333,7 +5343,7 @@ class NginxTest(unittest.TestCase):
             ('listen 443 ssl;', f'listen 127.0.0.1:{https_port} ssl;'),
             ('/etc/letsencrypt/live/example.com/fullchain.pem', pair[0]),
             ('/etc/letsencrypt/live/example.com/privkey.pem', pair[1]),
-            ('/srv/portfolio/www', WWW),
+            ('/srv/portfolio/www', www),
             ('server 127.0.0.1:8000;', f'server 127.0.0.1:{live.port};'),
             ('http {', f'http {{\n    client_body_temp_path {tmp}/body;\n    proxy_temp_path {tmp}/proxy;\n'
                        f'    fastcgi_temp_path {tmp}/fastcgi;\n    uwsgi_temp_path {tmp}/uwsgi;\n'
