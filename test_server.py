@@ -4921,9 +4921,21 @@ def make_certificate(folder):
 
 
 def free_port():
+    """A port free right now, for nginx alone (it cannot say which port 0 gave it); the
+    server itself listens on port 0 and says its port (banner_port): no race."""
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def banner_port(line):
+    """The port in server.py's first line ('serving http://127.0.0.1:PORT/ ...')."""
+    if isinstance(line, bytes):
+        line = line.decode(errors='replace')
+    m = re.search(r'serving https?://[^ ]*:(\d+)/', line)
+    if m is None:
+        raise AssertionError(f'server.py did not say where it listens: {line!r}')
+    return int(m.group(1))
 
 
 class ServerProcess:
@@ -4932,15 +4944,15 @@ class ServerProcess:
     def __init__(self, *args, data=None, env=None, umask=-1):
         self.tmp = tempfile.mkdtemp(prefix='server-proc-')
         self.data = data or os.path.join(self.tmp, 'data')
-        self.port = free_port()
         # A session of its own: cleanup reaches workers too, even if the parent is gone, so
         # no straggler keeps the output pipes open (communicate would wait on them forever).
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, 'server.py'), '--port', str(self.port),
+            [sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
              '--data', self.data, '--root', WWW, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})),
             start_new_session=True, umask=umask)
         self.banner = self.proc.stdout.readline().decode()
+        self.port = banner_port(self.banner) if 'serving' in self.banner else None
 
     def kill_all(self):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -5084,15 +5096,15 @@ class CommandLineTest(unittest.TestCase):
         self.addCleanup(shutil.rmtree, tmp, True)
         root = os.path.join(tmp, 'www')
         shutil.copytree(WWW, root)
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'), '--reload', '--port', str(port),
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'), '--reload', '--port', '0',
                                  '--root', root, '--data', os.path.join(tmp, 'data'), '--no-access-log'],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.communicate()))
-        self.assertIn(b'serving http://', proc.stdout.readline())
+        port = banner_port(proc.stdout.readline())
         with open(os.path.join(root, 'robots.txt'), 'a') as f:
             f.write('# changed\n')
-        self.assertIn(b'serving http://', proc.stdout.readline())     # a second start
+        # A second start, on a port of its own (port 0 again).
+        port = banner_port(proc.stdout.readline())
         deadline = time.monotonic() + 10
         body = b''
         while time.monotonic() < deadline and b'# changed' not in body:
@@ -5108,12 +5120,11 @@ class CommandLineTest(unittest.TestCase):
     def test_runs_from_any_folder(self):
         tmp = tempfile.mkdtemp(prefix='server-cwd-')
         self.addCleanup(shutil.rmtree, tmp, True)
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'), '--port', str(port),
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
                                  '--data', os.path.join(tmp, 'data'), '--no-access-log'],
                                 cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.communicate()))
-        self.assertIn(b'serving http://', proc.stdout.readline())
+        port = banner_port(proc.stdout.readline())
         self.assertEqual(status_of(port, b'GET / HTTP/1.1\r\nHost: a\r\n\r\n'), 200)   # www/ beside server.py
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)
@@ -5732,7 +5743,7 @@ class DataFolderTest(unittest.TestCase):
         content = b'slow upload ' * 5000
         browser, sock, rest = self.start_slow_upload(first.port, content)
         self.wait_for_spool(os.path.join(first.data, 'uploads'))
-        second = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', str(free_port()),
+        second = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
                                  '--data', first.data, '--root', WWW],
                                 capture_output=True, text=True, timeout=20)
         self.assertEqual(second.returncode, 1, second.stderr)
@@ -5944,14 +5955,13 @@ class ResourceFaultTest(unittest.TestCase):
             'import resource, sys; sys.path.insert(0, %r); '
             'resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)); '
             'import server; sys.exit(server.main(sys.argv[1:]))' % HERE)
-        port = free_port()
         tmp = tempfile.mkdtemp(prefix='server-fd-')
         self.addCleanup(shutil.rmtree, tmp, True)
-        proc = subprocess.Popen([sys.executable, '-c', script, '--port', str(port), '--root', WWW,
+        proc = subprocess.Popen([sys.executable, '-c', script, '--port', '0', '--root', WWW,
                                  '--data', os.path.join(tmp, 'data'), '--no-access-log'],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.communicate()))
-        proc.stdout.readline()
+        port = banner_port(proc.stdout.readline())
         hogs = []
         for _ in range(80):                       # far more than the server may open
             with contextlib.suppress(OSError):
@@ -5983,15 +5993,14 @@ class ResourceFaultTest(unittest.TestCase):
             'import resource, sys; sys.path.insert(0, %r); '
             'resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d)); '
             'import server; sys.exit(server.main(sys.argv[1:]))' % (HERE, limit, limit))
-        port = free_port()
         tmp = tempfile.mkdtemp(prefix='server-fsize-')
         self.addCleanup(shutil.rmtree, tmp, True)
         data = os.path.join(tmp, 'data')
-        proc = subprocess.Popen([sys.executable, '-c', script, '--port', str(port), '--root', WWW,
+        proc = subprocess.Popen([sys.executable, '-c', script, '--port', '0', '--root', WWW,
                                  '--data', data, '--no-access-log'],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.communicate()))
-        proc.stdout.readline()
+        port = banner_port(proc.stdout.readline())
         conn = http.client.HTTPConnection('127.0.0.1', port, timeout=10)
         conn.request('GET', '/upload')
         resp = conn.getresponse()
