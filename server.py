@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """server.py: an asyncio HTTP/1.1 server, a small web framework, and the site it serves.
 
-One file, the Python standard library only (3.10 to 3.13).
+One file, the Python standard library only (3.10 to 3.14).
 
 Run the site::
 
