@@ -252,30 +252,53 @@ def abort(status, detail=''):
 # RFC 9112 section 2-7 and RFC 9110. Strictness defends against request smuggling:
 # ambiguity is refused, never guessed at.
 
+# The grammar, written once from the RFCs' ABNF as regular-expression text and composed
+# below into every expression the parser uses: over bytes for one line at a time, and over
+# a whole head decoded as latin-1 (one character a byte, so obs-text stays one character).
 # RFC 9110 5.6.2: token = 1*tchar
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-# RFC 9112 3: request-line = method SP request-target SP HTTP-version. The target is any
-# run of visible ASCII; its form is checked after.
-_REQUEST_LINE_RE = re.compile(rb'(' + _TOKEN + rb') ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])')
-_VERSION_RE = re.compile(rb'HTTP/[0-9]+\.[0-9]+')
-_TARGET_RE = re.compile(rb'[\x21-\x7e]+')
-_TOKEN_RE = re.compile(_TOKEN)
-_CONTENT_LENGTH_RE = re.compile(rb'[0-9]+')
-# The value may not start with a space or tab, so the optional whitespace before it is
-# unambiguous and a failing match backtracks in linear time.
-_FIELD_LINE_RE = re.compile(rb'(' + _TOKEN + rb'):[ \t]*((?:[^\x00-\x20\x7f][^\x00-\x08\x0a-\x1f\x7f]*)?)\r?')
-# RFC 9112 7.1: chunk-size is 1*HEXDIG; extensions follow a ';' and are ignored, but may
+TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# RFC 9112 3.2: request-target. Any run of visible ASCII (VCHAR) here; which of the four
+# forms it is, is decided after (frame_request).
+REQUEST_TARGET = r'[\x21-\x7e]+'
+# RFC 9112 2.3: HTTP-version = HTTP-name "/" DIGIT "." DIGIT. A longer number is still
+# recognisably a version (505, not 400).
+HTTP_VERSION = r'HTTP/[0-9]\.[0-9]'
+ANY_HTTP_VERSION = r'HTTP/[0-9]+\.[0-9]+'
+# RFC 9110 5.5: field-vchar = VCHAR / obs-text; field-content adds SP and HTAB between
+# them. Everything else, CR, LF and NUL among them, is refused (RFC 9110 5.5, 9112 5).
+FIELD_VCHAR = r'[^\x00-\x20\x7f]'
+FIELD_CHAR = r'[^\x00-\x08\x0a-\x1f\x7f]'
+# RFC 9110 5.6.3: OWS = *( SP / HTAB ). The value may not start with either, so the
+# whitespace before it is unambiguous and a failing match backtracks in linear time.
+OWS = r'[ \t]*'
+FIELD_VALUE = '(?:' + FIELD_VCHAR + FIELD_CHAR + '*)?'
+# RFC 9112 2.2: lines end in CRLF; a bare LF is accepted in the head, never a bare CR.
+EOL = r'\r?\n'
+# RFC 9112 7.1: chunk-size = 1*HEXDIG; extensions follow a ';' and are ignored, but may
 # hold no control characters, as a field value may not.
-_CHUNK_SIZE_RE = re.compile(rb'([0-9A-Fa-f]+)[ \t]*(;[^\x00-\x08\x0a-\x1f\x7f]*)?')
-# The same grammar over a whole head decoded as latin-1 (so obs-text stays one character a
-# byte): request line, field lines, blank line. Only the field block is captured, so the
-# whitespace before a value joins the value's own repeat (the same characters, in one
-# loop). Every repeat is delimited by characters the one before it cannot contain, so a
-# failing match is linear too.
-_TOKEN_TEXT = _TOKEN.decode('ascii')
-_HEAD_RE = re.compile(
-    '(' + _TOKEN_TEXT + ') ([\x21-\x7e]+) HTTP/1\\.([01])\r?\n'
-    '((?:' + _TOKEN_TEXT + ':[^\x00-\x08\x0a-\x1f\x7f]*\r?\n)*)\r?\n')
+CHUNK_SIZE = '[0-9A-Fa-f]+'
+
+
+def _bytes_re(text):
+    return re.compile(text.encode('latin-1'))
+
+
+# RFC 9112 3: request-line = method SP request-target SP HTTP-version
+_REQUEST_LINE_RE = _bytes_re(f'({TOKEN}) ({REQUEST_TARGET}) ({HTTP_VERSION})')
+_VERSION_RE = _bytes_re(ANY_HTTP_VERSION)
+_TARGET_RE = _bytes_re(REQUEST_TARGET)
+_TOKEN_RE = _bytes_re(TOKEN)
+_CONTENT_LENGTH_RE = _bytes_re('[0-9]+')        # RFC 9110 8.6: 1*DIGIT
+# RFC 9112 5: field-line = field-name ":" OWS field-value OWS (an optional CR before the
+# LF it was split at; trailing OWS is taken off after).
+_FIELD_LINE_RE = _bytes_re(rf'({TOKEN}):{OWS}({FIELD_VALUE})\r?')
+_CHUNK_SIZE_RE = _bytes_re(f'({CHUNK_SIZE}){OWS}(;{FIELD_CHAR}*)?')
+# RFC 9112 2.1: HTTP-message = start-line CRLF *( field-line CRLF ) CRLF, for the two
+# versions we speak. Only the field block is captured: OWS and the value merge into one
+# repeat of FIELD_CHAR (the same strings, in one loop), and every repeat is delimited by a
+# character the one before it cannot contain, so a failing match is linear too.
+_HEAD_RE = re.compile(rf'({TOKEN}) ({REQUEST_TARGET}) HTTP/1\.([01]){EOL}'
+                      rf'((?:{TOKEN}:{FIELD_CHAR}*{EOL})*){EOL}')
 _COLONS = itertools.repeat(':')      # str.partition's second argument, for map()
 _OWS = ' \t'                          # RFC 9110 5.6.3: optional whitespace
 _HTTP_11, _HTTP_10 = (1, 1), (1, 0)

@@ -254,6 +254,17 @@ class ParseHeadTest(unittest.TestCase):
         self.assertTrue(req.keep_alive)
         self.assertEqual(req.body_length, 0)
 
+    def test_the_head_and_line_expressions_share_one_grammar(self):
+        # _HEAD_RE (the whole head at once) and _FIELD_LINE_RE (a line at a time, and every
+        # trailer line) are composed from the same fragments: they accept the same lines.
+        lines = [b'Host: a', b'Host:a', b'Host:', b'Host:  \t a b \t', b'X-Obs: caf\xe9', b'A: b\tc',
+                 b'Host : a', b' Host: a', b'Ho st: a', b'Host: a\rb', b'Host: a\x00', b'Host: a\x7f',
+                 b'(Host): a', b'Host: a\x1b[31m', b': a', b'Host', b'X-\xe9: a', b'Host: \x0b']
+        for line in lines:
+            with self.subTest(line=line):
+                whole = server._HEAD_RE.fullmatch((b'GET / HTTP/1.1\r\n' + line + b'\r\n\r\n').decode('latin-1'))
+                self.assertEqual(whole is not None, server._FIELD_LINE_RE.fullmatch(line) is not None)
+
     def test_bare_lf_lines_are_accepted(self):
         req = self.parse(b'GET / HTTP/1.1\nHost: a\n\n')
         self.assertEqual(req.headers['host'], 'a')
