@@ -1159,6 +1159,7 @@ class Request:
     _cleanup = ()                  # uploads spooled for this request
     _body_read = False             # read_body() finished
     _csrf_pending = False          # a defer_body route's CSRF check waits for its body
+    _bad_path = False              # the percent-decoded path is not UTF-8: a 400
 
     def __init__(self, app, head, client, scheme='http', body_source=None):
         self.app = app
@@ -1178,7 +1179,9 @@ class Request:
             try:
                 path = urllib.parse.unquote(path, encoding='utf-8', errors='strict')
             except UnicodeDecodeError:
-                raise HTTPError(400, 'path is not valid UTF-8') from None
+                # Refused by App.handle, like any other error, so the app's error handlers
+                # and after hooks (security headers) see it; the path stays as it came.
+                self._bad_path = True
         self.path = path
 
     @property
@@ -2265,6 +2268,8 @@ class App:
         return path, offset, max(0, size - offset)
 
     async def _dispatch(self, request):
+        if request._bad_path:
+            raise HTTPError(400, 'path is not valid UTF-8')
         method = request.method
         if request.path == '*':
             if method == 'OPTIONS':
@@ -4275,13 +4280,9 @@ class HTTPConnection(asyncio.Protocol):
     async def _respond(self, head, reader):
         request = None
         try:
-            try:
-                request = Request(self.app, head, self.peer, self.scheme, reader)
-                request._peer_trusted = self.peer_trusted
-            except HTTPError as exc:
-                response = error_page(exc)
-            else:
-                response = await self.app.handle(request)
+            request = Request(self.app, head, self.peer, self.scheme, reader)
+            request._peer_trusted = self.peer_trusted
+            response = await self.app.handle(request)
             body = response.body
             if response.file is None and body.__class__ is bytes:
                 # The common answer: written, and usually finished, without another coroutine.

@@ -4121,6 +4121,18 @@ class SiteTest(unittest.TestCase):
     def browser(self, ip):
         return WebClient(self.port, forwarded_for=ip)
 
+    def test_a_target_that_is_not_utf8_gets_the_site_error_page_and_headers(self):
+        # Refused where every other error is (App.handle): the site's error page, its
+        # security headers, and the connection goes on.
+        first, second = exchange(self.port, b'GET /%ff%fe HTTP/1.1\r\nHost: a\r\n\r\n'
+                                 b'GET /robots.txt HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+        status, headers, body = first
+        self.assertEqual(status, 400)
+        self.assertEqual(headers['x-frame-options'], 'DENY')
+        self.assertIn("script-src 'self'", headers['content-security-policy'])
+        self.assertIn(b'<html', body)
+        self.assertEqual(second[0], 200)
+
     def query(self, sql, params=()):
         with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as conn:
             return conn.execute(sql, params).fetchall()
