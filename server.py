@@ -33,6 +33,7 @@ import contextlib
 import contextvars
 import csv
 import email.utils
+import enum
 import errno
 import functools
 import gzip
@@ -930,6 +931,122 @@ def etag_matches(header, etag, weak=True):
     return False
 
 
+# -- The response side: head bytes and the keep-alive decision (RFC 9112 6, 9.3) --
+
+class _Clock:
+    """The Date header and the access-log time, formatted at most once a second."""
+
+    def __init__(self):
+        self._next = 0.0       # when the current second ends
+        self.date_line = b''
+        self.log_time = ''
+
+    def tick(self):
+        now = time.time()
+        if now >= self._next or now < self._next - 1.0:    # a new second, or the clock went back
+            second = int(now)
+            self._next = second + 1.0
+            self.date_line = f'Date: {http_date(second)}\r\n'.encode('ascii')
+            self.log_time = time.strftime('%d/%b/%Y:%H:%M:%S +0000', time.gmtime(second))
+        return self.date_line
+
+
+CLOCK = _Clock()
+_NO_BODY_STATUSES = frozenset({204, 304})
+_FRAMING_HEADERS = frozenset({'content-length', 'transfer-encoding', 'connection'})
+_LENGTH_LINES = {}   # body length -> its Content-Length line: formatting bytes costs more
+_STATUS_LINES = {}
+
+
+def _status_line(status):
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = f'HTTP/1.1 {status} {reason_phrase(status)}\r\n'.encode()
+    return line
+
+
+def field_block(headers):
+    """An app's header fields as 'Name: value\\r\\n' bytes, or None if one would inject.
+
+    Framing is ours alone: an app's Content-Length, Transfer-Encoding or Connection could
+    desynchronise the client, so they are dropped. Each line has exactly one CR and one LF;
+    more means a value carried its own (header injection). The block is kept on the
+    Headers until they change, so shared fields (a content type's, a static file's) are
+    encoded once.
+    """
+    block = headers._block
+    if block is not None:
+        return block
+    lines = [f'{name}: {value}\r\n' for name, value in headers._items if name.lower() not in _FRAMING_HEADERS]
+    text = ''.join(lines)
+    if text.count('\n') != len(lines) or text.count('\r') != len(lines) or '\x00' in text:
+        return None
+    block = headers._block = text.encode('latin-1', 'replace')
+    return block
+
+
+def _frozen_fields(items):
+    """Headers shared by many responses: indexed and encoded now, then only ever viewed (_view)."""
+    fields = Headers(items)
+    fields._index           # touching it builds the index (Headers.__getattr__)
+    field_block(fields)     # stored on fields._block
+    return fields
+
+
+_NO_FIELDS = _frozen_fields([])     # the shared fields of a response made without any
+
+
+def response_head(version, status, fields, length, keep_alive, body=b''):
+    """A response's head as bytes, ``body`` appended (to send both in one write); None if
+    one of the app's ``fields`` (Headers) would inject a line of its own.
+
+    Status line, Date, the app's fields, then our framing (RFC 9112 6): Content-Length when
+    the ``length`` is known, chunked for an HTTP/1.1 stream of unknown length, none for 1xx,
+    204 and 304; ``Connection: close`` whenever the connection ends after it.
+    """
+    user = fields._block                # encoded when first written, kept until changed
+    if user is None:
+        user = field_block(fields)
+        if user is None:
+            return None
+    if status in _NO_BODY_STATUSES or status < 200:
+        framing = b''
+    elif length is not None:
+        framing = _LENGTH_LINES.get(length)
+        if framing is None:
+            framing = b'Content-Length: %d\r\n' % length
+            if len(_LENGTH_LINES) < 4096:
+                _LENGTH_LINES[length] = framing
+    elif version >= (1, 1):
+        framing = b'Transfer-Encoding: chunked\r\n'
+    else:
+        framing = b''
+    if not keep_alive:
+        end = b'Connection: close\r\n\r\n'
+    elif version < (1, 1):
+        end = b'Connection: keep-alive\r\n\r\n'
+    else:
+        end = b'\r\n'
+    return b''.join((_STATUS_LINES.get(status) or _status_line(status), CLOCK.tick(), user,
+                     framing, end, body))
+
+
+def keep_alive_after(head, close, unknown_length, body_left):
+    """May the connection carry another request once this answer is sent? (RFC 9112 9.3)
+
+    ``close``: the app or the server wants it closed. ``unknown_length``: the answer is a
+    stream of unknown length, which on HTTP/1.0 only the close can end. ``body_left``: None
+    when the request's body was read whole, else how many of its bytes are still to come
+    and be drained (-1 when that cannot be done: the body failed, its framing is chunked,
+    or the client waits for a 100 Continue it was never sent, RFC 9110 10.1.1).
+    """
+    if close or not head.keep_alive:
+        return False
+    if unknown_length and head.version < (1, 1):
+        return False
+    return body_left is None or 0 <= body_left <= MAX_DRAIN_BYTES
+
+
 # === 4. Forms ===
 # application/x-www-form-urlencoded is parse_query above (a large form is parsed in a
 # thread: Request._read_body). multipart/form-data (RFC 7578) is parsed incrementally: the
@@ -1516,14 +1633,6 @@ def _close_spool(upload):
 
 
 _HEADER_INJECTION_RE = re.compile(r'[\r\n\x00]')
-_STATUS_LINES = {}
-
-
-def _status_line(status):
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = _STATUS_LINES[status] = f'HTTP/1.1 {status} {reason_phrase(status)}\r\n'.encode()
-    return line
 
 
 class Response:
@@ -1571,6 +1680,11 @@ class Response:
     @headers.setter
     def headers(self, headers):
         self._headers = headers if isinstance(headers, Headers) else Headers(headers)
+
+    def _fields(self):
+        """The fields to write: its own, or the shared ones of its type when none were made."""
+        fields = self._headers
+        return self._shared if fields is None else fields
 
     @classmethod
     def json(cls, data, status=200, headers=None):
@@ -3786,14 +3900,6 @@ def file_etag(st):
     return '"' + hashlib.blake2b(validators, digest_size=8).hexdigest() + '"'
 
 
-def _frozen_fields(items):
-    """Headers for a cache entry: indexed and encoded now, then only ever viewed (_view)."""
-    fields = Headers(items)
-    fields._index           # touching it builds the index (Headers.__getattr__), here in the thread
-    _field_block(fields)    # stored on fields._block
-    return fields
-
-
 def _entry_bytes(entry):
     return len(entry.body or b'') + len(entry.gzipped or b'') + 512
 
@@ -3852,31 +3958,9 @@ def _hex_escape(m):
     return f'\\x{code:02X}' if code < 256 else m.group().encode('unicode_escape').decode('ascii')
 
 
-class _Clock:
-    """The Date header and the access-log time, formatted at most once a second."""
-
-    def __init__(self):
-        self._next = 0.0       # when the current second ends
-        self.date_line = b''
-        self.log_time = ''
-
-    def tick(self):
-        now = time.time()
-        if now >= self._next or now < self._next - 1.0:    # a new second, or the clock went back
-            second = int(now)
-            self._next = second + 1.0
-            self.date_line = f'Date: {http_date(second)}\r\n'.encode('ascii')
-            self.log_time = time.strftime('%d/%b/%Y:%H:%M:%S +0000', time.gmtime(second))
-        return self.date_line
-
-
-CLOCK = _Clock()
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _CR_LF = (13, 10)
 _EMPTY_LINES_RE = re.compile(rb'(?:\r?\n)*')
-_NO_BODY_STATUSES = frozenset({204, 304})
-_FRAMING_HEADERS = frozenset({'content-length', 'transfer-encoding', 'connection'})
-_LENGTH_LINES = {}   # body length -> its Content-Length line: formatting bytes costs more
 
 
 class BodyReader:
@@ -3946,6 +4030,24 @@ class BodyReader:
         self.error = exc
         self._wake()
 
+    def left_to_drain(self):
+        """None once the whole body arrived, else the bytes still to come (-1: they cannot be
+        drained: the body failed, its length is unknown, or the client waits for a 100
+        Continue it was never sent)."""
+        if self.complete:
+            return None
+        if self.error is not None or self.decoder is not None or (
+                self.expect_continue and not self.continue_sent):
+            return -1
+        return self.remaining
+
+    def discard(self):
+        """Drop what was read of the body and discard the rest as it comes (the handler is done)."""
+        self.discarding = True
+        self.chunks.clear()
+        self.buffered = 0
+        self.received = 0        # MAX_DRAIN_BYTES counts what is discarded from here
+
     def _wake(self):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -3976,7 +4078,7 @@ class BodyReader:
                 return b''
             if self.expect_continue and not self.continue_sent:
                 self.continue_sent = True
-                self.conn.write(_CONTINUE)
+                self.conn.writer.write(_CONTINUE)
             self.waiter = self.conn.loop.create_future()
             try:
                 await self.waiter
@@ -3984,64 +4086,389 @@ class BodyReader:
                 self.waiter = None
 
 
-class HTTPConnection(asyncio.Protocol):
-    """One client connection: parses requests, runs them one at a time, writes responses.
+class Deadline(enum.Enum):
+    """What a connection waits for, each with a time limit of its own (seconds()).
 
-    Pipelined requests wait in the buffer and are answered in order. Every phase has a
-    deadline (head, idle keep-alive, stalled body, client not reading) checked by the
-    server's reaper once a second, so thousands of connections cost no timers.
+    The server's reaper checks every connection's one deadline once a second, so thousands
+    of connections cost no timers.
+    """
+
+    HEAD = 'head'      # the rest of a request head: slowloris
+    IDLE = 'idle'      # a keep-alive connection's next request
+    BODY = 'body'      # more of a request body, and its minimum average rate
+    WRITE = 'write'    # the client to take what was written to it
+
+    def seconds(self):
+        """How long this wait may take; the limits are read when asked, so a change applies at once."""
+        if self is Deadline.HEAD:
+            return HEADER_TIMEOUT_S
+        if self is Deadline.IDLE:
+            return KEEPALIVE_TIMEOUT_S
+        if self is Deadline.BODY:
+            return BODY_TIMEOUT_S
+        return WRITE_TIMEOUT_S
+
+
+_HEAD_WAIT, _IDLE_WAIT, _BODY_WAIT, _WRITE_WAIT = Deadline
+
+
+def sendfile_deadline(count):
+    """Seconds one sendfile step of ``count`` bytes may take: what SENDFILE_MIN_RATE needs,
+    but at least WRITE_TIMEOUT_S and at most four times it."""
+    return min(4 * WRITE_TIMEOUT_S, max(WRITE_TIMEOUT_S, count / SENDFILE_MIN_RATE))
+
+
+class ResponseWriter:
+    """Puts one connection's responses on its transport: bytes, streams and files.
+
+    Flow control: ``drain()`` waits while the transport's buffer is above its high-water
+    mark (pause_writing), under a write deadline that cuts off a client that stopped
+    reading. Small writes may be held back (corked) while Server._start_due gathers the
+    answers to pipelined requests, and go out in one write. Files go out with
+    loop.sendfile where the transport allows it, else in chunks read in a thread.
+    """
+
+    __slots__ = ('conn', 'transport', 'loop', 'paused', 'drain_waiter', 'corked', 'sending_file')
+
+    def __init__(self, conn, transport):
+        self.conn = conn
+        self.transport = transport
+        self.loop = conn.loop
+        self.paused = False            # the transport's buffer is above its high-water mark
+        self.drain_waiter = None
+        self.corked = None             # small writes held back while pipelined answers are gathered
+        self.sending_file = False      # loop.sendfile owns the socket right now
+
+    def write(self, data):
+        """transport.write, or held back while pipelined answers are gathered."""
+        corked = self.corked
+        if corked is None:
+            self.transport.write(data)
+        elif len(data) > CORK_BYTES:
+            self.uncork()
+            self.transport.write(data)
+        else:
+            corked.append(data)
+
+    def uncork(self):
+        """Send what was held back, in one write."""
+        corked = self.corked
+        if corked is not None:
+            self.corked = None
+            if corked:
+                self.transport.write(b''.join(corked))
+
+    async def drain(self):
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self.conn.closed:
+            raise ClientDisconnected('client went away')
+        # Held-back writes count too: the transport can only push back on what it was given.
+        self.uncork()
+        if self.paused:
+            self.drain_waiter = self.loop.create_future()
+            try:
+                await self.drain_waiter
+            finally:
+                self.drain_waiter = None
+
+    def wake(self, exc=None):
+        """Let a drain() go on (the buffer emptied), or fail it (the client went away)."""
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+    def write_bytes(self, head, response, body, keep_alive):
+        """Write a response whose body is bytes; the body bytes sent, or None if a field would inject."""
+        status = response.status
+        fields = response._fields()
+        length = len(body)
+        if head.method == 'HEAD' or status in _NO_BODY_STATUSES or status < 200:
+            data = response_head(head.version, status, fields, length, keep_alive)
+            sent = 0
+        elif length <= 65536:
+            data = response_head(head.version, status, fields, length, keep_alive, body)
+            sent = length
+        else:        # not worth copying a large body just to save one send()
+            data = response_head(head.version, status, fields, length, keep_alive)
+            if data is not None:
+                self.write(data)
+                data = body
+            sent = length
+        if data is None:
+            return None
+        if self.corked is None:       # the usual case, without a call
+            self.transport.write(data)
+        else:
+            self.write(data)
+        return sent
+
+    async def write_other(self, head, response, keep_alive):
+        """Write a response with a file or a streamed body; the body bytes sent, or None."""
+        body = response.body
+        stream = None
+        file_spec = response.file
+        if file_spec is not None:
+            length = file_spec[2]
+            if length is None:
+                length = (await asyncio.to_thread(os.stat, file_spec[0])).st_size - file_spec[1]
+                file_spec = (file_spec[0], file_spec[1], length)
+        elif body is None or isinstance(body, (str, bytes, bytearray, memoryview)):
+            # Set on the response after it was made: take it as bytes, as the constructor would.
+            if body is None:
+                body = b''
+            elif isinstance(body, str):
+                body = body.encode('utf-8')
+            else:
+                body = bytes(body)
+            response.body = body
+            return self.write_bytes(head, response, body, keep_alive)
+        else:
+            stream, length = body, None
+        status = response.status
+        data = response_head(head.version, status, response._fields(), length, keep_alive)
+        if data is None or head.method == 'HEAD' or status in _NO_BODY_STATUSES or status < 200:
+            if stream is not None and hasattr(stream, 'close'):
+                with contextlib.suppress(Exception):     # the app's own iterator: its close may fail
+                    stream.close()
+            if data is None:
+                return None
+            self.write(data)
+            return 0
+        self.write(data)
+        if file_spec is not None:
+            return await self._send_file(*file_spec)
+        return await self._send_stream(stream, chunked=head.version >= (1, 1))
+
+    async def _send_stream(self, stream, chunked):
+        sent = 0
+        if hasattr(stream, '__aiter__'):
+            async for chunk in stream:
+                sent += await self._write_chunk(chunk, chunked)
+        else:
+            iterator = iter(stream)
+            done = object()
+            try:
+                while True:
+                    chunk = await asyncio.to_thread(next, iterator, done)
+                    if chunk is done:
+                        break
+                    sent += await self._write_chunk(chunk, chunked)
+            finally:
+                if hasattr(iterator, 'close'):
+                    await asyncio.to_thread(iterator.close)
+        if chunked:
+            self.write(b'0\r\n\r\n')
+        return sent
+
+    async def _write_chunk(self, chunk, chunked):
+        if isinstance(chunk, str):
+            chunk = chunk.encode('utf-8')
+        if not chunk:
+            return 0
+        if chunked:
+            self.write(b'%x\r\n%b\r\n' % (len(chunk), chunk))
+        else:
+            self.write(chunk)
+        await self.drain()
+        return len(chunk)
+
+    async def _send_file(self, path, offset, length):
+        f = await asyncio.to_thread(open, path, 'rb')
+        try:
+            sent = 0
+            if self.conn.scheme == 'http':
+                sent = await self._sendfile(f, offset, length)
+            while sent < length:
+                step = min(STATIC_CHUNK_BYTES, length - sent)
+                data = await asyncio.to_thread(_read_at, f, offset + sent, step)
+                if not data:
+                    # The file shrank while we sent it; the length we promised is now a lie.
+                    self.transport.abort()
+                    raise ConnectionResetError('file changed while being sent')
+                self.write(data)
+                sent += len(data)
+                await self.drain()
+            return sent
+        finally:
+            f.close()   # a read-only regular file: closing never waits on the disk
+
+    async def _sendfile(self, f, offset, length):
+        """Zero-copy with loop.sendfile, in steps that each must finish within a write deadline.
+
+        Steps start at 1 MiB (one call for most files: each call costs loop work of its
+        own) and double up to 4 MiB while the client keeps up. A step's deadline follows
+        SENDFILE_MIN_RATE (sendfile_deadline), so a slow but live client (down to ~9 KB/s) is
+        not cut off and a dead one is within two minutes. A step that overruns is cancelled
+        (HTTPConnection.timed_out), never aborted under sendfile's feet.
+        Returns the bytes sent: fewer when sendfile is unavailable here (the caller then
+        reads and writes) or the file ended early.
+        """
+        conn = self.conn
+        sent = 0
+        step = 1024 * 1024
+        while sent < length:
+            count = min(step, length - sent)
+            started = self.loop.time()
+            conn.set_deadline(_WRITE_WAIT, sendfile_deadline(count))
+            self.sending_file = True
+            try:
+                n = await self.loop.sendfile(self.transport, f, offset + sent, count, fallback=False)
+            except (asyncio.SendfileNotAvailableError, NotImplementedError):
+                return sent
+            finally:
+                self.sending_file = False
+                if conn.deadline_kind is _WRITE_WAIT:
+                    conn.deadline_kind = None
+            if n == 0:
+                return sent
+            sent += n
+            if self.loop.time() - started < 0.5:
+                step = min(step * 2, 4 * 1024 * 1024)
+        return sent
+
+
+def _read_at(f, offset, size):
+    f.seek(offset)
+    return f.read(size)
+
+
+def _is_stream(body):
+    return not (body is None or isinstance(body, (str, bytes, bytearray, memoryview)))
+
+
+class Exchange:
+    """One request answered on a connection: the app is asked, the answer written, and the
+    connection told how it ended (HTTPConnection.finish).
+
+    It holds what travels from one step to the next: the head, the Request, its body
+    reader, the response, whether the connection stays open, and the body bytes sent.
+    """
+
+    __slots__ = ('conn', 'head', 'reader', 'request', 'response', 'keep_alive', 'sent')
+
+    def __init__(self, conn, head, reader, response=None):
+        self.conn = conn
+        self.head = head
+        self.reader = reader
+        self.request = None
+        self.response = response      # given: an answer made before any Request (a bad head)
+        self.keep_alive = False
+        self.sent = 0
+
+    async def run(self):
+        """Answer the request; a failure while writing cuts the connection off, nothing else."""
+        conn = self.conn
+        try:
+            if self.response is None:
+                self.request = request = Request(conn.app, self.head, conn.peer, conn.scheme, self.reader)
+                request._peer_trusted = conn.peer_trusted
+                self.response = await conn.app.handle(request)
+            response = self.response
+            if response.file is None and response.body.__class__ is bytes:
+                # The common answer: written, and usually finished, without another coroutine.
+                self.decide_keep_alive()
+                self.sent = conn.writer.write_bytes(self.head, response, response.body, self.keep_alive)
+                if self.sent is not None and not (conn.writer.paused and self.keep_alive):
+                    conn.finish(self)
+                    return
+            else:
+                self.decide_keep_alive()
+                self.sent = await conn.writer.write_other(self.head, response, self.keep_alive)
+            await self.complete()
+        except (ConnectionError, asyncio.CancelledError):
+            conn.writer.uncork()
+            conn.transport.abort()
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException:    # a bug of ours, or an app's own BaseException subclass
+            log.exception('error answering a request')
+            # This answer may be cut short, so the connection cannot go on. What was written
+            # before it still goes out if the kernel takes it now; abort drops the rest.
+            conn.writer.uncork()
+            conn.transport.abort()
+
+    def decide_keep_alive(self):
+        response, reader = self.response, self.reader
+        self.keep_alive = keep_alive_after(
+            self.head, response.close or self.conn.server.closing,
+            response.file is None and _is_stream(response.body),
+            None if reader is None else reader.left_to_drain())
+
+    async def complete(self):
+        """After the write: a refused field becomes a 500; then backpressure, then the next request."""
+        conn = self.conn
+        if self.sent is None:
+            log.error('refusing a response header with CR, LF or NUL for %s', _log_escape(self.head.target))
+            self.response = error_page(HTTPError(500))
+            self.response.close = True
+            self.reader = None
+            self.decide_keep_alive()
+            self.sent = conn.writer.write_bytes(self.head, self.response, self.response.body, False)
+        if conn.writer.paused and self.keep_alive:
+            # No next request while the client has not taken this answer; the write deadline
+            # set by pause_writing cuts off one that never does.
+            await conn.writer.drain()
+        conn.finish(self)
+
+
+class HTTPConnection(asyncio.Protocol):
+    """One client connection's reading side: frames requests, starts each one, and keeps
+    the connection's one deadline (Deadline).
+
+    Pipelined requests wait in the buffer and are answered in order, one at a time: the
+    next head is framed only when the last answer is finished (finish).
     """
 
     # Slots: an idle keep-alive connection is mostly this object, and ten thousand of them
     # should cost little memory.
-    __slots__ = ('server', 'app', 'loop', 'transport', 'peer', 'peer_trusted', 'scheme', 'buf',
-                 'active', 'reader', 'deadline', 'deadline_kind', 'paused_reading',
-                 'write_paused', 'drain_waiter', 'closed', 'requests', 'eof', 'task',
-                 'sending_file', 'scanned', 'corked', 'paused_kind')
+    __slots__ = ('server', 'app', 'loop', 'transport', 'writer', 'peer', 'peer_trusted', 'scheme',
+                 'buf', 'active', 'reader', 'deadline', 'deadline_kind', 'paused_kind',
+                 'paused_reading', 'closed', 'requests', 'eof', 'task', 'scanned')
 
     def __init__(self, server):
         self.server = server
         self.app = server.app
         self.loop = server.loop
         self.transport = None
+        self.writer = None
         self.peer = ''
         self.peer_trusted = False
         self.scheme = 'http'
         self.buf = bytearray()
-        self.active = False            # a request is being handled
+        self.active = False            # a request is being answered
         self.reader = None             # BodyReader of the active request
         self.deadline = 0.0
-        self.deadline_kind = None
+        self.deadline_kind = None      # a Deadline, or None while the app has the request
+        self.paused_kind = None        # the deadline a write deadline replaced (pause_writing)
         self.paused_reading = False
-        self.write_paused = False
-        self.drain_waiter = None
         self.closed = False
         self.requests = 0
         self.eof = False
         self.task = None               # the task answering the current request
-        self.sending_file = False      # loop.sendfile owns the socket right now
         self.scanned = 0               # how far the buffer was searched for the end of a head
-        self.corked = None             # small writes held back while pipelined requests are answered
-        self.paused_kind = None        # the deadline a write deadline replaced (pause_writing)
 
     # -- asyncio.Protocol --
     def connection_made(self, transport):
         self.transport = transport
+        self.writer = ResponseWriter(self, transport)
         peer = transport.get_extra_info('peername')
         self.peer = peer[0] if isinstance(peer, tuple) else ''
         self.peer_trusted = self.app.config_trusted(self.peer)   # once per connection, not per request
         if transport.get_extra_info('sslcontext') is not None:
             self.scheme = 'https'
         # TCP_NODELAY: asyncio's socket transport sets it on TCP sockets made with proto
-        # IPPROTO_TCP (3.10 to 3.13, TLS ones included); a second setsockopt here was 7% of
-        # a connection-per-request run. A listening socket handed in with proto 0 gives
-        # sockets that asyncio leaves alone: those get it here.
+        # IPPROTO_TCP (TLS ones included), and a second setsockopt costs a system call per
+        # connection. A listening socket handed in with proto 0 gives sockets that asyncio
+        # leaves alone: those get it here.
         sock = transport.get_extra_info('socket')
         if sock is not None and sock.proto != socket.IPPROTO_TCP and \
                 sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._set_deadline('head', HEADER_TIMEOUT_S)
+        self.set_deadline(_HEAD_WAIT)
         self.server.connections.add(self)
         if self.server.closing:
             transport.close()
@@ -4051,44 +4478,37 @@ class HTTPConnection(asyncio.Protocol):
         self.server.connections.discard(self)
         if self.reader is not None and not self.reader.complete:
             self.reader.fail(ClientDisconnected('client went away'))
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ClientDisconnected('client went away'))
+        self.writer.wake(ClientDisconnected('client went away'))
 
     def pause_writing(self):
-        self.write_paused = True
-        if self.deadline_kind != 'write':
+        self.writer.paused = True
+        if self.deadline_kind is not _WRITE_WAIT:
             self.paused_kind = self.deadline_kind
-        self._set_deadline('write', WRITE_TIMEOUT_S)
+        self.set_deadline(_WRITE_WAIT)
 
     def resume_writing(self):
-        self.write_paused = False
+        self.writer.paused = False
         # A closing transport still holds output: the write deadline stays until it is sent.
-        if self.deadline_kind == 'write' and not (self.transport.is_closing() or self.sending_file):
+        if self.deadline_kind is _WRITE_WAIT and not (self.transport.is_closing() or self.writer.sending_file):
             # The idle, head or body clock the write had replaced (the gathered answers of
             # _start_due are written after the next one is set) starts again, whole.
             kind, self.paused_kind = self.paused_kind, None
             if kind is None:
                 self.deadline_kind = None
-            elif kind == 'body' and self.reader is not None:
-                self._set_body_deadline()
             else:
-                self._set_deadline(kind, {'idle': KEEPALIVE_TIMEOUT_S, 'head': HEADER_TIMEOUT_S,
-                                          'body': BODY_TIMEOUT_S}[kind])
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+                self.set_deadline(kind)
+        self.writer.wake()
 
     def data_received(self, data):
         reader = self.reader
         if reader is not None and not reader.complete and reader.error is None:
             data = reader.feed(data)
-            if self.deadline_kind == 'body':
-                self._set_body_deadline()
+            if self.deadline_kind is _BODY_WAIT:
+                self.set_deadline(_BODY_WAIT)
             if reader.buffered >= READ_HIGH_WATER_BYTES and not self.paused_reading:
                 self._pause_reading()
             if reader.complete:
-                if self.deadline_kind == 'body':
+                if self.deadline_kind is _BODY_WAIT:
                     self.deadline_kind = None
                 if reader.discarding:
                     self.reader = None
@@ -4103,9 +4523,9 @@ class HTTPConnection(asyncio.Protocol):
         self.buf += data
         if not self.active:
             self._parse()
-            if not self.active and self.deadline_kind == 'idle':
+            if not self.active and self.deadline_kind is _IDLE_WAIT:
                 # The first bytes of a head that is not complete yet: its clock starts now.
-                self._set_deadline('head', HEADER_TIMEOUT_S)
+                self.set_deadline(_HEAD_WAIT)
         elif len(self.buf) > READ_HIGH_WATER_BYTES and not self.paused_reading:
             self._pause_reading()
 
@@ -4123,27 +4543,27 @@ class HTTPConnection(asyncio.Protocol):
         return True if self.active else None
 
     # -- deadlines and flow control --
-    def _set_deadline(self, kind, seconds):
+    def set_deadline(self, kind, seconds=None):
+        """Wait for ``kind`` from now: ``seconds``, else its own limit (Deadline.seconds); a
+        body's wait also ends when the body falls below its minimum average rate."""
         # time.monotonic(), as the reaper reads it: a C call, where loop.time() adds a frame.
+        now = time.monotonic()
         self.deadline_kind = kind
-        self.deadline = time.monotonic() + seconds
-
-    def _set_body_deadline(self):
-        """The stall deadline, pushed back as bytes arrive, or the body's rate deadline if sooner."""
-        self.deadline_kind = 'body'
-        self.deadline = min(time.monotonic() + BODY_TIMEOUT_S, self.reader.rate_deadline())
+        self.deadline = now + (kind.seconds() if seconds is None else seconds)
+        if kind is _BODY_WAIT and self.reader is not None:
+            self.deadline = min(self.deadline, self.reader.rate_deadline())
 
     def timed_out(self):
         kind = self.deadline_kind
         self.deadline_kind = None
-        if kind == 'head':
+        if kind is _HEAD_WAIT:
             if self.buf.strip(b'\r\n'):
                 self._send_error(HTTPError(408, 'request head not received in time', close=True))
             else:
                 self._close_now()
-        elif kind == 'idle':
+        elif kind is _IDLE_WAIT:
             self._close_now()
-        elif kind == 'body':
+        elif kind is _BODY_WAIT:
             if self.reader is not None:
                 slow = self.reader.rate_deadline() <= time.monotonic()
                 self.reader.fail(HTTPError(408, 'request body too slow' if slow else 'request body stalled',
@@ -4152,10 +4572,10 @@ class HTTPConnection(asyncio.Protocol):
                     self.transport.close()
             else:
                 self.transport.close()
-        elif kind == 'write':
+        elif kind is _WRITE_WAIT:
             log.info('closing a connection from %s that stopped reading its response', self.peer)
-            if self.sending_file and self.task is not None:
-                # Cancelling lets loop.sendfile unregister its writer; _respond then aborts.
+            if self.writer.sending_file and self.task is not None:
+                # Cancelling lets loop.sendfile unregister its writer; Exchange.run then aborts.
                 self.task.cancel()
             else:
                 self.transport.abort()
@@ -4163,53 +4583,21 @@ class HTTPConnection(asyncio.Protocol):
     def _close_now(self):
         """Close once what was answered is sent. A client that stopped reading would hold
         close() open forever: the write deadline then aborts it (timed_out)."""
-        self.uncork()
+        self.writer.uncork()
         if self.transport.get_write_buffer_size():
-            self._set_deadline('write', WRITE_TIMEOUT_S)
+            self.set_deadline(_WRITE_WAIT)
         self.transport.close()
 
     def _pause_reading(self):
         self.paused_reading = True
-        with contextlib.suppress(RuntimeError, AttributeError):
+        with contextlib.suppress(RuntimeError):     # the transport is closing
             self.transport.pause_reading()
 
     def _resume_reading_body(self):
         if self.paused_reading and len(self.buf) < READ_HIGH_WATER_BYTES:
             self.paused_reading = False
-            with contextlib.suppress(RuntimeError, AttributeError):
+            with contextlib.suppress(RuntimeError):
                 self.transport.resume_reading()
-
-    async def drain(self):
-        """Wait until the transport's write buffer is below its high-water mark."""
-        if self.closed:
-            raise ClientDisconnected('client went away')
-        # Held-back writes count too: the transport can only push back on what it was given.
-        self.uncork()
-        if self.write_paused:
-            self.drain_waiter = self.loop.create_future()
-            try:
-                await self.drain_waiter
-            finally:
-                self.drain_waiter = None
-
-    def write(self, data):
-        """transport.write, or held back while pipelined answers are gathered (Server._start_due)."""
-        corked = self.corked
-        if corked is None:
-            self.transport.write(data)
-        elif len(data) > CORK_BYTES:
-            self.uncork()
-            self.transport.write(data)
-        else:
-            corked.append(data)
-
-    def uncork(self):
-        """Send what was held back, in one write."""
-        corked = self.corked
-        if corked is not None:
-            self.corked = None
-            if corked:
-                self.transport.write(b''.join(corked))
 
     # -- requests --
     def _parse(self):
@@ -4266,7 +4654,7 @@ class HTTPConnection(asyncio.Protocol):
         reader = None
         if head.chunked or head.body_length:
             reader = self.reader = BodyReader(self, head)
-            self._set_body_deadline()
+            self.set_deadline(_BODY_WAIT)
             if buf:
                 rest = reader.feed(bytes(buf))
                 buf.clear()
@@ -4275,270 +4663,23 @@ class HTTPConnection(asyncio.Protocol):
                     self.deadline_kind = None
         else:
             self.deadline_kind = None
-        self.server.start_soon(self, self._respond(head, reader))
+        self.server.start_soon(self, Exchange(self, head, reader).run())
 
-    async def _respond(self, head, reader):
-        request = None
-        try:
-            request = Request(self.app, head, self.peer, self.scheme, reader)
-            request._peer_trusted = self.peer_trusted
-            response = await self.app.handle(request)
-            body = response.body
-            if response.file is None and body.__class__ is bytes:
-                # The common answer: written, and usually finished, without another coroutine.
-                keep_alive = self._keep_alive(head, response, reader)
-                sent = self._write_bytes(head, response, body, keep_alive)
-                if sent is not None and not (self.write_paused and keep_alive):
-                    self._finish(head, request, response.status, sent, keep_alive, reader)
-                else:
-                    await self._complete(head, request, response, reader, keep_alive, sent)
-            else:
-                await self._write_response(head, request, response, reader)
-        except (ConnectionError, asyncio.CancelledError):
-            self.uncork()
-            self.transport.abort()
-        except (KeyboardInterrupt, SystemExit, GeneratorExit):
-            raise
-        except BaseException:    # a bug of ours, or an app's own BaseException subclass
-            log.exception('error answering a request')
-            # This answer may be cut short, so the connection cannot go on. What was written
-            # before it still goes out if the kernel takes it now; abort drops the rest.
-            self.uncork()
-            self.transport.abort()
-
-    def _keep_alive(self, head, response, reader):
-        if not head.keep_alive or response.close or self.server.closing:
-            return False
-        if head.version < (1, 1) and response.file is None and _is_stream(response.body):
-            return False       # only the close can end an HTTP/1.0 stream of unknown length
-        if reader is not None and not reader.complete:
-            if reader.error is not None:
-                return False
-            if reader.expect_continue and not reader.continue_sent:
-                return False   # the client may never send it; RFC 9110 10.1.1
-            if reader.decoder is not None or reader.remaining > MAX_DRAIN_BYTES:
-                return False
-        return True
-
-    @staticmethod
-    def _response_head(head, response, length, keep_alive, body=b''):
-        """Status line, Date, the app's fields, our framing (and ``body``, to send them in one
-        write) as bytes; None if a field would inject."""
-        fields = response._headers
-        if fields is None:
-            fields = response._shared       # no copy made: the type's shared field
-        user = fields._block                # encoded when first written, kept until changed
-        if user is None:
-            user = _field_block(fields)
-            if user is None:
-                return None
-        status = response.status
-        if status in _NO_BODY_STATUSES or status < 200:
-            framing = b''
-        elif length is not None:
-            framing = _LENGTH_LINES.get(length)
-            if framing is None:
-                framing = b'Content-Length: %d\r\n' % length
-                if len(_LENGTH_LINES) < 4096:
-                    _LENGTH_LINES[length] = framing
-        elif head.version >= (1, 1):
-            framing = b'Transfer-Encoding: chunked\r\n'
-        else:
-            framing = b''
-        if not keep_alive:
-            end = b'Connection: close\r\n\r\n'
-        elif head.version < (1, 1):
-            end = b'Connection: keep-alive\r\n\r\n'
-        else:
-            end = b'\r\n'
-        return b''.join((_STATUS_LINES.get(status) or _status_line(status), CLOCK.tick(), user,
-                         framing, end, body))
-
-    def _write_bytes(self, head, response, body, keep_alive):
-        """Write a response whose body is bytes; the body bytes sent, or None if a field would inject."""
-        status = response.status
-        length = len(body)
-        if head.method == 'HEAD' or status in _NO_BODY_STATUSES or status < 200:
-            data = self._response_head(head, response, length, keep_alive)
-            sent = 0
-        elif length <= 65536:
-            data = self._response_head(head, response, length, keep_alive, body)
-            sent = length
-        else:        # not worth copying a large body just to save one send()
-            data = self._response_head(head, response, length, keep_alive)
-            if data is not None:
-                self.write(data)
-                data = body
-            sent = length
-        if data is None:
-            return None
-        if self.corked is None:       # the usual case, without a call
-            self.transport.write(data)
-        else:
-            self.write(data)
-        return sent
-
-    async def _write_response(self, head, request, response, reader):
-        body = response.body
-        keep_alive = self._keep_alive(head, response, reader)
-        if response.file is None and body.__class__ is bytes:
-            sent = self._write_bytes(head, response, body, keep_alive)
-        else:
-            sent = await self._write_other(head, response, keep_alive)
-        await self._complete(head, request, response, reader, keep_alive, sent)
-
-    async def _complete(self, head, request, response, reader, keep_alive, sent):
-        """After the write: a refused field becomes a 500; then backpressure, then the next request."""
-        if sent is None:
-            await self._write_response(head, request, _injection_refused(head), None)
-            return
-        if self.write_paused and keep_alive:
-            # No next request while the client has not taken this answer; the write deadline
-            # set by pause_writing cuts off one that never does.
-            await self.drain()
-        self._finish(head, request, response.status, sent, keep_alive, reader)
-
-    async def _write_other(self, head, response, keep_alive):
-        """Write a response with a file or a streamed body; the body bytes sent, or None."""
-        body = response.body
-        stream = None
-        file_spec = response.file
-        if file_spec is not None:
-            length = file_spec[2]
-            if length is None:
-                length = (await asyncio.to_thread(os.stat, file_spec[0])).st_size - file_spec[1]
-                file_spec = (file_spec[0], file_spec[1], length)
-        elif body is None or isinstance(body, (str, bytes, bytearray, memoryview)):
-            # Set on the response after it was made: take it as bytes, as the constructor would.
-            if body is None:
-                body = b''
-            elif isinstance(body, str):
-                body = body.encode('utf-8')
-            else:
-                body = bytes(body)
-            response.body = body
-            return self._write_bytes(head, response, body, keep_alive)
-        else:
-            stream, length = body, None
-        data = self._response_head(head, response, length, keep_alive)
-        if data is None:
-            if stream is not None and hasattr(stream, 'close'):
-                with contextlib.suppress(Exception):
-                    stream.close()
-            return None
-        status = response.status
-        self.write(data)
-        if head.method == 'HEAD' or status in _NO_BODY_STATUSES or status < 200:
-            if stream is not None and hasattr(stream, 'close'):
-                with contextlib.suppress(Exception):
-                    stream.close()
-            return 0
-        if file_spec is not None:
-            return await self._send_file(*file_spec)
-        return await self._send_stream(stream, chunked=head.version >= (1, 1))
-
-    async def _send_stream(self, stream, chunked):
-        sent = 0
-        write = self.write
-        if hasattr(stream, '__aiter__'):
-            async for chunk in stream:
-                sent += await self._write_chunk(write, chunk, chunked)
-        else:
-            iterator = iter(stream)
-            done = object()
-            try:
-                while True:
-                    chunk = await asyncio.to_thread(next, iterator, done)
-                    if chunk is done:
-                        break
-                    sent += await self._write_chunk(write, chunk, chunked)
-            finally:
-                if hasattr(iterator, 'close'):
-                    await asyncio.to_thread(iterator.close)
-        if chunked:
-            write(b'0\r\n\r\n')
-        return sent
-
-    async def _write_chunk(self, write, chunk, chunked):
-        if isinstance(chunk, str):
-            chunk = chunk.encode('utf-8')
-        if not chunk:
-            return 0
-        if chunked:
-            write(b'%x\r\n%b\r\n' % (len(chunk), chunk))
-        else:
-            write(chunk)
-        await self.drain()
-        return len(chunk)
-
-    async def _send_file(self, path, offset, length):
-        f = await asyncio.to_thread(open, path, 'rb')
-        try:
-            sent = 0
-            if self.scheme == 'http':
-                sent = await self._sendfile(f, offset, length)
-            while sent < length:
-                step = min(STATIC_CHUNK_BYTES, length - sent)
-                data = await asyncio.to_thread(_read_at, f, offset + sent, step)
-                if not data:
-                    # The file shrank while we sent it; the length we promised is now a lie.
-                    self.transport.abort()
-                    raise ConnectionResetError('file changed while being sent')
-                self.write(data)
-                sent += len(data)
-                await self.drain()
-            return sent
-        finally:
-            f.close()   # a read-only regular file: closing never waits on the disk
-
-    async def _sendfile(self, f, offset, length):
-        """Zero-copy with loop.sendfile, in steps that each must finish within a write deadline.
-
-        Steps start at 1 MiB (one call for most files: each call costs ~20 µs of loop work)
-        and double up to 4 MiB while the client keeps up. A step's deadline follows
-        SENDFILE_MIN_RATE (sendfile_deadline), so a slow but live client (down to ~9 KB/s) is
-        not cut off and a dead one is within two minutes. A step that overruns is cancelled
-        (timed_out), never aborted under sendfile's feet.
-        Returns the bytes sent: fewer when sendfile is unavailable here (the caller then
-        reads and writes) or the file ended early.
-        """
-        sent = 0
-        step = 1024 * 1024
-        while sent < length:
-            count = min(step, length - sent)
-            started = self.loop.time()
-            self._set_deadline('write', sendfile_deadline(count))
-            self.sending_file = True
-            try:
-                n = await self.loop.sendfile(self.transport, f, offset + sent, count, fallback=False)
-            except (asyncio.SendfileNotAvailableError, NotImplementedError):
-                return sent
-            finally:
-                self.sending_file = False
-                if self.deadline_kind == 'write':
-                    self.deadline_kind = None
-            if n == 0:
-                return sent
-            sent += n
-            if self.loop.time() - started < 0.5:
-                step = min(step * 2, 4 * 1024 * 1024)
-        return sent
-
-    def _finish(self, head, request, status, sent, keep_alive, reader):
+    def finish(self, exchange):
+        """The answer is written: log it, then close, drain the unread body, or read on."""
         if self.server.access_log_enabled:
-            self.server.log_access(head, request, self.peer, status, sent)
+            self.server.log_access(exchange.head, exchange.request, self.peer, exchange.response.status,
+                                   exchange.sent)
         if self.closed:
             return
-        if not keep_alive:
+        if not exchange.keep_alive:
             self._close_now()
             return
+        reader = exchange.reader
         if reader is not None and not reader.complete:
             # Discard the unread rest of the body, then go on with the next request.
-            reader.discarding = True
-            reader.chunks.clear()
-            reader.buffered = 0
-            reader.received = 0        # MAX_DRAIN_BYTES counts what is discarded from here
-            self._set_body_deadline()
+            reader.discard()
+            self.set_deadline(_BODY_WAIT)
             self._resume_reading_body()
             return
         self.reader = None
@@ -4546,10 +4687,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _next_request(self):
         self.active = False
-        if self.paused_reading and len(self.buf) < READ_HIGH_WATER_BYTES:
-            self.paused_reading = False
-            with contextlib.suppress(RuntimeError, AttributeError):
-                self.transport.resume_reading()
+        self._resume_reading_body()
         if self.server.closing:
             self._close_now()
             return
@@ -4557,14 +4695,14 @@ class HTTPConnection(asyncio.Protocol):
             self._close_now()            # half-closed, and every request it sent is answered
             return
         if self.buf:
-            self._set_deadline('head', HEADER_TIMEOUT_S)
+            self.set_deadline(_HEAD_WAIT)
             # The next pipelined request is only queued (start_soon), so this never recurses.
             self._parse()
         else:
-            self._set_deadline('idle', KEEPALIVE_TIMEOUT_S)
+            self.set_deadline(_IDLE_WAIT)
 
     def _send_error(self, error, request_line=b''):
-        """Answer a request we could not parse, then close; the access log shows its request
+        """Answer a request we could not frame, then close; the access log shows its request
         line when that much was well-formed (a bad header, a bad length)."""
         self.active = True
         self.deadline_kind = None
@@ -4576,52 +4714,7 @@ class HTTPConnection(asyncio.Protocol):
             head = RequestHead('GET', '-', (1, 1), Headers())
         head.keep_alive = False
         head.path, head.query_string = '-', ''
-        self.loop.create_task(self._write_response(head, None, response, None))
-
-
-def sendfile_deadline(count):
-    """Seconds one sendfile step of ``count`` bytes may take: what SENDFILE_MIN_RATE needs,
-    but at least WRITE_TIMEOUT_S and at most four times it."""
-    return min(4 * WRITE_TIMEOUT_S, max(WRITE_TIMEOUT_S, count / SENDFILE_MIN_RATE))
-
-
-def _field_block(headers):
-    """The app's header fields as 'Name: value\\r\\n' bytes, or None if one would inject.
-
-    Framing is ours alone: an app's Content-Length, Transfer-Encoding or Connection could
-    desynchronise the client, so they are dropped. Each line has exactly one CR and one LF;
-    more means a value carried its own (header injection). The block is kept on the
-    Headers until they change, so shared fields (_typed_fields, a static file's) are
-    encoded once.
-    """
-    block = headers._block
-    if block is not None:
-        return block
-    lines = [f'{name}: {value}\r\n' for name, value in headers._items if name.lower() not in _FRAMING_HEADERS]
-    text = ''.join(lines)
-    if text.count('\n') != len(lines) or text.count('\r') != len(lines) or '\x00' in text:
-        return None
-    block = headers._block = text.encode('latin-1', 'replace')
-    return block
-
-
-_NO_FIELDS = _frozen_fields([])     # the shared fields of a response made without any
-
-
-def _is_stream(body):
-    return not (body is None or isinstance(body, (str, bytes, bytearray, memoryview)))
-
-
-def _injection_refused(head):
-    log.error('refusing a response header with CR, LF or NUL for %s', _log_escape(head.target))
-    response = error_page(HTTPError(500))
-    response.close = True
-    return response
-
-
-def _read_at(f, offset, size):
-    f.seek(offset)
-    return f.read(size)
+        self.loop.create_task(Exchange(self, head, None, response).run())
 
 
 class Server:
@@ -4673,8 +4766,8 @@ class Server:
                 if not due:
                     break
                 for index, (conn, coro) in enumerate(due):
-                    if conn.buf and conn.corked is None:
-                        conn.corked = []
+                    if conn.buf and conn.writer.corked is None:
+                        conn.writer.corked = []
                         corked.append(conn)
                     try:
                         conn.task = base.run(spawn, coro)     # the task's context: a copy of base
@@ -4686,7 +4779,7 @@ class Server:
                         raise
         finally:
             for conn in corked:
-                conn.uncork()
+                conn.writer.uncork()
             # Requests queued while this ran and not taken by its rounds wait for the next
             # turn, behind the loop's other callbacks: one call does at most PIPELINE_ROUNDS.
             if self._due:

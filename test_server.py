@@ -514,6 +514,60 @@ class ChunkedDecoderTest(unittest.TestCase):
                         self.decode([(prefix + past + rest)[:cut], (prefix + past + rest)[cut:]])
 
 
+class ResponseFramingTest(unittest.TestCase):
+    """The response side of section 3: head bytes and the keep-alive decision, pure."""
+
+    def head(self, raw):
+        return server.parse_head(raw)
+
+    def test_response_head_framing(self):
+        fields = server.Headers([('Content-Type', 'text/plain'), ('Content-Length', '99'),
+                                 ('Connection', 'keep-alive')])      # framing is ours: dropped
+        date = server.CLOCK.tick()
+        cases = [
+            # version, status, length, keep_alive -> framing and end of the head
+            ((1, 1), 200, 5, True, b'Content-Length: 5\r\n\r\n'),
+            ((1, 1), 200, None, True, b'Transfer-Encoding: chunked\r\n\r\n'),
+            ((1, 0), 200, None, False, b'Connection: close\r\n\r\n'),
+            ((1, 0), 200, 5, True, b'Content-Length: 5\r\nConnection: keep-alive\r\n\r\n'),
+            ((1, 1), 204, 0, True, b'\r\n'),
+            ((1, 1), 304, 5, False, b'Connection: close\r\n\r\n'),
+        ]
+        for version, status, length, keep_alive, end in cases:
+            with self.subTest(version=version, status=status, length=length):
+                head = server.response_head(version, status, fields, length, keep_alive, b'hello')
+                start = b'HTTP/1.1 %d %s\r\n' % (status, server.reason_phrase(status).encode())
+                self.assertEqual(head, start + date + b'Content-Type: text/plain\r\n' + end + b'hello')
+        self.assertIsNone(server.response_head((1, 1), 200, server.Headers([('X-A', 'a\rb')]), 0, True))
+
+    def test_keep_alive_after(self):
+        h11 = self.head(b'GET / HTTP/1.1\r\nHost: a\r\n\r\n')
+        h11_close = self.head(b'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+        h10 = self.head(b'GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n')
+        limit = server.MAX_DRAIN_BYTES
+        cases = [
+            (h11, False, False, None, True),
+            (h11_close, False, False, None, False),     # the client asked
+            (h11, True, False, None, False),            # the app or the server asked
+            (h11, False, True, None, True),             # chunked ends a 1.1 stream
+            (h10, False, True, None, False),            # only the close ends a 1.0 stream
+            (h10, False, False, None, True),
+            (h11, False, False, limit, True),           # drained
+            (h11, False, False, limit + 1, False),      # too much to drain
+            (h11, False, False, -1, False),             # cannot be drained
+        ]
+        for head, close, unknown, left, expected in cases:
+            with self.subTest(version=head.version, close=close, unknown=unknown, left=left):
+                self.assertIs(server.keep_alive_after(head, close, unknown, left), expected)
+
+    def test_each_deadline_reads_its_limit_when_asked(self):
+        limits = {server.Deadline.HEAD: 'HEADER_TIMEOUT_S', server.Deadline.IDLE: 'KEEPALIVE_TIMEOUT_S',
+                  server.Deadline.BODY: 'BODY_TIMEOUT_S', server.Deadline.WRITE: 'WRITE_TIMEOUT_S'}
+        for kind, name in limits.items():
+            with self.subTest(kind=kind), patched(**{name: 123.5}):
+                self.assertEqual(kind.seconds(), 123.5)
+
+
 class SmallParsersTest(unittest.TestCase):
 
     def test_query(self):
@@ -1587,7 +1641,7 @@ class TimeoutTest(unittest.TestCase):
                     time.sleep(0.005)
                 conns[0].transport.get_extra_info('socket').setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
                 sock.sendall(b'GET /pad?n=15000 HTTP/1.1\r\nHost: a\r\n\r\n' * server.PIPELINE_ROUNDS + after)
-                while not conns[0].write_paused:
+                while not conns[0].writer.paused:
                     self.assertLess(time.monotonic(), deadline)
                     time.sleep(0.005)
                 f = sock.makefile('rb')
@@ -3663,15 +3717,15 @@ class HeaderBlockTest(unittest.TestCase):
 
     def test_encoded_block_follows_every_change(self):
         h = server.Headers([('Content-Type', 'text/plain')])
-        self.assertEqual(server._field_block(h), b'Content-Type: text/plain\r\n')
+        self.assertEqual(server.field_block(h), b'Content-Type: text/plain\r\n')
         h.add('X-A', '1')
-        self.assertEqual(server._field_block(h), b'Content-Type: text/plain\r\nX-A: 1\r\n')
+        self.assertEqual(server.field_block(h), b'Content-Type: text/plain\r\nX-A: 1\r\n')
         h['X-A'] = '2'
-        self.assertEqual(server._field_block(h), b'Content-Type: text/plain\r\nX-A: 2\r\n')
+        self.assertEqual(server.field_block(h), b'Content-Type: text/plain\r\nX-A: 2\r\n')
         del h['content-type']
-        self.assertEqual(server._field_block(h), b'X-A: 2\r\n')
+        self.assertEqual(server.field_block(h), b'X-A: 2\r\n')
         h.setdefault('X-B', '3')
-        self.assertEqual(server._field_block(h), b'X-A: 2\r\nX-B: 3\r\n')
+        self.assertEqual(server.field_block(h), b'X-A: 2\r\nX-B: 3\r\n')
         # A view shares a cached original's fields until it changes; the original never does.
         original = server._frozen_fields([('Content-Type', 'text/css'), ('ETag', '"1"')])
         for change in (lambda v: v.add('X-New', '1'), lambda v: v.__setitem__('ETag', '"2"'),
@@ -3679,32 +3733,32 @@ class HeaderBlockTest(unittest.TestCase):
             view = original._view()
             self.assertEqual(view.get('etag'), '"1"')
             change(view)
-            self.assertNotEqual(server._field_block(view), server._field_block(original))
+            self.assertNotEqual(server.field_block(view), server.field_block(original))
             self.assertEqual(original.items(), [('Content-Type', 'text/css'), ('ETag', '"1"')])
             self.assertEqual(original.get_all('etag'), ['"1"'])
-            self.assertEqual(server._field_block(original), b'Content-Type: text/css\r\nETag: "1"\r\n')
+            self.assertEqual(server.field_block(original), b'Content-Type: text/css\r\nETag: "1"\r\n')
             self.assertIsNone(original.get('x-new') or original.get('x-d'))
         # Responses of one type share its encoded field; a change stays with its response.
         first, second = server.Response.text('a'), server.Response.text('b')
         first.set_cookie('k', 'v')
-        self.assertEqual(server._field_block(second.headers), b'Content-Type: text/plain; charset=utf-8\r\n')
-        self.assertIn(b'Set-Cookie: k=v', server._field_block(first.headers))
-        self.assertEqual(server._field_block(server.Response.text('c').headers),
+        self.assertEqual(server.field_block(second.headers), b'Content-Type: text/plain; charset=utf-8\r\n')
+        self.assertIn(b'Set-Cookie: k=v', server.field_block(first.headers))
+        self.assertEqual(server.field_block(server.Response.text('c').headers),
                          b'Content-Type: text/plain; charset=utf-8\r\n')
         # Assigned fields replace the shared one; a dict or a list of pairs becomes Headers.
         third = server.Response.text('d')
         third.headers = {'Content-Type': 'text/csv', 'X-A': '1'}
-        self.assertEqual(server._field_block(third.headers), b'Content-Type: text/csv\r\nX-A: 1\r\n')
+        self.assertEqual(server.field_block(third.headers), b'Content-Type: text/csv\r\nX-A: 1\r\n')
         self.assertEqual(server.Response(b'').headers.items(), [])
         # Only the Content-Type given as such is shared: a redirect's Location may carry
         # what a client sent, and a type that would inject is never kept.
         server.Response.redirect('/next?client-chosen')
         self.assertNotIn('/next?client-chosen', str(list(server._TYPED_FIELDS)))
         evil = server.Response(b'', content_type='text/x\r\nX-Evil: 1')
-        self.assertIsNone(server._field_block(evil.headers))
+        self.assertIsNone(server.field_block(evil.headers))
         self.assertNotIn('text/x\r\nX-Evil: 1', server._TYPED_FIELDS)
-        self.assertEqual(server._field_block(server.Headers([('X-A', '9')])), b'X-A: 9\r\n')
-        self.assertIsNone(server._field_block(server.Headers([('X-A', 'a\r\nX-Evil: 1')])))
+        self.assertEqual(server.field_block(server.Headers([('X-A', '9')])), b'X-A: 9\r\n')
+        self.assertIsNone(server.field_block(server.Headers([('X-A', 'a\r\nX-Evil: 1')])))
 
     def test_hook_changes_reach_cached_and_typed_fields(self):
         root = os.path.join(fresh_dir(self), 'root')
@@ -6334,10 +6388,10 @@ class ConnectionEdgeCasesTest(unittest.TestCase):
                 deaf.append(s)
             self.addCleanup(lambda: [s.close() for s in deaf])
             deadline = time.monotonic() + 10
-            while (sum(c.sending_file for c in self.live.connections()) < 3
+            while (sum(c.writer.sending_file for c in self.live.connections()) < 3
                    and time.monotonic() < deadline):
                 time.sleep(0.02)              # all three are stuck inside sendfile now
-            self.assertEqual(sum(c.sending_file for c in self.live.connections()), 3)
+            self.assertEqual(sum(c.writer.sending_file for c in self.live.connections()), 3)
             while self.live.server.connections and time.monotonic() < deadline:
                 time.sleep(0.05)
             self.assertEqual(len(self.live.server.connections), 0)
