@@ -2463,8 +2463,9 @@ class Markup(str):
 
 
 def _escape_text(text):
-    # Most values (names, titles, dates) have nothing to escape: looking for the five
-    # characters costs less than html.escape's five replacements of nothing.
+    # Most values (names, titles, dates) have nothing to escape: testing for the five
+    # characters is cheaper than html.escape's five replace calls, so only a value that
+    # needs escaping pays for them.
     if '&' in text or '<' in text or '>' in text or '"' in text or "'" in text:
         escaped = html.escape(text)
     else:
@@ -3046,6 +3047,21 @@ class Template:
         return ''.join(out)
 
 
+def _read_template(path, filename):
+    """A template file's text; one that is not UTF-8 is an error naming its first bad line."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return f.read()
+    except UnicodeDecodeError:
+        with open(path, 'rb') as f:
+            data = f.read()
+        try:
+            data.decode('utf-8')
+        except UnicodeDecodeError as exc:
+            raise TemplateError('not UTF-8 text', filename, data.count(b'\n', 0, exc.start) + 1) from None
+        raise
+
+
 class Templates:
     """Templates from a folder, compiled once and recompiled when the file changes.
 
@@ -3080,8 +3096,8 @@ class Templates:
             if entry is not None and entry[1] == mtime:
                 self._cache[name] = (entry[0], mtime, now)
                 return entry[0]
-            with open(path, encoding='utf-8') as f:
-                template = Template(f.read(), os.path.relpath(path, os.path.dirname(self.folder)), self)
+            filename = os.path.relpath(path, os.path.dirname(self.folder))
+            template = Template(_read_template(path, filename), filename, self)
             self._cache[name] = (template, mtime, now)
             return template
 

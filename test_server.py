@@ -3529,6 +3529,15 @@ class TemplateTest(unittest.TestCase):
                                  f"templates/pages/broken.html:{line}: {{% {target} 'gone.html' %}}: "
                                  'template not found')
 
+    def test_a_template_that_is_not_utf8_names_its_line(self):
+        with open(os.path.join(self.folder, 'latin1.html'), 'wb') as f:
+            f.write('ok\r\n{{ x }}\n caf\xe9 \n'.encode('latin-1'))
+        with self.assertRaises(server.TemplateError) as ctx:
+            self.templates.preload()
+        self.assertEqual(str(ctx.exception), 'templates/latin1.html:3: not UTF-8 text')
+        self.write('crlf.html', 'a\r\n{{ x }}\r\n')      # newlines still read as before
+        self.assertEqual(self.templates.get('crlf.html').render(x='b'), 'a\nb\n')
+
     def test_nesting_limit_names_the_tag_that_passes_it(self):
         limit = server.MAX_TEMPLATE_NESTING
         for i in range(limit + 1):
