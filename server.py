@@ -2588,8 +2588,14 @@ class TemplateError(Exception):
 
     def __init__(self, message, filename='<string>', lineno=0):
         super().__init__(f'{filename}:{lineno}: {message}' if lineno else f'{filename}: {message}')
+        self.message = message
         self.filename = filename
         self.lineno = lineno
+
+
+class _TemplateNotFound(TemplateError):
+    """No template by that name in the folder (or no folder): an include or extends that
+    names it turns this into an error of its own file and line."""
 
 
 class Markup(str):
@@ -2599,8 +2605,9 @@ class Markup(str):
 
 
 def _escape_text(text):
-    # Most values (names, titles, dates) have nothing to escape: five `in` tests are a third
-    # of html.escape's five str.replace calls (themselves 15x faster than str.translate).
+    # Most values (names, titles, dates) have nothing to escape: testing for the five
+    # characters is cheaper than html.escape's five replace calls, so only a value that
+    # needs escaping pays for them.
     if '&' in text or '<' in text or '>' in text or '"' in text or "'" in text:
         escaped = html.escape(text)
     else:
@@ -2836,6 +2843,9 @@ def _name_source(parts):
     return f'_l(_c, {parts!r})'
 
 
+#: Includes and extends one rendering may nest: deeper is almost surely a template that
+#: includes or extends itself, and would otherwise end in Python's RecursionError.
+MAX_TEMPLATE_NESTING = 20
 _render_depth = threading.local()
 _LOOP_USERS_RE = re.compile(r'\b(?:loop|include|block)\b')   # in a for body's tags and outputs
 # All a compiled template's code can reach: no builtins, only these.
@@ -2846,215 +2856,194 @@ _TEMPLATE_ENV = {'__builtins__': {}, '_l': _lookup, '_f': TEMPLATE_FILTERS, '_cm
                  'TemplateError': TemplateError}
 
 
-class Template:
-    """A compiled template. ``render(context)`` -> str. Built by ``Templates`` from files.
+class _TemplateParser:
+    """Template source -> a tree of nodes, each ``{% tag %}`` read by its entry in ``TAGS``.
 
-    The source is parsed into a small tree, which is then turned into Python: one function
-    for the template and one per block, appending strings to a list, so rendering runs no
-    interpreter of ours (the site's home page answers ~1.6x the requests per second it did
-    through a tree of closures).
-    Only the grammar-checked expressions, repr()'d text and names reach that Python.
+    The tree: ('text', str) | ('out', source, line) | ('if', [(source or None, line, tree)])
+    | ('for', var, source, body, orelse, with_loop, line) | ('block', name, tree)
+    | ('include', name, line). ``{% extends %}`` makes no node: it sets ``extends``.
+    A tag that opens a body pushes (tag, nodes, extra, line) on ``stack``; its end tag pops it.
     """
 
-    def __init__(self, source, name='<string>', loader=None):
+    def __init__(self, source, name):
         self.name = name
-        self.loader = loader
-        self.extends = None
-        self.blocks = {}          # name -> its compiled function, for templates extending this
-        self._compile(self._parse(source))
+        self.tokens = _TEMPLATE_TOKEN_RE.split(source)   # text at even indexes, tags at odd ones
+        self.index = 0                    # of the tag being read, in tokens
+        self.stack = [('root', [], None, 1)]
+        self.block_names = set()
+        self.extends = None               # (template name, line)
+        self.includes = []                # (template name, line)
 
-    # The tree: ('text', str) | ('out', source, line) | ('if', [(source or None, line, tree)])
-    # | ('for', var, source, body, orelse, with_loop, line) | ('block', name, tree)
-    # | ('include', name, line).
-    def _parse(self, source):
-        tokens = _TEMPLATE_TOKEN_RE.split(source)
+    def parse(self):
         lineno = 1
-        stack = [('root', [], None, 1)]   # (tag, nodes, extra, lineno)
-        block_names = set()
-        for i, token in enumerate(tokens):
+        for i, token in enumerate(self.tokens):
             start_line = lineno
             lineno += token.count('\n')
             if i % 2 == 0:
                 if token:
-                    stack[-1][1].append(('text', token))
+                    self.add(('text', token))
                 continue
             if token.startswith('{#'):
                 continue
             if token.startswith('{{'):
-                stack[-1][1].append(('out', expression_source(token[2:-2], self.name, start_line), start_line))
+                self.add(('out', expression_source(token[2:-2], self.name, start_line), start_line))
                 continue
             words = token[2:-2].strip().split(None, 1)
             if not words:
                 raise TemplateError('empty tag', self.name, start_line)
             tag, arg = words[0], (words[1] if len(words) > 1 else '')
-            if tag == 'if':
-                cond = expression_source(arg, self.name, start_line)
-                stack.append(('if', [], [(cond, start_line, None)], start_line))
-            elif tag in ('elif', 'else') and stack[-1][0] == 'if':
-                kind, nodes, branches, ln = stack.pop()
-                cond, line, _ = branches[-1]
-                if cond is None:
-                    raise TemplateError(f'{{% {tag} %}} after {{% else %}}', self.name, start_line)
-                branches[-1] = (cond, line, nodes)
-                cond = expression_source(arg, self.name, start_line) if tag == 'elif' else None
-                branches.append((cond, start_line, None))
-                stack.append(('if', [], branches, ln))
-            elif tag == 'else' and stack[-1][0] == 'for':
-                kind, nodes, extra, ln = stack.pop()
-                extra['body'] = nodes
-                stack.append(('for-else', [], extra, ln))
-            elif tag == 'endif':
-                if stack[-1][0] != 'if':
-                    raise self._unclosed(stack, 'endif', start_line)
-                _, nodes, branches, ln = stack.pop()
-                branches[-1] = branches[-1][:2] + (nodes,)
-                stack[-1][1].append(('if', branches))
-            elif tag == 'for':
-                m = re.fullmatch(r'([A-Za-z_]\w*)\s+in\s+(.+)', arg.strip(), re.S)
-                if not m:
-                    raise TemplateError('expected {% for name in expression %}', self.name, start_line)
-                extra = {'var': m.group(1), 'iter': expression_source(m.group(2), self.name, start_line),
-                         'start': i}
-                stack.append(('for', [], extra, start_line))
-            elif tag == 'endfor':
-                if stack[-1][0] not in ('for', 'for-else'):
-                    raise self._unclosed(stack, 'endfor', start_line)
-                kind, nodes, extra, ln = stack.pop()
-                if kind == 'for':
-                    extra['body'], extra['else'] = nodes, []
-                else:
-                    extra['else'] = nodes
-                # Only a body that can name ``loop`` (itself, or through an include or a block
-                # a child template fills) gets the per-item loop dict: it costs ~6% of a page.
-                with_loop = any(_LOOP_USERS_RE.search(t) for t in tokens[extra['start'] + 2:i:2])
-                stack[-1][1].append(('for', extra['var'], extra['iter'], extra['body'], extra['else'],
-                                     with_loop, ln))
-            elif tag == 'block':
-                name = arg.strip()
-                if not re.fullmatch(r'\w+', name):
-                    raise TemplateError('expected {% block name %}', self.name, start_line)
-                if name in block_names:
-                    raise TemplateError(f'block {name!r} defined twice', self.name, start_line)
-                block_names.add(name)
-                stack.append(('block', [], name, start_line))
-            elif tag == 'endblock':
-                if stack[-1][0] != 'block':
-                    raise self._unclosed(stack, 'endblock', start_line)
-                _, nodes, name, _ = stack.pop()
-                stack[-1][1].append(('block', name, nodes))
-            elif tag == 'include':
-                stack[-1][1].append(('include', self._string_arg(arg, start_line), start_line))
-            elif tag == 'extends':
-                if self.extends is not None or len(stack) > 1:
-                    raise TemplateError('{% extends %} must be a top-level tag, once', self.name, start_line)
-                self.extends = self._string_arg(arg, start_line)
-            else:
-                raise TemplateError(f'unknown tag {{% {tag} %}}', self.name, start_line)
-        if len(stack) > 1:
-            tag, _, _, ln = stack[-1]
+            handler = self.TAGS.get(tag)
+            if handler is None:
+                raise self.unknown(tag, start_line)
+            self.index = i
+            handler(self, arg, start_line)
+        if len(self.stack) > 1:
+            tag, _, _, ln = self.stack[-1]
             raise TemplateError(f'{{% {tag} %}} is never closed', self.name, ln)
-        return stack[0][1]
+        return self.stack[0][1]
 
-    def _unclosed(self, stack, closing, lineno):
-        """The error for a closing tag that does not close the innermost open one."""
-        tag, _, _, opened = stack[-1]
+    def add(self, node):
+        self.stack[-1][1].append(node)
+
+    def unknown(self, tag, lineno):
+        return TemplateError(f'unknown tag {{% {tag} %}}', self.name, lineno)
+
+    def close(self, closing, lineno, *opening):
+        """Pop the innermost open tag, which ``closing`` must close (one of ``opening``)."""
+        tag, _, _, opened = self.stack[-1]
+        if tag in opening:
+            return self.stack.pop()
         if tag == 'root':
-            return TemplateError(f'{{% {closing} %}} without {{% {closing[3:]} %}}', self.name, lineno)
-        return TemplateError(f'{{% {closing} %}} while the {{% {tag.split("-")[0]} %}} of line {opened} '
-                             'is still open', self.name, lineno)
+            raise TemplateError(f'{{% {closing} %}} without {{% {closing[3:]} %}}', self.name, lineno)
+        raise TemplateError(f'{{% {closing} %}} while the {{% {tag.split("-")[0]} %}} of line {opened} '
+                            'is still open', self.name, lineno)
 
-    def _string_arg(self, arg, lineno):
+    def string_arg(self, arg, lineno):
         arg = arg.strip()
         if len(arg) < 2 or arg[0] != arg[-1] or arg[0] not in '"\'':
             raise TemplateError('expected a quoted template name', self.name, lineno)
         return arg[1:-1]
 
-    # -- from the tree to Python --
-    def _compile(self, tree):
-        code = []            # the lines of the module
-        where = {}           # its line number -> (template line, what failed there)
-        functions = []       # (function name, block name or None)
+    # -- one handler per tag: (self, the text after the tag's name, its line) --
+    def tag_if(self, arg, lineno):
+        cond = expression_source(arg, self.name, lineno)
+        self.stack.append(('if', [], [(cond, lineno, None)], lineno))
 
-        def function(fname, block, nodes):
-            functions.append((fname, block))
-            code.append(f'def {fname}(_c, _b, _o):')
-            code.append('    _a = _o.append')
-            code.append('    try:')
-            emit(nodes, 2)
-            code.append('        pass')
-            code.append('    except TemplateError:')
-            code.append('        raise')
-            code.append('    except Exception as exc:')
-            code.append('        raise _fail(exc) from None')
+    def tag_elif(self, arg, lineno):
+        if self.stack[-1][0] != 'if':
+            raise self.unknown('elif', lineno)
+        self.next_branch('elif', arg, lineno)
 
-        def line(depth, text, lineno=None, what=''):
-            code.append('    ' * depth + text)
-            if lineno is not None:
-                where[len(code)] = (lineno, what)
+    def tag_else(self, arg, lineno):
+        if self.stack[-1][0] == 'if':
+            self.next_branch('else', arg, lineno)
+        elif self.stack[-1][0] == 'for':
+            _, nodes, extra, opened = self.stack.pop()
+            extra['body'] = nodes
+            self.stack.append(('for-else', [], extra, opened))
+        else:
+            raise self.unknown('else', lineno)
 
-        counter = itertools.count()
+    def next_branch(self, tag, arg, lineno):
+        """An {% elif %} or {% else %} ends the open branch of its {% if %} and starts one."""
+        _, nodes, branches, opened = self.stack.pop()
+        cond, line, _ = branches[-1]
+        if cond is None:
+            raise TemplateError(f'{{% {tag} %}} after {{% else %}}', self.name, lineno)
+        branches[-1] = (cond, line, nodes)
+        cond = expression_source(arg, self.name, lineno) if tag == 'elif' else None
+        branches.append((cond, lineno, None))
+        self.stack.append(('if', [], branches, opened))
 
-        def emit(nodes, depth):
-            for node in nodes:
-                kind = node[0]
-                if kind == 'text':
-                    line(depth, f'_a({node[1]!r})')
-                elif kind == 'out':
-                    _, source, lineno = node
-                    line(depth, f'_v = {source}', lineno)
-                    line(depth, '_a((_ec(_v) or _esc(_v)) if _v.__class__ is _str else _e(_v))', lineno)
-                elif kind == 'if':
-                    for n, (cond, lineno, body) in enumerate(node[1]):
-                        if cond is None:
-                            line(depth, 'else:')
-                        else:
-                            line(depth, f'{"if" if n == 0 else "elif"} {cond}:', lineno)
-                        emit(body, depth + 1)
-                        line(depth + 1, 'pass')
-                elif kind == 'for':
-                    _, var, source, body, orelse, with_loop, lineno = node
-                    k = next(counter)
-                    # One copy of the scope per loop; each item rebinds a name or two in it.
-                    line(depth, f'_it{k} = {source}', lineno, 'cannot loop: ')
-                    line(depth, f'_it{k} = list(_it{k}) if _it{k} is not None else []', lineno, 'cannot loop: ')
-                    line(depth, f'if _it{k}:')
-                    line(depth + 1, f'_outer{k}, _c, _n{k} = _c, dict(_c), len(_it{k})')
-                    line(depth + 1, f'for _i{k}, _c[{var!r}] in enumerate(_it{k}, 1):')
-                    if with_loop:
-                        line(depth + 2, f"_c['loop'] = {{'index': _i{k}, 'first': _i{k} == 1, "
-                                        f"'last': _i{k} == _n{k}, 'length': _n{k}}}")
-                    emit(body, depth + 2)
-                    line(depth + 2, 'pass')
-                    line(depth + 1, f'_c = _outer{k}')
-                    line(depth, 'else:')
-                    emit(orelse, depth + 1)
-                    line(depth + 1, 'pass')
-                elif kind == 'block':
-                    _, name, body = node
-                    fname = f'_block{next(counter)}'
-                    pending.append((fname, name, body))
-                    line(depth, f'_b.get({name!r}, {fname})(_c, _b, _o)')
-                else:   # include
-                    _, target, lineno = node
-                    line(depth, f'_t._include({target!r}, {lineno}, _c, _o)')
+    def tag_endif(self, arg, lineno):
+        _, nodes, branches, _ = self.close('endif', lineno, 'if')
+        branches[-1] = branches[-1][:2] + (nodes,)
+        self.add(('if', branches))
 
-        pending = [('_render', None, tree)]
-        while pending:            # a block's function is emitted after the one that names it
-            function(*pending.pop(0))
-        env = dict(_TEMPLATE_ENV, _t=self, _fail=self._failure(where))
+    def tag_for(self, arg, lineno):
+        m = re.fullmatch(r'([A-Za-z_]\w*)\s+in\s+(.+)', arg.strip(), re.S)
+        if not m:
+            raise TemplateError('expected {% for name in expression %}', self.name, lineno)
+        extra = {'var': m.group(1), 'iter': expression_source(m.group(2), self.name, lineno),
+                 'start': self.index}
+        self.stack.append(('for', [], extra, lineno))
+
+    def tag_endfor(self, arg, lineno):
+        kind, nodes, extra, opened = self.close('endfor', lineno, 'for', 'for-else')
+        if kind == 'for':
+            extra['body'], extra['else'] = nodes, []
+        else:
+            extra['else'] = nodes
+        # Only a body that can name ``loop`` (itself, or through an include or a block a
+        # child template fills) gets the per-item loop dict: most loops never read it.
+        with_loop = any(_LOOP_USERS_RE.search(t) for t in self.tokens[extra['start'] + 2:self.index:2])
+        self.add(('for', extra['var'], extra['iter'], extra['body'], extra['else'], with_loop, opened))
+
+    def tag_block(self, arg, lineno):
+        name = arg.strip()
+        if not re.fullmatch(r'\w+', name):
+            raise TemplateError('expected {% block name %}', self.name, lineno)
+        if name in self.block_names:
+            raise TemplateError(f'block {name!r} defined twice', self.name, lineno)
+        self.block_names.add(name)
+        self.stack.append(('block', [], name, lineno))
+
+    def tag_endblock(self, arg, lineno):
+        _, nodes, name, _ = self.close('endblock', lineno, 'block')
+        self.add(('block', name, nodes))
+
+    def tag_include(self, arg, lineno):
+        target = self.string_arg(arg, lineno)
+        self.includes.append((target, lineno))
+        self.add(('include', target, lineno))
+
+    def tag_extends(self, arg, lineno):
+        if self.extends is not None or len(self.stack) > 1:
+            raise TemplateError('{% extends %} must be a top-level tag, once', self.name, lineno)
+        self.extends = (self.string_arg(arg, lineno), lineno)
+
+    TAGS = {'if': tag_if, 'elif': tag_elif, 'else': tag_else, 'endif': tag_endif,
+            'for': tag_for, 'endfor': tag_endfor, 'block': tag_block, 'endblock': tag_endblock,
+            'include': tag_include, 'extends': tag_extends}
+
+
+class _TemplateCompiler:
+    """A template's tree -> Python: one function for the template and one per block.
+
+    Each function appends strings to a list, so rendering runs no interpreter of ours: the
+    tree is walked once, here, not on every request. Each kind of node is written by its
+    entry in ``EMIT``. ``where`` maps a line of the Python to the template line it came
+    from, so an error while rendering names the template's line.
+    """
+
+    def __init__(self, name):
+        self.name = name
+        self.code = []            # the lines of the module
+        self.where = {}           # its line number -> (template line, what failed there)
+        self.functions = []       # (function name, block name or None)
+        self.pending = []         # (function name, block name or None, tree) still to write
+        self.counter = itertools.count()
+
+    def compile(self, tree, template):
+        """(the function rendering ``tree``, {block name: the function rendering it})."""
+        self.pending.append(('_render', None, tree))
         try:
-            exec(compile('\n'.join(code), f'<template {self.name}>', 'exec'), env)
+            while self.pending:   # a block's function is written after the one that names it
+                self.function(*self.pending.pop(0))
+        except RecursionError:    # nested deeper than our own stack: name the deepest line reached
+            lineno = next(reversed(self.where.values()), (0,))[0]
+            raise TemplateError('too deeply nested to compile (RecursionError)', self.name, lineno) from None
+        env = dict(_TEMPLATE_ENV, _t=template, _fail=self._failure())
+        try:
+            exec(compile('\n'.join(self.code), f'<template {self.name}>', 'exec'), env)
         except (SyntaxError, RecursionError, MemoryError) as exc:   # Python's own nesting limits
-            lineno = where.get(getattr(exc, 'lineno', None), (0,))[0]
+            lineno = self.where.get(getattr(exc, 'lineno', None), (0,))[0]
             raise TemplateError(f'too deeply nested to compile ({exc.__class__.__name__})',
                                 self.name, lineno) from None
-        self._render = env['_render']
-        for fname, block in functions:
-            if block is not None:
-                self.blocks[block] = env[fname]
+        return env['_render'], {block: env[fname] for fname, block in self.functions if block is not None}
 
-    def _failure(self, where):
-        name = self.name
+    def _failure(self):
+        name, where = self.name, self.where
 
         def fail(exc):
             # The failing line of the compiled function says which template line it was.
@@ -3062,33 +3051,157 @@ class Template:
             return TemplateError(f'{what}{type(exc).__name__}: {exc}', name, lineno)
         return fail
 
-    def _include(self, target, lineno, ctx, out):
-        if self.loader is None:
-            raise TemplateError('include needs a template folder', self.name, lineno)
-        self.loader.get(target)._render_into(ctx, {}, out, lineno)
+    def function(self, fname, block, nodes):
+        self.functions.append((fname, block))
+        self.code.append(f'def {fname}(_c, _b, _o):')
+        self.code.append('    _a = _o.append')
+        self.code.append('    try:')
+        self.emit(nodes, 2)
+        self.code.append('        pass')
+        self.code.append('    except TemplateError:')
+        self.code.append('        raise')
+        self.code.append('    except Exception as exc:')
+        self.code.append('        raise _fail(exc) from None')
 
-    def _render_into(self, ctx, blocks, out, lineno=0):
+    def line(self, depth, text, lineno=None, what=''):
+        self.code.append('    ' * depth + text)
+        if lineno is not None:
+            self.where[len(self.code)] = (lineno, what)
+
+    def emit(self, nodes, depth):
+        for node in nodes:
+            self.EMIT[node[0]](self, node, depth)
+
+    # -- one writer per kind of node: (self, the node, the indentation depth) --
+    def emit_text(self, node, depth):
+        self.line(depth, f'_a({node[1]!r})')
+
+    def emit_out(self, node, depth):
+        _, source, lineno = node
+        self.line(depth, f'_v = {source}', lineno)
+        self.line(depth, '_a((_ec(_v) or _esc(_v)) if _v.__class__ is _str else _e(_v))', lineno)
+
+    def emit_if(self, node, depth):
+        for n, (cond, lineno, body) in enumerate(node[1]):
+            if cond is None:
+                self.line(depth, 'else:')
+            else:
+                self.line(depth, f'{"if" if n == 0 else "elif"} {cond}:', lineno)
+            self.emit(body, depth + 1)
+            self.line(depth + 1, 'pass')
+
+    def emit_for(self, node, depth):
+        _, var, source, body, orelse, with_loop, lineno = node
+        k = next(self.counter)
+        line = self.line
+        # One copy of the scope per loop; each item rebinds a name or two in it.
+        line(depth, f'_it{k} = {source}', lineno, 'cannot loop: ')
+        line(depth, f'_it{k} = list(_it{k}) if _it{k} is not None else []', lineno, 'cannot loop: ')
+        line(depth, f'if _it{k}:')
+        line(depth + 1, f'_outer{k}, _c, _n{k} = _c, dict(_c), len(_it{k})')
+        line(depth + 1, f'for _i{k}, _c[{var!r}] in enumerate(_it{k}, 1):')
+        if with_loop:
+            line(depth + 2, f"_c['loop'] = {{'index': _i{k}, 'first': _i{k} == 1, "
+                            f"'last': _i{k} == _n{k}, 'length': _n{k}}}")
+        self.emit(body, depth + 2)
+        line(depth + 2, 'pass')
+        line(depth + 1, f'_c = _outer{k}')
+        line(depth, 'else:')
+        self.emit(orelse, depth + 1)
+        line(depth + 1, 'pass')
+
+    def emit_block(self, node, depth):
+        _, name, body = node
+        fname = f'_block{next(self.counter)}'
+        self.pending.append((fname, name, body))
+        self.line(depth, f'_b.get({name!r}, {fname})(_c, _b, _o)')
+
+    def emit_include(self, node, depth):
+        _, target, lineno = node
+        self.line(depth, f'_t._include({target!r}, {lineno}, _c, _o)')
+
+    EMIT = {'text': emit_text, 'out': emit_out, 'if': emit_if, 'for': emit_for,
+            'block': emit_block, 'include': emit_include}
+
+
+class Template:
+    """A compiled template. ``render(context)`` -> str. Built by ``Templates`` from files.
+
+    ``_TemplateParser`` reads the source into a tree; ``_TemplateCompiler`` turns the tree
+    into Python functions. Only the grammar-checked expressions, repr()'d text and names
+    reach that Python. Includes and extends are looked up when rendered.
+    """
+
+    def __init__(self, source, name='<string>', loader=None):
+        self.name = name
+        self.loader = loader
+        parser = _TemplateParser(source, name)
+        tree = parser.parse()
+        self.extends, self._extends_line = parser.extends or (None, 0)
+        self._includes = parser.includes
+        # blocks: name -> its compiled function, for templates extending this one
+        self._render, self.blocks = _TemplateCompiler(name).compile(tree, self)
+
+    def check_targets(self):
+        """Look up every template this one includes or extends, so a missing one is found
+        now (naming this file and the tag's line) rather than by a visitor."""
+        for target, lineno in self._includes:
+            self._load('include', target, lineno)
+        if self.extends is not None:
+            self._load('extends', self.extends, self._extends_line)
+
+    def _load(self, tag, target, lineno):
+        if self.loader is None:
+            raise TemplateError(f'{tag} needs a template folder', self.name, lineno)
+        try:
+            return self.loader.get(target)
+        except _TemplateNotFound as exc:
+            raise TemplateError(f'{{% {tag} {target!r} %}}: {exc.message}', self.name, lineno) from None
+
+    def _include(self, target, lineno, ctx, out):
+        self._render_other('include', target, lineno, ctx, {}, out)
+
+    def _render_other(self, tag, target, lineno, ctx, blocks, out):
+        """Render the template an include or extends names, within MAX_TEMPLATE_NESTING."""
+        template = self._load(tag, target, lineno)
         depth = getattr(_render_depth, 'value', 0)
-        if depth >= 20:
-            raise TemplateError('includes or extends nested more than 20 deep (a cycle?)', self.name, lineno)
+        if depth >= MAX_TEMPLATE_NESTING:
+            raise TemplateError(f'includes or extends nested more than {MAX_TEMPLATE_NESTING} deep '
+                                '(a cycle?)', self.name, lineno)
         _render_depth.value = depth + 1
         try:
-            if self.extends is not None:
-                if self.loader is None:
-                    raise TemplateError('extends needs a template folder', self.name, 0)
-                merged = dict(self.blocks)
-                merged.update(blocks)
-                self.loader.get(self.extends)._render_into(ctx, merged, out)
-                return
-            self._render(ctx, blocks, out)
+            template._render_into(ctx, blocks, out)
         finally:
             _render_depth.value = depth
+
+    def _render_into(self, ctx, blocks, out):
+        if self.extends is None:
+            self._render(ctx, blocks, out)
+            return
+        merged = dict(self.blocks)
+        merged.update(blocks)
+        self._render_other('extends', self.extends, self._extends_line, ctx, merged, out)
 
     def render(self, context=None, **kwargs):
         ctx = dict(context or {}, **kwargs)
         out = []
         self._render_into(ctx, {}, out)
         return ''.join(out)
+
+
+def _read_template(path, filename):
+    """A template file's text; one that is not UTF-8 is an error naming its first bad line."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return f.read()
+    except UnicodeDecodeError:
+        with open(path, 'rb') as f:
+            data = f.read()
+        try:
+            data.decode('utf-8')
+        except UnicodeDecodeError as exc:
+            raise TemplateError('not UTF-8 text', filename, data.count(b'\n', 0, exc.start) + 1) from None
+        raise
 
 
 class Templates:
@@ -3105,10 +3218,10 @@ class Templates:
 
     def _path(self, name):
         if self.folder is None:
-            raise TemplateError(f'no template folder for {name!r}', name)
+            raise _TemplateNotFound(f'no template folder for {name!r}', name)
         path = os.path.realpath(os.path.join(self.folder, name))
         if os.path.commonpath([path, self.folder]) != self.folder:
-            raise TemplateError('template outside the template folder', name)
+            raise _TemplateNotFound('template outside the template folder', name)
         return path
 
     def get(self, name):
@@ -3121,22 +3234,24 @@ class Templates:
             try:
                 mtime = os.stat(path).st_mtime_ns
             except OSError:
-                raise TemplateError('template not found', name) from None
+                raise _TemplateNotFound('template not found', name) from None
             if entry is not None and entry[1] == mtime:
                 self._cache[name] = (entry[0], mtime, now)
                 return entry[0]
-            with open(path, encoding='utf-8') as f:
-                template = Template(f.read(), os.path.relpath(path, os.path.dirname(self.folder)), self)
+            filename = os.path.relpath(path, os.path.dirname(self.folder))
+            template = Template(_read_template(path, filename), filename, self)
             self._cache[name] = (template, mtime, now)
             return template
 
     def preload(self):
+        """Compile every .html template, and look up what each includes or extends: a
+        mistake in any stops the start instead of failing a visitor."""
         if self.folder is None or not os.path.isdir(self.folder):
             return
         for dirpath, _, filenames in os.walk(self.folder):
             for filename in filenames:
                 if filename.endswith('.html'):
-                    self.get(os.path.relpath(os.path.join(dirpath, filename), self.folder))
+                    self.get(os.path.relpath(os.path.join(dirpath, filename), self.folder)).check_targets()
 
     def refresh(self):
         """Re-check every cached template now (blocking; for a thread)."""

@@ -3519,6 +3519,118 @@ class TemplateTest(unittest.TestCase):
         self.assertRegex(resp.text, r'^T&lt;\|N\|/kw\|[A-Za-z0-9_-]{40,}$')
         self.assertIsNotNone(set_cookie_named(resp.headers.get_all('set-cookie'), 'sid'))
 
+    def test_every_tag_error_names_file_and_line(self):
+        # Each tag's handler refuses its own mistakes, and each refusal names the template
+        # file and the line of the offending tag (the tag that opened it, if never closed).
+        cases = [
+            ('\n{%  %}', 2, 'empty tag'),
+            ('\n{% if %}', 2, "empty expression"),
+            ('{% if a %}\n{% else %}\n{% elif b %}{% endif %}', 3, '{% elif %} after {% else %}'),
+            ('\n{% elif b %}', 2, 'unknown tag {% elif %}'),
+            ('x\n\n{% else %}', 3, 'unknown tag {% else %}'),
+            ('{% for x in y %}{% else %}\n{% else %}{% endfor %}', 2, 'unknown tag {% else %}'),
+            ('{% if a %}\n{% elif b + %}{% endif %}', 2, "cannot parse expression 'b +'"),
+            ('\n\n{% for x in %}', 3, 'expected {% for name in expression %}'),
+            ('{% for x in y %}\n{% endif %}', 2, '{% endif %} while the {% for %} of line 1 is still open'),
+            ('{% for x in y %}{% else %}\n{% endblock %}',
+             2, '{% endblock %} while the {% for %} of line 1 is still open'),
+            ('\n{% endfor %}', 2, '{% endfor %} without {% for %}'),
+            ('\n{% block two words %}', 2, 'expected {% block name %}'),
+            ('{% block a %}{% endblock %}\n{% block a %}{% endblock %}', 2, "block 'a' defined twice"),
+            ('\n\n{% block a %}', 3, '{% block %} is never closed'),
+            ('x\n{% endblock %}', 2, '{% endblock %} without {% block %}'),
+            ('\n{% include footer.html %}', 2, 'expected a quoted template name'),
+            ('\n{% extends base.html %}', 2, 'expected a quoted template name'),
+            ('{% extends "a.html" %}\n{% extends "b.html" %}', 2, '{% extends %} must be a top-level tag, once'),
+            ('{% if a %}\n{% extends "a.html" %}{% endif %}', 2, '{% extends %} must be a top-level tag, once'),
+        ]
+        for source, line, message in cases:
+            with self.subTest(source=source):
+                with self.assertRaises(server.TemplateError) as ctx:
+                    server.Template(source, 'templates/t.html')
+                self.assertEqual(str(ctx.exception), f'templates/t.html:{line}: {message}')
+
+    def test_include_and_extends_of_a_missing_template_name_the_tag(self):
+        # The error names the file and line of the include or extends tag, not only the
+        # template it could not find; an error inside the included template names that one.
+        with open(os.path.join(self.root, 'secret.txt'), 'w') as f:
+            f.write('SECRET')
+        self.write('inner.html', 'fine\n{{ n|length }}')
+        cases = [
+            ('inc.html', 'a\n\n{% include "missing.html" %}',
+             "templates/inc.html:3: {% include 'missing.html' %}: template not found"),
+            ('ext.html', '\n{% extends "nobase.html" %}{% block b %}{% endblock %}',
+             "templates/ext.html:2: {% extends 'nobase.html' %}: template not found"),
+            ('out.html', 'x\n{% include "../secret.txt" %}',
+             "templates/out.html:2: {% include '../secret.txt' %}: template outside the template folder"),
+            ('broken.html', 'x\n{% if n %}\n{% include "inner.html" %}{% endif %}',
+             'templates/inner.html:2: TypeError: object of type \'int\' has no len()'),
+        ]
+        for name, source, message in cases:
+            with self.subTest(name=name):
+                self.write(name, source)
+                with self.assertRaises(server.TemplateError) as ctx:
+                    self.templates.get(name).render({'n': 5})
+                self.assertEqual(str(ctx.exception), message)
+        for tag in ('include', 'extends'):
+            with self.subTest(tag=tag), self.assertRaises(server.TemplateError) as ctx:
+                server.Template(f'\n{{% {tag} "x.html" %}}').render()     # no folder to look in
+            self.assertEqual(str(ctx.exception), f'<string>:2: {tag} needs a template folder')
+
+    def test_preload_finds_a_missing_include_or_extends(self):
+        # Startup compiles every template and looks up what each names, so the mistake stops
+        # the start with the file and line instead of failing the first visitor.
+        self.write('fine.html', '{% include "partials/ok.html" %}')
+        self.write('partials/ok.html', 'ok')
+        self.templates.preload()
+        for source, line, target in (('x\n{% include "gone.html" %}', 2, 'include'),
+                                     ('\n\n{% extends "gone.html" %}', 3, 'extends')):
+            with self.subTest(target=target):
+                self.write('pages/broken.html', source)
+                templates = server.Templates(self.folder)
+                with self.assertRaises(server.TemplateError) as ctx:
+                    templates.preload()
+                self.assertEqual(str(ctx.exception),
+                                 f"templates/pages/broken.html:{line}: {{% {target} 'gone.html' %}}: "
+                                 'template not found')
+
+    def test_a_template_that_is_not_utf8_names_its_line(self):
+        with open(os.path.join(self.folder, 'latin1.html'), 'wb') as f:
+            f.write('ok\r\n{{ x }}\n caf\xe9 \n'.encode('latin-1'))
+        with self.assertRaises(server.TemplateError) as ctx:
+            self.templates.preload()
+        self.assertEqual(str(ctx.exception), 'templates/latin1.html:3: not UTF-8 text')
+        self.write('crlf.html', 'a\r\n{{ x }}\r\n')      # newlines still read as before
+        self.assertEqual(self.templates.get('crlf.html').render(x='b'), 'a\nb\n')
+
+    def test_nesting_limit_names_the_tag_that_passes_it(self):
+        limit = server.MAX_TEMPLATE_NESTING
+        for i in range(limit + 1):
+            self.write(f'n{i}.html', f'{i}\n{{% include "n{i + 1}.html" %}}' if i < limit else 'end')
+        self.assertEqual(self.templates.get('n0.html').render().split(), [*map(str, range(limit)), 'end'])
+        self.write(f'n{limit}.html', f'{limit}\n{{% include "n{limit + 1}.html" %}}')
+        self.write(f'n{limit + 1}.html', 'too deep')
+        with self.assertRaises(server.TemplateError) as ctx:
+            server.Templates(self.folder).get('n0.html').render()
+        self.assertEqual(str(ctx.exception), f'templates/n{limit}.html:2: includes or extends nested '
+                                             f'more than {limit} deep (a cycle?)')
+        # A cycle: the error names a line that holds an include, in the file that holds it.
+        self.write('a.html', 'a\n{% include "b.html" %}')
+        self.write('b.html', '{% include "a.html" %}')
+        self.write('c.html', '{% extends "c.html" %}')
+        for name, places in (('a.html', {('a.html', 2), ('b.html', 1)}), ('c.html', {('c.html', 1)})):
+            with self.subTest(name=name), self.assertRaises(server.TemplateError) as ctx:
+                self.templates.get(name).render()
+            self.assertIn((os.path.basename(ctx.exception.filename), ctx.exception.lineno), places)
+
+    def test_nesting_deeper_than_the_stack_is_a_template_error(self):
+        # Deeper than the compiler's own recursion: refused as a TemplateError naming a line.
+        for source in ('{% if a %}\n' * 1000 + '{% endif %}' * 1000,
+                       '{% for a in b %}\n' * 1000 + '{% endfor %}' * 1000):
+            with self.subTest(source=source[:15]), self.assertRaises(server.TemplateError) as ctx:
+                server.Template(source, 'deep.html')
+            self.assertIn('too deeply nested to compile', str(ctx.exception))
+            self.assertGreater(ctx.exception.lineno, 0)
 
 # === 8. Storage ===============================================================================
 
