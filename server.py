@@ -3742,6 +3742,25 @@ class SessionStore:
         """Delete expired sessions."""
         await self.db.execute('DELETE FROM sessions WHERE expires < ?', (time.time(),))
 
+    async def delete_holding(self, key):
+        """Delete every session that holds ``key`` (signs out everyone it marks); how many."""
+        return await self.db.run(_delete_sessions_holding, key)
+
+
+def _delete_sessions_holding(conn, key):
+    doomed = []
+    # Only rows whose text contains the key as JSON writes it are decoded.
+    for row_key, data in conn.execute('SELECT id, data FROM sessions WHERE instr(data, ?) > 0',
+                                      (json.dumps(key),)):
+        with contextlib.suppress(ValueError):
+            if key in json.loads(data):
+                doomed.append((row_key,))
+    if doomed:
+        with conn:
+            conn.execute('BEGIN IMMEDIATE')
+            conn.executemany('DELETE FROM sessions WHERE id = ?', doomed)
+    return len(doomed)
+
 
 def _create_session(conn, key, data, expires, now):
     """Insert a session's first row. Requests of one visitor that store something at once
@@ -4060,12 +4079,15 @@ def accepts_gzip(accept_encoding):
 _CONTROL_CHARS_RE = re.compile(r'[^\x20-\x7e]|["\\]')
 
 
-def _log_escape(text):
+def log_escape(text):
     """Escape controls, quotes and backslashes as nginx does (\\xHH), so a log line stays one line."""
     text = str(text)
     if text.isascii() and text.isprintable() and '"' not in text and '\\' not in text:
         return text            # the common case, without a regex pass
     return _CONTROL_CHARS_RE.sub(_hex_escape, text)
+
+
+_log_escape = log_escape     # the name the framework's own callers use
 
 
 def _hex_escape(m):
@@ -5655,20 +5677,6 @@ def _admin_attempt(conn, address, now):
         return None
 
 
-def _sign_out_admins(conn):
-    """Delete every signed-in admin's session -- blocking."""
-    doomed = []
-    for key, data in conn.execute("SELECT id, data FROM sessions WHERE data LIKE '%admin%'"):
-        with contextlib.suppress(ValueError):
-            if 'admin' in json.loads(data):
-                doomed.append((key,))
-    if doomed:
-        with conn:
-            conn.execute('BEGIN IMMEDIATE')
-            conn.executemany('DELETE FROM sessions WHERE id = ?', doomed)
-    return len(doomed)
-
-
 def _admin_failure_address(client):
     """The key of the failed-login table: the address, or an IPv6 client's /64, which one
     client can hold whole."""
@@ -5684,20 +5692,22 @@ def _admin_failure_address(client):
 
 
 def build_site(config):
-    """The portfolio site as an App."""
+    """The portfolio site as an App: one function per area registers its routes and hooks."""
     app = App(root=config.root, data=config.data, trusted_proxy=config.trusted_proxy,
               migrations=SITE_MIGRATIONS)
     counter = VisitCounter(app.db, shared=config.workers > 1)
     admin_password = os.environ.get('ADMIN_PASSWORD', '')
-    uploads_in_flight = UploadsInFlight()
-    background = []
+    _site_lifecycle(app, counter, admin_password)
+    _site_pages(app, counter)
+    _site_contact(app)
+    _site_uploads(app, UploadsInFlight())
+    _site_admin(app, admin_password)
+    return app
 
-    @app.on_claim
-    async def sweep(app):
-        # Only while no other process can be writing uploads: see App.on_claim.
-        removed = await app.db.run(_sweep_uploads, app.upload_dir)
-        if removed:
-            log.info('removed %d unfinished or orphaned upload files', removed)
+
+def _site_lifecycle(app, counter, admin_password):
+    """What the site does when it starts and stops."""
+    background = []
 
     @app.on_startup
     async def start(app):
@@ -5706,7 +5716,7 @@ def build_site(config):
         if not admin_password:
             # /admin is off: its sessions end, so a password set again (even the same one)
             # is asked for again.
-            await app.db.run(_sign_out_admins)
+            await app.sessions.delete_holding('admin')
         await counter.load()
         person_path = os.path.join(app.root, 'templates', 'person.json')
         app.template_globals['person'] = json.loads(await asyncio.to_thread(_read_text, person_path))
@@ -5727,6 +5737,11 @@ def build_site(config):
             task.cancel()
         await counter.flush()
 
+
+def _site_pages(app, counter):
+    """The pages: home with its visit count, profiles, the health check; the security
+    headers and error pages every response of the site gets."""
+
     @app.after_request
     async def security_headers(request, response):
         headers = response.headers
@@ -5743,16 +5758,37 @@ def build_site(config):
     async def not_found(request, error):
         return render('404.html', path=request.path)
 
-    def error_view(request, error):
-        return render('error.html', status=error.status, title=error.reason, detail=error.detail)
     for status in (400, 403, 405, 408, 413, 429, 500, 503):
-        app.errorhandler(status)(error_view)
+        app.errorhandler(status)(_error_view)
 
     @app.get('/')
     async def home(request):
         # A HEAD (a monitor, a link checker) is not a visit.
         visits = await (counter.hit() if request.method == 'GET' else counter.current())
         return render('index.html', VISIT_COUNT=visits)
+
+    @app.get('/profile/<name>')
+    async def profile(request, name):
+        if len(name) > 100:
+            abort(404, 'That name is too long.')
+        return render('profile.html', name=name)
+
+    @app.get('/healthz')
+    async def healthz(request):
+        try:
+            await app.db.fetchone('SELECT 1 AS ok')
+        except Exception as exc:
+            log.error('health check: database unavailable: %s', exc)
+            return Response.text('database unavailable\n', 503, {'Retry-After': '5'})
+        return Response.text('ok\n')
+
+
+def _error_view(request, error):
+    return render('error.html', status=error.status, title=error.reason, detail=error.detail)
+
+
+def _site_contact(app):
+    """The contact form: checked, limited per client address, stored, then a thank-you page."""
 
     @app.route('/contact', methods=['GET', 'POST'])
     async def contact(request):
@@ -5764,19 +5800,7 @@ def build_site(config):
         if form.get('website'):       # the honeypot: only bots fill it; they get a quiet "thanks"
             log.info('contact: honeypot filled by %s', request.client)
             return redirect('/contact/thanks')
-        errors = {}
-        if not values['name']:
-            errors['name'] = 'Please enter your name.'
-        elif len(values['name']) > 100:
-            errors['name'] = 'Your name can be at most 100 characters.'
-        if not values['email']:
-            errors['email'] = 'Please enter your email address.'
-        elif len(values['email']) > 200 or not _EMAIL_RE.fullmatch(values['email']):
-            errors['email'] = 'Please enter an email address like name@example.com.'
-        if not values['message']:
-            errors['message'] = 'Please write a message.'
-        elif len(values['message']) > 5000:
-            errors['message'] = 'Your message can be at most 5000 characters.'
+        errors = _contact_errors(values)
         if errors:
             return render('contact.html', values=values, errors=errors), 400
         # Checked and stored in one step (no two requests both pass a full limit), committed
@@ -5797,23 +5821,34 @@ def build_site(config):
     async def thanks(request):
         return render('thanks.html')
 
-    async def upload_page(request, error='', message='', status=200):
-        owner = request.session.get('upload_owner')
-        rows = await app.db.fetchall('SELECT id, name, size, created FROM uploads WHERE owner = ? '
-                                     'ORDER BY id DESC', (owner,)) if owner else []
-        uploads = [{'id': r['id'], 'name': r['name'], 'size_h': human_size(r['size']),
-                    'created': _format_time(r['created'])} for r in rows]
-        return render('upload.html', uploads=uploads, error=error, message=message,
-                      max_upload_mb=MAX_UPLOAD_BYTES // (1024 * 1024)), status
 
-    async def upload_refused(request, status):
-        if status == 429:
-            return await upload_page(request, status=429, error=(
-                f'You have reached the limit of {UPLOAD_QUOTA_FILES} files or '
-                f'{UPLOAD_QUOTA_BYTES // (1024 * 1024)} MB for this session.'))
-        log.error('upload refused: the upload space is full')
-        return await upload_page(request, status=507, error='The server has no room for more '
-                                 'uploads right now. Please try again later.')
+def _contact_errors(values):
+    """What is wrong with a contact form's stripped ``values``, by field; empty if nothing."""
+    errors = {}
+    if not values['name']:
+        errors['name'] = 'Please enter your name.'
+    elif len(values['name']) > 100:
+        errors['name'] = 'Your name can be at most 100 characters.'
+    if not values['email']:
+        errors['email'] = 'Please enter your email address.'
+    elif len(values['email']) > 200 or not _EMAIL_RE.fullmatch(values['email']):
+        errors['email'] = 'Please enter an email address like name@example.com.'
+    if not values['message']:
+        errors['message'] = 'Please write a message.'
+    elif len(values['message']) > 5000:
+        errors['message'] = 'Your message can be at most 5000 characters.'
+    return errors
+
+
+def _site_uploads(app, uploads_in_flight):
+    """Uploads: a visitor's files, kept within quotas, listed and served to their session only."""
+
+    @app.on_claim
+    async def sweep(app):
+        # Only while no other process can be writing uploads: see App.on_claim.
+        removed = await app.db.run(_sweep_uploads, app.upload_dir)
+        if removed:
+            log.info('removed %d unfinished or orphaned upload files', removed)
 
     # defer_body: the quotas are checked before the body is read, so a visitor past theirs,
     # or a full disk, costs no file written; read_body() then checks the CSRF token.
@@ -5821,7 +5856,7 @@ def build_site(config):
     async def upload(request):
         if request.method != 'POST':    # GET, or HEAD: never an upload, whatever body it brings
             message = 'Your file was uploaded.' if request.query.get('done') else ''
-            return await upload_page(request, message=message)
+            return await _upload_page(app, request, message=message)
         owner = request.session.get('upload_owner')
         # Before a first upload has an owner, its session stands for the visitor.
         visitor = owner or request.session.id or request.client
@@ -5831,13 +5866,14 @@ def build_site(config):
         usage = await app.db.run(_upload_usage, owner, app.upload_dir)
         refusal = uploads_in_flight.refusal(visitor, usage, size)
         if refusal is not None:
-            return await upload_refused(request, refusal)
+            return await _upload_refused(app, request, refusal)
         release = uploads_in_flight.reserve(visitor, size)
         try:
             await request.read_body()
             upload = request.files.get('file')
             if upload is None or not upload.filename or upload.size == 0:
-                return await upload_page(request, error='Please choose a non-empty file to upload.', status=400)
+                return await _upload_page(app, request, error='Please choose a non-empty file to upload.',
+                                          status=400)
             if not owner:
                 # Stored in the session's row before the file is: first uploads sent at once
                 # (two tabs) all get the token the first of them stored. Random, not derived
@@ -5856,7 +5892,7 @@ def build_site(config):
             refusal = await app.db.grouped(_record_upload, owner, upload, stored, app.upload_dir)
             if refusal is not None:
                 await asyncio.to_thread(_unlink_quietly, path)
-                return await upload_refused(request, refusal)
+                return await _upload_refused(app, request, refusal)
         finally:
             release()
         return redirect('/upload?done=1')
@@ -5869,20 +5905,35 @@ def build_site(config):
             abort(404)
         return _attachment(os.path.join(app.upload_dir, row['stored']), row['name'])
 
-    @app.get('/profile/<name>')
-    async def profile(request, name):
-        if len(name) > 100:
-            abort(404, 'That name is too long.')
-        return render('profile.html', name=name)
 
-    @app.get('/healthz')
-    async def healthz(request):
-        try:
-            await app.db.fetchone('SELECT 1 AS ok')
-        except Exception as exc:
-            log.error('health check: database unavailable: %s', exc)
-            return Response.text('database unavailable\n', 503, {'Retry-After': '5'})
-        return Response.text('ok\n')
+async def _upload_page(app, request, error='', message='', status=200):
+    """The upload page with the visitor's own uploads listed."""
+    owner = request.session.get('upload_owner')
+    rows = await app.db.fetchall('SELECT id, name, size, created FROM uploads WHERE owner = ? '
+                                 'ORDER BY id DESC', (owner,)) if owner else []
+    return render('upload.html', uploads=_upload_list(rows), error=error, message=message,
+                  max_upload_mb=MAX_UPLOAD_BYTES // (1024 * 1024)), status
+
+
+async def _upload_refused(app, request, status):
+    """The upload page saying why an upload was refused: 429 (the visitor's quota) or 507."""
+    if status == 429:
+        return await _upload_page(app, request, status=429, error=(
+            f'You have reached the limit of {UPLOAD_QUOTA_FILES} files or '
+            f'{UPLOAD_QUOTA_BYTES // (1024 * 1024)} MB for this session.'))
+    log.error('upload refused: the upload space is full')
+    return await _upload_page(app, request, status=507, error='The server has no room for more '
+                              'uploads right now. Please try again later.')
+
+
+def _upload_list(rows):
+    """Upload rows as the templates list them."""
+    return [{'id': r['id'], 'name': r['name'], 'size_h': human_size(r['size']),
+             'created': _format_time(r['created'])} for r in rows]
+
+
+def _site_admin(app, admin_password):
+    """The owner's pages: messages and uploads behind ADMIN_PASSWORD; 404 while it is unset."""
 
     def admin_enabled():
         if not admin_password:
@@ -5907,9 +5958,7 @@ def build_site(config):
             m['created'] = _format_time(m['created'])
             m['mailto'] = _mailto(m['email'])
         rows = await app.db.fetchall('SELECT id, name, size, created FROM uploads ORDER BY id DESC')
-        uploads = [{'id': r['id'], 'name': r['name'], 'size_h': human_size(r['size']),
-                    'created': _format_time(r['created'])} for r in rows]
-        resp = render('admin.html', messages=messages, uploads=uploads)
+        resp = render('admin.html', messages=messages, uploads=_upload_list(rows))
         resp.headers['Cache-Control'] = 'private, no-store'
         return resp
 
@@ -5939,7 +5988,7 @@ def build_site(config):
             request.session.rotate()            # a new id (and CSRF token) at login: no fixation
             request.session['admin'] = admin_mark()
             return redirect('/admin')
-        log.warning('admin: failed sign-in from %s', _log_escape(request.client))
+        log.warning('admin: failed sign-in from %s', log_escape(request.client))
         return render('admin_login.html', error='That password is not right.'), 403
 
     @app.post('/admin/logout')
@@ -5947,8 +5996,6 @@ def build_site(config):
         admin_enabled()
         request.session.destroy()
         return redirect('/')
-
-    return app
 
 
 def _attachment(path, name):

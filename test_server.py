@@ -3194,6 +3194,24 @@ class SessionTest(unittest.TestCase):
         finally:
             other.close()
 
+    def test_delete_holding_ends_only_the_sessions_with_that_key(self):
+        db = server.Database(os.path.join(self.data, 'holding.db'))
+        store = server.SessionStore(db)
+
+        async def scenario():
+            holders = [server.Session({'admin': 'mark'}), server.Session({'admin': None, 'v': 1})]
+            others = [server.Session({'v': 'admin'}), server.Session({'administrator': 1})]
+            for session in holders + others:
+                self.assertTrue(await store.save(session))
+            self.assertEqual(await store.delete_holding('admin'), 2)
+            for session in holders:
+                self.assertFalse((await store.load(session.id)).stored)
+            for session in others:
+                self.assertEqual(dict(await store.load(session.id)), dict(session))
+            self.assertEqual(await store.delete_holding('admin'), 0)
+            await db.close()
+        asyncio.run(scenario())
+
 
 # === 7. Templates =============================================================================
 
@@ -5488,6 +5506,10 @@ class AccessLogTest(unittest.TestCase):
         out = server._log_escape(every)
         self.assertTrue(out.isascii() and out.isprintable() and '"' not in out)
         self.assertEqual(out.encode().decode('unicode_escape'), every)      # nothing lost either
+
+    def test_log_escape_is_public_for_apps(self):
+        self.assertEqual(server.log_escape('from 192.0.2.1\n"forged"'), 'from 192.0.2.1\\x0A\\x22forged\\x22')
+        self.assertIs(server._log_escape, server.log_escape)
 
     def test_stdout_access_log_of_a_real_process(self):
         proc = ServerProcess()
