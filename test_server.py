@@ -13,6 +13,7 @@ import email.generator
 import email.policy
 import email.utils
 import encodings.aliases
+import errno
 import functools
 import gzip
 import hashlib
@@ -5011,7 +5012,7 @@ class TLSTest(unittest.TestCase):
         result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--certfile',
                                  '/nonexistent/cert.pem', '--port', '0', '--data', tempfile.gettempdir()],
                                 capture_output=True, text=True, timeout=30)
-        self.assertEqual(result.returncode, 2)
+        self.assertEqual(result.returncode, 1)      # a file that is missing, not a bad flag
         self.assertEqual(result.stderr.count('\n'), 1, result.stderr)
         self.assertIn('certificate file not found', result.stderr)
         self.assertNotIn('Traceback', result.stderr)
@@ -5035,7 +5036,7 @@ class CommandLineTest(unittest.TestCase):
         tmp = tempfile.mkdtemp(prefix='server-cli-')
         self.addCleanup(shutil.rmtree, tmp, True)
         for args, env in ((['--port', 'abc'], None), (['--port', '70000'], None), (['--workers', '0'], None),
-                          (['--root', '/nonexistent'], None), (['--log-level', 'loud'], None),
+                          (['--log-level', 'loud'], None),
                           (['--trusted-proxy', 'not-an-ip'], None), ([], {'SERVER_PORT': 'x'}),
                           (['--keyfile', 'k.pem'], None)):
             with self.subTest(args=args, env=env):
@@ -5074,10 +5075,14 @@ class CommandLineTest(unittest.TestCase):
             s.listen()
             tmp = tempfile.mkdtemp(prefix='server-cli-')
             self.addCleanup(shutil.rmtree, tmp, True)
-            result = self.run_cli('--port', str(s.getsockname()[1]), '--data', os.path.join(tmp, 'd'))
-        self.assertEqual(result.returncode, 1)
-        self.assertIn('cannot listen', result.stderr)
-        self.assertNotIn('Traceback', result.stderr)
+            port = s.getsockname()[1]
+            for workers in ('1', '2'):      # workers too: refused before any is forked
+                with self.subTest(workers=workers):
+                    result = self.run_cli('--port', str(port), '--workers', workers,
+                                          '--data', os.path.join(tmp, 'd'))
+                    self.assertEqual(result.returncode, 1)
+                    self.assertEqual(result.stderr, f'server.py: error: port {port} on 127.0.0.1 is in '
+                                                    f'use by another program: stop it or choose another --port\n')
 
     def test_data_folder_not_writable(self):
         if os.geteuid() == 0:
@@ -5087,7 +5092,7 @@ class CommandLineTest(unittest.TestCase):
         else:
             data = '/proc/server-py-data'
         result = self.run_cli('--port', '0', '--data', data)
-        self.assertEqual(result.returncode, 2)
+        self.assertEqual(result.returncode, 1)
         self.assertIn('not writable', result.stderr)
         self.assertNotIn('Traceback', result.stderr)
 
@@ -5135,6 +5140,153 @@ class CommandLineTest(unittest.TestCase):
                                          environ={'SERVER_PORT': '9000', 'SERVER_HOST': '0.0.0.0',
                                                   'SERVER_ACCESS_LOG': '0'})
         self.assertEqual((config.port, config.host, config.access_log), (9001, '0.0.0.0', False))
+
+
+class StartupErrorTest(unittest.TestCase):
+    """Each way a start fails, broken for real: exit 1, one line on stderr naming the culprit
+    and the fix, never a traceback."""
+
+    def start(self, *args, root=None, data=None):
+        data = data or os.path.join(fresh_dir(self, 'server-data-'), 'data')
+        return subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
+                               '--root', root or self.site_root(), '--data', data, *args],
+                              capture_output=True, text=True, timeout=30)
+
+    def assertFailsNaming(self, result, *names):
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertNotIn('Traceback', result.stderr)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertTrue(result.stderr.startswith('server.py: error: '), result.stderr)
+        for name in names:
+            self.assertIn(name, result.stderr)
+        self.assertNotIn('serving', result.stdout)
+
+    def site_root(self):
+        """A web root with the site's templates alone: enough to start."""
+        root = os.path.join(fresh_dir(self, 'server-root-'), 'www')
+        shutil.copytree(os.path.join(WWW, 'templates'), os.path.join(root, 'templates'))
+        return root
+
+    def private_data(self, database=None):
+        data = os.path.join(fresh_dir(self, 'server-data-'), 'data')
+        os.mkdir(data, 0o700)
+        if database is not None:
+            with open(os.path.join(data, 'app.db'), 'wb') as f:
+                f.write(database)
+        return data
+
+    def test_missing_person_json(self):
+        root = self.site_root()
+        os.unlink(os.path.join(root, 'templates', 'person.json'))
+        self.assertFailsNaming(self.start(root=root), os.path.join(root, 'templates', 'person.json'),
+                               'is missing', 'restore it')
+
+    def test_malformed_person_json_names_its_line_and_column(self):
+        root = self.site_root()
+        with open(os.path.join(root, 'templates', 'person.json'), 'w') as f:
+            f.write('{\n  "name": "Ada",\n}\n')
+        self.assertFailsNaming(self.start(root=root), 'person.json line 3, column 1:', 'fix the JSON')
+
+    def test_a_root_without_the_sites_templates(self):
+        root = fresh_dir(self, 'server-root-')
+        self.assertFailsNaming(self.start(root=root), root, 'not the site\'s web root', '--root')
+        os.mkdir(os.path.join(root, 'templates'))
+        shutil.copy(os.path.join(WWW, 'templates', 'person.json'), os.path.join(root, 'templates'))
+        self.assertFailsNaming(self.start(root=root), 'not the site\'s web root')
+
+    def test_a_database_that_is_not_sqlite(self):
+        data = self.private_data(b'these are notes, not a database\n' * 200)
+        self.assertFailsNaming(self.start(data=data), os.path.join(data, 'app.db'),
+                               'is not an SQLite database', 'move it away')
+        with open(os.path.join(data, 'app.db'), 'rb') as f:       # left as it was
+            self.assertTrue(f.read().startswith(b'these are notes'))
+
+    def test_a_database_from_a_newer_server(self):
+        data = self.private_data()
+        newer = len(server.SITE_MIGRATIONS) + 1
+        conn = sqlite3.connect(os.path.join(data, 'app.db'))
+        conn.execute(f'PRAGMA user_version = {newer}')
+        conn.close()
+        self.assertFailsNaming(self.start(data=data), os.path.join(data, 'app.db'),
+                               f'newer server.py (schema {newer}, this one knows {newer - 1})',
+                               'upgrade server.py or restore a backup')
+
+    def test_an_unresolvable_host(self):
+        # .invalid never resolves (RFC 6761 6.4).
+        self.assertFailsNaming(self.start('--host', 'no-such-host.invalid'),
+                               'cannot resolve --host no-such-host.invalid', '127.0.0.1')
+
+    def test_a_privileged_port_without_privilege(self):
+        # Root may bind any port, so as root the server runs as nobody; it needs a Python and
+        # a folder that nobody can reach (a copy of server.py, data it owns).
+        port = 1       # tcpmux: below 1024, and the kernel refuses it before asking if it is free
+        with contextlib.suppress(FileNotFoundError):      # Linux 4.11 on
+            with open('/proc/sys/net/ipv4/ip_unprivileged_port_start') as f:
+                if int(f.read()) <= port:
+                    self.skipTest('this kernel lets anyone bind low ports')
+        tmp = fresh_dir(self, 'server-lowport-')
+        shutil.copy(os.path.join(HERE, 'server.py'), tmp)
+        run_as = {}
+        if os.geteuid() == 0:
+            os.chmod(tmp, 0o755)
+            os.chown(tmp, 65534, 65534)
+            run_as = {'user': 65534, 'group': 65534, 'extra_groups': []}
+        python = None
+        for candidate in (sys.executable, '/usr/bin/python3', '/usr/local/bin/python3'):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                if subprocess.run([candidate, '-c', 'import sys; assert sys.version_info >= (3, 10)'],
+                                  cwd=tmp, capture_output=True, timeout=30, **run_as).returncode == 0:
+                    python = candidate
+                    break
+        if python is None:
+            self.skipTest('no Python the unprivileged user can run')
+        os.mkdir(os.path.join(tmp, 'www'))
+        result = subprocess.run([python, os.path.join(tmp, 'server.py'), '--port', str(port),
+                                 '--root', os.path.join(tmp, 'www'), '--data', os.path.join(tmp, 'data')],
+                                cwd=tmp, capture_output=True, text=True, timeout=30, **run_as)
+        self.assertFailsNaming(result, f'port {port} is below 1024', 'nginx', '--port')
+
+    def test_certfile_without_keyfile(self):
+        folder = fresh_dir(self, 'server-tls-')
+        pair = make_certificate(folder)
+        if pair is None:
+            self.skipTest('openssl is not installed')
+        self.assertFailsNaming(self.start('--certfile', pair[0]),
+                               f'{pair[0]} holds no private key', '--keyfile')
+
+    def test_a_data_path_that_is_a_file(self):
+        path = os.path.join(fresh_dir(self, 'server-data-'), 'data')
+        with open(path, 'w') as f:
+            f.write('not a folder')
+        self.assertFailsNaming(self.start(data=path), f'the data folder {path} is a file', '--data')
+
+    def test_ctrl_c_during_startup_exits_quietly(self):
+        # person.json as a named pipe holds the start still, deterministically, where it reads
+        # the file: the pipe opens for writing only once the server has it open for reading.
+        root = self.site_root()
+        pipe = os.path.join(root, 'templates', 'person.json')
+        os.unlink(pipe)
+        os.mkfifo(pipe)
+        tmp = fresh_dir(self, 'server-start-')
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
+                                 '--root', root, '--data', os.path.join(tmp, 'data')],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.communicate()))
+        writer = None
+        deadline = time.monotonic() + 20
+        while writer is None:
+            try:
+                writer = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:        # ENXIO: nobody reads it yet
+                if exc.errno != errno.ENXIO or proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        self.addCleanup(os.close, writer)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, -signal.SIGINT)      # as a signal ends any program
+        self.assertEqual(err, b'')
+        self.assertEqual(out, b'')
 
 
 class GracefulShutdownTest(unittest.TestCase):
