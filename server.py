@@ -1116,14 +1116,16 @@ class UploadedFile:
 
 def fsync_dir(path):
     """Make a rename or a new file in ``path`` durable (POSIX); a no-op where unsupported."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    if not hasattr(os, 'O_DIRECTORY'):      # Windows: a folder cannot be opened, nor synced
         return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        # EINVAL: a filesystem that cannot sync a folder (some network and FUSE ones) keeps
+        # renames as well as it can. Any other error (EIO) means the rename may be lost.
+        if exc.errno != errno.EINVAL:
+            raise
     finally:
         os.close(fd)
 
@@ -5381,9 +5383,13 @@ def _sweep_uploads(conn, upload_dir):
     removed = 0
     for name in os.listdir(upload_dir):
         if name not in known:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(os.path.join(upload_dir, name))
                 removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:      # a folder, a file of another user's: left, and said
+                log.warning('cannot remove %s from the uploads: %s', name, exc.strerror)
     return removed
 
 
@@ -5485,7 +5491,7 @@ def _sign_out_admins(conn):
     """Delete every signed-in admin's session -- blocking."""
     doomed = []
     for key, data in conn.execute("SELECT id, data FROM sessions WHERE data LIKE '%admin%'"):
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(json.JSONDecodeError):
             if 'admin' in json.loads(data):
                 doomed.append((key,))
     if doomed:

@@ -2793,6 +2793,32 @@ class FormsTest(unittest.TestCase):
                 self.assertFalse(name.startswith('.'))
         self.assertNotEqual(server.safe_filename('naïve café.txt'), 'fallback.txt')
 
+    def test_fsync_dir_raises_every_failure_but_einval(self):
+        folder = fresh_dir(self)
+        server.fsync_dir(folder)
+        with self.assertRaises(FileNotFoundError):      # was silently skipped: a rename not made durable
+            server.fsync_dir(os.path.join(folder, 'missing'))
+        with open(os.path.join(folder, 'file'), 'w'):
+            pass
+        with self.assertRaises(NotADirectoryError):
+            server.fsync_dir(os.path.join(folder, 'file'))
+        # A folder whose filesystem cannot sync it (EINVAL) is the one failure let pass.
+        # A real EIO needs a failing disk, so the other side of the errno test is not run here.
+        try:
+            fd = os.open('/proc', os.O_RDONLY | os.O_DIRECTORY)
+        except (OSError, AttributeError):
+            self.skipTest('no /proc to sync')
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+        else:
+            self.skipTest('this /proc can be synced')
+        finally:
+            os.close(fd)
+        server.fsync_dir('/proc')
+
 
 # === 8. Sessions and CSRF =====================================================================
 
@@ -3635,6 +3661,29 @@ class StorageTest(unittest.TestCase):
 
 
 # === 9. Static files ==========================================================================
+
+class StorageErrorCodeTest(unittest.TestCase):
+    """SQLite's errors told apart by their result code where Python gives it (3.11 on)."""
+
+    def test_busy_is_told_by_the_error_code(self):
+        path = os.path.join(fresh_dir(self), 'x.db')
+        holder = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute('CREATE TABLE t (x)')
+        holder.execute('BEGIN EXCLUSIVE')
+        waiter = sqlite3.connect(path, timeout=0)
+        self.addCleanup(waiter.close)
+        with self.assertRaises(sqlite3.OperationalError) as busy:
+            waiter.execute('SELECT * FROM t')
+        self.assertTrue(server._is_busy(busy.exception))
+        holder.execute('ROLLBACK')
+        # An error whose text happens to say "busy" or "locked" is not a lock held elsewhere.
+        with self.assertRaises(sqlite3.OperationalError) as other:
+            waiter.execute('SELECT * FROM busy_locked_table')
+        if getattr(other.exception, 'sqlite_errorcode', None) is None:
+            self.skipTest('Python 3.10: no error codes, only the message to go by')
+        self.assertFalse(server._is_busy(other.exception))
+
 
 class SendfileDeadlineTest(unittest.TestCase):
 
@@ -5770,6 +5819,24 @@ class CrashSafetyTest(unittest.TestCase):
         for name, content in acked_uploads.items():
             self.assertEqual(by_name.get(name), [content], f'upload {name} lost, duplicated or changed')
 
+
+
+class UploadSweepTest(unittest.TestCase):
+
+    def test_sweep_removes_orphans_and_reports_what_it_cannot(self):
+        folder = fresh_dir(self)
+        for name in ('.part-left', 'kept', 'orphan'):
+            with open(os.path.join(folder, name), 'w'):
+                pass
+        os.mkdir(os.path.join(folder, 'a-folder'))    # not the server's: unlink refuses it
+        conn = sqlite3.connect(':memory:')
+        self.addCleanup(conn.close)
+        conn.execute('CREATE TABLE uploads (stored TEXT)')
+        conn.execute("INSERT INTO uploads VALUES ('kept')")
+        with self.assertLogs('server', 'WARNING') as logs:
+            self.assertEqual(server._sweep_uploads(conn, folder), 2)
+        self.assertEqual(sorted(os.listdir(folder)), ['a-folder', 'kept'])
+        self.assertIn('a-folder', logs.output[0])
 
 
 class WorkersTest(unittest.TestCase):
