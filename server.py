@@ -23,6 +23,15 @@ Use it as a framework::
 The file reads top to bottom; ``grep -n '^# ===' server.py`` is its table of contents.
 """
 
+import signal
+
+if __name__ == '__main__':
+    # Ctrl+C while the server starts ends it at once and quietly, as a signal ends any
+    # program, instead of a KeyboardInterrupt traceback from whichever import or startup step
+    # it lands in. serve() takes SIGINT over once it listens; nothing started is left behind
+    # (the data folder's lock goes with the process, SQLite rolls back what it did not commit).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 import argparse
 import ast
 import asyncio
@@ -52,7 +61,6 @@ import queue
 import re
 import secrets
 import shutil
-import signal
 import socket
 import sqlite3
 import ssl
@@ -203,6 +211,14 @@ class Config:
             else:
                 values[name] = raw
         return cls(**values)
+
+
+class StartupError(Exception):
+    """Why the server cannot start, as one line naming the culprit and the fix: the input
+    that is wrong (a file, a folder, a port) or the world that is (a port in use). Every
+    startup check raises it; main() prints it and exits ``exit_status``."""
+
+    exit_status = 1
 
 
 # === 2. HTTP errors ===
@@ -1250,14 +1266,16 @@ class UploadedFile:
 
 def fsync_dir(path):
     """Make a rename or a new file in ``path`` durable (POSIX); a no-op where unsupported."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    if not hasattr(os, 'O_DIRECTORY'):      # Windows: a folder cannot be opened, nor synced
         return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        # EINVAL: a filesystem that cannot sync a folder (some network and FUSE ones) keeps
+        # renames as well as it can. Any other error (EIO) means the rename may be lost.
+        if exc.errno != errno.EINVAL:
+            raise
     finally:
         os.close(fd)
 
@@ -3261,7 +3279,10 @@ class Templates:
         for dirpath, _, filenames in os.walk(self.folder):
             for filename in filenames:
                 if filename.endswith('.html'):
-                    self.get(os.path.relpath(os.path.join(dirpath, filename), self.folder)).check_targets()
+                    try:
+                        self.get(os.path.relpath(os.path.join(dirpath, filename), self.folder)).check_targets()
+                    except TemplateError as exc:    # a page that would fail later stops the start
+                        raise StartupError(f'template {exc}') from None
 
     def refresh(self):
         """Re-check every cached template now (blocking; for a thread)."""
@@ -3276,15 +3297,28 @@ class Templates:
 
 # === 8. Storage, sessions, CSRF ===
 
+# SQLite's primary result codes (sqlite3.SQLITE_* from Python 3.11 on), fixed since SQLite 3.0.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
+
+
+def _sqlite_error_is(exc, codes, words):
+    """Is ``exc`` one of SQLite's result ``codes``? Told by its code where Python has it
+    (``sqlite_errorcode``, 3.11 on; an extended code carries its primary one in the low
+    byte), else by ``words`` in SQLite's message (3.10, or an error raised by Python)."""
+    code = getattr(exc, 'sqlite_errorcode', None)
+    if code is not None:
+        return code & 0xFF in codes
+    text = str(exc).lower()
+    return any(word in text for word in words)
+
+
 def _is_busy(exc):
     """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock."""
-    text = str(exc).lower()
-    return 'locked' in text or 'busy' in text
+    return _sqlite_error_is(exc, (_SQLITE_BUSY, _SQLITE_LOCKED), ('locked', 'busy'))
 
 
-class DataFolderInUse(Exception):
-    """Another server holds the data folder (or it cannot be locked); main() prints it on one
-    line and exits 1."""
+class DataFolderInUse(StartupError):
+    """Another server holds the data folder (or it cannot be locked)."""
 
 
 def claim_data_folder(data):
@@ -3400,6 +3434,11 @@ class Database:
             conn.execute('PRAGMA foreign_keys = ON')
             conn.executescript(self.FRAMEWORK_SCHEMA)
             version = conn.execute('PRAGMA user_version').fetchone()[0]
+            if self.migrations and version > len(self.migrations):
+                # Its tables are not the ones this code knows: writing would damage them.
+                raise StartupError(f'{self.path} was written by a newer server.py (schema {version}, '
+                                   f'this one knows {len(self.migrations)}): upgrade server.py or '
+                                   f'restore a backup')
             for number, script in enumerate(self.migrations, 1):
                 if number > version:
                     # executescript commits first; the script and the version bump commit together.
@@ -3412,6 +3451,15 @@ class Database:
                         # run this script between our reading the version and our lock.
                         if conn.execute('PRAGMA user_version').fetchone()[0] < number:
                             raise
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if _sqlite_error_is(exc, (_SQLITE_NOTADB,), ('not a database',)):
+                raise StartupError(f'{self.path} is not an SQLite database: move it away (a new '
+                                   f'one is made) or use the data folder it belongs in') from None
+            if _sqlite_error_is(exc, (_SQLITE_CORRUPT,), ('malformed',)):
+                raise StartupError(f'{self.path} is damaged ({exc}): restore a backup, or '
+                                   f'move it away to start a new one') from None
+            raise
         except BaseException:
             conn.close()
             raise
@@ -3666,8 +3714,8 @@ def _load_secret(path):
         with open(path, 'rb') as f:
             secret = f.read()
     if len(secret) < SECRET_BYTES:
-        raise OSError(errno.EINVAL, f'too short to be a secret key (delete it to make a new one, '
-                                    f'which signs everyone out)', path)
+        raise StartupError(f'{path}: too short to be a secret key (delete it to make a new one, '
+                           f'which signs everyone out)')
     return secret
 
 
@@ -3762,7 +3810,7 @@ def _delete_sessions_holding(conn, key):
     # Only rows whose text contains the key as JSON writes it are decoded.
     for row_key, data in conn.execute('SELECT id, data FROM sessions WHERE instr(data, ?) > 0',
                                       (json.dumps(key),)):
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(json.JSONDecodeError):
             if key in json.loads(data):
                 doomed.append((row_key,))
     if doomed:
@@ -5079,19 +5127,31 @@ def make_ssl_context(certfile, keyfile):
         return None
     for label, path in (('certificate', certfile), ('key', keyfile or certfile)):
         if not os.path.isfile(path):
-            raise ConfigError(f'TLS {label} file not found: {path}')
+            raise StartupError(f'TLS {label} file not found: {path}')
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(['http/1.1'])
     try:
         context.load_cert_chain(certfile, keyfile or None)
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f'cannot load the TLS certificate or key: {exc}') from None
+    except ssl.SSLError as exc:
+        if not keyfile:
+            # A certificate alone (Let's Encrypt's fullchain.pem) fails with "PEM lib", which
+            # names neither the file nor what it lacks.
+            with open(certfile, 'rb') as f:
+                if b'PRIVATE KEY-----' not in f.read():
+                    raise StartupError(f'{certfile} holds no private key: give the key file too, '
+                                       f'with --keyfile (Let\'s Encrypt: privkey.pem)') from None
+        raise StartupError(f'cannot load the TLS certificate or key: {exc}') from None
+    except OSError as exc:
+        raise StartupError(f'cannot load the TLS certificate or key: {exc}') from None
     return context
 
 
-class ConfigError(Exception):
-    """A setting that cannot work; main() prints it on one line and exits 2."""
+class ConfigError(StartupError):
+    """A flag's value that cannot work on any machine (a bad flag); main() prints it on one
+    line and exits 2."""
+
+    exit_status = 2
 
 
 class TestResponse:
@@ -5587,9 +5647,13 @@ def _sweep_uploads(conn, upload_dir):
     removed = 0
     for name in os.listdir(upload_dir):
         if name not in known:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(os.path.join(upload_dir, name))
                 removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:      # a folder, a file of another user's: left, and said
+                log.warning('cannot remove %s from the uploads: %s', name, exc.strerror)
     return removed
 
 
@@ -5701,10 +5765,48 @@ def _admin_failure_address(client):
     return str(address)
 
 
+#: The templates the site's routes render: a web root without them is not the site's.
+SITE_TEMPLATES = ('index.html', 'contact.html', 'thanks.html', 'upload.html', 'profile.html',
+                  'admin.html', 'admin_login.html', '404.html', 'error.html')
+
+
+def load_person(root):
+    """The details the pages show, from ``templates/person.json`` under the web root, after
+    checking the root holds the site's templates -- blocking. Raises StartupError naming the
+    file (and the line and column of bad JSON)."""
+    folder = os.path.join(root, 'templates')
+    missing = [name for name in SITE_TEMPLATES if not os.path.isfile(os.path.join(folder, name))]
+    if len(missing) == len(SITE_TEMPLATES):
+        raise StartupError(f'{root} is not the site\'s web root (it has no templates/index.html): '
+                           f'use --root www beside server.py, or leave --root out')
+    if missing:
+        raise StartupError(f'{os.path.join(folder, missing[0])} is missing: the site renders it; '
+                           f'restore it from the www/templates/ that came with server.py')
+    path = os.path.join(folder, 'person.json')
+    try:
+        with open(path, encoding='utf-8') as f:
+            person = json.load(f)
+    except FileNotFoundError:
+        raise StartupError(f'{path} is missing: it holds the name and details the pages show; '
+                           f'restore it from the www/templates/ that came with server.py') from None
+    except json.JSONDecodeError as exc:
+        raise StartupError(f'{path} line {exc.lineno}, column {exc.colno}: {exc.msg}: '
+                           f'fix the JSON there') from None
+    except UnicodeDecodeError:
+        raise StartupError(f'{path} is not UTF-8 text: save it as UTF-8') from None
+    except OSError as exc:
+        raise StartupError(f'{path}: {exc.strerror}') from None
+    if not isinstance(person, dict):
+        raise StartupError(f'{path} must hold one JSON object, {{"name": ...}}: '
+                           f'it holds a {type(person).__name__}')
+    return person
+
+
 def build_site(config):
     """The portfolio site as an App: one function per area registers its routes and hooks."""
     app = App(root=config.root, data=config.data, trusted_proxy=config.trusted_proxy,
               migrations=SITE_MIGRATIONS)
+    app.template_globals['person'] = load_person(config.root)
     counter = VisitCounter(app.db, shared=config.workers > 1)
     admin_password = os.environ.get('ADMIN_PASSWORD', '')
     _site_lifecycle(app, counter, admin_password)
@@ -5728,8 +5830,6 @@ def _site_lifecycle(app, counter, admin_password):
             # is asked for again.
             await app.sessions.delete_holding('admin')
         await counter.load()
-        person_path = os.path.join(app.root, 'templates', 'person.json')
-        app.template_globals['person'] = json.loads(await asyncio.to_thread(_read_text, person_path))
         app.template_globals['year'] = time.gmtime().tm_year
 
         async def flush_forever():
@@ -6022,11 +6122,6 @@ def _unlink_quietly(path):
         os.unlink(path)
 
 
-def _read_text(path):
-    with open(path, encoding='utf-8') as f:
-        return f.read()
-
-
 # === 12. CLI and main ===
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -6079,7 +6174,7 @@ def config_from_args(argv, environ=None):
     if config.workers < 1 or config.workers > 64:
         raise ConfigError(f'--workers must be 1 to 64, not {config.workers}')
     if not os.path.isdir(config.root):
-        raise ConfigError(f'web root not found: {config.root} (use --root)')
+        raise StartupError(f'web root not found: {config.root} (use --root)')
     try:
         _parse_trusted(config.trusted_proxy)
     except ValueError as exc:
@@ -6090,6 +6185,9 @@ def config_from_args(argv, environ=None):
 
 
 def check_data_folder(data):
+    if os.path.exists(data) and not os.path.isdir(data):
+        raise StartupError(f'the data folder {data} is a file: give --data a folder (it is '
+                           f'made if missing), or move the file away')
     try:
         # Messages, addresses and uploads: private to the user running the server.
         os.makedirs(data, mode=DATA_DIR_MODE, exist_ok=True)
@@ -6099,7 +6197,42 @@ def check_data_folder(data):
             f.write('ok')
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f'the data folder {data} is not writable: {exc.strerror}') from None
+        raise StartupError(f'the data folder {data} is not writable: {exc.strerror}') from None
+
+
+def check_listen(config):
+    """Bind where the server will listen, as asyncio will, and let go: a host that does not
+    resolve, a port in use and one that needs privileges are named before the data folder is
+    claimed or a startup hook runs. Raises StartupError."""
+    host, port = config.host, config.port
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f'cannot resolve --host {host}: {exc.strerror}: give an address such '
+                           f'as 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)') from None
+    for family, kind, proto, _, address in set(infos):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if config.workers > 1 and hasattr(socket, 'SO_REUSEPORT'):
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and hasattr(socket, 'IPPROTO_IPV6'):
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise StartupError(_listen_problem(exc, host, port)) from None
+
+
+def _listen_problem(exc, host, port):
+    if exc.errno == errno.EADDRINUSE:
+        return f'port {port} on {host} is in use by another program: stop it or choose another --port'
+    if exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024:
+        return (f'port {port} is below 1024, which only root may use: run server.py on a port '
+                f'such as 8000 behind nginx (see nginx.conf), or choose another --port')
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f'--host {host} is not an address of this machine: use 127.0.0.1, 0.0.0.0 '
+                f'or one of its own addresses')
+    return f'cannot listen on {host} port {port}: {exc.strerror or exc}'
 
 
 def print_messages(argv):
@@ -6174,7 +6307,7 @@ def run_with_reload(argv):
             paths = [base] if os.path.isfile(base) else [
                 os.path.join(d, f) for d, _, files in os.walk(base) for f in files]
             for p in paths:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(FileNotFoundError):    # removed since the walk
                     stamps[p] = os.stat(p).st_mtime_ns
         return stamps
     stop = []
@@ -6209,23 +6342,11 @@ def main(argv=None):
         configure_logging(config.log_level)
         if config.reload:
             return run_with_reload(argv)
+        check_listen(config)
         return serve_forever(lambda: build_site(config), config)
-    except ConfigError as exc:
+    except StartupError as exc:     # the one place a failed start is reported
         print(f'server.py: error: {exc}', file=sys.stderr)
-        return 2
-    except DataFolderInUse as exc:
-        print(f'server.py: error: {exc}', file=sys.stderr)
-        return 1
-    except TemplateError as exc:    # every template is compiled at startup
-        print(f'server.py: error: template {exc}', file=sys.stderr)
-        return 1
-    except OSError as exc:
-        if exc.filename:            # a file of the data folder (its secret key), not the port
-            print(f'server.py: error: {exc.filename}: {exc.strerror or exc}', file=sys.stderr)
-            return 1
-        # Most often the port: in use, or below 1024 without the right to bind it.
-        print(f'server.py: error: cannot listen: {exc.strerror or exc}', file=sys.stderr)
-        return 1
+        return exc.exit_status
     except KeyboardInterrupt:
         return 0
 

@@ -13,6 +13,7 @@ import email.generator
 import email.policy
 import email.utils
 import encodings.aliases
+import errno
 import functools
 import gzip
 import hashlib
@@ -2857,6 +2858,32 @@ class FormsTest(unittest.TestCase):
                 self.assertFalse(name.startswith('.'))
         self.assertNotEqual(server.safe_filename('naïve café.txt'), 'fallback.txt')
 
+    def test_fsync_dir_raises_every_failure_but_einval(self):
+        folder = fresh_dir(self)
+        server.fsync_dir(folder)
+        with self.assertRaises(FileNotFoundError):      # was silently skipped: a rename not made durable
+            server.fsync_dir(os.path.join(folder, 'missing'))
+        with open(os.path.join(folder, 'file'), 'w'):
+            pass
+        with self.assertRaises(NotADirectoryError):
+            server.fsync_dir(os.path.join(folder, 'file'))
+        # A folder whose filesystem cannot sync it (EINVAL) is the one failure let pass.
+        # A real EIO needs a failing disk, so the other side of the errno test is not run here.
+        try:
+            fd = os.open('/proc', os.O_RDONLY | os.O_DIRECTORY)
+        except (OSError, AttributeError):
+            self.skipTest('no /proc to sync')
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+        else:
+            self.skipTest('this /proc can be synced')
+        finally:
+            os.close(fd)
+        server.fsync_dir('/proc')
+
 
 # === 8. Sessions and CSRF =====================================================================
 
@@ -3606,18 +3633,18 @@ class TemplateTest(unittest.TestCase):
             with self.subTest(target=target):
                 self.write('pages/broken.html', source)
                 templates = server.Templates(self.folder)
-                with self.assertRaises(server.TemplateError) as ctx:
+                with self.assertRaises(server.StartupError) as ctx:
                     templates.preload()
                 self.assertEqual(str(ctx.exception),
-                                 f"templates/pages/broken.html:{line}: {{% {target} 'gone.html' %}}: "
+                                 f"template templates/pages/broken.html:{line}: {{% {target} 'gone.html' %}}: "
                                  'template not found')
 
     def test_a_template_that_is_not_utf8_names_its_line(self):
         with open(os.path.join(self.folder, 'latin1.html'), 'wb') as f:
             f.write('ok\r\n{{ x }}\n caf\xe9 \n'.encode('latin-1'))
-        with self.assertRaises(server.TemplateError) as ctx:
+        with self.assertRaises(server.StartupError) as ctx:     # preload: the start stops
             self.templates.preload()
-        self.assertEqual(str(ctx.exception), 'templates/latin1.html:3: not UTF-8 text')
+        self.assertEqual(str(ctx.exception), 'template templates/latin1.html:3: not UTF-8 text')
         self.write('crlf.html', 'a\r\n{{ x }}\r\n')      # newlines still read as before
         self.assertEqual(self.templates.get('crlf.html').render(x='b'), 'a\nb\n')
 
@@ -3829,6 +3856,29 @@ class StorageTest(unittest.TestCase):
 
 
 # === 9. Static files ==========================================================================
+
+class StorageErrorCodeTest(unittest.TestCase):
+    """SQLite's errors told apart by their result code where Python gives it (3.11 on)."""
+
+    def test_busy_is_told_by_the_error_code(self):
+        path = os.path.join(fresh_dir(self), 'x.db')
+        holder = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute('CREATE TABLE t (x)')
+        holder.execute('BEGIN EXCLUSIVE')
+        waiter = sqlite3.connect(path, timeout=0)
+        self.addCleanup(waiter.close)
+        with self.assertRaises(sqlite3.OperationalError) as busy:
+            waiter.execute('SELECT * FROM t')
+        self.assertTrue(server._is_busy(busy.exception))
+        holder.execute('ROLLBACK')
+        # An error whose text happens to say "busy" or "locked" is not a lock held elsewhere.
+        with self.assertRaises(sqlite3.OperationalError) as other:
+            waiter.execute('SELECT * FROM busy_locked_table')
+        if getattr(other.exception, 'sqlite_errorcode', None) is None:
+            self.skipTest('Python 3.10: no error codes, only the message to go by')
+        self.assertFalse(server._is_busy(other.exception))
+
 
 class SendfileDeadlineTest(unittest.TestCase):
 
@@ -5218,7 +5268,7 @@ class TLSTest(unittest.TestCase):
         result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--certfile',
                                  '/nonexistent/cert.pem', '--port', '0', '--data', tempfile.gettempdir()],
                                 capture_output=True, text=True, timeout=30)
-        self.assertEqual(result.returncode, 2)
+        self.assertEqual(result.returncode, 1)      # a file that is missing, not a bad flag
         self.assertEqual(result.stderr.count('\n'), 1, result.stderr)
         self.assertIn('certificate file not found', result.stderr)
         self.assertNotIn('Traceback', result.stderr)
@@ -5242,7 +5292,7 @@ class CommandLineTest(unittest.TestCase):
         tmp = tempfile.mkdtemp(prefix='server-cli-')
         self.addCleanup(shutil.rmtree, tmp, True)
         for args, env in ((['--port', 'abc'], None), (['--port', '70000'], None), (['--workers', '0'], None),
-                          (['--root', '/nonexistent'], None), (['--log-level', 'loud'], None),
+                          (['--log-level', 'loud'], None),
                           (['--trusted-proxy', 'not-an-ip'], None), ([], {'SERVER_PORT': 'x'}),
                           (['--keyfile', 'k.pem'], None)):
             with self.subTest(args=args, env=env):
@@ -5281,10 +5331,14 @@ class CommandLineTest(unittest.TestCase):
             s.listen()
             tmp = tempfile.mkdtemp(prefix='server-cli-')
             self.addCleanup(shutil.rmtree, tmp, True)
-            result = self.run_cli('--port', str(s.getsockname()[1]), '--data', os.path.join(tmp, 'd'))
-        self.assertEqual(result.returncode, 1)
-        self.assertIn('cannot listen', result.stderr)
-        self.assertNotIn('Traceback', result.stderr)
+            port = s.getsockname()[1]
+            for workers in ('1', '2'):      # workers too: refused before any is forked
+                with self.subTest(workers=workers):
+                    result = self.run_cli('--port', str(port), '--workers', workers,
+                                          '--data', os.path.join(tmp, 'd'))
+                    self.assertEqual(result.returncode, 1)
+                    self.assertEqual(result.stderr, f'server.py: error: port {port} on 127.0.0.1 is in '
+                                                    f'use by another program: stop it or choose another --port\n')
 
     def test_data_folder_not_writable(self):
         if os.geteuid() == 0:
@@ -5294,7 +5348,7 @@ class CommandLineTest(unittest.TestCase):
         else:
             data = '/proc/server-py-data'
         result = self.run_cli('--port', '0', '--data', data)
-        self.assertEqual(result.returncode, 2)
+        self.assertEqual(result.returncode, 1)
         self.assertIn('not writable', result.stderr)
         self.assertNotIn('Traceback', result.stderr)
 
@@ -5342,6 +5396,153 @@ class CommandLineTest(unittest.TestCase):
                                          environ={'SERVER_PORT': '9000', 'SERVER_HOST': '0.0.0.0',
                                                   'SERVER_ACCESS_LOG': '0'})
         self.assertEqual((config.port, config.host, config.access_log), (9001, '0.0.0.0', False))
+
+
+class StartupErrorTest(unittest.TestCase):
+    """Each way a start fails, broken for real: exit 1, one line on stderr naming the culprit
+    and the fix, never a traceback."""
+
+    def start(self, *args, root=None, data=None):
+        data = data or os.path.join(fresh_dir(self, 'server-data-'), 'data')
+        return subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
+                               '--root', root or self.site_root(), '--data', data, *args],
+                              capture_output=True, text=True, timeout=30)
+
+    def assertFailsNaming(self, result, *names):
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertNotIn('Traceback', result.stderr)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertTrue(result.stderr.startswith('server.py: error: '), result.stderr)
+        for name in names:
+            self.assertIn(name, result.stderr)
+        self.assertNotIn('serving', result.stdout)
+
+    def site_root(self):
+        """A web root with the site's templates alone: enough to start."""
+        root = os.path.join(fresh_dir(self, 'server-root-'), 'www')
+        shutil.copytree(os.path.join(WWW, 'templates'), os.path.join(root, 'templates'))
+        return root
+
+    def private_data(self, database=None):
+        data = os.path.join(fresh_dir(self, 'server-data-'), 'data')
+        os.mkdir(data, 0o700)
+        if database is not None:
+            with open(os.path.join(data, 'app.db'), 'wb') as f:
+                f.write(database)
+        return data
+
+    def test_missing_person_json(self):
+        root = self.site_root()
+        os.unlink(os.path.join(root, 'templates', 'person.json'))
+        self.assertFailsNaming(self.start(root=root), os.path.join(root, 'templates', 'person.json'),
+                               'is missing', 'restore it')
+
+    def test_malformed_person_json_names_its_line_and_column(self):
+        root = self.site_root()
+        with open(os.path.join(root, 'templates', 'person.json'), 'w') as f:
+            f.write('{\n  "name": "Ada",\n}\n')
+        self.assertFailsNaming(self.start(root=root), 'person.json line 3, column 1:', 'fix the JSON')
+
+    def test_a_root_without_the_sites_templates(self):
+        root = fresh_dir(self, 'server-root-')
+        self.assertFailsNaming(self.start(root=root), root, 'not the site\'s web root', '--root')
+        os.mkdir(os.path.join(root, 'templates'))
+        shutil.copy(os.path.join(WWW, 'templates', 'person.json'), os.path.join(root, 'templates'))
+        self.assertFailsNaming(self.start(root=root), 'not the site\'s web root')
+
+    def test_a_database_that_is_not_sqlite(self):
+        data = self.private_data(b'these are notes, not a database\n' * 200)
+        self.assertFailsNaming(self.start(data=data), os.path.join(data, 'app.db'),
+                               'is not an SQLite database', 'move it away')
+        with open(os.path.join(data, 'app.db'), 'rb') as f:       # left as it was
+            self.assertTrue(f.read().startswith(b'these are notes'))
+
+    def test_a_database_from_a_newer_server(self):
+        data = self.private_data()
+        newer = len(server.SITE_MIGRATIONS) + 1
+        conn = sqlite3.connect(os.path.join(data, 'app.db'))
+        conn.execute(f'PRAGMA user_version = {newer}')
+        conn.close()
+        self.assertFailsNaming(self.start(data=data), os.path.join(data, 'app.db'),
+                               f'newer server.py (schema {newer}, this one knows {newer - 1})',
+                               'upgrade server.py or restore a backup')
+
+    def test_an_unresolvable_host(self):
+        # .invalid never resolves (RFC 6761 6.4).
+        self.assertFailsNaming(self.start('--host', 'no-such-host.invalid'),
+                               'cannot resolve --host no-such-host.invalid', '127.0.0.1')
+
+    def test_a_privileged_port_without_privilege(self):
+        # Root may bind any port, so as root the server runs as nobody; it needs a Python and
+        # a folder that nobody can reach (a copy of server.py, data it owns).
+        port = 1       # tcpmux: below 1024, and the kernel refuses it before asking if it is free
+        with contextlib.suppress(FileNotFoundError):      # Linux 4.11 on
+            with open('/proc/sys/net/ipv4/ip_unprivileged_port_start') as f:
+                if int(f.read()) <= port:
+                    self.skipTest('this kernel lets anyone bind low ports')
+        tmp = fresh_dir(self, 'server-lowport-')
+        shutil.copy(os.path.join(HERE, 'server.py'), tmp)
+        run_as = {}
+        if os.geteuid() == 0:
+            os.chmod(tmp, 0o755)
+            os.chown(tmp, 65534, 65534)
+            run_as = {'user': 65534, 'group': 65534, 'extra_groups': []}
+        python = None
+        for candidate in (sys.executable, '/usr/bin/python3', '/usr/local/bin/python3'):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                if subprocess.run([candidate, '-c', 'import sys; assert sys.version_info >= (3, 10)'],
+                                  cwd=tmp, capture_output=True, timeout=30, **run_as).returncode == 0:
+                    python = candidate
+                    break
+        if python is None:
+            self.skipTest('no Python the unprivileged user can run')
+        os.mkdir(os.path.join(tmp, 'www'))
+        result = subprocess.run([python, os.path.join(tmp, 'server.py'), '--port', str(port),
+                                 '--root', os.path.join(tmp, 'www'), '--data', os.path.join(tmp, 'data')],
+                                cwd=tmp, capture_output=True, text=True, timeout=30, **run_as)
+        self.assertFailsNaming(result, f'port {port} is below 1024', 'nginx', '--port')
+
+    def test_certfile_without_keyfile(self):
+        folder = fresh_dir(self, 'server-tls-')
+        pair = make_certificate(folder)
+        if pair is None:
+            self.skipTest('openssl is not installed')
+        self.assertFailsNaming(self.start('--certfile', pair[0]),
+                               f'{pair[0]} holds no private key', '--keyfile')
+
+    def test_a_data_path_that_is_a_file(self):
+        path = os.path.join(fresh_dir(self, 'server-data-'), 'data')
+        with open(path, 'w') as f:
+            f.write('not a folder')
+        self.assertFailsNaming(self.start(data=path), f'the data folder {path} is a file', '--data')
+
+    def test_ctrl_c_during_startup_exits_quietly(self):
+        # person.json as a named pipe holds the start still, deterministically, where it reads
+        # the file: the pipe opens for writing only once the server has it open for reading.
+        root = self.site_root()
+        pipe = os.path.join(root, 'templates', 'person.json')
+        os.unlink(pipe)
+        os.mkfifo(pipe)
+        tmp = fresh_dir(self, 'server-start-')
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
+                                 '--root', root, '--data', os.path.join(tmp, 'data')],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.communicate()))
+        writer = None
+        deadline = time.monotonic() + 20
+        while writer is None:
+            try:
+                writer = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:        # ENXIO: nobody reads it yet
+                if exc.errno != errno.ENXIO or proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        self.addCleanup(os.close, writer)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual(proc.returncode, -signal.SIGINT)      # as a signal ends any program
+        self.assertEqual(err, b'')
+        self.assertEqual(out, b'')
 
 
 class GracefulShutdownTest(unittest.TestCase):
@@ -5829,6 +6030,24 @@ class CrashSafetyTest(unittest.TestCase):
         for name, content in acked_uploads.items():
             self.assertEqual(by_name.get(name), [content], f'upload {name} lost, duplicated or changed')
 
+
+
+class UploadSweepTest(unittest.TestCase):
+
+    def test_sweep_removes_orphans_and_reports_what_it_cannot(self):
+        folder = fresh_dir(self)
+        for name in ('.part-left', 'kept', 'orphan'):
+            with open(os.path.join(folder, name), 'w'):
+                pass
+        os.mkdir(os.path.join(folder, 'a-folder'))    # not the server's: unlink refuses it
+        conn = sqlite3.connect(':memory:')
+        self.addCleanup(conn.close)
+        conn.execute('CREATE TABLE uploads (stored TEXT)')
+        conn.execute("INSERT INTO uploads VALUES ('kept')")
+        with self.assertLogs('server', 'WARNING') as logs:
+            self.assertEqual(server._sweep_uploads(conn, folder), 2)
+        self.assertEqual(sorted(os.listdir(folder)), ['a-folder', 'kept'])
+        self.assertIn('a-folder', logs.output[0])
 
 
 class WorkersTest(unittest.TestCase):
