@@ -35,6 +35,7 @@ if __name__ == '__main__':
 import argparse
 import ast
 import asyncio
+import base64
 import collections
 import collections.abc
 import concurrent.futures
@@ -1599,7 +1600,7 @@ class Request:
         """This visitor's Session (dict-like), created on first use; None where sessions are off."""
         session = self._session
         if session is None and self._session_ready:
-            session = self._session = Session()
+            session = self._session = self.app.sessions.new()
         return session
 
     @property
@@ -2239,7 +2240,7 @@ class App:
         self.trusted = _parse_trusted(trusted_proxy)
         self._trusted_answers = (list(self.trusted), {})   # config_trusted: address -> bool
         self.db = Database(os.path.join(self.data, 'app.db'), migrations)
-        self.sessions = SessionStore(self.db)
+        self.sessions = SessionStore(self.db, self.keyed_hash)
         self._secret = None
         self.templates = Templates(os.path.join(self.root, 'templates') if self.root else None)
         self.template_globals = {}
@@ -3613,9 +3614,10 @@ class Session(dict):
     end of the request.
     """
 
-    def __init__(self, data=None, sid=None, expires=0.0, stored=False):
+    def __init__(self, data=None, sid=None, expires=0.0, stored=False, mint=None):
         super().__init__(data or {})
         self.id = sid
+        self.mint = mint or _random_session_id   # makes a new id (SessionStore.mint)
         self.old_id = None
         self.expires = expires
         self.stored = stored         # a row holds it; else at most the cookie exists
@@ -3626,7 +3628,7 @@ class Session(dict):
     def ensure_id(self):
         """The session's id, made now (and sent as the cookie) if it has none."""
         if self.id is None:
-            self.id = secrets.token_urlsafe(32)
+            self.id = self.mint()
             self.send_cookie = True
         return self.id
 
@@ -3723,35 +3725,65 @@ def _session_key(sid):
     return hashlib.sha256(sid.encode('utf-8', 'replace')).hexdigest()
 
 
-# What secrets.token_urlsafe(32) makes: any other cookie value is not one of our ids.
+# The shape of our session ids (SessionStore.mint): any other cookie value is not one.
 _SESSION_ID_RE = re.compile(r'[A-Za-z0-9_-]{43}')
 
 
-class SessionStore:
-    """Sessions as rows keyed by the sha256 of a ``secrets.token_urlsafe(32)`` cookie value.
+def _random_session_id():
+    """An id no server key vouches for: a Session made outside an App keeps it only in a row."""
+    return secrets.token_urlsafe(32)
 
-    A cookie value of any other shape is never adopted: the visitor gets a fresh, empty
-    session with a new id. A well-formed id without a row (a visitor who has only seen a
-    form, or one whose session expired) carries on, empty, and gets its row when something
-    is stored in it.
+
+class SessionStore:
+    """Sessions as rows keyed by the sha256 of their id, the cookie's value.
+
+    An id is 128 random bits and a tag: a keyed hash of them under the data folder's
+    secret (``mint``). A cookie value that is not one of these is never adopted: the
+    visitor gets a fresh, empty session with a new id. An id this server minted but that
+    has no row (a visitor who has only seen a form, or one whose session expired) carries
+    on, empty, and gets its row when something is stored in it; one a client made up has
+    no valid tag and is replaced, so nobody can choose the id a victim's browser will use.
     """
 
-    def __init__(self, db):
+    def __init__(self, db, keyed_hash=None):
         self.db = db
+        if keyed_hash is None:        # a store of its own: a key of its own, for this process
+            key = secrets.token_bytes(32)
+
+            def keyed_hash(purpose, value):
+                return hmac.new(key, f'{purpose}\0{value}'.encode(), hashlib.sha256).hexdigest()
+        self._keyed_hash = keyed_hash
         self._last_purge = 0.0
+
+    def _tag(self, nonce):
+        digest = bytes.fromhex(self._keyed_hash('session id', nonce))
+        return base64.urlsafe_b64encode(digest).decode('ascii')[:21]
+
+    def mint(self):
+        """A new session id: 22 random characters, then 21 of their tag."""
+        nonce = secrets.token_urlsafe(16)
+        return nonce + self._tag(nonce)
+
+    def minted(self, sid):
+        """Did this server (a process sharing its data folder's secret) make ``sid``?"""
+        return hmac.compare_digest(sid[22:], self._tag(sid[:22]))
+
+    def new(self):
+        """A fresh, empty session; its id is minted when something needs it."""
+        return Session(mint=self.mint)
 
     async def load(self, sid):
         if not _SESSION_ID_RE.fullmatch(sid):
-            return Session()
+            return self.new()
         row = await self.db.fetchone('SELECT data, expires FROM sessions WHERE id = ? AND expires > ?',
                                      (_session_key(sid), time.time()))
         if row is None:
-            return Session(None, sid)
+            return Session(None, sid, mint=self.mint) if self.minted(sid) else self.new()
         try:
             data = json.loads(row['data'])
         except ValueError:
             data = {}
-        return Session(data, sid, row['expires'], stored=True)
+        return Session(data, sid, row['expires'], stored=True, mint=self.mint)
 
     async def save(self, session):
         """Store the session; False if a loaded session's row was deleted meanwhile.

@@ -3076,7 +3076,7 @@ class SessionTest(unittest.TestCase):
             self.assertEqual(await asyncio.gather(*(store.save(t) for t in tabs[:3])), [True] * 3)
             self.assertTrue(await store.save(tabs[3]))
             self.assertEqual(dict(await store.load(sid)), {'tab0': 0, 'tab1': 1, 'tab2': 2, 'tab3': 3})
-            expired = secrets.token_urlsafe(32)
+            expired = store.mint()
             await db.execute('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?)',
                              (hashlib.sha256(expired.encode()).hexdigest(), '{"admin": "x"}', time.time() - 1))
             late = await store.load(expired)
@@ -3086,6 +3086,26 @@ class SessionTest(unittest.TestCase):
             self.assertEqual(dict(await store.load(expired)), {'v': 1})
             await db.close()
         asyncio.run(scenario())
+
+    def test_an_id_the_server_did_not_mint_is_never_adopted(self):
+        # A cookie a client made up, even of the right shape, is replaced: nobody can plant
+        # an id in a victim's browser and later read what the victim stored under it.
+        live = LiveServer(session_app(self.data))
+        self.addCleanup(live.stop)
+        planted = 'Q' * 43
+        browser = WebClient(live.port)
+        browser.cookies['sid'] = planted
+        self.assertEqual(browser.get('/set?v=victim').status, 200)
+        self.assertNotEqual(browser.cookies['sid'], planted)
+        attacker = WebClient(live.port)
+        attacker.cookies['sid'] = planted
+        self.assertEqual(json.loads(attacker.get('/read').body), {'v': None})
+        # One this server minted and that has no row yet carries on (a form's visitor).
+        store = server.SessionStore(None, live.app.keyed_hash)
+        minted = store.mint()
+        self.assertTrue(store.minted(minted))
+        self.assertFalse(store.minted(planted))
+        self.assertFalse(store.minted(minted[:22] + planted[:21]))
 
     def test_survives_a_restart(self):
         first = LiveServer(session_app(self.data))
@@ -3132,7 +3152,7 @@ class SessionTest(unittest.TestCase):
         attacker = self.app.test_client()
         try:
             attacker.cookies['sid'] = old
-            self.assertEqual(attacker.get('/read').json(), {'v': None})
+            self.assertEqual(json.loads(attacker.get('/read').body), {'v': None})
         finally:
             attacker.close()
 
