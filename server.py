@@ -3325,29 +3325,38 @@ class DataFolderInUse(StartupError):
 def claim_data_folder(data):
     """Make this process, and the workers it forks, the one server of ``data``; blocking.
 
-    An advisory lock (flock) on ``data/.lock``, which holds the owner's pid for the message
-    a second server gets: two servers on one folder would each sweep away the uploads the
-    other is still writing. The lock lasts while any process holding the returned descriptor
-    lives (forked workers inherit it). Also makes ``uploads/`` 0700 and warns if the folder
-    itself is open to other users. Returns the descriptor, or None where flock does not exist.
+    An advisory lock (flock) on the folder itself, so that no file removed from it can undo
+    the claim: two servers on one folder would each sweep away the uploads the other is
+    still writing. ``data/.lock`` holds the owner's pid, for the message a second server
+    gets. The lock lasts while any process holding the returned descriptor lives (forked
+    workers inherit it). Also makes ``uploads/`` 0700 and warns if the folder itself is
+    open to other users. Returns the descriptor, or None where flock does not exist.
     """
     data = os.path.abspath(data)
     os.makedirs(data, mode=DATA_DIR_MODE, exist_ok=True)
+    pid_file = os.path.join(data, '.lock')
     fd = None
     if fcntl is not None:
-        fd = os.open(os.path.join(data, '.lock'), os.O_RDWR | os.O_CREAT, DATA_FILE_MODE)
+        fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode('ascii', 'replace').strip()
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise DataFolderInUse(f'cannot lock the data folder {data}: {exc.strerror}') from None
+            try:
+                with open(pid_file, encoding='ascii', errors='replace') as f:
+                    holder = f.read(32).strip()
+            except OSError:
+                holder = ''
             raise DataFolderInUse(f'the data folder {data} is in use by another server '
                                   f'(pid {holder or "unknown"}): stop it or use another --data') from None
-        os.fchmod(fd, DATA_FILE_MODE)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+        pid_fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, DATA_FILE_MODE)
+        try:
+            os.fchmod(pid_fd, DATA_FILE_MODE)
+            os.write(pid_fd, f'{os.getpid()}\n'.encode())
+        finally:
+            os.close(pid_fd)
     mode = os.stat(data).st_mode & 0o777
     if mode & 0o077:
         log.warning('the data folder %s is open to other users (mode %03o): chmod 700 it',

@@ -6187,6 +6187,19 @@ class DataFolderTest(unittest.TestCase):
             time.sleep(0.02)
         self.fail(f'no upload spooling in {upload_dir}')
 
+    def test_removing_the_pid_file_does_not_free_the_folder(self):
+        # The lock is on the folder itself: deleting data/.lock lets no second server in.
+        first = ServerProcess('--no-access-log')
+        self.addCleanup(first.cleanup)
+        os.unlink(os.path.join(first.data, '.lock'))
+        second = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
+                                 '--data', first.data, '--root', WWW],
+                                capture_output=True, text=True, timeout=20)
+        self.assertEqual(second.returncode, 1, second.stderr)
+        self.assertIn(f'the data folder {first.data} is in use by another server (pid unknown)',
+                      second.stderr)
+        self.assertEqual(status_of(first.port, b'GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n'), 200)
+
     def test_a_second_server_refuses_the_folder_and_an_upload_in_flight_survives(self):
         first = ServerProcess('--no-access-log')
         self.addCleanup(first.cleanup)
