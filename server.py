@@ -61,6 +61,7 @@ import os
 import queue
 import re
 import secrets
+import select
 import shutil
 import socket
 import sqlite3
@@ -5441,6 +5442,21 @@ def serve_forever(app_factory, config):
             os.close(lock)
 
 
+def _wait_for_workers(ready_fd, count, children):
+    """Wait until ``count`` workers listen: None, or the pid of one that exited first."""
+    said = 0
+    while said < count:
+        readable, _, _ = select.select([ready_fd], [], [], 0.1)
+        if readable:
+            said += len(os.read(ready_fd, count - said))
+            continue
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            children.pop(pid, None)
+            return pid
+    return None
+
+
 async def _claim_and_close(app):
     """The parent's share of a start with workers: the claim hooks, then no database thread
     left to fork."""
@@ -5465,6 +5481,14 @@ def supervise_workers(app_factory, config):
     stopping = False
     supervisor = os.getpid()
     stop_signals = {signal.SIGINT, signal.SIGTERM}
+    # Each worker writes a byte here once it listens: the banner, which scripts read as "it
+    # answers now", waits for all of them.
+    ready_r, ready_w = os.pipe()
+    os.set_blocking(ready_w, False)      # a worker restarted later never waits on it
+
+    def tell_ready(server):
+        with contextlib.suppress(OSError):
+            os.write(ready_w, b'.')
 
     def spawn():
         # Signals wait (blocked) across the fork: a child must not meet SIGTERM while it still
@@ -5479,7 +5503,7 @@ def supervise_workers(app_factory, config):
                     signal.signal(signal.SIGINT, signal.SIG_DFL)
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)   # a pending one ends it here
-                    code = asyncio.run(serve(app_factory(), config, ready=lambda s: None, worker=True,
+                    code = asyncio.run(serve(app_factory(), config, ready=tell_ready, worker=True,
                                              supervisor=supervisor))
                 except BaseException:
                     log.exception('worker %d failed', os.getpid())
@@ -5508,6 +5532,18 @@ def supervise_workers(app_factory, config):
     signal.signal(signal.SIGTERM, on_signal)
     for _ in range(config.workers):
         spawn()
+    failed = _wait_for_workers(ready_r, config.workers, children)
+    if failed is not None:
+        if stopping:          # Ctrl+C or SIGTERM while they started: a quiet stop
+            return 0
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in list(children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        raise StartupError(f'worker {failed} stopped before it could serve: see the log above')
     scheme = 'https' if config.certfile else 'http'
     print(f'server.py {__version__}: serving {scheme}://{config.host}:{config.port}/ with '
           f'{config.workers} workers (pid {os.getpid()}; Ctrl+C stops)', flush=True)
