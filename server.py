@@ -311,7 +311,9 @@ _CONTENT_LENGTH_RE = _bytes_re('[0-9]+')        # RFC 9110 8.6: 1*DIGIT
 # RFC 9112 5: field-line = field-name ":" OWS field-value OWS (an optional CR before the
 # LF it was split at; trailing OWS is taken off after).
 _FIELD_LINE_RE = _bytes_re(rf'({TOKEN}):{OWS}({FIELD_VALUE})\r?')
-_CHUNK_SIZE_RE = _bytes_re(f'({CHUNK_SIZE}){OWS}(;{FIELD_CHAR}*)?')
+# RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name ... ): whitespace after the
+# size only ever comes before a ';'. '3 ' alone is refused, as strict parsers do.
+_CHUNK_SIZE_RE = _bytes_re(f'({CHUNK_SIZE})({OWS};{FIELD_CHAR}*)?')
 # RFC 9112 2.1: HTTP-message = start-line CRLF *( field-line CRLF ) CRLF, for the two
 # versions we speak. Only the field block is captured: OWS and the value merge into one
 # repeat of FIELD_CHAR (the same strings, in one loop), and every repeat is delimited by a
@@ -1108,6 +1110,7 @@ def safe_filename(name, default='file'):
         # Cut the stem, not the extension: 'a…a.pdf' stays a .pdf.
         stem, dot, ext = name.rpartition('.')
         name = stem[:119 - len(ext)] + dot + ext if dot and len(ext) <= 16 else name[:120]
+        name = name.rstrip(' ._')      # the cut may have left a dot or a space at the end
     return name or default
 
 
@@ -5620,7 +5623,8 @@ ADMIN_LOCKOUT_S = 900
 ADMIN_FAILURE_ADDRESSES = 10000
 # An address as people type theirs: a local part of letters, digits and ._%+- (no ?, & or =
 # to smuggle headers into a mailto: link), then a domain of DNS labels under a real TLD.
-_EMAIL_RE = re.compile(r'[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+'
+_EMAIL_RE = re.compile(r'(?=[^@]{1,64}@)[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@'
+                       r'(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+'
                        r'(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})')
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; "
                            "script-src 'self'; form-action 'self'; frame-ancestors 'none'; "

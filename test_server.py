@@ -450,11 +450,17 @@ class ChunkedDecoderTest(unittest.TestCase):
 
     def test_malformed(self):
         for raw in [b'x\r\n', b'-1\r\n', b'5\r\nhelloXX\r\n', b'0x5\r\nhello\r\n', b' 5\r\nhello\r\n',
-                    b'5\rhello\r\n', b'11111111111111111\r\n']:
+                    b'5\rhello\r\n', b'11111111111111111\r\n', b'5 \r\nhello\r\n', b'5\t\r\nhello\r\n']:
             with self.subTest(raw=raw):
                 with self.assertRaises(server.HTTPError) as ctx:
                     self.decode([raw + b'0\r\n\r\n'])
                 self.assertEqual(ctx.exception.status, 400)
+
+    def test_whitespace_only_before_an_extension(self):
+        # RFC 9112 7.1.1: BWS before ';' is allowed; after the size with nothing after it, not.
+        self.assertEqual(self.decode([b'3 ;a=b\r\nabc\r\n0\t;x\r\n\r\n']), (b'abc', True, b''))
+        with self.assertRaises(server.HTTPError):
+            self.decode([b'3 \r\nabc\r\n0\r\n\r\n'])
 
     def test_endless_chunk_line(self):
         with self.assertRaises(server.HTTPError):
@@ -681,6 +687,9 @@ class SmallParsersTest(unittest.TestCase):
         self.assertEqual(server.safe_filename('a' * 200), 'a' * 120)
         # A long tail after a dot is not an extension: cut like any name.
         self.assertEqual(server.safe_filename('a.' + 'b' * 200), 'a.' + 'b' * 118)
+        # A cut that ends on a dot or a space takes it off too.
+        self.assertEqual(server.safe_filename('c' * 119 + '.' + 'x' * 50), 'c' * 119)
+        self.assertEqual(server.safe_filename('c' * 119 + ' ' + 'x' * 50), 'c' * 119)
 
 
 # --- 10. The connection, over real sockets ---------------------------------------------------
@@ -6839,7 +6848,9 @@ class MessagesCommandSafetyTest(unittest.TestCase):
                     'a@b.xn--p1ai']
         refused = ['ada@example.com?bcc=all@example.org', 'a&cc=b@example.com', 'a=b@example.com',
                    'ada@localhost', 'ada@-example.com', 'ada@example-.com', 'a b@example.com',
-                   '"a"@example.com', 'ada@exa_mple.com', 'ada@example.c', 'ad\nx@example.com', 'x' * 65 + '@example.com']
+                   '"a"@example.com', 'ada@exa_mple.com', 'ada@example.c', 'ad\nx@example.com', 'x' * 65 + '@example.com',
+                   '.@b.com', '.a@b.com', 'a.@b.com', 'a..b@example.com']
+        accepted.append('x' * 64 + '@example.com')
         for address in accepted:
             with self.subTest(address=address):
                 self.assertTrue(server._EMAIL_RE.fullmatch(address))
