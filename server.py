@@ -4471,8 +4471,10 @@ class ResponseWriter:
         data = response_head(head.version, status, response._fields(), length, keep_alive)
         if data is None or head.method == 'HEAD' or status in _NO_BODY_STATUSES or status < 200:
             if stream is not None and hasattr(stream, 'close'):
-                with contextlib.suppress(Exception):     # the app's own iterator: its close may fail
-                    stream.close()
+                try:
+                    stream.close()      # the app's own iterator, never to be read now
+                except Exception:
+                    log.exception('closing a response stream that was not sent')
             if data is None:
                 return None
             self.write(data)
@@ -4830,13 +4832,13 @@ class HTTPConnection(asyncio.Protocol):
 
     def _pause_reading(self):
         self.paused_reading = True
-        with contextlib.suppress(RuntimeError):     # the transport is closing
+        if not self.transport.is_closing():     # a closing transport reads no more anyway
             self.transport.pause_reading()
 
     def _resume_reading_body(self):
         if self.paused_reading and len(self.buf) < READ_HIGH_WATER_BYTES:
             self.paused_reading = False
-            with contextlib.suppress(RuntimeError):
+            if not self.transport.is_closing():
                 self.transport.resume_reading()
 
     # -- requests --
@@ -4955,6 +4957,19 @@ class HTTPConnection(asyncio.Protocol):
         head.keep_alive = False
         head.path, head.query_string = '-', ''
         self.loop.create_task(Exchange(self, head, None, response).run())
+
+
+def _listen_problem(exc, host, port):
+    """One line for the owner: why ``host``:``port`` cannot be listened on, and what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        return f'port {port} on {host} is in use by another program: stop it or choose another --port'
+    if exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024:
+        return (f'port {port} is below 1024, which only root may use: run server.py on a port '
+                f'such as 8000 behind nginx (see nginx.conf), or choose another --port')
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f'--host {host} is not an address of this machine: use 127.0.0.1, 0.0.0.0 '
+                f'or one of its own addresses')
+    return f'cannot listen on {host} port {port}: {exc.strerror or exc}'
 
 
 class Server:
@@ -5121,9 +5136,12 @@ class Server:
         if sock is not None:
             server = await self.loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=1024)
         else:
-            server = await self.loop.create_server(
-                factory, self.config.host, self.config.port, ssl=ssl_context, backlog=1024,
-                reuse_port=self.config.workers > 1 or None)
+            try:
+                server = await self.loop.create_server(
+                    factory, self.config.host, self.config.port, ssl=ssl_context, backlog=1024,
+                    reuse_port=self.config.workers > 1 or None)
+            except OSError as exc:      # App.run() has no check_listen before it
+                raise StartupError(_listen_problem(exc, self.config.host, self.config.port)) from None
         self.servers.append(server)
         self.sockets = server.sockets
         self._reaper = self.loop.create_task(self._reap())
@@ -5508,6 +5526,8 @@ def supervise_workers(app_factory, config):
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)   # a pending one ends it here
                     code = asyncio.run(serve(app_factory(), config, ready=tell_ready, worker=True,
                                              supervisor=supervisor))
+                except StartupError as exc:
+                    log.error('worker %d cannot start: %s', os.getpid(), exc)
                 except BaseException:
                     log.exception('worker %d failed', os.getpid())
                 finally:
@@ -6302,18 +6322,6 @@ def check_listen(config):
                 probe.bind(address)
             except OSError as exc:
                 raise StartupError(_listen_problem(exc, host, port)) from None
-
-
-def _listen_problem(exc, host, port):
-    if exc.errno == errno.EADDRINUSE:
-        return f'port {port} on {host} is in use by another program: stop it or choose another --port'
-    if exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024:
-        return (f'port {port} is below 1024, which only root may use: run server.py on a port '
-                f'such as 8000 behind nginx (see nginx.conf), or choose another --port')
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return (f'--host {host} is not an address of this machine: use 127.0.0.1, 0.0.0.0 '
-                f'or one of its own addresses')
-    return f'cannot listen on {host} port {port}: {exc.strerror or exc}'
 
 
 def print_messages(argv):
