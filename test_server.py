@@ -5431,7 +5431,6 @@ class StartupErrorTest(unittest.TestCase):
     """Each way a start fails, broken for real: exit 1, one line on stderr naming the culprit
     and the fix, never a traceback."""
 
-
     def test_app_run_on_a_busy_port_is_a_startup_error(self):
         # App.run() goes through no command line: the server's own listen says it in one line.
         with socket.socket() as busy:
@@ -5443,6 +5442,7 @@ class StartupErrorTest(unittest.TestCase):
                 app.run(host='127.0.0.1', port=port)
         self.assertEqual(str(ctx.exception), f'port {port} on 127.0.0.1 is in use by another program: '
                                              f'stop it or choose another --port')
+
     def start(self, *args, root=None, data=None):
         data = data or os.path.join(fresh_dir(self, 'server-data-'), 'data')
         return subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
