@@ -89,7 +89,7 @@ __all__ = [
 log = logging.getLogger('server')
 access_log = logging.getLogger('server.access')
 
-# === 1. Limits and config ===
+# === 1. Limits, config and logging ===
 # Every limit maps to exactly one status. Precedents: nginx, aiohttp, h11.
 
 #: The data folder and its uploads: messages, e-mail and IP addresses, for the server's user only.
@@ -221,6 +221,49 @@ class StartupError(Exception):
     startup check raises it; main() prints it and exits ``exit_status``."""
 
     exit_status = 1
+
+
+class ConfigError(StartupError):
+    """A flag's value that cannot work on any machine (a bad flag); main() prints it on one
+    line and exits 2."""
+
+    exit_status = 2
+
+
+_CONTROL_CHARS_RE = re.compile(r'[^\x20-\x7e]|["\\]')
+
+
+def log_escape(text):
+    """Escape controls, quotes and backslashes as nginx does (\\xHH), so a log line stays one line."""
+    text = str(text)
+    if text.isascii() and text.isprintable() and '"' not in text and '\\' not in text:
+        return text            # the common case, without a regex pass
+    return _CONTROL_CHARS_RE.sub(_hex_escape, text)
+
+
+
+def _hex_escape(m):
+    code = ord(m.group())
+    return f'\\x{code:02X}' if code < 256 else m.group().encode('unicode_escape').decode('ascii')
+
+
+def configure_logging(level='info'):
+    """Errors and notices to stderr with a timestamp; the access log to stdout, one line each."""
+    numeric = getattr(logging, str(level).upper(), None)
+    if not isinstance(numeric, int):
+        raise ConfigError(f'unknown log level {level!r}: use debug, info, warning or error')
+    root = logging.getLogger()
+    if not any(getattr(h, '_server_py', False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+        handler._server_py = True
+        root.addHandler(handler)
+        access = logging.StreamHandler(sys.stdout)
+        access.setFormatter(logging.Formatter('%(message)s'))
+        access._server_py = True
+        access_log.addHandler(access)
+        access_log.propagate = False
+    root.setLevel(numeric)
 
 
 # === 2. HTTP errors ===
@@ -1077,6 +1120,30 @@ def keep_alive_after(head, close, unknown_length, body_left):
     return body_left is None or 0 <= body_left <= MAX_DRAIN_BYTES
 
 
+# -- Content types of files: every MIME type this server adds, registered here only --
+
+def guess_type(path):
+    """The Content-Type for a file's name: text types (and JSON, SVG, XML) in UTF-8, and
+    application/octet-stream for what is unknown or compressed (``.gz``)."""
+    ctype, encoding = mimetypes.guess_type(path, strict=False)
+    if ctype is None or encoding:
+        return 'application/octet-stream'
+    if ctype.startswith('text/') or ctype in _CHARSET_TYPES:
+        ctype += '; charset=utf-8'
+    return ctype
+
+
+_CHARSET_TYPES = {'application/javascript', 'application/json', 'image/svg+xml',
+                  'application/xml', 'application/manifest+json'}
+mimetypes.add_type('text/javascript', '.js')
+mimetypes.add_type('text/javascript', '.mjs')
+mimetypes.add_type('image/svg+xml', '.svg')
+mimetypes.add_type('application/manifest+json', '.webmanifest')
+mimetypes.add_type('image/webp', '.webp')
+mimetypes.add_type('font/woff2', '.woff2')
+mimetypes.add_type('image/x-icon', '.ico')
+
+
 # === 4. Forms ===
 # application/x-www-form-urlencoded is parse_query above (a large form is parsed in a
 # thread: Request._read_body). multipart/form-data (RFC 7578) is parsed incrementally: the
@@ -1822,25 +1889,6 @@ def escape(value):
     return html.escape(str(value), quote=True)
 
 
-def guess_type(path):
-    ctype, encoding = mimetypes.guess_type(path, strict=False)
-    if ctype is None or encoding:
-        return 'application/octet-stream'
-    if ctype.startswith('text/') or ctype in _CHARSET_TYPES:
-        ctype += '; charset=utf-8'
-    return ctype
-
-
-_CHARSET_TYPES = {'application/javascript', 'application/json', 'image/svg+xml',
-                  'application/xml', 'application/manifest+json'}
-mimetypes.add_type('text/javascript', '.js')
-mimetypes.add_type('text/javascript', '.mjs')
-mimetypes.add_type('image/svg+xml', '.svg')
-mimetypes.add_type('application/manifest+json', '.webmanifest')
-mimetypes.add_type('image/webp', '.webp')
-mimetypes.add_type('font/woff2', '.woff2')
-
-
 # One encoder for every JSON response: json.dumps with options makes a new one per call.
 _json_text = json.JSONEncoder(ensure_ascii=False, separators=(',', ':')).encode
 
@@ -1890,727 +1938,7 @@ def make_response(rv):
     raise TypeError(f'cannot make a response from {type(rv).__name__}')
 
 
-# === 6. Router and App ===
-
-# Converters: name -> (regex, to_python, to_url). The default converter is one path segment.
-CONVERTERS = {
-    'str': (r'[^/]+', str, lambda v: urllib.parse.quote(str(v), safe='')),
-    # At most 18 digits: every value fits SQLite's 64-bit integers, and int() never sees a
-    # number long enough to hit Python's digit limit.
-    'int': (r'[0-9]{1,18}', int, lambda v: str(int(v))),
-    'path': (r'.+', str, lambda v: urllib.parse.quote(str(v), safe='/')),
-}
-_PLACEHOLDER_RE = re.compile(r'<(?:([a-zA-Z_]\w*):)?([a-zA-Z_]\w*)>')
-_STATE_CHANGING = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
-# Content types a cross-site form or a no-CORS fetch can send (the CORS-safelisted ones);
-# anything else needs a preflight, so CSRF checks only these.
-_CSRF_CONTENT_TYPES = frozenset({'', 'application/x-www-form-urlencoded', 'multipart/form-data', 'text/plain'})
-
-
-class Route:
-    """One registered handler: its pattern, methods and options."""
-
-    def __init__(self, pattern, handler, methods, name, max_body, stream, csrf, defer_body=False):
-        self.pattern = pattern
-        self.handler = handler
-        self.methods = frozenset(m.upper() for m in methods)
-        self.name = name
-        self.max_body = max_body
-        self.stream = stream
-        self.csrf = csrf
-        self.defer_body = defer_body
-        self.converters = {}
-        self.builder = None
-        if isinstance(pattern, re.Pattern):
-            self.regex = pattern
-            self.is_static = False
-            self.key = pattern.pattern
-            self.first_segment = None
-        else:
-            if not pattern.startswith('/'):
-                raise ValueError(f'route pattern must start with /: {pattern!r}')
-            self.key = pattern
-            parts, regex, pos = [], [], 0
-            for m in _PLACEHOLDER_RE.finditer(pattern):
-                literal = pattern[pos:m.start()]
-                regex.append(re.escape(literal))
-                parts.append((literal, None, None))
-                kind, pname = m.group(1) or 'str', m.group(2)
-                if kind not in CONVERTERS:
-                    raise ValueError(f'unknown converter {kind!r} in {pattern!r}')
-                rx, to_python, to_url = CONVERTERS[kind]
-                regex.append(f'(?P<{pname}>{rx})')
-                parts.append(('', pname, to_url))
-                self.converters[pname] = to_python
-                pos = m.end()
-            regex.append(re.escape(pattern[pos:]))
-            parts.append((pattern[pos:], None, None))
-            self.builder = parts
-            self.is_static = not self.converters
-            self.regex = re.compile(''.join(regex))
-            first = pattern[1:].split('/', 1)[0]
-            self.first_segment = None if '<' in first else first
-
-    def match(self, path):
-        m = self.regex.fullmatch(path)
-        if m is None:
-            return None
-        params = m.groupdict()
-        for key, convert in self.converters.items():
-            params[key] = convert(params[key])
-        return params
-
-    def build(self, params):
-        """The URL of this route with ``params`` filled in; leftovers become the query."""
-        if self.builder is None:
-            raise ValueError(f'cannot build a URL for the regular-expression route {self.key!r}')
-        params = dict(params)
-        out = []
-        for literal, pname, to_url in self.builder:
-            out.append(literal)
-            if pname is not None:
-                if pname not in params:
-                    raise KeyError(f'url_for({self.name!r}) needs {pname!r}')
-                out.append(to_url(params.pop(pname)))
-        url = ''.join(out)
-        if params:
-            url += '?' + urllib.parse.urlencode(params, doseq=True)
-        return url
-
-
-class Router:
-    """Finds the route of a path in time that does not grow with the number of routes.
-
-    Static paths are a dictionary lookup. Dynamic patterns are grouped by their first
-    literal segment; each group is one combined regular expression whose matching
-    alternative is named by ``lastgroup``. Patterns whose first segment is variable form a
-    catch-all group tried after the specific one; compiled regular expressions given by the
-    app come last, each matched alone so that its flags hold.
-    """
-
-    def __init__(self):
-        self.static = {}      # path -> {method: Route}
-        self.dynamic = {}     # first segment or None -> [(key, {method: Route}, sample Route)]
-        self.raw = []         # [(key, {method: Route}, sample Route)] for compiled regexes
-        self._compiled = {}   # first segment or None -> combined regex
-        self.by_name = {}
-        self.methods = set()
-
-    def add(self, route):
-        self.methods |= route.methods
-        self.by_name.setdefault(route.name, route)
-        if route.is_static:
-            table = self.static.setdefault(route.pattern, {})
-        else:
-            # A user's compiled regex keeps its own flags, so it is matched on its own.
-            group = self.raw if route.builder is None else self.dynamic.setdefault(route.first_segment, [])
-            for key, table, _ in group:
-                if key == route.key:
-                    break
-            else:
-                table = {}
-                group.append((route.key, table, route))
-            if route.builder is not None:
-                self._compiled.pop(route.first_segment, None)
-        for method in route.methods:
-            table[method] = route
-
-    def _combined(self, segment):
-        """(regex, params) for a group: one regular expression whose alternative ``r<i>``
-        is the group's i-th pattern, and per alternative the (group name, parameter,
-        converter) triples that read its parameters from a match of it."""
-        combined = self._compiled.get(segment)
-        if combined is None:
-            alts, params = [], []
-            for i, (_, _, sample) in enumerate(self.dynamic[segment]):
-                # Group names must differ between alternatives: each parameter's group is
-                # prefixed with its alternative's name, any other named group made anonymous.
-                def rename(m, i=i, names=sample.converters):
-                    name = m.group(1)
-                    return f'(?P<r{i}_{name}>' if name in names else '(?:'
-                alts.append(f'(?P<r{i}>{_NAMED_GROUP_RE.sub(rename, sample.regex.pattern)})')
-                params.append([(f'r{i}_{name}', name, convert)
-                               for name, convert in sample.converters.items()])
-            combined = self._compiled[segment] = (re.compile('|'.join(alts)), params)
-        return combined
-
-    def _candidates(self, path):
-        """Yield (table, params) for every pattern matching ``path``, most specific first."""
-        table = self.static.get(path)
-        if table is not None:
-            yield table, {}
-        segment = path[1:].split('/', 1)[0]
-        for key in (segment, None):
-            group = self.dynamic.get(key)
-            if not group:
-                continue
-            m = self._combined(key)[0].fullmatch(path)
-            if m is None:
-                continue
-            first = int(m.lastgroup[1:])
-            for _, table, sample in group[first:]:
-                params = sample.match(path)
-                if params is not None:
-                    yield table, params
-        for _, table, sample in self.raw:
-            params = sample.match(path)
-            if params is not None:
-                yield table, params
-
-    def match(self, method, path):
-        """(Route, params) for a request; raises 404, 405 (with Allow) or 501."""
-        route, params = self.lookup(method, path)
-        if params is None:
-            raise HTTPError(404)
-        return route, params
-
-    def lookup(self, method, path):
-        """Like match, but (None, None) where no route has the path: the static files' turn."""
-        table = self.static.get(path)
-        if table is not None:
-            route = table.get(method)
-            if route is not None:
-                return route, {}
-            return self._lookup_patterns(method, path)
-        segment = path[1:].partition('/')[0]
-        group = self.dynamic.get(segment)
-        if group is None:
-            if not self.raw and None not in self.dynamic:
-                self._refuse_unknown_method(method)   # no pattern can match: most static files
-                return None, None
-        else:
-            # The usual dynamic path: the first pattern of its segment that matches has the
-            # method, and one match of the group's regex gives its parameters too.
-            regex, params = self._combined(segment)
-            m = regex.fullmatch(path)
-            if m is not None:
-                first = int(m.lastgroup[1:])
-                table = group[first][1]
-                route = table.get(method) or (table.get('GET') if method == 'HEAD' else None)
-                if route is not None:
-                    return route, {name: convert(m.group(key)) for key, name, convert in params[first]}
-        return self._lookup_patterns(method, path)
-
-    def _lookup_patterns(self, method, path):
-        allowed = set()
-        for table, params in self._candidates(path):
-            route = table.get(method) or (table.get('GET') if method == 'HEAD' else None)
-            if route is not None:
-                return route, params
-            allowed |= table.keys()
-        if allowed:
-            if method == 'OPTIONS':
-                return None, {'allow': allowed}
-            self._refuse_unknown_method(method)
-            raise HTTPError(405, headers={'Allow': format_allow(allowed)})
-        self._refuse_unknown_method(method)
-        return None, None
-
-    def _refuse_unknown_method(self, method):
-        """501 for a method no route and no static file answers."""
-        if method not in self.methods and method not in ('GET', 'HEAD', 'OPTIONS'):
-            raise HTTPError(501, f'method {method} is not implemented')
-
-
-_NAMED_GROUP_RE = re.compile(r'\(\?P<([^>]+)>')
-
-
-def format_allow(methods):
-    methods = set(methods)
-    if 'GET' in methods:
-        methods.add('HEAD')
-    methods.add('OPTIONS')
-    return ', '.join(sorted(methods))
-
-
-class HandlerThreads:
-    """Worker threads for plain ``def`` handlers and hooks, handing results back in batches.
-
-    asyncio.to_thread wakes the event loop once for every call that finishes (a write to
-    its self-pipe, then a turn of the loop for that one result); under load that wake-up
-    costs more than a quick handler. Here a finished call joins its loop's batch, only the
-    first call of a batch wakes the loop, and one callback settles the whole batch. The
-    threads are shared by every event loop of the process (the server's, each test
-    client's) and started as they are needed, up to ``max_threads`` (as many as
-    asyncio's default executor would start); each call runs in a copy of the caller's
-    contextvars context, as with asyncio.to_thread.
-    """
-
-    def __init__(self, max_threads=min(32, (os.cpu_count() or 1) + 4)):
-        self.max_threads = max_threads
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)   # a forked worker has no threads
-
-    def _reset(self):
-        self.jobs = queue.SimpleQueue()
-        self.idle = threading.Semaphore(0)     # released by each thread waiting for a job
-        self.threads = 0
-        self.lock = threading.Lock()
-        self.batches = {}                      # loop -> [(future, ok, value)] not yet settled
-
-    async def run(self, fn, *args):
-        """``await threads.run(fn, *args)``: fn(*args) in a worker thread."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.jobs.put((loop, future, contextvars.copy_context(), fn, args))
-        if not self.idle.acquire(blocking=False):
-            with self.lock:
-                start = self.threads < self.max_threads
-                self.threads += start
-            if start:
-                threading.Thread(target=self._work, name='server-handler', daemon=True).start()
-        return await future
-
-    def _work(self):
-        jobs, lock, batches = self.jobs, self.lock, self.batches
-        while True:
-            loop, future, context, fn, args = jobs.get()
-            try:
-                item = (future, True, context.run(fn, *args))
-            except BaseException as exc:          # handed to the awaiting task, as to_thread does
-                item = (future, False, exc)
-            with lock:
-                batch = batches.get(loop)
-                if batch is None:
-                    batches[loop] = [item]
-                else:
-                    batch.append(item)
-            if batch is None:
-                try:
-                    loop.call_soon_threadsafe(self._settle, loop)
-                except RuntimeError:              # that loop is closed: nobody waits any more
-                    with lock:
-                        batches.pop(loop, None)
-            del loop, future, context, fn, args, item, batch
-            self.idle.release()
-
-    def _settle(self, loop):
-        with self.lock:
-            batch = self.batches.pop(loop, ())
-        for future, ok, value in batch:
-            if future.cancelled():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-
-_HANDLER_THREADS = HandlerThreads()
-
-
-def _runner(fn):
-    """What to call, and await, in place of a handler, hook or error handler ``fn``.
-
-    An ``async def`` is called as it is: it runs in the request's own task. A plain ``def``
-    runs in a worker thread (HandlerThreads), so a blocking call never stalls the loop.
-    """
-    runner = _RUNNERS.get(fn)
-    if runner is None:
-        if inspect.iscoroutinefunction(fn):
-            runner = fn
-        else:
-            runner = functools.partial(_HANDLER_THREADS.run, fn)
-        runner = _RUNNERS[fn] = runner
-    return runner
-
-
-_RUNNERS = {}   # handlers, hooks and error handlers -> what _runner calls for each
-
-
-class App:
-    """A web application: routes, hooks, error handlers, templates, sessions and a database.
-
-    ``root`` holds static files and ``templates/``; ``data`` holds ``app.db`` and ``uploads/``.
-    ``trusted_proxy`` is a comma-separated list of addresses whose X-Forwarded-* headers count.
-    """
-
-    _default = None
-
-    def __init__(self, root=None, data='data', *, trusted_proxy='127.0.0.1,::1', sessions=True,
-                 csrf=True, static=True, migrations=()):
-        self.root = os.path.abspath(root) if root else None
-        self.data = os.path.abspath(data)
-        self.upload_dir = os.path.join(self.data, 'uploads')
-        self.router = Router()
-        self.before_hooks = []
-        self.after_hooks = []
-        self.claim_hooks = []
-        self.startup_hooks = []
-        self.shutdown_hooks = []
-        self.error_handlers = {}
-        self.sessions_enabled = sessions
-        self.csrf_enabled = csrf
-        self.trusted = _parse_trusted(trusted_proxy)
-        self._trusted_answers = (list(self.trusted), {})   # config_trusted: address -> bool
-        self.db = Database(os.path.join(self.data, 'app.db'), migrations)
-        self.sessions = SessionStore(self.db, self.keyed_hash)
-        self._secret = None
-        self.templates = Templates(os.path.join(self.root, 'templates') if self.root else None)
-        self.template_globals = {}
-        self.static = StaticFiles(self.root, exclude=('templates',)) if (self.root and static) else None
-        App._default = self
-
-    # -- registration --
-    def route(self, pattern, methods=('GET',), *, name=None, max_body=MAX_BODY_BYTES,
-              stream=False, csrf=None, defer_body=False):
-        """Register a handler: ``@app.route('/item/<int:id>', methods=['GET', 'POST'])``.
-
-        ``pattern`` may also be a compiled regular expression whose named groups become
-        keyword arguments. ``max_body`` is the body limit (413 past it), ``stream=True``
-        leaves the body to ``request.stream()``, ``csrf=False`` turns the CSRF check off.
-        ``defer_body=True`` runs the handler before the body is read: it checks what needs
-        no body, then ``await request.read_body()`` (which checks CSRF) before acting.
-        """
-        if isinstance(methods, str):
-            methods = (methods,)
-
-        def decorator(handler):
-            route = Route(pattern, handler, methods, name or handler.__name__, max_body, stream,
-                          self.csrf_enabled if csrf is None else csrf, defer_body)
-            self.router.add(route)
-            return handler
-        return decorator
-
-    def get(self, pattern, **options):
-        return self.route(pattern, ('GET',), **options)
-
-    def post(self, pattern, **options):
-        return self.route(pattern, ('POST',), **options)
-
-    def before_request(self, fn):
-        """``fn(request)`` runs before each handler; a non-None return value is the response."""
-        self.before_hooks.append(fn)
-        return fn
-
-    def after_request(self, fn):
-        """``fn(request, response)`` runs after each request; it may return a new response."""
-        self.after_hooks.append(fn)
-        return fn
-
-    def errorhandler(self, status):
-        """``@app.errorhandler(404)``: ``fn(request, error)`` renders that status."""
-        def decorator(fn):
-            self.error_handlers[int(status)] = fn
-            return fn
-        return decorator
-
-    def on_claim(self, fn):
-        """``fn(app)`` runs once when a server takes the data folder, before any request and
-        before the startup hooks: the place to clear what a crashed run left behind. With
-        workers it runs in their parent before the first fork, never in a worker: a restarted
-        one would delete what its siblings are still writing."""
-        self.claim_hooks.append(fn)
-        return fn
-
-    def on_startup(self, fn):
-        self.startup_hooks.append(fn)
-        return fn
-
-    def on_shutdown(self, fn):
-        self.shutdown_hooks.append(fn)
-        return fn
-
-    def url_for(self, endpoint, /, **params):
-        route = self.router.by_name.get(endpoint)
-        if route is None:
-            raise KeyError(f'no route named {endpoint!r}')
-        return route.build(params)
-
-    def config_trusted(self, address):
-        """Is ``address`` (a connection's peer) one of the trusted proxies? Asked once per
-        connection; the answers are kept per address (a proxy's few, or 1,024 at most)."""
-        if not address or not self.trusted:
-            return False
-        known = self._trusted_answers
-        if known[0] != self.trusted or len(known[1]) >= 1024:
-            known = self._trusted_answers = (list(self.trusted), {})
-        answer = known[1].get(address)
-        if answer is None:
-            try:
-                ip = ipaddress.ip_address(address.split('%', 1)[0])
-            except ValueError:
-                answer = False
-            else:
-                answer = any(ip in net for net in self.trusted)
-            known[1][address] = answer
-        return answer
-
-    # -- lifecycle --
-    async def claim(self):
-        """Run the claim hooks (see ``on_claim``)."""
-        for fn in self.claim_hooks:
-            await _runner(fn)(self)
-
-    async def startup(self, claim=True):
-        """Run the claim hooks (unless ``claim`` is false: a worker), then the startup hooks."""
-        if claim:
-            await self.claim()
-        await asyncio.to_thread(self.templates.preload)
-        if self.sessions_enabled and self._secret is None:
-            self._secret = await asyncio.to_thread(_load_secret, os.path.join(self.data, SECRET_FILE))
-        for fn in self.startup_hooks:
-            await _runner(fn)(self)
-
-    async def shutdown(self):
-        for fn in self.shutdown_hooks:
-            try:
-                await _runner(fn)(self)
-            except Exception:
-                log.exception('shutdown hook failed')
-        await self.db.close()
-
-    def keyed_hash(self, purpose, value):
-        """HMAC-SHA256 of ``value`` under the data folder's secret, as 64 hex digits: the same
-        in every process on that folder, and unguessable without the secret.
-        ``purpose`` keeps the hashes made for different uses apart."""
-        secret = self._secret
-        if secret is None:      # an App used without startup(): read once, here
-            secret = self._secret = _load_secret(os.path.join(self.data, SECRET_FILE))
-        message = purpose.encode() + b'\0' + value.encode('utf-8', 'surrogatepass')
-        return hmac.new(secret, message, hashlib.sha256).hexdigest()
-
-    # -- handling: the one place where errors become responses --
-    async def handle(self, request):
-        """Answer ``request``; never raises. Exceptions become error responses here."""
-        token = _current_request.set(request)
-        try:
-            try:
-                response = await self._dispatch(request)
-            except HTTPError as exc:
-                response = await self.error_response(request, exc)
-            except (ClientDisconnected, asyncio.CancelledError):
-                raise       # nobody to answer; the connection is already gone
-            except Exception:
-                log.exception('error handling %s %s', request.method, _log_escape(request.target))
-                response = await self.error_response(request, HTTPError(500))
-            try:
-                for hook in self.after_hooks:
-                    rv = await _runner(hook)(request, response)
-                    if rv is not None:
-                        response = make_response(rv)
-                if request._session is not None:
-                    await self._save_session(request, response)
-                if response.file is not None and response.file[2] is None:
-                    response.file = await self._file_span(response.file)
-            except HTTPError as exc:
-                response = await self.error_response(request, exc)
-            except Exception:
-                log.exception('error finishing %s %s', request.method, _log_escape(request.target))
-                response = await self.error_response(request, HTTPError(500))
-            return response
-        finally:
-            _current_request.reset(token)
-            if request._cleanup:
-                await asyncio.to_thread(request._discard_uploads)
-
-    @staticmethod
-    async def _file_span(spec):
-        path, offset, _ = spec
-        try:
-            size = (await asyncio.to_thread(os.stat, path)).st_size
-        except OSError:
-            log.error('file to send is missing: %s', _log_escape(path))
-            raise HTTPError(404, 'file not found') from None
-        return path, offset, max(0, size - offset)
-
-    async def _dispatch(self, request):
-        if request._bad_path:
-            raise HTTPError(400, 'path is not valid UTF-8')
-        method = request.method
-        if request.path == '*':
-            if method == 'OPTIONS':
-                return Response(b'', 204, {'Allow': format_allow(self.router.methods | {'GET'})})
-            raise HTTPError(400)
-        route, params = self.router.lookup(method, request.path)
-        if params is None:
-            if self.static is None:
-                raise HTTPError(404)
-            if method == 'GET' or method == 'HEAD':
-                return await self.static.serve(request, request.path)
-            return await self._serve_static_other(request)
-        if route is None:  # automatic OPTIONS
-            return Response(b'', 204, {'Allow': format_allow(params['allow'])})
-        request.route = route
-        request.params = params
-        for hook in self.before_hooks:
-            rv = await _runner(hook)(request)
-            if rv is not None:
-                return make_response(rv)
-        if self.sessions_enabled:
-            if 'cookie' in request.headers._index:
-                await self._load_session(request)
-            else:
-                request._session_ready = True     # no cookie, no stored session to look up
-        length = request._head.body_length
-        if length is not None and length > route.max_body:
-            raise HTTPError(413, _too_large(route.max_body))
-        csrf = route.csrf and method in _STATE_CHANGING and request.content_type in _CSRF_CONTENT_TYPES
-        if csrf and (request._session is None or not request._session.id):
-            # No session id, so no token to match: refuse before reading (and spooling) the body.
-            raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
-        if route.stream:
-            pass
-        elif route.defer_body:
-            request._csrf_pending, csrf = csrf, False     # read_body() checks it
-        elif request._body_source is not None:
-            await request._read_body(route.max_body, csrf)
-        else:
-            request._body = b''
-        if csrf:
-            self._check_csrf(request)
-        handler = _runner(route.handler)
-        rv = await (handler(request, **params) if params else handler(request))
-        return rv if rv.__class__ is Response else make_response(rv)
-
-    async def _serve_static_other(self, request):
-        if not await self.static.exists(request.path):
-            raise HTTPError(404)
-        if request.method == 'OPTIONS':
-            return Response(b'', 204, {'Allow': 'GET, HEAD, OPTIONS'})
-        raise HTTPError(405, headers={'Allow': 'GET, HEAD, OPTIONS'})
-
-    def _check_csrf(self, request):
-        session = request.session
-        if session is None:
-            raise HTTPError(403, 'CSRF check needs sessions')
-        sent = request.headers.get('x-csrf-token') or request.form.get('csrf_token') or ''
-        if not session.id or not hmac.compare_digest(self.keyed_hash('csrf', session.id).encode(),
-                                                     sent.encode('utf-8', 'replace')):
-            raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
-
-    async def _load_session(self, request):
-        # Only a request that brings a cookie costs a database read; others get an empty
-        # session on first use (Request.session).
-        sid = request.cookies.get(_session_cookie_name(request))
-        if sid:
-            request._session = await self.sessions.load(sid)
-        request._session_ready = True
-
-    async def _save_session(self, request, response):
-        session = request.session
-        name, secure = _session_cookie_name(request), request.is_secure
-        if session.destroyed:
-            if session.old_id:
-                await self.sessions.delete(session.old_id)
-            response.delete_cookie(name, secure=secure)
-            return
-        if session.should_save():
-            if not await self.sessions.save(session):
-                # deleted meanwhile (a logout in another tab): never brought back
-                response.delete_cookie(name, secure=secure)
-                return
-        elif not session.send_cookie:
-            return
-        response.set_cookie(name, session.id, max_age=session.lifetime(),
-                            secure=secure, httponly=True, samesite='Lax')
-
-    async def error_response(self, request, error):
-        """The response for an HTTPError: the app's handler for that status, else plain text."""
-        handler = self.error_handlers.get(error.status)
-        response = None
-        if handler is not None and request is not None:
-            try:
-                response = make_response(await _runner(handler)(request, error))
-            except Exception:
-                log.exception('error handler for %d failed', error.status)
-        if response is None:
-            response = error_page(error)
-        else:
-            if response.status == 200:
-                response.status = error.status
-            for name, value in error.headers.items():
-                response.headers.setdefault(name, value)
-        response.close = response.close or error.close
-        return response
-
-    # -- running --
-    def test_client(self):
-        """An in-process client: ``app.test_client().get('/')`` -> TestResponse (no sockets)."""
-        return TestClient(self)
-
-    def run(self, host='127.0.0.1', port=8000, *, workers=1, certfile=None, keyfile=None,
-            access_log=True, log_level='info', reload=False):
-        """Serve this app until SIGINT or SIGTERM (what ``python3 server.py`` does for the site)."""
-        configure_logging(log_level)
-        config = Config(host=host, port=port, data=self.data, workers=workers, certfile=certfile or '',
-                        keyfile=keyfile or '', access_log=access_log, log_level=log_level,
-                        reload=reload)
-        return serve_forever(lambda: self, config)
-
-
-def _session_cookie_name(request):
-    # Over HTTPS the __Host- prefix makes browsers refuse the cookie unless it is Secure,
-    # Path=/ and has no Domain, so a sibling subdomain or a plain-HTTP answer cannot plant
-    # one (RFC 6265bis 4.1.3.2). Each scheme reads only its own name.
-    return '__Host-sid' if request.is_secure else 'sid'
-
-
-def error_page(error):
-    """A short plain-text error body; the detail is the client's text only after escaping."""
-    body = f'{error.status} {error.reason}\n'
-    if error.detail:
-        body += f'{error.detail}\n'
-    resp = Response(body.encode('utf-8'), error.status, error.headers or None,
-                    'text/plain; charset=utf-8')
-    resp.close = error.close
-    return resp
-
-
-def _parse_trusted(value):
-    nets = []
-    for item in (value.split(',') if isinstance(value, str) else value or ()):
-        item = item.strip()
-        if item:
-            nets.append(ipaddress.ip_network(item, strict=False))
-    return nets
-
-
-def url_for(endpoint, /, **params):
-    """The URL of a named route (the handler's name by default): ``url_for('profile', name='a')``."""
-    request = _current_request.get()
-    app = request.app if request is not None else App._default
-    if app is None:
-        raise RuntimeError('url_for needs an App')
-    return app.url_for(endpoint, **params)
-
-
-class _LazyCSRFToken:
-    """Creates the session's CSRF token only when a template prints it, so pages without a
-    form set no cookie and write no session row."""
-
-    __slots__ = ('request',)
-
-    def __init__(self, request):
-        self.request = request
-
-    def __str__(self):
-        return self.request.csrf_token
-
-    def __bool__(self):
-        return True
-
-
-def render(template, /, **context):
-    """Render a template of the current app to an HTML Response: ``render('page.html', x=1)``.
-
-    ``csrf_token`` and the app's ``template_globals`` are added to the context.
-    """
-    request = _current_request.get()
-    app = request.app if request is not None else App._default
-    if app is None:
-        raise RuntimeError('render needs an App')
-    full = dict(app.template_globals)
-    if request is not None:
-        full['request'] = request
-        full['path'] = request.path
-        if request.session is not None:
-            full['csrf_token'] = _LazyCSRFToken(request)
-    full.update(context)
-    return Response(app.templates.get(template).render(full), content_type='text/html; charset=utf-8')
-
-
-# === 7. Templates ===
+# === 6. Templates ===
 # A small engine: {{ expr|filter }} autoescaped, {% if/elif/else %}, {% for %} with
 # loop.index, {% include %}, {% extends %} with {% block %}, {# comments #}. Expressions
 # are checked against a tiny grammar and compiled to Python that can only look names up
@@ -3300,7 +2628,7 @@ class Templates:
                 log.exception('template %s', name)
 
 
-# === 8. Storage, sessions, CSRF ===
+# === 7. Storage, sessions, CSRF ===
 
 # SQLite's primary result codes (sqlite3.SQLITE_* from Python 3.11 on), fixed since SQLite 3.0.
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
@@ -3919,11 +3247,34 @@ def _save_session(conn, key, old_key, data, expires, new):
                             (data, expires, key)).rowcount == 1
 
 
-# === 9. Static files ===
+# -- CSRF --
+
+_STATE_CHANGING = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
+# Content types a cross-site form or a no-CORS fetch can send (the CORS-safelisted ones);
+# anything else needs a preflight, so CSRF checks only these.
+_CSRF_CONTENT_TYPES = frozenset({'', 'application/x-www-form-urlencoded', 'multipart/form-data', 'text/plain'})
+
+
+class _LazyCSRFToken:
+    """Creates the session's CSRF token only when a template prints it, so pages without a
+    form set no cookie and write no session row."""
+
+    __slots__ = ('request',)
+
+    def __init__(self, request):
+        self.request = request
+
+    def __str__(self):
+        return self.request.csrf_token
+
+    def __bool__(self):
+        return True
+
+
+# === 8. Static files ===
 
 _COMPRESSIBLE = ('text/', 'application/javascript', 'application/json', 'image/svg+xml',
                  'application/xml', 'application/manifest+json', 'image/x-icon')
-mimetypes.add_type('image/x-icon', '.ico')
 
 
 class StaticEntry:
@@ -4055,7 +3406,7 @@ class StaticFiles:
             entry = await asyncio.to_thread(self._load, url_path)
         except HTTPError as exc:
             if exc.status in (403, 404) and exc.detail:
-                log.warning('static: refused %s (%s)', _log_escape(url_path), exc.detail)
+                log.warning('static: refused %s (%s)', log_escape(url_path), exc.detail)
             elif exc.status == 404:
                 self._note_missing(url_path)
             raise
@@ -4177,26 +3528,862 @@ def accepts_gzip(accept_encoding):
     return False
 
 
-# === 10. Connection and server ===
+# === 9. Router and App ===
 
-_CONTROL_CHARS_RE = re.compile(r'[^\x20-\x7e]|["\\]')
+# Converters: name -> (regex, to_python, to_url). The default converter is one path segment.
+CONVERTERS = {
+    'str': (r'[^/]+', str, lambda v: urllib.parse.quote(str(v), safe='')),
+    # At most 18 digits: every value fits SQLite's 64-bit integers, and int() never sees a
+    # number long enough to hit Python's digit limit.
+    'int': (r'[0-9]{1,18}', int, lambda v: str(int(v))),
+    'path': (r'.+', str, lambda v: urllib.parse.quote(str(v), safe='/')),
+}
+_PLACEHOLDER_RE = re.compile(r'<(?:([a-zA-Z_]\w*):)?([a-zA-Z_]\w*)>')
+class Route:
+    """One registered handler: its pattern, methods and options."""
+
+    def __init__(self, pattern, handler, methods, name, max_body, stream, csrf, defer_body=False):
+        self.pattern = pattern
+        self.handler = handler
+        self.methods = frozenset(m.upper() for m in methods)
+        self.name = name
+        self.max_body = max_body
+        self.stream = stream
+        self.csrf = csrf
+        self.defer_body = defer_body
+        self.converters = {}
+        self.builder = None
+        if isinstance(pattern, re.Pattern):
+            self.regex = pattern
+            self.is_static = False
+            self.key = pattern.pattern
+            self.first_segment = None
+        else:
+            if not pattern.startswith('/'):
+                raise ValueError(f'route pattern must start with /: {pattern!r}')
+            self.key = pattern
+            parts, regex, pos = [], [], 0
+            for m in _PLACEHOLDER_RE.finditer(pattern):
+                literal = pattern[pos:m.start()]
+                regex.append(re.escape(literal))
+                parts.append((literal, None, None))
+                kind, pname = m.group(1) or 'str', m.group(2)
+                if kind not in CONVERTERS:
+                    raise ValueError(f'unknown converter {kind!r} in {pattern!r}')
+                rx, to_python, to_url = CONVERTERS[kind]
+                regex.append(f'(?P<{pname}>{rx})')
+                parts.append(('', pname, to_url))
+                self.converters[pname] = to_python
+                pos = m.end()
+            regex.append(re.escape(pattern[pos:]))
+            parts.append((pattern[pos:], None, None))
+            self.builder = parts
+            self.is_static = not self.converters
+            self.regex = re.compile(''.join(regex))
+            first = pattern[1:].split('/', 1)[0]
+            self.first_segment = None if '<' in first else first
+
+    def match(self, path):
+        m = self.regex.fullmatch(path)
+        if m is None:
+            return None
+        params = m.groupdict()
+        for key, convert in self.converters.items():
+            params[key] = convert(params[key])
+        return params
+
+    def build(self, params):
+        """The URL of this route with ``params`` filled in; leftovers become the query."""
+        if self.builder is None:
+            raise ValueError(f'cannot build a URL for the regular-expression route {self.key!r}')
+        params = dict(params)
+        out = []
+        for literal, pname, to_url in self.builder:
+            out.append(literal)
+            if pname is not None:
+                if pname not in params:
+                    raise KeyError(f'url_for({self.name!r}) needs {pname!r}')
+                out.append(to_url(params.pop(pname)))
+        url = ''.join(out)
+        if params:
+            url += '?' + urllib.parse.urlencode(params, doseq=True)
+        return url
 
 
-def log_escape(text):
-    """Escape controls, quotes and backslashes as nginx does (\\xHH), so a log line stays one line."""
-    text = str(text)
-    if text.isascii() and text.isprintable() and '"' not in text and '\\' not in text:
-        return text            # the common case, without a regex pass
-    return _CONTROL_CHARS_RE.sub(_hex_escape, text)
+class Router:
+    """Finds the route of a path in time that does not grow with the number of routes.
+
+    Static paths are a dictionary lookup. Dynamic patterns are grouped by their first
+    literal segment; each group is one combined regular expression whose matching
+    alternative is named by ``lastgroup``. Patterns whose first segment is variable form a
+    catch-all group tried after the specific one; compiled regular expressions given by the
+    app come last, each matched alone so that its flags hold.
+    """
+
+    def __init__(self):
+        self.static = {}      # path -> {method: Route}
+        self.dynamic = {}     # first segment or None -> [(key, {method: Route}, sample Route)]
+        self.raw = []         # [(key, {method: Route}, sample Route)] for compiled regexes
+        self._compiled = {}   # first segment or None -> combined regex
+        self.by_name = {}
+        self.methods = set()
+
+    def add(self, route):
+        self.methods |= route.methods
+        self.by_name.setdefault(route.name, route)
+        if route.is_static:
+            table = self.static.setdefault(route.pattern, {})
+        else:
+            # A user's compiled regex keeps its own flags, so it is matched on its own.
+            group = self.raw if route.builder is None else self.dynamic.setdefault(route.first_segment, [])
+            for key, table, _ in group:
+                if key == route.key:
+                    break
+            else:
+                table = {}
+                group.append((route.key, table, route))
+            if route.builder is not None:
+                self._compiled.pop(route.first_segment, None)
+        for method in route.methods:
+            table[method] = route
+
+    def _combined(self, segment):
+        """(regex, params) for a group: one regular expression whose alternative ``r<i>``
+        is the group's i-th pattern, and per alternative the (group name, parameter,
+        converter) triples that read its parameters from a match of it."""
+        combined = self._compiled.get(segment)
+        if combined is None:
+            alts, params = [], []
+            for i, (_, _, sample) in enumerate(self.dynamic[segment]):
+                # Group names must differ between alternatives: each parameter's group is
+                # prefixed with its alternative's name, any other named group made anonymous.
+                def rename(m, i=i, names=sample.converters):
+                    name = m.group(1)
+                    return f'(?P<r{i}_{name}>' if name in names else '(?:'
+                alts.append(f'(?P<r{i}>{_NAMED_GROUP_RE.sub(rename, sample.regex.pattern)})')
+                params.append([(f'r{i}_{name}', name, convert)
+                               for name, convert in sample.converters.items()])
+            combined = self._compiled[segment] = (re.compile('|'.join(alts)), params)
+        return combined
+
+    def _candidates(self, path):
+        """Yield (table, params) for every pattern matching ``path``, most specific first."""
+        table = self.static.get(path)
+        if table is not None:
+            yield table, {}
+        segment = path[1:].split('/', 1)[0]
+        for key in (segment, None):
+            group = self.dynamic.get(key)
+            if not group:
+                continue
+            m = self._combined(key)[0].fullmatch(path)
+            if m is None:
+                continue
+            first = int(m.lastgroup[1:])
+            for _, table, sample in group[first:]:
+                params = sample.match(path)
+                if params is not None:
+                    yield table, params
+        for _, table, sample in self.raw:
+            params = sample.match(path)
+            if params is not None:
+                yield table, params
+
+    def match(self, method, path):
+        """(Route, params) for a request; raises 404, 405 (with Allow) or 501."""
+        route, params = self.lookup(method, path)
+        if params is None:
+            raise HTTPError(404)
+        return route, params
+
+    def lookup(self, method, path):
+        """Like match, but (None, None) where no route has the path: the static files' turn."""
+        table = self.static.get(path)
+        if table is not None:
+            route = table.get(method)
+            if route is not None:
+                return route, {}
+            return self._lookup_patterns(method, path)
+        segment = path[1:].partition('/')[0]
+        group = self.dynamic.get(segment)
+        if group is None:
+            if not self.raw and None not in self.dynamic:
+                self._refuse_unknown_method(method)   # no pattern can match: most static files
+                return None, None
+        else:
+            # The usual dynamic path: the first pattern of its segment that matches has the
+            # method, and one match of the group's regex gives its parameters too.
+            regex, params = self._combined(segment)
+            m = regex.fullmatch(path)
+            if m is not None:
+                first = int(m.lastgroup[1:])
+                table = group[first][1]
+                route = table.get(method) or (table.get('GET') if method == 'HEAD' else None)
+                if route is not None:
+                    return route, {name: convert(m.group(key)) for key, name, convert in params[first]}
+        return self._lookup_patterns(method, path)
+
+    def _lookup_patterns(self, method, path):
+        allowed = set()
+        for table, params in self._candidates(path):
+            route = table.get(method) or (table.get('GET') if method == 'HEAD' else None)
+            if route is not None:
+                return route, params
+            allowed |= table.keys()
+        if allowed:
+            if method == 'OPTIONS':
+                return None, {'allow': allowed}
+            self._refuse_unknown_method(method)
+            raise HTTPError(405, headers={'Allow': format_allow(allowed)})
+        self._refuse_unknown_method(method)
+        return None, None
+
+    def _refuse_unknown_method(self, method):
+        """501 for a method no route and no static file answers."""
+        if method not in self.methods and method not in ('GET', 'HEAD', 'OPTIONS'):
+            raise HTTPError(501, f'method {method} is not implemented')
 
 
-_log_escape = log_escape     # the name the framework's own callers use
+_NAMED_GROUP_RE = re.compile(r'\(\?P<([^>]+)>')
 
 
-def _hex_escape(m):
-    code = ord(m.group())
-    return f'\\x{code:02X}' if code < 256 else m.group().encode('unicode_escape').decode('ascii')
+def format_allow(methods):
+    methods = set(methods)
+    if 'GET' in methods:
+        methods.add('HEAD')
+    methods.add('OPTIONS')
+    return ', '.join(sorted(methods))
 
+
+class HandlerThreads:
+    """Worker threads for plain ``def`` handlers and hooks, handing results back in batches.
+
+    asyncio.to_thread wakes the event loop once for every call that finishes (a write to
+    its self-pipe, then a turn of the loop for that one result); under load that wake-up
+    costs more than a quick handler. Here a finished call joins its loop's batch, only the
+    first call of a batch wakes the loop, and one callback settles the whole batch. The
+    threads are shared by every event loop of the process (the server's, each test
+    client's) and started as they are needed, up to ``max_threads`` (as many as
+    asyncio's default executor would start); each call runs in a copy of the caller's
+    contextvars context, as with asyncio.to_thread.
+    """
+
+    def __init__(self, max_threads=min(32, (os.cpu_count() or 1) + 4)):
+        self.max_threads = max_threads
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)   # a forked worker has no threads
+
+    def _reset(self):
+        self.jobs = queue.SimpleQueue()
+        self.idle = threading.Semaphore(0)     # released by each thread waiting for a job
+        self.threads = 0
+        self.lock = threading.Lock()
+        self.batches = {}                      # loop -> [(future, ok, value)] not yet settled
+
+    async def run(self, fn, *args):
+        """``await threads.run(fn, *args)``: fn(*args) in a worker thread."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.jobs.put((loop, future, contextvars.copy_context(), fn, args))
+        if not self.idle.acquire(blocking=False):
+            with self.lock:
+                start = self.threads < self.max_threads
+                self.threads += start
+            if start:
+                threading.Thread(target=self._work, name='server-handler', daemon=True).start()
+        return await future
+
+    def _work(self):
+        jobs, lock, batches = self.jobs, self.lock, self.batches
+        while True:
+            loop, future, context, fn, args = jobs.get()
+            try:
+                item = (future, True, context.run(fn, *args))
+            except BaseException as exc:          # handed to the awaiting task, as to_thread does
+                item = (future, False, exc)
+            with lock:
+                batch = batches.get(loop)
+                if batch is None:
+                    batches[loop] = [item]
+                else:
+                    batch.append(item)
+            if batch is None:
+                try:
+                    loop.call_soon_threadsafe(self._settle, loop)
+                except RuntimeError:              # that loop is closed: nobody waits any more
+                    with lock:
+                        batches.pop(loop, None)
+            del loop, future, context, fn, args, item, batch
+            self.idle.release()
+
+    def _settle(self, loop):
+        with self.lock:
+            batch = self.batches.pop(loop, ())
+        for future, ok, value in batch:
+            if future.cancelled():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+_HANDLER_THREADS = HandlerThreads()
+
+
+def _runner(fn):
+    """What to call, and await, in place of a handler, hook or error handler ``fn``.
+
+    An ``async def`` is called as it is: it runs in the request's own task. A plain ``def``
+    runs in a worker thread (HandlerThreads), so a blocking call never stalls the loop.
+    """
+    runner = _RUNNERS.get(fn)
+    if runner is None:
+        if inspect.iscoroutinefunction(fn):
+            runner = fn
+        else:
+            runner = functools.partial(_HANDLER_THREADS.run, fn)
+        runner = _RUNNERS[fn] = runner
+    return runner
+
+
+_RUNNERS = {}   # handlers, hooks and error handlers -> what _runner calls for each
+
+
+class App:
+    """A web application: routes, hooks, error handlers, templates, sessions and a database.
+
+    ``root`` holds static files and ``templates/``; ``data`` holds ``app.db`` and ``uploads/``.
+    ``trusted_proxy`` is a comma-separated list of addresses whose X-Forwarded-* headers count.
+    """
+
+    _default = None
+
+    def __init__(self, root=None, data='data', *, trusted_proxy='127.0.0.1,::1', sessions=True,
+                 csrf=True, static=True, migrations=()):
+        self.root = os.path.abspath(root) if root else None
+        self.data = os.path.abspath(data)
+        self.upload_dir = os.path.join(self.data, 'uploads')
+        self.router = Router()
+        self.before_hooks = []
+        self.after_hooks = []
+        self.claim_hooks = []
+        self.startup_hooks = []
+        self.shutdown_hooks = []
+        self.error_handlers = {}
+        self.sessions_enabled = sessions
+        self.csrf_enabled = csrf
+        self.trusted = _parse_trusted(trusted_proxy)
+        self._trusted_answers = (list(self.trusted), {})   # config_trusted: address -> bool
+        self.db = Database(os.path.join(self.data, 'app.db'), migrations)
+        self.sessions = SessionStore(self.db, self.keyed_hash)
+        self._secret = None
+        self.templates = Templates(os.path.join(self.root, 'templates') if self.root else None)
+        self.template_globals = {}
+        self.static = StaticFiles(self.root, exclude=('templates',)) if (self.root and static) else None
+        App._default = self
+
+    # -- registration --
+    def route(self, pattern, methods=('GET',), *, name=None, max_body=MAX_BODY_BYTES,
+              stream=False, csrf=None, defer_body=False):
+        """Register a handler: ``@app.route('/item/<int:id>', methods=['GET', 'POST'])``.
+
+        ``pattern`` may also be a compiled regular expression whose named groups become
+        keyword arguments. ``max_body`` is the body limit (413 past it), ``stream=True``
+        leaves the body to ``request.stream()``, ``csrf=False`` turns the CSRF check off.
+        ``defer_body=True`` runs the handler before the body is read: it checks what needs
+        no body, then ``await request.read_body()`` (which checks CSRF) before acting.
+        """
+        if isinstance(methods, str):
+            methods = (methods,)
+
+        def decorator(handler):
+            route = Route(pattern, handler, methods, name or handler.__name__, max_body, stream,
+                          self.csrf_enabled if csrf is None else csrf, defer_body)
+            self.router.add(route)
+            return handler
+        return decorator
+
+    def get(self, pattern, **options):
+        return self.route(pattern, ('GET',), **options)
+
+    def post(self, pattern, **options):
+        return self.route(pattern, ('POST',), **options)
+
+    def before_request(self, fn):
+        """``fn(request)`` runs before each handler; a non-None return value is the response."""
+        self.before_hooks.append(fn)
+        return fn
+
+    def after_request(self, fn):
+        """``fn(request, response)`` runs after each request; it may return a new response."""
+        self.after_hooks.append(fn)
+        return fn
+
+    def errorhandler(self, status):
+        """``@app.errorhandler(404)``: ``fn(request, error)`` renders that status."""
+        def decorator(fn):
+            self.error_handlers[int(status)] = fn
+            return fn
+        return decorator
+
+    def on_claim(self, fn):
+        """``fn(app)`` runs once when a server takes the data folder, before any request and
+        before the startup hooks: the place to clear what a crashed run left behind. With
+        workers it runs in their parent before the first fork, never in a worker: a restarted
+        one would delete what its siblings are still writing."""
+        self.claim_hooks.append(fn)
+        return fn
+
+    def on_startup(self, fn):
+        self.startup_hooks.append(fn)
+        return fn
+
+    def on_shutdown(self, fn):
+        self.shutdown_hooks.append(fn)
+        return fn
+
+    def url_for(self, endpoint, /, **params):
+        route = self.router.by_name.get(endpoint)
+        if route is None:
+            raise KeyError(f'no route named {endpoint!r}')
+        return route.build(params)
+
+    def config_trusted(self, address):
+        """Is ``address`` (a connection's peer) one of the trusted proxies? Asked once per
+        connection; the answers are kept per address (a proxy's few, or 1,024 at most)."""
+        if not address or not self.trusted:
+            return False
+        known = self._trusted_answers
+        if known[0] != self.trusted or len(known[1]) >= 1024:
+            known = self._trusted_answers = (list(self.trusted), {})
+        answer = known[1].get(address)
+        if answer is None:
+            try:
+                ip = ipaddress.ip_address(address.split('%', 1)[0])
+            except ValueError:
+                answer = False
+            else:
+                answer = any(ip in net for net in self.trusted)
+            known[1][address] = answer
+        return answer
+
+    # -- lifecycle --
+    async def claim(self):
+        """Run the claim hooks (see ``on_claim``)."""
+        for fn in self.claim_hooks:
+            await _runner(fn)(self)
+
+    async def startup(self, claim=True):
+        """Run the claim hooks (unless ``claim`` is false: a worker), then the startup hooks."""
+        if claim:
+            await self.claim()
+        await asyncio.to_thread(self.templates.preload)
+        if self.sessions_enabled and self._secret is None:
+            self._secret = await asyncio.to_thread(_load_secret, os.path.join(self.data, SECRET_FILE))
+        for fn in self.startup_hooks:
+            await _runner(fn)(self)
+
+    async def shutdown(self):
+        for fn in self.shutdown_hooks:
+            try:
+                await _runner(fn)(self)
+            except Exception:
+                log.exception('shutdown hook failed')
+        await self.db.close()
+
+    def keyed_hash(self, purpose, value):
+        """HMAC-SHA256 of ``value`` under the data folder's secret, as 64 hex digits: the same
+        in every process on that folder, and unguessable without the secret.
+        ``purpose`` keeps the hashes made for different uses apart."""
+        secret = self._secret
+        if secret is None:      # an App used without startup(): read once, here
+            secret = self._secret = _load_secret(os.path.join(self.data, SECRET_FILE))
+        message = purpose.encode() + b'\0' + value.encode('utf-8', 'surrogatepass')
+        return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+    # -- handling: the one place where errors become responses --
+    async def handle(self, request):
+        """Answer ``request``; never raises. Exceptions become error responses here."""
+        token = _current_request.set(request)
+        try:
+            try:
+                response = await self._dispatch(request)
+            except HTTPError as exc:
+                response = await self.error_response(request, exc)
+            except (ClientDisconnected, asyncio.CancelledError):
+                raise       # nobody to answer; the connection is already gone
+            except Exception:
+                log.exception('error handling %s %s', request.method, log_escape(request.target))
+                response = await self.error_response(request, HTTPError(500))
+            try:
+                for hook in self.after_hooks:
+                    rv = await _runner(hook)(request, response)
+                    if rv is not None:
+                        response = make_response(rv)
+                if request._session is not None:
+                    await self._save_session(request, response)
+                if response.file is not None and response.file[2] is None:
+                    response.file = await self._file_span(response.file)
+            except HTTPError as exc:
+                response = await self.error_response(request, exc)
+            except Exception:
+                log.exception('error finishing %s %s', request.method, log_escape(request.target))
+                response = await self.error_response(request, HTTPError(500))
+            return response
+        finally:
+            _current_request.reset(token)
+            if request._cleanup:
+                await asyncio.to_thread(request._discard_uploads)
+
+    @staticmethod
+    async def _file_span(spec):
+        path, offset, _ = spec
+        try:
+            size = (await asyncio.to_thread(os.stat, path)).st_size
+        except OSError:
+            log.error('file to send is missing: %s', log_escape(path))
+            raise HTTPError(404, 'file not found') from None
+        return path, offset, max(0, size - offset)
+
+    async def _dispatch(self, request):
+        if request._bad_path:
+            raise HTTPError(400, 'path is not valid UTF-8')
+        method = request.method
+        if request.path == '*':
+            if method == 'OPTIONS':
+                return Response(b'', 204, {'Allow': format_allow(self.router.methods | {'GET'})})
+            raise HTTPError(400)
+        route, params = self.router.lookup(method, request.path)
+        if params is None:
+            if self.static is None:
+                raise HTTPError(404)
+            if method == 'GET' or method == 'HEAD':
+                return await self.static.serve(request, request.path)
+            return await self._serve_static_other(request)
+        if route is None:  # automatic OPTIONS
+            return Response(b'', 204, {'Allow': format_allow(params['allow'])})
+        request.route = route
+        request.params = params
+        for hook in self.before_hooks:
+            rv = await _runner(hook)(request)
+            if rv is not None:
+                return make_response(rv)
+        if self.sessions_enabled:
+            if 'cookie' in request.headers._index:
+                await self._load_session(request)
+            else:
+                request._session_ready = True     # no cookie, no stored session to look up
+        length = request._head.body_length
+        if length is not None and length > route.max_body:
+            raise HTTPError(413, _too_large(route.max_body))
+        csrf = route.csrf and method in _STATE_CHANGING and request.content_type in _CSRF_CONTENT_TYPES
+        if csrf and (request._session is None or not request._session.id):
+            # No session id, so no token to match: refuse before reading (and spooling) the body.
+            raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
+        if route.stream:
+            pass
+        elif route.defer_body:
+            request._csrf_pending, csrf = csrf, False     # read_body() checks it
+        elif request._body_source is not None:
+            await request._read_body(route.max_body, csrf)
+        else:
+            request._body = b''
+        if csrf:
+            self._check_csrf(request)
+        handler = _runner(route.handler)
+        rv = await (handler(request, **params) if params else handler(request))
+        return rv if rv.__class__ is Response else make_response(rv)
+
+    async def _serve_static_other(self, request):
+        if not await self.static.exists(request.path):
+            raise HTTPError(404)
+        if request.method == 'OPTIONS':
+            return Response(b'', 204, {'Allow': 'GET, HEAD, OPTIONS'})
+        raise HTTPError(405, headers={'Allow': 'GET, HEAD, OPTIONS'})
+
+    def _check_csrf(self, request):
+        session = request.session
+        if session is None:
+            raise HTTPError(403, 'CSRF check needs sessions')
+        sent = request.headers.get('x-csrf-token') or request.form.get('csrf_token') or ''
+        if not session.id or not hmac.compare_digest(self.keyed_hash('csrf', session.id).encode(),
+                                                     sent.encode('utf-8', 'replace')):
+            raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
+
+    async def _load_session(self, request):
+        # Only a request that brings a cookie costs a database read; others get an empty
+        # session on first use (Request.session).
+        sid = request.cookies.get(_session_cookie_name(request))
+        if sid:
+            request._session = await self.sessions.load(sid)
+        request._session_ready = True
+
+    async def _save_session(self, request, response):
+        session = request.session
+        name, secure = _session_cookie_name(request), request.is_secure
+        if session.destroyed:
+            if session.old_id:
+                await self.sessions.delete(session.old_id)
+            response.delete_cookie(name, secure=secure)
+            return
+        if session.should_save():
+            if not await self.sessions.save(session):
+                # deleted meanwhile (a logout in another tab): never brought back
+                response.delete_cookie(name, secure=secure)
+                return
+        elif not session.send_cookie:
+            return
+        response.set_cookie(name, session.id, max_age=session.lifetime(),
+                            secure=secure, httponly=True, samesite='Lax')
+
+    async def error_response(self, request, error):
+        """The response for an HTTPError: the app's handler for that status, else plain text."""
+        handler = self.error_handlers.get(error.status)
+        response = None
+        if handler is not None and request is not None:
+            try:
+                response = make_response(await _runner(handler)(request, error))
+            except Exception:
+                log.exception('error handler for %d failed', error.status)
+        if response is None:
+            response = error_page(error)
+        else:
+            if response.status == 200:
+                response.status = error.status
+            for name, value in error.headers.items():
+                response.headers.setdefault(name, value)
+        response.close = response.close or error.close
+        return response
+
+    # -- running --
+    def test_client(self):
+        """An in-process client: ``app.test_client().get('/')`` -> TestResponse (no sockets)."""
+        # Forward reference: the test client (section 10) is built on the App, so it stands after it.
+        return TestClient(self)
+
+    def run(self, host='127.0.0.1', port=8000, *, workers=1, certfile=None, keyfile=None,
+            access_log=True, log_level='info', reload=False):
+        """Serve this app until SIGINT or SIGTERM (what ``python3 server.py`` does for the site)."""
+        configure_logging(log_level)
+        config = Config(host=host, port=port, data=self.data, workers=workers, certfile=certfile or '',
+                        keyfile=keyfile or '', access_log=access_log, log_level=log_level,
+                        reload=reload)
+        # Forward reference: the server (section 11) runs Apps, so it stands after them.
+        return serve_forever(lambda: self, config)
+
+
+def _session_cookie_name(request):
+    # Over HTTPS the __Host- prefix makes browsers refuse the cookie unless it is Secure,
+    # Path=/ and has no Domain, so a sibling subdomain or a plain-HTTP answer cannot plant
+    # one (RFC 6265bis 4.1.3.2). Each scheme reads only its own name.
+    return '__Host-sid' if request.is_secure else 'sid'
+
+
+def error_page(error):
+    """A short plain-text error body; the detail is the client's text only after escaping."""
+    body = f'{error.status} {error.reason}\n'
+    if error.detail:
+        body += f'{error.detail}\n'
+    resp = Response(body.encode('utf-8'), error.status, error.headers or None,
+                    'text/plain; charset=utf-8')
+    resp.close = error.close
+    return resp
+
+
+def _parse_trusted(value):
+    nets = []
+    for item in (value.split(',') if isinstance(value, str) else value or ()):
+        item = item.strip()
+        if item:
+            nets.append(ipaddress.ip_network(item, strict=False))
+    return nets
+
+
+def url_for(endpoint, /, **params):
+    """The URL of a named route (the handler's name by default): ``url_for('profile', name='a')``."""
+    request = _current_request.get()
+    app = request.app if request is not None else App._default
+    if app is None:
+        raise RuntimeError('url_for needs an App')
+    return app.url_for(endpoint, **params)
+
+
+def render(template, /, **context):
+    """Render a template of the current app to an HTML Response: ``render('page.html', x=1)``.
+
+    ``csrf_token`` and the app's ``template_globals`` are added to the context.
+    """
+    request = _current_request.get()
+    app = request.app if request is not None else App._default
+    if app is None:
+        raise RuntimeError('render needs an App')
+    full = dict(app.template_globals)
+    if request is not None:
+        full['request'] = request
+        full['path'] = request.path
+        if request.session is not None:
+            full['csrf_token'] = _LazyCSRFToken(request)
+    full.update(context)
+    return Response(app.templates.get(template).render(full), content_type='text/html; charset=utf-8')
+
+
+# === 10. Test client ===
+# The App answered in-process, with no sockets, through the same App.handle as the server.
+
+class TestResponse:
+    """What the test client got: ``status``, ``headers``, ``body``, ``text`` and ``json()``."""
+
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def text(self):
+        return self.body.decode('utf-8', 'replace')
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f'<TestResponse {self.status}>'
+
+
+class _BytesBody:
+    """A request body source for the test client: the whole body at once."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def take_all(self):
+        data, self.data = self.data, b''
+        return data
+
+    async def receive(self):
+        data, self.data = self.data, b''
+        return data
+
+
+class TestClient:
+    """Calls an App in-process, through the same App.handle as the server, keeping cookies.
+
+    ``client.get('/')``, ``client.post('/form', data={'a': '1'})``, ``json=``, ``files=``
+    (name -> (filename, bytes[, content type])), ``headers=``; use it as a context manager
+    or call ``close()``.
+    """
+
+    __test__ = False   # not a unittest/pytest class
+
+    def __init__(self, app, scheme='http', client='127.0.0.1'):
+        self.app = app
+        self.cookies = {}
+        self.scheme = scheme
+        self.client = client
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(app.startup())
+
+    def close(self):
+        self.loop.run_until_complete(self.app.shutdown())
+        self.loop.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def request(self, method, url, *, headers=None, data=None, json_body=None, files=None, body=None):
+        path, _, query = url.partition('?')
+        if data is not None and not isinstance(data, (bytes, str)):
+            data = urllib.parse.urlencode(data, doseq=True)
+        head_headers = Headers(headers or ())
+        if 'host' not in head_headers:
+            head_headers.add('Host', 'testserver')
+        if files is not None:
+            body, ctype = encode_multipart(data_fields=dict(urllib.parse.parse_qsl(data or '')), files=files)
+            head_headers.setdefault('Content-Type', ctype)
+        elif json_body is not None:
+            body = json.dumps(json_body).encode()
+            head_headers.setdefault('Content-Type', 'application/json')
+        elif data is not None:
+            body = data.encode() if isinstance(data, str) else data
+            head_headers.setdefault('Content-Type', 'application/x-www-form-urlencoded')
+        body = body or b''
+        if body:
+            head_headers.setdefault('Content-Length', str(len(body)))
+        if self.cookies:
+            head_headers.add('Cookie', '; '.join(f'{k}={v}' for k, v in self.cookies.items()))
+        raw = f'{method} {url} HTTP/1.1\r\n'.encode() + b''.join(
+            f'{k}: {v}\r\n'.encode('latin-1') for k, v in head_headers) + b'\r\n'
+        head = parse_head(raw)
+        request = Request(self.app, head, self.client, self.scheme, _BytesBody(body) if body else None)
+        response = self.loop.run_until_complete(self.app.handle(request))
+        payload = self.loop.run_until_complete(_collect_body(response, method))
+        for value in response.headers.get_all('set-cookie'):
+            pair = value.split(';', 1)[0]
+            name, _, val = pair.partition('=')
+            if 'max-age=0' in value.lower():
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = val
+        return TestResponse(response.status, response.headers, payload)
+
+    def get(self, url, **kw):
+        return self.request('GET', url, **kw)
+
+    def head(self, url, **kw):
+        return self.request('HEAD', url, **kw)
+
+    def post(self, url, data=None, **kw):
+        if 'json' in kw:
+            kw['json_body'] = kw.pop('json')
+        return self.request('POST', url, data=data, **kw)
+
+
+async def _collect_body(response, method):
+    if method == 'HEAD':
+        return b''
+    if response.file is not None:
+        path, offset, length = response.file
+        data = await asyncio.to_thread(_read_whole, path)
+        return data[offset:offset + length] if length is not None else data[offset:]
+    body = response.body
+    if isinstance(body, bytes):
+        return body
+    parts = []
+    if hasattr(body, '__aiter__'):
+        async for chunk in body:
+            parts.append(chunk.encode() if isinstance(chunk, str) else chunk)
+    else:
+        for chunk in body:
+            parts.append(chunk.encode() if isinstance(chunk, str) else chunk)
+    return b''.join(parts)
+
+
+def _read_whole(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def encode_multipart(data_fields=None, files=None, boundary=None):
+    """A multipart/form-data body -> (bytes, content type). files: name -> (filename, bytes[, type])."""
+    boundary = boundary or '----server-py-' + secrets.token_hex(12)
+    out = []
+    for name, value in (data_fields or {}).items():
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
+        out.append(str(value).encode() + b'\r\n')
+    for name, spec in (files or {}).items():
+        filename, content = spec[0], spec[1]
+        ctype = spec[2] if len(spec) > 2 else 'application/octet-stream'
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                   f'filename="{filename}"\r\nContent-Type: {ctype}\r\n\r\n'.encode())
+        out.append(content + b'\r\n')
+    out.append(f'--{boundary}--\r\n'.encode())
+    return b''.join(out), f'multipart/form-data; boundary={boundary}'
+
+
+# === 11. Connection and server ===
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _CR_LF = (13, 10)
@@ -4643,7 +4830,7 @@ class Exchange:
         """After the write: a refused field becomes a 500; then backpressure, then the next request."""
         conn = self.conn
         if self.sent is None:
-            log.error('refusing a response header with CR, LF or NUL for %s', _log_escape(self.head.target))
+            log.error('refusing a response header with CR, LF or NUL for %s', log_escape(self.head.target))
             self.response = error_page(HTTPError(500))
             self.response.close = True
             self.reader = None
@@ -5059,16 +5246,16 @@ class Server:
             stock = len(handlers) == 1 and getattr(handlers[0], '_server_py', False) and not access_log.propagate
         client = peer if request is None else request.client
         if client is not peer:
-            client = _log_escape(client)    # forwarded (_is_ip checked it): escaped all the same
+            client = log_escape(client)    # forwarded (_is_ip checked it): escaped all the same
         target = head.target
-        line = '-' if target == '-' else f'{head.method} {_log_escape(target)} {_HTTP_VERSIONS[head.version]}'
+        line = '-' if target == '-' else f'{head.method} {log_escape(target)} {_HTTP_VERSIONS[head.version]}'
         index = head.headers._index         # lowercase names, looked up as they are
         referer = index.get('referer')
         agent = index.get('user-agent')
         CLOCK.tick()
         text = (f'{client} - - [{CLOCK.log_time}] "{line}" {status} {sent} '
-                f'"{_log_escape(referer[0]) if referer and referer[0] else "-"}" '
-                f'"{_log_escape(agent[0]) if agent and agent[0] else "-"}"')
+                f'"{log_escape(referer[0]) if referer and referer[0] else "-"}" '
+                f'"{log_escape(agent[0]) if agent and agent[0] else "-"}"')
         if pending:                       # this turn's lines go where its first one went
             pending.append(text)
         elif stock:
@@ -5208,184 +5395,6 @@ def make_ssl_context(certfile, keyfile):
     except OSError as exc:
         raise StartupError(f'cannot load the TLS certificate or key: {exc}') from None
     return context
-
-
-class ConfigError(StartupError):
-    """A flag's value that cannot work on any machine (a bad flag); main() prints it on one
-    line and exits 2."""
-
-    exit_status = 2
-
-
-class TestResponse:
-    """What the test client got: ``status``, ``headers``, ``body``, ``text`` and ``json()``."""
-
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    @property
-    def text(self):
-        return self.body.decode('utf-8', 'replace')
-
-    def json(self):
-        return json.loads(self.body)
-
-    def __repr__(self):
-        return f'<TestResponse {self.status}>'
-
-
-class _BytesBody:
-    """A request body source for the test client: the whole body at once."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def take_all(self):
-        data, self.data = self.data, b''
-        return data
-
-    async def receive(self):
-        data, self.data = self.data, b''
-        return data
-
-
-class TestClient:
-    """Calls an App in-process, through the same App.handle as the server, keeping cookies.
-
-    ``client.get('/')``, ``client.post('/form', data={'a': '1'})``, ``json=``, ``files=``
-    (name -> (filename, bytes[, content type])), ``headers=``; use it as a context manager
-    or call ``close()``.
-    """
-
-    __test__ = False   # not a unittest/pytest class
-
-    def __init__(self, app, scheme='http', client='127.0.0.1'):
-        self.app = app
-        self.cookies = {}
-        self.scheme = scheme
-        self.client = client
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(app.startup())
-
-    def close(self):
-        self.loop.run_until_complete(self.app.shutdown())
-        self.loop.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def request(self, method, url, *, headers=None, data=None, json_body=None, files=None, body=None):
-        path, _, query = url.partition('?')
-        if data is not None and not isinstance(data, (bytes, str)):
-            data = urllib.parse.urlencode(data, doseq=True)
-        head_headers = Headers(headers or ())
-        if 'host' not in head_headers:
-            head_headers.add('Host', 'testserver')
-        if files is not None:
-            body, ctype = encode_multipart(data_fields=dict(urllib.parse.parse_qsl(data or '')), files=files)
-            head_headers.setdefault('Content-Type', ctype)
-        elif json_body is not None:
-            body = json.dumps(json_body).encode()
-            head_headers.setdefault('Content-Type', 'application/json')
-        elif data is not None:
-            body = data.encode() if isinstance(data, str) else data
-            head_headers.setdefault('Content-Type', 'application/x-www-form-urlencoded')
-        body = body or b''
-        if body:
-            head_headers.setdefault('Content-Length', str(len(body)))
-        if self.cookies:
-            head_headers.add('Cookie', '; '.join(f'{k}={v}' for k, v in self.cookies.items()))
-        raw = f'{method} {url} HTTP/1.1\r\n'.encode() + b''.join(
-            f'{k}: {v}\r\n'.encode('latin-1') for k, v in head_headers) + b'\r\n'
-        head = parse_head(raw)
-        request = Request(self.app, head, self.client, self.scheme, _BytesBody(body) if body else None)
-        response = self.loop.run_until_complete(self.app.handle(request))
-        payload = self.loop.run_until_complete(_collect_body(response, method))
-        for value in response.headers.get_all('set-cookie'):
-            pair = value.split(';', 1)[0]
-            name, _, val = pair.partition('=')
-            if 'max-age=0' in value.lower():
-                self.cookies.pop(name, None)
-            else:
-                self.cookies[name] = val
-        return TestResponse(response.status, response.headers, payload)
-
-    def get(self, url, **kw):
-        return self.request('GET', url, **kw)
-
-    def head(self, url, **kw):
-        return self.request('HEAD', url, **kw)
-
-    def post(self, url, data=None, **kw):
-        if 'json' in kw:
-            kw['json_body'] = kw.pop('json')
-        return self.request('POST', url, data=data, **kw)
-
-
-async def _collect_body(response, method):
-    if method == 'HEAD':
-        return b''
-    if response.file is not None:
-        path, offset, length = response.file
-        data = await asyncio.to_thread(_read_whole, path)
-        return data[offset:offset + length] if length is not None else data[offset:]
-    body = response.body
-    if isinstance(body, bytes):
-        return body
-    parts = []
-    if hasattr(body, '__aiter__'):
-        async for chunk in body:
-            parts.append(chunk.encode() if isinstance(chunk, str) else chunk)
-    else:
-        for chunk in body:
-            parts.append(chunk.encode() if isinstance(chunk, str) else chunk)
-    return b''.join(parts)
-
-
-def _read_whole(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
-def encode_multipart(data_fields=None, files=None, boundary=None):
-    """A multipart/form-data body -> (bytes, content type). files: name -> (filename, bytes[, type])."""
-    boundary = boundary or '----server-py-' + secrets.token_hex(12)
-    out = []
-    for name, value in (data_fields or {}).items():
-        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
-        out.append(str(value).encode() + b'\r\n')
-    for name, spec in (files or {}).items():
-        filename, content = spec[0], spec[1]
-        ctype = spec[2] if len(spec) > 2 else 'application/octet-stream'
-        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                   f'filename="{filename}"\r\nContent-Type: {ctype}\r\n\r\n'.encode())
-        out.append(content + b'\r\n')
-    out.append(f'--{boundary}--\r\n'.encode())
-    return b''.join(out), f'multipart/form-data; boundary={boundary}'
-
-
-def configure_logging(level='info'):
-    """Errors and notices to stderr with a timestamp; the access log to stdout, one line each."""
-    numeric = getattr(logging, str(level).upper(), None)
-    if not isinstance(numeric, int):
-        raise ConfigError(f'unknown log level {level!r}: use debug, info, warning or error')
-    root = logging.getLogger()
-    if not any(getattr(h, '_server_py', False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
-        handler._server_py = True
-        root.addHandler(handler)
-        access = logging.StreamHandler(sys.stdout)
-        access.setFormatter(logging.Formatter('%(message)s'))
-        access._server_py = True
-        access_log.addHandler(access)
-        access_log.propagate = False
-    root.setLevel(numeric)
 
 
 async def serve(app, config, sock=None, ready=None, worker=False, supervisor=None):
@@ -5590,7 +5599,7 @@ def supervise_workers(app_factory, config):
     return 0
 
 
-# === 11. The site ===
+# === 12. The site ===
 # The portfolio, built only from the public API above, as a user's app would be.
 
 SITE_MIGRATIONS = [
@@ -6223,7 +6232,7 @@ def _unlink_quietly(path):
         os.unlink(path)
 
 
-# === 12. CLI and main ===
+# === 13. CLI and main ===
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message):

@@ -5730,7 +5730,7 @@ class AccessLogTest(unittest.TestCase):
 
 
     def test_log_escape_covers_every_path(self):
-        # _log_escape has a quick path (printable ASCII without quote or backslash returned as
+        # log_escape has a quick path (printable ASCII without quote or backslash returned as
         # it is), a \xHH path for everything else up to U+00FF and a \u/\U path past it.
         for text, escaped in [
                 ('GET /a?b=1 ok', 'GET /a?b=1 ok'),                 # the quick path
@@ -5743,15 +5743,14 @@ class AccessLogTest(unittest.TestCase):
                 ('caf\xe9', 'caf\\xE9'), ('\u03a9\U0001f600', '\\u03a9\\U0001f600'),   # printable, not ASCII
                 (404, '404')]:
             with self.subTest(text=text):
-                self.assertEqual(server._log_escape(text), escaped)
+                self.assertEqual(server.log_escape(text), escaped)
         every = ''.join(map(chr, range(0x3000))) + '\U0001f600\U000e0001'
-        out = server._log_escape(every)
+        out = server.log_escape(every)
         self.assertTrue(out.isascii() and out.isprintable() and '"' not in out)
         self.assertEqual(out.encode().decode('unicode_escape'), every)      # nothing lost either
 
     def test_log_escape_is_public_for_apps(self):
         self.assertEqual(server.log_escape('from 192.0.2.1\n"forged"'), 'from 192.0.2.1\\x0A\\x22forged\\x22')
-        self.assertIs(server._log_escape, server.log_escape)
 
     def test_stdout_access_log_of_a_real_process(self):
         proc = ServerProcess()
