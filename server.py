@@ -5500,103 +5500,120 @@ def supervise_workers(app_factory, config):
     """Fork N workers that each bind the port with SO_REUSEPORT; restart any that crash."""
     if not hasattr(os, 'fork') or not hasattr(socket, 'SO_REUSEPORT'):
         raise ConfigError('--workers needs fork() and SO_REUSEPORT (Linux, BSD, macOS)')
-    if config.port == 0:
+    probe = None
+    if config.port == 0:        # one port for all of them, chosen here
         probe = socket.socket(socket.AF_INET6 if ':' in config.host else socket.AF_INET)
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         probe.bind((config.host, 0))
         config.port = probe.getsockname()[1]
-    else:
-        probe = None
-    children = {}
-    stopping = False
-    supervisor = os.getpid()
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    # Each worker writes a byte here once it listens: the banner, which scripts read as "it
-    # answers now", waits for all of them.
-    ready_r, ready_w = os.pipe()
-    os.set_blocking(ready_w, False)      # a worker restarted later never waits on it
-
-    def tell_ready(server):
-        with contextlib.suppress(OSError):
-            os.write(ready_w, b'.')
-
-    def spawn():
-        # Signals wait (blocked) across the fork: a child must not meet SIGTERM while it still
-        # has the parent's handler (it would run it, lose the signal, and live on as an
-        # orphan), and the parent must know the new pid before on_signal can run.
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)   # a pending one ends it here
-                    code = asyncio.run(serve(app_factory(), config, ready=tell_ready, worker=True,
-                                             supervisor=supervisor))
-                except StartupError as exc:
-                    log.error('worker %d cannot start: %s', os.getpid(), exc)
-                except BaseException:
-                    log.exception('worker %d failed', os.getpid())
-                finally:
-                    logging.shutdown()
-                    os._exit(code)
-            children[pid] = time.monotonic()
-        finally:
-            if os.getpid() == supervisor:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
-
-    def on_signal(signum, frame):
-        nonlocal stopping
-        if stopping:
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            os._exit(1)
-        stopping = True
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
     asyncio.run(_claim_and_close(app_factory()))
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    workers = _Workers(app_factory, config)
+    signal.signal(signal.SIGINT, workers.on_signal)
+    signal.signal(signal.SIGTERM, workers.on_signal)
     for _ in range(config.workers):
-        spawn()
-    failed = _wait_for_workers(ready_r, config.workers, children)
+        workers.spawn()
+    failed = _wait_for_workers(workers.ready_r, config.workers, workers.children)
     if failed is not None:
-        if stopping:          # Ctrl+C or SIGTERM while they started: a quiet stop
+        if workers.stopping:      # Ctrl+C or SIGTERM while they started: a quiet stop
             return 0
-        stopping = True
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        for pid in list(children):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        workers.stop_all()
         raise StartupError(f'worker {failed} stopped before it could serve: see the log above')
     scheme = 'https' if config.certfile else 'http'
     print(f'server.py {__version__}: serving {scheme}://{config.host}:{config.port}/ with '
           f'{config.workers} workers (pid {os.getpid()}; Ctrl+C stops)', flush=True)
     if probe is not None:
         probe.close()
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        started = children.pop(pid, None)
-        if started is None or stopping:
-            continue
-        log.error('worker %d exited (status %d); starting another', pid, status)
-        if time.monotonic() - started < 1.0:
-            time.sleep(1.0)   # a worker that dies at once should not spin the CPU
-        if not stopping:      # a stop asked for during that second must not get a new worker
-            spawn()
+    workers.watch()
     return 0
+
+
+class _Workers:
+    """The forked workers of one supervisor: started, restarted when they crash, stopped."""
+
+    STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+    def __init__(self, app_factory, config):
+        self.app_factory = app_factory
+        self.config = config
+        self.children = {}          # pid -> when it started
+        self.stopping = False
+        self.supervisor = os.getpid()
+        # Each worker writes a byte here once it listens: the banner, which scripts read as
+        # "it answers now", waits for all of them.
+        self.ready_r, self.ready_w = os.pipe()
+        os.set_blocking(self.ready_w, False)      # a worker restarted later never waits on it
+
+    def tell_ready(self, server):
+        with contextlib.suppress(OSError):
+            os.write(self.ready_w, b'.')
+
+    def spawn(self):
+        # Signals wait (blocked) across the fork: a child must not meet SIGTERM while it still
+        # has the parent's handler (it would run it, lose the signal, and live on as an
+        # orphan), and the parent must know the new pid before on_signal can run.
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._run_child()
+            self.children[pid] = time.monotonic()
+        finally:
+            if os.getpid() == self.supervisor:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, self.STOP_SIGNALS)
+
+    def _run_child(self):
+        code = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.STOP_SIGNALS)   # a pending one ends it here
+            code = asyncio.run(serve(self.app_factory(), self.config, ready=self.tell_ready, worker=True,
+                                     supervisor=self.supervisor))
+        except StartupError as exc:
+            log.error('worker %d cannot start: %s', os.getpid(), exc)
+        except BaseException:
+            log.exception('worker %d failed', os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def signal_all(self, signum):
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def on_signal(self, signum, frame):
+        if self.stopping:           # a second signal: at once
+            self.signal_all(signal.SIGKILL)
+            os._exit(1)
+        self.stopping = True
+        self.signal_all(signal.SIGTERM)
+
+    def stop_all(self):
+        self.stopping = True
+        self.signal_all(signal.SIGTERM)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+    def watch(self):
+        """Wait for workers to exit, starting another for each that crashed, until a stop."""
+        children = self.children
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            started = children.pop(pid, None)
+            if started is None or self.stopping:
+                continue
+            log.error('worker %d exited (status %d); starting another', pid, status)
+            if time.monotonic() - started < 1.0:
+                time.sleep(1.0)   # a worker that dies at once should not spin the CPU
+            if not self.stopping:  # a stop asked for during that second must not get a new worker
+                self.spawn()
 
 
 # === 12. The site ===

@@ -4,6 +4,7 @@ Pure functions are fed real inputs; the server is started on an ephemeral port a
 over real sockets. Every test gets a fresh temporary data folder and leaves nothing running.
 """
 
+import ast
 import asyncio
 import concurrent.futures
 import contextlib
@@ -233,6 +234,70 @@ def feed_three_ways(test, parse, data):
     results.append(parse([data[i:i + 1] for i in range(len(data))]))
     results.append(parse([data + b'GET /next HTTP/1.1\r\nHost: x\r\n\r\n']))
     return results
+
+
+# --- The shape of server.py -------------------------------------------------------------------
+
+class StructureTest(unittest.TestCase):
+    """server.py reads top to bottom: sections in order, each using what stands above it."""
+
+    @classmethod
+    def setUpClass(cls):
+        with open(server.__file__, encoding='utf-8') as f:
+            cls.source = f.read()
+        cls.tree = ast.parse(cls.source)
+        cls.sections = [(number, line) for line, number in
+                        ((i + 1, re.match(r'# === (\d+)\. ', text)) for i, text in enumerate(cls.source.splitlines()))
+                        if number for number in [int(number.group(1))]]
+
+    def section_of(self, line):
+        return max((number for number, start in self.sections if start <= line), default=0)
+
+    def test_sections_are_numbered_in_order(self):
+        self.assertEqual([number for number, _ in self.sections], list(range(1, 14)))
+
+    def test_few_forward_references_and_each_explained(self):
+        defined = {}
+        for node in self.tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.setdefault(node.name, node.lineno)
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    for name in ast.walk(target):
+                        if isinstance(name, ast.Name):
+                            defined.setdefault(name.id, node.lineno)
+        lines = self.source.splitlines()
+        forward = []
+        for node in self.tree.body:
+            for name in ast.walk(node):
+                if isinstance(name, ast.Name) and isinstance(name.ctx, ast.Load) and name.id in defined:
+                    where = defined[name.id]
+                    if self.section_of(where) > self.section_of(node.lineno):
+                        forward.append((name.id, name.lineno))
+        self.assertLessEqual(len({n for n, _ in forward}), 5, forward)
+        for name, line in forward:
+            self.assertIn('Forward reference', lines[line - 2], (name, line))
+
+    def test_no_class_over_350_lines_and_no_function_over_80(self):
+        for node in ast.walk(self.tree):
+            size = node.end_lineno - node.lineno + 1 if hasattr(node, 'end_lineno') else 0
+            if isinstance(node, ast.ClassDef):
+                self.assertLessEqual(size, 350, node.name)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.assertLessEqual(size, 80, node.name)
+
+    def test_no_bytecode_reading_and_no_cache_of_request_heads(self):
+        imported = {alias.name for node in ast.walk(self.tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        self.assertNotIn('dis', imported)
+        for word in ('co_code', 'get_instructions', 'SEEN_HEADS'):
+            self.assertNotIn(word, self.source)
+
+    def test_mime_types_are_registered_in_one_place(self):
+        calls = [node.lineno for node in ast.walk(self.tree) if isinstance(node, ast.Call)
+                 and ast.unparse(node.func) == 'mimetypes.add_type']
+        self.assertTrue(calls)
+        self.assertEqual(max(calls) - min(calls), len(calls) - 1)    # one run of lines
 
 
 # --- 3. HTTP/1.1 parsing (pure) -------------------------------------------------------------
@@ -1412,12 +1477,6 @@ class TaskRequestTest(unittest.TestCase):
 
     def get_json(self, responses):
         return [json.loads(body) for _, _, body in responses]
-
-    def test_no_bytecode_is_read(self):
-        with open(server.__file__, encoding='utf-8') as f:
-            source = f.read()
-        self.assertNotIn('import dis', source)
-        self.assertNotIn('co_code', source)
 
     def test_handlers_and_hooks_run_in_a_task_on_one_connection(self):
         request = (b'GET /plain HTTP/1.1\r\nHost: a\r\n\r\n'
