@@ -4070,10 +4070,11 @@ class App:
             if rv is not None:
                 return make_response(rv)
         if self.sessions_enabled:
-            if 'cookie' in request.headers._index:
+            cookies = request.headers._index.get('cookie')
+            if cookies and any(_session_cookie_name(request) in value for value in cookies):
                 await self._load_session(request)
             else:
-                request._session_ready = True     # no cookie, no stored session to look up
+                request._session_ready = True     # no session cookie, no stored session to look up
         length = request._head.body_length
         if length is not None and length > route.max_body:
             raise HTTPError(413, _too_large(route.max_body))
