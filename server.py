@@ -35,6 +35,7 @@ if __name__ == '__main__':
 import argparse
 import ast
 import asyncio
+import binascii
 import collections
 import collections.abc
 import concurrent.futures
@@ -1086,6 +1087,7 @@ _LONE_PERCENT_RE = re.compile(rb'%(?![0-9A-Fa-f]{2})')
 # per-escape work (browsers send every non-ASCII byte as an escape).
 _PERCENT_CLASSES = bytes(b if b == 0x25 else 0x68 if b in b'0123456789ABCDEFabcdef' else 0x2E
                          for b in range(256))
+_PERCENT_AS_EQUALS = bytes.maketrans(b'%', b'=')
 #: Bytes of one form field percent-decoded in one step: a thread decoding a large form
 #: gives the GIL back to the event loop between steps.
 FORM_DECODE_STEP_BYTES = 64 * 1024
@@ -1096,9 +1098,9 @@ def _percent_decode(raw):
     classes = raw.translate(_PERCENT_CLASSES)
     if classes.count(b'%') != classes.count(b'%hh'):
         raw = _LONE_PERCENT_RE.sub(b'%25', raw)
-    # The unicode_escape codec reads '\xHH' as the code point HH and any other byte as
-    # latin-1, so encoding back to latin-1 gives the bytes; the form's own backslashes double.
-    return raw.replace(b'\\', b'\\\\').replace(b'%', b'\\x').decode('unicode_escape').encode('latin-1')
+    # Quoted-printable (RFC 2045 6.7) writes a byte as '=HH': with the form's own '=' written
+    # so too, every '=' starts an escape and none of that format's soft line breaks can occur.
+    return binascii.a2b_qp(raw.replace(b'=', b'=3D').translate(_PERCENT_AS_EQUALS))
 
 
 def _unquote_utf8(text):

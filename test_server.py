@@ -600,7 +600,7 @@ class SmallParsersTest(unittest.TestCase):
                   b'x=%%%', b'x=%00%0a', b'%C3%A9=%e2%82%AC', b'k=+%20+', b'a=1&a=&a',
                   b'x=\\x41\\%41%5C%5cx41', b'x=\\', b'x=\\u00e9\\N{DASH}', 'x=é%C3%A9ж%D0%B6'.encode(),
                   b'm=' + b'%C3%A9' * 50 + b'%zz' + b'%41' * 7 + b'%' + b'+x%4', b'x=%F0%9F%98%80a',
-                  b'a=1;b=2', b'\x00=\x01']
+                  b'a=1;b=2', b'\x00=\x01', b'x=%41=%3d=\r\n=%=4=', b'x=b==']
         for step in (3, 4, 5, 7, 64 * 1024):
             for body in bodies:
                 with self.subTest(body=body, step=step), patched(FORM_DECODE_STEP_BYTES=step):
