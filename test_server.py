@@ -663,6 +663,56 @@ class SmallParsersTest(unittest.TestCase):
             server.parse_query('a&' * 1000, max_fields=1000)
         self.assertEqual(ctx.exception.status, 413)
 
+    def test_urlencoded_matches_parse_query(self):
+        # The form decoder works on whole values in C; it must give what parse_query gives
+        # for the same text, field for field, including where a value is cut into steps.
+        bodies = [b'', b'&', b'a', b'a=', b'=b', b'a==b', b'&&a=1&&', b'a+b=c+d', b'%2B=%2b+',
+                  b'a%3Db=c%26d', 'é=ü'.encode(), b'x=%', b'x=%4', b'x=%zz', b'x=%%41', b'x=%4%41',
+                  b'x=%%%', b'x=%00%0a', b'%C3%A9=%e2%82%AC', b'k=+%20+', b'a=1&a=&a',
+                  b'x=\\x41\\%41%5C%5cx41', b'x=\\', b'x=\\u00e9\\N{DASH}', 'x=é%C3%A9ж%D0%B6'.encode(),
+                  b'm=' + b'%C3%A9' * 50 + b'%zz' + b'%41' * 7 + b'%' + b'+x%4', b'x=%F0%9F%98%80a',
+                  b'a=1;b=2', b'\x00=\x01', b'x=%41=%3d=\r\n=%=4=', b'x=b==']
+        for step in (3, 4, 5, 7, 64 * 1024):
+            for body in bodies:
+                with self.subTest(body=body, step=step), patched(FORM_DECODE_STEP_BYTES=step):
+                    expected = server.parse_query(body.decode()).allitems()
+                    self.assertEqual(server.parse_urlencoded(body).allitems(), expected)
+                    self.assertEqual(expected, urllib.parse.parse_qsl(
+                        body.decode(), keep_blank_values=True, errors='strict'))
+        # Not UTF-8, raw or once decoded, and an escape completing a raw sequence -> 400.
+        for body in (b'a=\xff', b'\xff=1', b'a=%FF', b'a=%C3', b'a=%C3%28', b'a=%ED%A0%80',
+                     b'a=\xe2\x82%AC', b'a=%e2%82\xac', b'a=%C3&b=%A9'):
+            for step in (3, 64 * 1024):
+                with self.subTest(body=body, step=step), patched(FORM_DECODE_STEP_BYTES=step):
+                    with self.assertRaises(server.HTTPError) as ctx:
+                        server.parse_urlencoded(body)
+                    self.assertEqual(ctx.exception.status, 400)
+        self.assertEqual(len(server.parse_urlencoded(b'a&' * 999).getlist('a')), 999)
+        with self.assertRaises(server.HTTPError) as ctx:
+            server.parse_urlencoded(b'a&' * 1000)
+        self.assertEqual(ctx.exception.status, 413)
+
+    def test_urlencoded_escapes_cost_no_python_work_each(self):
+        # A browser sends each non-ASCII byte as an escape: a form of escapes decoded one by
+        # one in Python holds the GIL, and with it the event loop, for a tenth of a second.
+        # Counted, not timed: the calls made do not grow with the number of escapes.
+        calls = []
+
+        def count(frame, event, arg):
+            if event in ('call', 'c_call'):
+                calls.append(frame)
+        for escapes in ('%C3%A9' * 100000, '%41' * 100000, '%zz' * 100000, 'x%4' * 100000):
+            body = b'message=' + escapes.encode() + b'&name=n'
+            with self.subTest(escapes=escapes[:6]):
+                calls.clear()
+                sys.setprofile(count)
+                try:
+                    form = server.parse_urlencoded(body)
+                finally:
+                    sys.setprofile(None)
+                self.assertEqual(form['message'], urllib.parse.unquote(escapes, errors='strict'))
+                self.assertLess(len(calls), 1000)
+
     def test_cookies(self):
         c = server.parse_cookies(['a=1; b="two"; bad; =x; a=3', 'c=4'])
         self.assertEqual(c, {'a': '1', 'b': 'two', 'c': '4'})
@@ -1215,13 +1265,13 @@ class ProtocolTest(unittest.TestCase):
         # answered: on the event loop that answer could never come, so the parse must run in a
         # thread. Events, not timings: the hold ends at once when the answer is in.
         parsing, answered, held = threading.Event(), threading.Event(), []
-        real_parse_query = server.parse_query
+        real_parse_urlencoded = server.parse_urlencoded
 
-        def observed_parse_query(query, *args, **kwargs):
-            if len(query) > server.FORM_ON_LOOP_BYTES:
+        def observed_parse_urlencoded(body, *args, **kwargs):
+            if len(body) > server.FORM_ON_LOOP_BYTES:
                 parsing.set()
                 held.append(answered.wait(10))
-            return real_parse_query(query, *args, **kwargs)
+            return real_parse_urlencoded(body, *args, **kwargs)
         form = b'a=' + b'%41' * ((server.MAX_BODY_BYTES - 2) // 3)
         results = {}
 
@@ -1229,7 +1279,7 @@ class ProtocolTest(unittest.TestCase):
             results['form'] = exchange(self.port, b'POST /echo HTTP/1.1\r\nHost: a\r\n'
                                        b'Content-Type: application/x-www-form-urlencoded\r\n'
                                        b'Content-Length: %d\r\n\r\n' % len(form) + form, timeout=15)
-        with patched(parse_query=observed_parse_query):
+        with patched(parse_urlencoded=observed_parse_urlencoded):
             poster = threading.Thread(target=post)
             poster.start()
             try:
@@ -1245,12 +1295,12 @@ class ProtocolTest(unittest.TestCase):
 
     def test_forms_up_to_the_threshold_are_parsed_on_the_loop(self):
         threads = {}
-        real_parse_query = server.parse_query
+        real_parse_urlencoded = server.parse_urlencoded
 
-        def observed_parse_query(query, *args, **kwargs):
-            threads[len(query)] = threading.get_ident()
-            return real_parse_query(query, *args, **kwargs)
-        with patched(parse_query=observed_parse_query):
+        def observed_parse_urlencoded(body, *args, **kwargs):
+            threads[len(body)] = threading.get_ident()
+            return real_parse_urlencoded(body, *args, **kwargs)
+        with patched(parse_urlencoded=observed_parse_urlencoded):
             for size in (server.FORM_ON_LOOP_BYTES, server.FORM_ON_LOOP_BYTES + 1):
                 form = b'a=' + b'x' * (size - 2)
                 self.assertEqual(status_of(self.port, b'POST /echo HTTP/1.1\r\nHost: a\r\n'
