@@ -846,12 +846,50 @@ class ChunkedDecoder:
         return b''.join(out)
 
 
+# A '%' not followed by two hex digits is kept as it is, as urllib.parse.unquote keeps it.
+_LONE_PERCENT_RE = re.compile(rb'%(?![0-9A-Fa-f]{2})')
+# Each byte as '%', 'h' (hex digit) or '.': a lone '%' is then found by counting, with no
+# per-escape work (browsers send every non-ASCII byte as an escape).
+_PERCENT_CLASSES = bytes(b if b == 0x25 else 0x68 if b in b'0123456789ABCDEFabcdef' else 0x2E
+                         for b in range(256))
+_PERCENT_AS_EQUALS = bytes.maketrans(b'%', b'=')
+#: Bytes of one form field percent-decoded in one step: a thread decoding a large form
+#: gives the GIL back to the event loop between steps.
+FORM_DECODE_STEP_BYTES = 64 * 1024
+
+
+def _percent_decode(raw):
+    """``urllib.parse.unquote_to_bytes(raw)``, in C calls whatever the number of escapes."""
+    classes = raw.translate(_PERCENT_CLASSES)
+    if classes.count(b'%') != classes.count(b'%hh'):
+        raw = _LONE_PERCENT_RE.sub(b'%25', raw)
+    # Quoted-printable (RFC 2045 6.7) writes a byte as '=HH': with the form's own '=' written
+    # so too, every '=' starts an escape and none of that format's soft line breaks can occur.
+    return binascii.a2b_qp(raw.replace(b'=', b'=3D').translate(_PERCENT_AS_EQUALS))
+
+
+def _unquote_utf8(text):
+    """``urllib.parse.unquote(text, errors='strict')``; not UTF-8 -> UnicodeDecodeError."""
+    raw = text.encode('utf-8')
+    pieces, start, size = [], 0, len(raw)
+    while start < size:
+        end = start + FORM_DECODE_STEP_BYTES
+        if end < size:
+            lone = raw.find(b'%', end - 2, end)      # a step never cuts an escape
+            if lone != -1:
+                end = lone
+        pieces.append(_percent_decode(raw[start:end]))
+        start = end
+    return b''.join(pieces).decode('utf-8')
+
+
 def parse_query(query, max_fields=1000):
     """Decode ``a=1&a=2&b`` into a MultiDict (UTF-8, '+' is space). Bad UTF-8 -> 400.
 
-    What ``urllib.parse.parse_qsl(keep_blank_values=True, errors='strict')`` gives, at a
-    third of its cost: most queries and forms have nothing to unquote, and unquote is
-    called only for a part that has a '%'.
+    What ``urllib.parse.parse_qsl(keep_blank_values=True, errors='strict')`` gives: most
+    queries and forms have nothing to unquote, a part is unquoted only when it has a '%',
+    and its escapes are decoded in C calls however many there are (_unquote_utf8), so a
+    large form parsed in a thread never holds the GIL for long.
     """
     if query and query.count('&') >= max_fields:
         raise HTTPError(413, 'too many fields')
@@ -865,9 +903,9 @@ def parse_query(query, max_fields=1000):
             if coded:
                 try:
                     if '%' in name:
-                        name = urllib.parse.unquote(name, 'utf-8', 'strict')
+                        name = _unquote_utf8(name)
                     if '%' in value:
-                        value = urllib.parse.unquote(value, 'utf-8', 'strict')
+                        value = _unquote_utf8(value)
                 except UnicodeDecodeError:
                     raise HTTPError(400, 'query or form is not valid UTF-8') from None
             pairs.append((name, value))
@@ -1146,78 +1184,20 @@ mimetypes.add_type('image/x-icon', '.ico')
 
 
 # === 4. Forms ===
-# application/x-www-form-urlencoded gives what parse_query above gives for the same text,
-# decoded in C rather than escape by escape (a large form is also parsed in a thread:
-# Request._read_body). multipart/form-data (RFC 7578) is parsed incrementally: the parser is
+# application/x-www-form-urlencoded is parse_query's grammar over the body's text (a large
+# form is parsed in a thread: Request._read_body). multipart/form-data (RFC 7578) is parsed
+# incrementally: the parser is
 # pure (bytes in, events out) and the request drives it, spooling file parts to disk as
 # they arrive.
 
-# A '%' not followed by two hex digits is kept as it is, as urllib.parse.unquote keeps it.
-_LONE_PERCENT_RE = re.compile(rb'%(?![0-9A-Fa-f]{2})')
-# Each byte as '%', 'h' (hex digit) or '.': a lone '%' is then found by counting, with no
-# per-escape work (browsers send every non-ASCII byte as an escape).
-_PERCENT_CLASSES = bytes(b if b == 0x25 else 0x68 if b in b'0123456789ABCDEFabcdef' else 0x2E
-                         for b in range(256))
-_PERCENT_AS_EQUALS = bytes.maketrans(b'%', b'=')
-#: Bytes of one form field percent-decoded in one step: a thread decoding a large form
-#: gives the GIL back to the event loop between steps.
-FORM_DECODE_STEP_BYTES = 64 * 1024
-
-
-def _percent_decode(raw):
-    """``urllib.parse.unquote_to_bytes(raw)``, in C calls whatever the number of escapes."""
-    classes = raw.translate(_PERCENT_CLASSES)
-    if classes.count(b'%') != classes.count(b'%hh'):
-        raw = _LONE_PERCENT_RE.sub(b'%25', raw)
-    # Quoted-printable (RFC 2045 6.7) writes a byte as '=HH': with the form's own '=' written
-    # so too, every '=' starts an escape and none of that format's soft line breaks can occur.
-    return binascii.a2b_qp(raw.replace(b'=', b'=3D').translate(_PERCENT_AS_EQUALS))
-
-
-def _unquote_utf8(text):
-    """``urllib.parse.unquote(text, errors='strict')``; not UTF-8 -> UnicodeDecodeError."""
-    raw = text.encode('utf-8')
-    pieces, start, size = [], 0, len(raw)
-    while start < size:
-        end = start + FORM_DECODE_STEP_BYTES
-        if end < size:
-            lone = raw.find(b'%', end - 2, end)      # a step never cuts an escape
-            if lone != -1:
-                end = lone
-        pieces.append(_percent_decode(raw[start:end]))
-        start = end
-    return b''.join(pieces).decode('utf-8')
-
-
 def parse_urlencoded(body, max_fields=1000):
-    """An ``application/x-www-form-urlencoded`` body -> MultiDict (UTF-8, '+' is space).
-
-    Not UTF-8 -> 400; max_fields or more '&' -> 413. The same fields as
-    ``parse_query(body.decode())``, whose loop this is, with the escapes decoded in C.
-    """
+    """An ``application/x-www-form-urlencoded`` body -> MultiDict (UTF-8, '+' is space):
+    what parse_query gives for its text. Not UTF-8 -> 400; max_fields or more '&' -> 413."""
     try:
         text = body.decode('utf-8')
     except UnicodeDecodeError:
         raise HTTPError(400, 'form is not valid UTF-8') from None
-    if text.count('&') >= max_fields:
-        raise HTTPError(413, 'too many fields')
-    coded = '%' in text
-    if '+' in text:
-        text = text.replace('+', ' ')
-    pairs = []
-    for field in text.split('&'):
-        if field:
-            name, _, value = field.partition('=')
-            if coded:
-                try:
-                    if '%' in name:
-                        name = _unquote_utf8(name)
-                    if '%' in value:
-                        value = _unquote_utf8(value)
-                except UnicodeDecodeError:
-                    raise HTTPError(400, 'form is not valid UTF-8') from None
-            pairs.append((name, value))
-    return MultiDict(pairs)
+    return parse_query(text, max_fields)
 
 
 # Letters and digits of any script stay (a résumé keeps its accents); separators,
