@@ -1186,9 +1186,8 @@ mimetypes.add_type('image/x-icon', '.ico')
 # === 4. Forms ===
 # application/x-www-form-urlencoded is parse_query's grammar over the body's text (a large
 # form is parsed in a thread: Request._read_body). multipart/form-data (RFC 7578) is parsed
-# incrementally: the parser is
-# pure (bytes in, events out) and the request drives it, spooling file parts to disk as
-# they arrive.
+# incrementally: the parser is pure (bytes in, events out) and the request drives it,
+# spooling file parts to disk as they arrive.
 
 def parse_urlencoded(body, max_fields=1000):
     """An ``application/x-www-form-urlencoded`` body -> MultiDict (UTF-8, '+' is space):
