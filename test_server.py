@@ -3849,7 +3849,8 @@ class StorageTest(unittest.TestCase):
 
     def test_journal_mode_and_schema_version(self):
         self.assertEqual(self.query('PRAGMA journal_mode'), [('wal',)])
-        self.assertEqual(self.query('PRAGMA user_version'), [(len(server.SITE_MIGRATIONS),)])
+        self.assertEqual(self.query("SELECT MAX(number) FROM server_migrations WHERE app = 'site'"),
+                         [(len(server.SITE_MIGRATIONS),)])
         tables = {r[0] for r in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self.assertLessEqual({'sessions', 'messages', 'uploads', 'counters'}, tables)
 
@@ -3901,12 +3902,13 @@ class StorageTest(unittest.TestCase):
             asyncio.run(db.execute('SELECT 1'))
             asyncio.run(db.close())
         with contextlib.closing(sqlite3.connect(path)) as conn:
-            self.assertEqual(conn.execute('PRAGMA user_version').fetchone()[0], 2)
+            self.assertEqual(conn.execute('SELECT app, number FROM server_migrations ORDER BY number').fetchall(),
+                             [('app', 1), ('app', 2)])
             self.assertEqual(conn.execute('SELECT COUNT(*) FROM b').fetchone()[0], 1)
 
     def test_workers_migrating_a_new_database_together_all_start(self):
         # --workers N opens one new database from N processes at once: each may read
-        # user_version 0 before another commits the script. Six connections, ten new files.
+        # no script applied before another commits it. Six connections, ten new files.
         for round_ in range(10):
             path = os.path.join(fresh_dir(self), 'app.db')
             barrier = threading.Barrier(6)
@@ -3928,7 +3930,8 @@ class StorageTest(unittest.TestCase):
                 t.join(30)
             self.assertEqual(errors, [], f'round {round_}')
             with contextlib.closing(sqlite3.connect(path)) as conn:
-                self.assertEqual(conn.execute('PRAGMA user_version').fetchone()[0], len(server.SITE_MIGRATIONS))
+                self.assertEqual(conn.execute('SELECT COUNT(*) FROM server_migrations').fetchone()[0],
+                                 len(server.SITE_MIGRATIONS))
 
     def test_locked_database_is_503_with_retry_after(self):
         data = fresh_dir(self)
