@@ -2903,8 +2903,9 @@ class Database:
         """Script ``number`` and its row in server_migrations, committed together or not at all."""
         try:
             # executescript commits a transaction it finds open; one it leaves open goes on.
-            # The ';' ends a last statement written without one (an empty statement is no error).
-            conn.executescript(f'BEGIN IMMEDIATE;\n{script}\n;')
+            # The record is its own statement, never text joined to the script's last one
+            # (which may lack its ';').
+            conn.executescript(f'BEGIN IMMEDIATE;\n{script}')
             conn.execute('INSERT INTO server_migrations VALUES (?, ?, ?)', (self.name, number, time.time()))
             conn.execute('COMMIT')
         except sqlite3.Error as exc:
