@@ -2877,7 +2877,7 @@ class Database:
             if legacy:
                 # Before this table, one count in user_version stood for the scripts of
                 # whichever app used the database: the app that made it, and opens it first
-                # now. user_version is left as it was, so that server.py can still go back.
+                # now. user_version is left as it was: taking over rewrites nothing.
                 self._check_not_newer(legacy, f'schema {legacy}')
                 conn.executemany('INSERT INTO server_migrations VALUES (?, ?, ?)',
                                  [(self.name, n, time.time()) for n in range(1, legacy + 1)])
