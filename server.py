@@ -2754,12 +2754,15 @@ class Database:
     """SQLite on one dedicated thread, so the event loop never waits on it.
 
     WAL journal, ``busy_timeout``, foreign keys, ``synchronous=FULL`` (a commit that was
-    acknowledged survives a crash). ``migrations`` is a list of SQL scripts: script N runs
-    once, when ``PRAGMA user_version`` is below N. Every call takes parameters; a lock held
-    too long by another process becomes HTTPError 503 with Retry-After.
+    acknowledged survives a crash). ``migrations`` is a list of SQL scripts, each one or more
+    statements (the last ``;`` optional): script N of the app called ``name`` runs once, in a
+    transaction with its row in ``server_migrations``, so apps sharing a database keep their
+    counts apart. Every call takes parameters; a lock held too long by another process
+    becomes HTTPError 503 with Retry-After.
 
-    ``await db.execute(sql, params)`` -> lastrowid; ``await db.fetchall(...)`` -> list of
-    dicts; ``await db.fetchone(...)``; ``await db.run(fn, *args)`` runs ``fn(conn, *args)``
+    ``await db.execute(sql, params)`` -> ``Executed``, an int (the last row id) whose
+    ``.rowcount`` is the number of rows changed; ``await db.fetchall(...)`` -> list of dicts;
+    ``await db.fetchone(...)`` -> a dict or None; ``await db.run(fn, *args)`` runs ``fn(conn, *args)``
     in the database thread (``with conn:`` makes it one transaction); ``await
     db.grouped(fn, *args)`` runs it in a transaction shared with the grouped calls of the
     moment (group commit: one fsync for many inserts). From a plain def handler use
@@ -2776,9 +2779,21 @@ class Database:
         CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires);
     '''
 
-    def __init__(self, path, migrations=()):
+    #: Which app's script N has run, and when: the record migrations are applied by.
+    MIGRATIONS_SCHEMA = '''
+        CREATE TABLE IF NOT EXISTS server_migrations (
+            app TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            applied REAL NOT NULL,
+            PRIMARY KEY (app, number)
+        );
+    '''
+
+    def __init__(self, path, migrations=(), name='app', source=None):
         self.path = path
         self.migrations = list(migrations)
+        self.name = name
+        self.source = source        # where the scripts are written, for the message if one fails
         self._executor = None
         self._conn = None
         self._lock = threading.Lock()
@@ -2815,24 +2830,8 @@ class Database:
             conn.execute('PRAGMA synchronous = FULL')
             conn.execute('PRAGMA foreign_keys = ON')
             conn.executescript(self.FRAMEWORK_SCHEMA)
-            version = conn.execute('PRAGMA user_version').fetchone()[0]
-            if self.migrations and version > len(self.migrations):
-                # Its tables are not the ones this code knows: writing would damage them.
-                raise StartupError(f'{self.path} was written by a newer server.py (schema {version}, '
-                                   f'this one knows {len(self.migrations)}): upgrade server.py or '
-                                   f'restore a backup')
-            for number, script in enumerate(self.migrations, 1):
-                if number > version:
-                    # executescript commits first; the script and the version bump commit together.
-                    try:
-                        conn.executescript(f'BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;')
-                    except sqlite3.Error:
-                        if conn.in_transaction:
-                            conn.execute('ROLLBACK')
-                        # Workers starting together on a new database: another one may have
-                        # run this script between our reading the version and our lock.
-                        if conn.execute('PRAGMA user_version').fetchone()[0] < number:
-                            raise
+            if self.migrations:
+                self._migrate(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
             if _sqlite_error_is(exc, (_SQLITE_NOTADB,), ('not a database',)):
@@ -2846,6 +2845,62 @@ class Database:
             conn.close()
             raise
         self._conn = conn
+
+    def _migrate(self, conn):
+        """Run this app's scripts that its rows in server_migrations do not list yet."""
+        conn.execute('BEGIN IMMEDIATE')
+        try:
+            tracked = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'server_migrations'").fetchone()
+            legacy = 0 if tracked else conn.execute('PRAGMA user_version').fetchone()[0]
+            conn.execute(self.MIGRATIONS_SCHEMA)
+            if legacy:
+                # Before this table, one count in user_version stood for the scripts of
+                # whichever app used the database: the app that made it, and opens it first
+                # now. user_version is left as it was: taking over rewrites nothing.
+                self._check_not_newer(legacy, f'schema {legacy}')
+                conn.executemany('INSERT INTO server_migrations VALUES (?, ?, ?)',
+                                 [(self.name, n, time.time()) for n in range(1, legacy + 1)])
+            applied = conn.execute('SELECT MAX(number) FROM server_migrations WHERE app = ?',
+                                   (self.name,)).fetchone()[0] or 0
+            self._check_not_newer(applied, f'app {self.name!r} at migration {applied}')
+            conn.execute('COMMIT')
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute('ROLLBACK')
+            raise
+        for number, script in enumerate(self.migrations, 1):
+            if number > applied:
+                self._apply(conn, number, script)
+
+    def _check_not_newer(self, applied, what):
+        if applied > len(self.migrations):
+            # Its tables are not the ones this code knows: writing would damage them.
+            raise StartupError(f'{self.path} was written by a newer server.py ({what}, this one '
+                               f'knows {len(self.migrations)}): upgrade server.py or restore a backup')
+
+    def _apply(self, conn, number, script):
+        """Script ``number`` and its row in server_migrations, committed together or not at all."""
+        try:
+            # executescript commits a transaction it finds open; one it leaves open goes on.
+            # The record is its own statement, never text joined to the script's last one
+            # (which may lack its ';').
+            conn.executescript(f'BEGIN IMMEDIATE;\n{script}')
+            conn.execute('INSERT INTO server_migrations VALUES (?, ?, ?)', (self.name, number, time.time()))
+            conn.execute('COMMIT')
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute('ROLLBACK')
+            # Workers starting together on a new database: another one may have run this
+            # script between our reading the count and our taking the lock.
+            if conn.execute('SELECT 1 FROM server_migrations WHERE app = ? AND number = ?',
+                            (self.name, number)).fetchone():
+                return
+            if _is_busy(exc) or _sqlite_error_is(exc, (_SQLITE_NOTADB, _SQLITE_CORRUPT),
+                                                 ('not a database', 'malformed')):
+                raise
+            where = f'fix the script in {self.source}' if self.source else 'fix the script'
+            raise StartupError(f'migration {number} of app {self.name!r} failed: '
+                               f'{" ".join(str(exc).split())}: {where}') from None
 
     def _call(self, fn, args):
         try:
@@ -2978,8 +3033,27 @@ def _run_group(conn, calls):
     return outcomes
 
 
+class Executed(int):
+    """What ``db.execute`` returns: the last row id (an int, as it always was), with the
+    number of rows the statement changed as ``.rowcount`` (-1 for a statement that changes
+    none, such as a SELECT) and the id again as ``.lastrowid``."""
+
+    def __new__(cls, lastrowid, rowcount):
+        executed = super().__new__(cls, lastrowid or 0)
+        executed.rowcount = rowcount
+        return executed
+
+    @property
+    def lastrowid(self):
+        return int(self)
+
+    def __repr__(self):
+        return f'Executed(lastrowid={int(self)}, rowcount={self.rowcount})'
+
+
 def _db_execute(conn, sql, params):
-    return conn.execute(sql, params).lastrowid
+    cursor = conn.execute(sql, params)
+    return Executed(cursor.lastrowid, cursor.rowcount)
 
 
 def _db_fetchall(conn, sql, params):
@@ -3895,12 +3969,23 @@ class App:
 
     ``root`` holds static files and ``templates/``; ``data`` holds ``app.db`` and ``uploads/``.
     ``trusted_proxy`` is a comma-separated list of addresses whose X-Forwarded-* headers count.
+    ``migrations`` are SQL scripts run once each, in order, at start; the database records
+    them under ``name``: by default the name of the file that creates the App (``notes``
+    for ``notes.py``, as Flask's ``app.name``; ``app`` when there is no file), so apps
+    sharing a data folder (the site's is ``site``) keep their counts apart. Give ``name``
+    when the file may be renamed: a new name runs the scripts again.
     """
 
     _default = None
 
     def __init__(self, root=None, data='data', *, trusted_proxy='127.0.0.1,::1', sessions=True,
-                 csrf=True, static=True, migrations=()):
+                 csrf=True, static=True, migrations=(), name=None):
+        source = sys._getframe(1).f_globals.get('__file__')     # the module creating the App
+        if name is None:
+            name = os.path.splitext(os.path.basename(source))[0] if source else 'app'
+        if not isinstance(name, str) or not name:
+            raise TypeError(f'App(name=...) must be a non-empty str, not {name!r}')
+        self.name = name
         self.root = os.path.abspath(root) if root else None
         self.data = os.path.abspath(data)
         self.upload_dir = os.path.join(self.data, 'uploads')
@@ -3915,7 +4000,7 @@ class App:
         self.csrf_enabled = csrf
         self.trusted = _parse_trusted(trusted_proxy)
         self._trusted_answers = (list(self.trusted), {})   # config_trusted: address -> bool
-        self.db = Database(os.path.join(self.data, 'app.db'), migrations)
+        self.db = Database(os.path.join(self.data, 'app.db'), migrations, name, source)
         self.sessions = SessionStore(self.db, self.keyed_hash)
         self._secret = None
         self.templates = Templates(os.path.join(self.root, 'templates') if self.root else None)
@@ -4010,14 +4095,31 @@ class App:
 
     # -- lifecycle --
     async def claim(self):
-        """Run the claim hooks (see ``on_claim``)."""
+        """Run the migrations, then the claim hooks (see ``on_claim``)."""
+        await self._migrate()
         for fn in self.claim_hooks:
             await _runner(fn)(self)
 
+    async def _migrate(self):
+        # At start, not at the first request: a script that fails stops the start (StartupError
+        # naming it) instead of making every request a 500.
+        if self.db.migrations:
+            try:
+                await self.db.run(lambda conn: None)
+            except BaseException as exc:
+                await self.db.close()       # a failed start leaves no database thread behind
+                if isinstance(exc, HTTPError):      # busy: another process holds the lock
+                    raise StartupError(f'{self.db.path} is locked by another process: stop it, '
+                                       f'or try again') from exc
+                raise
+
     async def startup(self, claim=True):
-        """Run the claim hooks (unless ``claim`` is false: a worker), then the startup hooks."""
+        """Run the migrations and the claim hooks (unless ``claim`` is false: a worker, whose
+        parent ran them), then the startup hooks."""
         if claim:
             await self.claim()
+        else:
+            await self._migrate()
         await asyncio.to_thread(self.templates.preload)
         if self.sessions_enabled and self._secret is None:
             self._secret = await asyncio.to_thread(_load_secret, os.path.join(self.data, SECRET_FILE))
@@ -4322,7 +4424,11 @@ class TestClient:
         self.scheme = scheme
         self.client = client
         self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(app.startup())
+        try:
+            self.loop.run_until_complete(app.startup())
+        except BaseException:       # a failed start (StartupError) leaves no loop open
+            self.loop.close()
+            raise
 
     def close(self):
         self.loop.run_until_complete(self.app.shutdown())
@@ -5973,7 +6079,7 @@ def load_person(root):
 def build_site(config):
     """The portfolio site as an App: one function per area registers its routes and hooks."""
     app = App(root=config.root, data=config.data, trusted_proxy=config.trusted_proxy,
-              migrations=SITE_MIGRATIONS)
+              migrations=SITE_MIGRATIONS, name='site')
     app.template_globals['person'] = load_person(config.root)
     counter = VisitCounter(app.db, shared=config.workers > 1)
     admin_password = os.environ.get('ADMIN_PASSWORD', '')

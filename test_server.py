@@ -3849,7 +3849,8 @@ class StorageTest(unittest.TestCase):
 
     def test_journal_mode_and_schema_version(self):
         self.assertEqual(self.query('PRAGMA journal_mode'), [('wal',)])
-        self.assertEqual(self.query('PRAGMA user_version'), [(len(server.SITE_MIGRATIONS),)])
+        self.assertEqual(self.query("SELECT MAX(number) FROM server_migrations WHERE app = 'site'"),
+                         [(len(server.SITE_MIGRATIONS),)])
         tables = {r[0] for r in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self.assertLessEqual({'sessions', 'messages', 'uploads', 'counters'}, tables)
 
@@ -3901,12 +3902,13 @@ class StorageTest(unittest.TestCase):
             asyncio.run(db.execute('SELECT 1'))
             asyncio.run(db.close())
         with contextlib.closing(sqlite3.connect(path)) as conn:
-            self.assertEqual(conn.execute('PRAGMA user_version').fetchone()[0], 2)
+            self.assertEqual(conn.execute('SELECT app, number FROM server_migrations ORDER BY number').fetchall(),
+                             [('app', 1), ('app', 2)])
             self.assertEqual(conn.execute('SELECT COUNT(*) FROM b').fetchone()[0], 1)
 
     def test_workers_migrating_a_new_database_together_all_start(self):
         # --workers N opens one new database from N processes at once: each may read
-        # user_version 0 before another commits the script. Six connections, ten new files.
+        # no script applied before another commits it. Six connections, ten new files.
         for round_ in range(10):
             path = os.path.join(fresh_dir(self), 'app.db')
             barrier = threading.Barrier(6)
@@ -3928,7 +3930,8 @@ class StorageTest(unittest.TestCase):
                 t.join(30)
             self.assertEqual(errors, [], f'round {round_}')
             with contextlib.closing(sqlite3.connect(path)) as conn:
-                self.assertEqual(conn.execute('PRAGMA user_version').fetchone()[0], len(server.SITE_MIGRATIONS))
+                self.assertEqual(conn.execute('SELECT COUNT(*) FROM server_migrations').fetchone()[0],
+                                 len(server.SITE_MIGRATIONS))
 
     def test_locked_database_is_503_with_retry_after(self):
         data = fresh_dir(self)
@@ -7020,6 +7023,214 @@ class BenchHarnessTest(unittest.TestCase):
             bench.parse_args(['--harness', 'hello,nope'])
         args = bench.parse_args(['--harness', 'hello', '--instructions'])
         self.assertEqual((args.harness, args.requests), (['hello'], 1000))
+
+
+
+# --- issue 21: migrations per app, and what the database calls return ---
+
+def _tables(path):
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _recorded(path):
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute('SELECT app, number FROM server_migrations ORDER BY app, number').fetchall()
+
+
+def _old_site_database(data, version):
+    """A data folder as server.py left it before migrations were kept per app: the site's
+    first ``version`` scripts applied, counted in user_version, and a message stored."""
+    os.makedirs(data, 0o700, exist_ok=True)
+    path = os.path.join(data, 'app.db')
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for script in server.SITE_MIGRATIONS[:version]:
+            conn.executescript(script)
+        conn.execute(f'PRAGMA user_version = {version}')
+        conn.execute("INSERT INTO messages (name, email, body, ip, created) "
+                     "VALUES ('Ada', 'ada@example.com', 'kept', '192.0.2.1', 1)")
+    return path
+
+
+class MigrationsTest(unittest.TestCase):
+    """Scripts with or without their last ';', one failing at start, apps sharing a folder."""
+
+    def start(self, app):
+        client = app.test_client()
+        self.addCleanup(client.close)
+        return client
+
+    def test_scripts_with_and_without_a_last_semicolon(self):
+        data = fresh_dir(self)
+        app = server.App(data=data, migrations=[
+            'CREATE TABLE a (x TEXT)',
+            'CREATE TABLE b (y TEXT);',
+            "INSERT INTO a VALUES ('one'); INSERT INTO a VALUES ('two')",
+            'CREATE TABLE c (z TEXT);\nINSERT INTO c VALUES (1)\n-- a closing comment',
+        ])
+
+        @app.get('/a')
+        async def rows(request):
+            return await app.db.fetchall('SELECT x FROM a ORDER BY x')
+        self.assertEqual(self.start(app).get('/a').json(), [{'x': 'one'}, {'x': 'two'}])
+        path = os.path.join(data, 'app.db')
+        self.assertLessEqual({'a', 'b', 'c', 'sessions', 'server_migrations'}, _tables(path))
+        # Named after this file, as the README says; each script recorded once.
+        self.assertEqual(_recorded(path), [('test_server', n) for n in range(1, 5)])
+        again = server.App(data=data, migrations=app.db.migrations)
+        self.start(again)               # a second start runs nothing again
+        self.assertEqual(_recorded(path), [('test_server', n) for n in range(1, 5)])
+
+    def test_a_failing_script_stops_the_start_naming_it(self):
+        data = fresh_dir(self)
+        good = 'CREATE TABLE a (x TEXT)'
+        app = server.App(data=data, name='notes', migrations=[good, 'CREATE TABLE b (y); CREATE TABL c (z)'])
+        with self.assertRaises(server.StartupError) as ctx:
+            app.test_client()
+        message = str(ctx.exception)
+        self.assertEqual(message, 'migration 2 of app \'notes\' failed: near "TABL": syntax error: '
+                                  f'fix the script in {os.path.abspath(__file__)}')
+        path = os.path.join(data, 'app.db')
+        # Script 1 stays applied; script 2 left nothing half done (its table b is undone).
+        self.assertEqual(_recorded(path), [('notes', 1)])
+        self.assertNotIn('b', _tables(path))
+        self.assertIsNone(app.db._executor)      # no database thread left behind
+        fixed = server.App(data=data, name='notes', migrations=[good, 'CREATE TABLE b (y); CREATE TABLE c (z)'])
+        asyncio.run(fixed.startup())             # app.startup() runs them too
+        asyncio.run(fixed.shutdown())
+        self.assertEqual(_recorded(path), [('notes', 1), ('notes', 2)])
+        self.assertLessEqual({'a', 'b', 'c'}, _tables(path))
+
+    def test_app_run_with_a_failing_script_fails_before_it_listens(self):
+        data = os.path.join(fresh_dir(self), 'data')
+        code = ('import sys; sys.path.insert(0, sys.argv[1]); import server\n'
+                'app = server.App(data=sys.argv[2], migrations=["CREATE TABLE t (x TEXT)", "CREATE TABL u (y)"])\n'
+                'app.run(host="127.0.0.1", port=0)\n')
+        result = subprocess.run([sys.executable, '-c', code, HERE, data],
+                                capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn('serving', result.stdout)
+        # No file made the App: its name is 'app'.
+        self.assertEqual(result.stderr.splitlines()[-1], 'server.StartupError: migration 2 of app \'app\' '
+                                                         'failed: near "TABL": syntax error: fix the script')
+
+    def test_the_sites_failing_script_is_one_line_from_server_py(self):
+        # A table made by hand where the site's script 2 makes one with an index on `until`.
+        data = os.path.join(fresh_dir(self), 'data')
+        path = _old_site_database(data, 1)
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute('CREATE TABLE admin_failures (address TEXT)')
+            conn.commit()
+        root = os.path.join(fresh_dir(self), 'www')
+        shutil.copytree(os.path.join(WWW, 'templates'), os.path.join(root, 'templates'))
+        result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
+                                 '--root', root, '--data', data], capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(result.stderr, 'server.py: error: migration 2 of app \'site\' failed: no such '
+                                        f'column: until: fix the script in {os.path.join(HERE, "server.py")}\n')
+        self.assertEqual(_recorded(path), [('site', 1)])     # the old count, taken over
+
+    def test_the_site_then_an_app_on_one_data_folder(self):
+        data = fresh_dir(self)
+        with server.build_site(server.Config(root=WWW, data=data)).test_client() as client:
+            self.assertEqual(client.get('/healthz').status, 200)
+        app = server.App(data=data, migrations=['CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)'])
+
+        @app.post('/notes', csrf=False)
+        async def add(request):
+            return {'id': await app.db.execute('INSERT INTO notes (text) VALUES (?)', (request.json['text'],))}
+
+        @app.get('/notes')
+        async def notes(request):
+            return await app.db.fetchall('SELECT id, text FROM notes')
+        with app.test_client() as client:
+            self.assertEqual(client.post('/notes', json={'text': 'milk'}).json(), {'id': 1})
+            self.assertEqual(client.get('/notes').json(), [{'id': 1, 'text': 'milk'}])
+        path = os.path.join(data, 'app.db')
+        self.assertEqual(_recorded(path), [('site', 1), ('site', 2), ('test_server', 1)])
+        # And the site starts again on it, its tables and the app's side by side.
+        site = server.build_site(server.Config(root=WWW, data=data))
+        self.assertEqual(self.start(site).get('/healthz').status, 200)
+        self.assertLessEqual({'messages', 'uploads', 'counters', 'admin_failures', 'notes'}, _tables(path))
+
+    def test_two_apps_with_their_own_names_share_a_folder(self):
+        data = fresh_dir(self)
+        for name in ('shop', 'blog'):
+            self.start(server.App(data=data, name=name, migrations=[f'CREATE TABLE {name}_items (x)']))
+        path = os.path.join(data, 'app.db')
+        self.assertEqual(_recorded(path), [('blog', 1), ('shop', 1)])
+        self.assertLessEqual({'shop_items', 'blog_items'}, _tables(path))
+
+    def test_a_user_version_database_keeps_its_rows(self):
+        for version in (1, 2):
+            with self.subTest(version=version):
+                data = fresh_dir(self)
+                path = _old_site_database(data, version)
+                server.build_site(server.Config(root=WWW, data=data)).test_client().close()
+                self.assertEqual(_recorded(path), [('site', 1), ('site', 2)])
+                with contextlib.closing(sqlite3.connect(path)) as conn:
+                    self.assertEqual(conn.execute('SELECT name, body FROM messages').fetchall(), [('Ada', 'kept')])
+                    self.assertEqual(conn.execute('PRAGMA user_version').fetchone()[0], version)
+                self.assertIn('admin_failures', _tables(path))
+                # An app with its own script 1 now gets it run on the same folder.
+                self.start(server.App(data=data, name='notes', migrations=['CREATE TABLE notes (x)']))
+                self.assertIn('notes', _tables(path))
+
+    def test_a_database_from_a_newer_version_is_refused(self):
+        data = fresh_dir(self)
+        path = os.path.join(data, 'app.db')
+        self.start(server.App(data=data, name='notes', migrations=['CREATE TABLE a (x)', 'CREATE TABLE b (x)']))
+        older = server.App(data=data, name='notes', migrations=['CREATE TABLE a (x)'])
+        with self.assertRaises(server.StartupError) as ctx:
+            older.test_client()
+        self.assertEqual(str(ctx.exception), f'{path} was written by a newer server.py (app \'notes\' at '
+                                             f'migration 2, this one knows 1): upgrade server.py or restore a backup')
+        # Another app's count is not this one's business.
+        self.start(server.App(data=data, name='other', migrations=['CREATE TABLE c (x)']))
+        # An old count above what the site knows is refused, and the database left as it was.
+        data = fresh_dir(self)
+        path = _old_site_database(data, 2)
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute('PRAGMA user_version = 3')
+        with self.assertRaises(server.StartupError) as ctx:
+            server.build_site(server.Config(root=WWW, data=data)).test_client()
+        self.assertIn('newer server.py (schema 3, this one knows 2)', str(ctx.exception))
+        self.assertNotIn('server_migrations', _tables(path))
+
+    def test_the_default_name_is_the_creating_files(self):
+        self.assertEqual(server.App(data=fresh_dir(self)).name, 'test_server')
+        made = {}
+        exec('app = server.App(data=data)', {'server': server, 'data': fresh_dir(self)}, made)
+        self.assertEqual(made['app'].name, 'app')
+        with self.assertRaises(TypeError):
+            server.App(data=fresh_dir(self), name='')
+
+
+class DatabaseResultTest(unittest.TestCase):
+    """What db.execute, fetchall, fetchone and grouped return."""
+
+    def test_execute_fetch_and_grouped(self):
+        db = server.Database(os.path.join(fresh_dir(self), 'app.db'), ['CREATE TABLE t (x TEXT)'])
+
+        async def calls():
+            inserted = await db.execute("INSERT INTO t VALUES ('a'), ('b'), ('c')")
+            updated = await db.execute("UPDATE t SET x = 'z' WHERE x != 'a'")
+            selected = await db.execute('SELECT * FROM t')
+            row = await db.fetchone('SELECT x FROM t WHERE rowid = ?', (1,))
+            missing = await db.fetchone('SELECT x FROM t WHERE rowid = ?', (9,))
+            grouped = await db.grouped(lambda conn, x: conn.execute('INSERT INTO t VALUES (?)', (x,)).lastrowid, 'd')
+            rows = await db.fetchall('SELECT rowid AS id, x FROM t ORDER BY rowid')
+            await db.close()
+            return inserted, updated, selected, row, missing, grouped, rows
+        inserted, updated, selected, row, missing, grouped, rows = asyncio.run(calls())
+        # The last row id, an int as it always was, with the count of rows changed.
+        self.assertIsInstance(inserted, int)
+        self.assertEqual((inserted, inserted.lastrowid, inserted.rowcount), (3, 3, 3))
+        self.assertEqual(json.dumps({'id': inserted}), '{"id": 3}')
+        self.assertEqual(updated.rowcount, 2)
+        self.assertEqual(selected.rowcount, -1)
+        self.assertEqual((row, missing, grouped), ({'x': 'a'}, None, 4))
+        self.assertEqual(rows, [{'id': 1, 'x': 'a'}, {'id': 2, 'x': 'z'}, {'id': 3, 'x': 'z'}, {'id': 4, 'x': 'd'}])
 
 
 if __name__ == '__main__':
