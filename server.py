@@ -3841,8 +3841,10 @@ class HandlerThreads:
         self.lock = threading.Lock()
         self.batches = {}                      # loop -> [(future, ok, value)] not yet settled
 
-    async def run(self, fn, *args):
-        """``await threads.run(fn, *args)``: fn(*args) in a worker thread."""
+    async def run(self, fn, *args, **kwargs):
+        """``await threads.run(fn, *args, **kwargs)``: fn(*args, **kwargs) in a worker thread."""
+        if kwargs:      # a route's path parameters
+            fn = functools.partial(fn, **kwargs)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.jobs.put((loop, future, contextvars.copy_context(), fn, args))

@@ -7022,5 +7022,21 @@ class BenchHarnessTest(unittest.TestCase):
         self.assertEqual((args.harness, args.requests), (['hello'], 1000))
 
 
+
+# --- issue 21: method shorthands, the test client, missing fields, errors, sessions ---
+
+class PlainDefParamsTest(unittest.TestCase):
+    """A plain def handler gets its path parameters as keywords, as the README's first app does."""
+
+    def test_plain_def_with_path_parameters(self):
+        app = server.App(data=fresh_dir(self))
+
+        @app.route('/hello/<name>/<int:n>')
+        def hello(request, name, n):
+            return {'name': name, 'n': n}
+        with app.test_client() as client:
+            self.assertEqual(client.get('/hello/ann/3').json(), {'name': 'ann', 'n': 3})
+
+
 if __name__ == '__main__':
     unittest.main()
