@@ -4505,7 +4505,10 @@ def _test_body(headers, data, json_value, files, body):
     if data is not None and not isinstance(data, (bytes, str)):
         data = urllib.parse.urlencode(data, doseq=True)
     if files is not None:
-        body, ctype = encode_multipart(data_fields=dict(urllib.parse.parse_qsl(data or '')), files=files)
+        if isinstance(data, bytes):
+            data = data.decode()
+        fields = urllib.parse.parse_qsl(data or '', keep_blank_values=True)   # repeated keys kept
+        body, ctype = encode_multipart(data_fields=fields, files=files)
         headers.setdefault('Content-Type', ctype)
     elif json_value is not None:
         body = json.dumps(json_value).encode()
@@ -4542,10 +4545,11 @@ def _read_whole(path):
 
 
 def encode_multipart(data_fields=None, files=None, boundary=None):
-    """A multipart/form-data body -> (bytes, content type). files: name -> (filename, bytes[, type])."""
+    """A multipart/form-data body -> (bytes, content type). data_fields: a dict or (name, value)
+    pairs; files: name -> (filename, bytes[, type])."""
     boundary = boundary or '----server-py-' + secrets.token_hex(12)
     out = []
-    for name, value in (data_fields or {}).items():
+    for name, value in (data_fields.items() if hasattr(data_fields, 'items') else data_fields or ()):
         out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
         out.append(str(value).encode() + b'\r\n')
     for name, spec in (files or {}).items():

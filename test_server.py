@@ -7047,7 +7047,7 @@ def app_author_app(data):
         json_body = request.json if request.content_type == 'application/json' else None
         return {'method': request.method, 'json': json_body, 'form': dict(request.form),
                 'files': {name: f.filename for name, f in request.files.items()},
-                'header': request.headers.get('x-test')}
+                'header': request.headers.get('x-test'), 'tags': request.form.getlist('tag')}
 
     @app.put('/thing/<int:id>', csrf=False)
     def put_thing(request, id):
@@ -7155,6 +7155,8 @@ class ClientMethodsTest(unittest.TestCase):
         resp = c.head('/echo', headers={'X-Test': 'h'})
         self.assertEqual((resp.status, resp.body), (200, b''))
         self.assertEqual(c.request('PUT', '/echo', data='a=3').json()['form'], {'a': '3'})
+        got = c.post('/echo', data={'tag': ['x', 'y'], 'blank': ''}, files={'doc': ('r.txt', b'hi')}).json()
+        self.assertEqual((got['tags'], got['form']), (['x', 'y'], {'tag': 'x', 'blank': ''}))
 
     def test_conflicting_bodies_are_refused(self):
         with self.assertRaisesRegex(TypeError, 'data=, json= and body='):
