@@ -83,7 +83,7 @@ except ImportError:      # Windows: no flock, so one server per data folder is t
 
 __version__ = '0.1.0'
 __all__ = [
-    'App', 'Request', 'Response', 'HTTPError', 'Headers', 'UploadedFile', 'Database',
+    'App', 'Request', 'Response', 'HTTPError', 'BadRequestKeyError', 'Headers', 'UploadedFile', 'Database',
     'abort', 'redirect', 'render', 'url_for', 'escape', 'Config', 'main',
 ]
 
@@ -288,6 +288,19 @@ class HTTPError(Exception):
 
     def __str__(self):
         return f'{self.status} {self.reason}' + (f': {self.detail}' if self.detail else '')
+
+
+class BadRequestKeyError(HTTPError, KeyError):
+    """A field the client did not send (``request.form['x']``, ``.files``, ``.query``): a 400.
+
+    Still a KeyError, so ``except KeyError`` around such a lookup works as with any dict;
+    ``args[0]`` is the key. The body names the key, which is the app's own text, escaped.
+    """
+
+    def __init__(self, key):
+        super().__init__(400, f'missing field "{log_escape(key)}"')
+        self.args = (key,)
+        self.key = key
 
 
 class ClientDisconnected(ConnectionError):
@@ -913,7 +926,10 @@ def parse_query(query, max_fields=1000):
 
 
 class MultiDict(dict):
-    """A dict of first values that also keeps every value: ``form['a']``, ``form.getlist('a')``."""
+    """A dict of first values that also keeps every value: ``form['a']``, ``form.getlist('a')``.
+
+    A missing key raises BadRequestKeyError (a KeyError that answers 400); ``get`` gives None.
+    """
 
     def __init__(self, pairs=()):
         super().__init__()
@@ -930,6 +946,10 @@ class MultiDict(dict):
         self._lists.setdefault(key, []).append(value)
         if key not in self:
             dict.__setitem__(self, key, value)
+
+    def __missing__(self, key):
+        # dict.__getitem__ calls it only for a missing key: lookups that hit cost nothing more.
+        raise BadRequestKeyError(key)
 
     def getlist(self, key):
         return list(self._lists.get(key, ()))
@@ -1417,6 +1437,7 @@ class Request:
     _body_read = False             # read_body() finished
     _csrf_pending = False          # a defer_body route's CSRF check waits for its body
     _bad_path = False              # the percent-decoded path is not UTF-8: a 400
+    _raise_errors = False          # the test client's raise_errors: a 500's exception is raised
 
     def __init__(self, app, head, client, scheme='http', body_source=None):
         self.app = app
@@ -3066,11 +3087,14 @@ class Session(dict):
     ``id`` is the cookie's value, None until something needs one (``ensure_id()``); a row
     is written only once something is stored. ``rotate()`` gives it a new id (do it at
     login: no session fixation, and a new CSRF token); ``destroy()`` deletes it at the
-    end of the request.
+    end of the request. Keys are strings and values what JSON holds: anything else is a
+    TypeError where it is assigned, not a failed save after the handler returned. A list
+    or dict changed in place is saved too (``should_save`` compares the row's JSON).
     """
 
-    def __init__(self, data=None, sid=None, expires=0.0, stored=False, mint=None):
+    def __init__(self, data=None, sid=None, expires=0.0, stored=False, mint=None, row_json=None):
         super().__init__(data or {})
+        self.row_json = _nested_json(row_json)
         self.id = sid
         self.mint = mint or _random_session_id   # makes a new id (SessionStore.mint)
         self.old_id = None
@@ -3088,6 +3112,7 @@ class Session(dict):
         return self.id
 
     def __setitem__(self, key, value):
+        _check_session_value(key, value)
         super().__setitem__(key, value)
         self.modified = True
 
@@ -3101,12 +3126,24 @@ class Session(dict):
 
     def setdefault(self, key, default=None):
         if key not in self:
+            _check_session_value(key, default)
             self.modified = True
         return super().setdefault(key, default)
 
     def update(self, *args, **kwargs):
-        super().update(*args, **kwargs)
+        items = dict(*args, **kwargs)
+        for key, value in items.items():
+            _check_session_value(key, value)
+        super().update(items)
         self.modified = True
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def popitem(self):
+        self.modified = True
+        return super().popitem()
 
     def clear(self):
         super().clear()
@@ -3130,11 +3167,31 @@ class Session(dict):
         return SESSION_LIFETIME_S if self else ANON_SESSION_LIFETIME_S
 
     def should_save(self):
+        if not self.modified and self.row_json is not None and json.dumps(self) != self.row_json:
+            self.modified = True        # a list or dict in it was changed in place
         if self.modified:
             return bool(self) or self.stored or self.old_id is not None
         # Sliding expiry: push the expiry forward at most once per tenth of the lifetime.
         lifetime = self.lifetime()
         return self.stored and self.expires - time.time() < lifetime * 0.9
+
+
+def _nested_json(row_json):
+    """A session row's JSON if it may hold a list or dict, else None. Only such a session can
+    change without an assignment (``session['cart'].append(x)``), so only its JSON is kept,
+    to compare at save time; one that holds scalars alone costs no comparison."""
+    return row_json if row_json and ('[' in row_json or row_json.count('{') > 1) else None
+
+
+def _check_session_value(key, value):
+    """Refuse what a session row cannot hold, naming the key (TypeError)."""
+    if not isinstance(key, str):
+        raise TypeError(f'session keys are strings, not {type(key).__name__} ({key!r})')
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f'session[{key!r}] cannot be stored: {exc} (a session holds what JSON '
+                        f'holds: str, int, float, bool, None, lists and dicts of them)') from exc
 
 
 #: The data folder's secret key (CSRF tokens, and App.keyed_hash for the app): made at first
@@ -3238,7 +3295,7 @@ class SessionStore:
             data = json.loads(row['data'])
         except ValueError:
             data = {}
-        return Session(data, sid, row['expires'], stored=True, mint=self.mint)
+        return Session(data, sid, row['expires'], stored=True, mint=self.mint, row_json=row['data'])
 
     async def save(self, session):
         """Store the session; False if a loaded session's row was deleted meanwhile.
@@ -3249,15 +3306,16 @@ class SessionStore:
         """
         key = _session_key(session.ensure_id())
         session.expires = time.time() + session.lifetime()
+        data = json.dumps(dict(session))
         if not session.stored and session.old_id is None:
             # A first write shares its transaction (and fsync) with the others of the moment.
-            stored = await self.db.grouped(_create_session, key, json.dumps(dict(session)),
-                                           session.expires, time.time())
+            stored = await self.db.grouped(_create_session, key, data, session.expires, time.time())
         else:
             stored = await self.db.run(_save_session, key,
                                        _session_key(session.old_id) if session.old_id else None,
-                                       json.dumps(dict(session)), session.expires, not session.stored)
+                                       data, session.expires, not session.stored)
         session.stored = stored
+        session.row_json = _nested_json(data)
         session.modified = False
         session.old_id = None
         if time.monotonic() - self._last_purge > 600:
@@ -3274,6 +3332,8 @@ class SessionStore:
         kept = await self.db.run(_claim_session_key, _session_key(session.ensure_id()), key,
                                  json.dumps({**session, key: value}), expires, session.stored, time.time())
         if kept is not None:
+            if session.row_json is not None:    # the row as loaded, with the claimed key
+                session.row_json = _nested_json(json.dumps({**json.loads(session.row_json), key: kept}))
             dict.__setitem__(session, key, kept)
             session.stored = True
             session.expires = expires
@@ -3894,8 +3954,10 @@ class HandlerThreads:
         self.lock = threading.Lock()
         self.batches = {}                      # loop -> [(future, ok, value)] not yet settled
 
-    async def run(self, fn, *args):
-        """``await threads.run(fn, *args)``: fn(*args) in a worker thread."""
+    async def run(self, fn, *args, **kwargs):
+        """``await threads.run(fn, *args, **kwargs)``: fn(*args, **kwargs) in a worker thread."""
+        if kwargs:      # a route's path parameters
+            fn = functools.partial(fn, **kwargs)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.jobs.put((loop, future, contextvars.copy_context(), fn, args))
@@ -4035,6 +4097,15 @@ class App:
     def post(self, pattern, **options):
         return self.route(pattern, ('POST',), **options)
 
+    def put(self, pattern, **options):
+        return self.route(pattern, ('PUT',), **options)
+
+    def patch(self, pattern, **options):
+        return self.route(pattern, ('PATCH',), **options)
+
+    def delete(self, pattern, **options):
+        return self.route(pattern, ('DELETE',), **options)
+
     def before_request(self, fn):
         """``fn(request)`` runs before each handler; a non-None return value is the response."""
         self.before_hooks.append(fn)
@@ -4155,9 +4226,11 @@ class App:
                 response = await self.error_response(request, exc)
             except (ClientDisconnected, asyncio.CancelledError):
                 raise       # nobody to answer; the connection is already gone
-            except Exception:
+            except Exception as exc:
+                if request._raise_errors:
+                    raise
                 log.exception('error handling %s %s', request.method, log_escape(request.target))
-                response = await self.error_response(request, HTTPError(500))
+                response = await self.error_response(request, _internal_error(exc))
             try:
                 for hook in self.after_hooks:
                     rv = await _runner(hook)(request, response)
@@ -4169,9 +4242,11 @@ class App:
                     response.file = await self._file_span(response.file)
             except HTTPError as exc:
                 response = await self.error_response(request, exc)
-            except Exception:
+            except Exception as exc:
+                if request._raise_errors:
+                    raise
                 log.exception('error finishing %s %s', request.method, log_escape(request.target))
-                response = await self.error_response(request, HTTPError(500))
+                response = await self.error_response(request, _internal_error(exc))
             return response
         finally:
             _current_request.reset(token)
@@ -4288,6 +4363,8 @@ class App:
             try:
                 response = make_response(await _runner(handler)(request, error))
             except Exception:
+                if request._raise_errors:
+                    raise
                 log.exception('error handler for %d failed', error.status)
         if response is None:
             response = error_page(error)
@@ -4300,10 +4377,14 @@ class App:
         return response
 
     # -- running --
-    def test_client(self):
-        """An in-process client: ``app.test_client().get('/')`` -> TestResponse (no sockets)."""
+    def test_client(self, *, raise_errors=False):
+        """An in-process client: ``app.test_client().get('/')`` -> TestResponse (no sockets).
+
+        ``raise_errors=True`` raises a handler's (or hook's) exception into the test instead
+        of logging it and answering 500; HTTPErrors (``abort``) are still answered.
+        """
         # Forward reference: the test client (section 10) is built on the App, so it stands after it.
-        return TestClient(self)
+        return TestClient(self, raise_errors=raise_errors)
 
     def run(self, host='127.0.0.1', port=8000, *, workers=1, certfile=None, keyfile=None,
             access_log=True, log_level='info', reload=False):
@@ -4321,6 +4402,13 @@ def _session_cookie_name(request):
     # Path=/ and has no Domain, so a sibling subdomain or a plain-HTTP answer cannot plant
     # one (RFC 6265bis 4.1.3.2). Each scheme reads only its own name.
     return '__Host-sid' if request.is_secure else 'sid'
+
+
+def _internal_error(exc):
+    """The 500 for an exception a handler raised; an error handler finds it as ``__cause__``."""
+    error = HTTPError(500)
+    error.__cause__ = exc
+    return error
 
 
 def error_page(error):
@@ -4411,15 +4499,19 @@ class _BytesBody:
 class TestClient:
     """Calls an App in-process, through the same App.handle as the server, keeping cookies.
 
-    ``client.get('/')``, ``client.post('/form', data={'a': '1'})``, ``json=``, ``files=``
-    (name -> (filename, bytes[, content type])), ``headers=``; use it as a context manager
-    or call ``close()``.
+    ``get``, ``head``, ``post``, ``put``, ``patch``, ``delete``, ``options`` and
+    ``request(method, url)`` each take ``data=`` (a dict is urlencoded), ``json=``, ``files=``
+    (name -> (filename, bytes[, content type]), sent as multipart with ``data``'s fields),
+    ``headers=`` and a raw ``body=``: ``client.post('/form', data={'a': '1'})``. With
+    ``raise_errors=True`` an exception that would be a 500 is raised into the test instead.
+    Use it as a context manager or call ``close()``.
     """
 
     __test__ = False   # not a unittest/pytest class
 
-    def __init__(self, app, scheme='http', client='127.0.0.1'):
+    def __init__(self, app, scheme='http', client='127.0.0.1', *, raise_errors=False):
         self.app = app
+        self.raise_errors = raise_errors
         self.cookies = {}
         self.scheme = scheme
         self.client = client
@@ -4440,23 +4532,12 @@ class TestClient:
     def __exit__(self, *exc):
         self.close()
 
-    def request(self, method, url, *, headers=None, data=None, json_body=None, files=None, body=None):
-        path, _, query = url.partition('?')
-        if data is not None and not isinstance(data, (bytes, str)):
-            data = urllib.parse.urlencode(data, doseq=True)
+    def request(self, method, url, *, data=None, json=None, files=None, headers=None, body=None):
+        """Send one request and return its TestResponse (see the class docstring)."""
         head_headers = Headers(headers or ())
         if 'host' not in head_headers:
             head_headers.add('Host', 'testserver')
-        if files is not None:
-            body, ctype = encode_multipart(data_fields=dict(urllib.parse.parse_qsl(data or '')), files=files)
-            head_headers.setdefault('Content-Type', ctype)
-        elif json_body is not None:
-            body = json.dumps(json_body).encode()
-            head_headers.setdefault('Content-Type', 'application/json')
-        elif data is not None:
-            body = data.encode() if isinstance(data, str) else data
-            head_headers.setdefault('Content-Type', 'application/x-www-form-urlencoded')
-        body = body or b''
+        body = _test_body(head_headers, data, json, files, body)
         if body:
             head_headers.setdefault('Content-Length', str(len(body)))
         if self.cookies:
@@ -4465,6 +4546,8 @@ class TestClient:
             f'{k}: {v}\r\n'.encode('latin-1') for k, v in head_headers) + b'\r\n'
         head = parse_head(raw)
         request = Request(self.app, head, self.client, self.scheme, _BytesBody(body) if body else None)
+        if self.raise_errors:
+            request._raise_errors = True
         response = self.loop.run_until_complete(self.app.handle(request))
         payload = self.loop.run_until_complete(_collect_body(response, method))
         for value in response.headers.get_all('set-cookie'):
@@ -4483,9 +4566,42 @@ class TestClient:
         return self.request('HEAD', url, **kw)
 
     def post(self, url, data=None, **kw):
-        if 'json' in kw:
-            kw['json_body'] = kw.pop('json')
         return self.request('POST', url, data=data, **kw)
+
+    def put(self, url, data=None, **kw):
+        return self.request('PUT', url, data=data, **kw)
+
+    def patch(self, url, data=None, **kw):
+        return self.request('PATCH', url, data=data, **kw)
+
+    def delete(self, url, **kw):
+        return self.request('DELETE', url, **kw)
+
+    def options(self, url, **kw):
+        return self.request('OPTIONS', url, **kw)
+
+
+def _test_body(headers, data, json_value, files, body):
+    """A test request's body as bytes, with the Content-Type its arguments imply (unless
+    ``headers`` names one): ``json=`` is JSON, ``files=`` multipart (with ``data``'s fields),
+    ``data=`` urlencoded when it is a dict or pairs, sent as given when bytes or str."""
+    if sum(x is not None for x in (data if files is None else None, json_value, body)) > 1:
+        raise TypeError('give one of data=, json= and body= (files= may come with data=)')
+    if data is not None and not isinstance(data, (bytes, str)):
+        data = urllib.parse.urlencode(data, doseq=True)
+    if files is not None:
+        if isinstance(data, bytes):
+            data = data.decode()
+        fields = urllib.parse.parse_qsl(data or '', keep_blank_values=True)   # repeated keys kept
+        body, ctype = encode_multipart(data_fields=fields, files=files)
+        headers.setdefault('Content-Type', ctype)
+    elif json_value is not None:
+        body = json.dumps(json_value).encode()
+        headers.setdefault('Content-Type', 'application/json')
+    elif data is not None:
+        body = data.encode() if isinstance(data, str) else data
+        headers.setdefault('Content-Type', 'application/x-www-form-urlencoded')
+    return body or b''
 
 
 async def _collect_body(response, method):
@@ -4514,10 +4630,11 @@ def _read_whole(path):
 
 
 def encode_multipart(data_fields=None, files=None, boundary=None):
-    """A multipart/form-data body -> (bytes, content type). files: name -> (filename, bytes[, type])."""
+    """A multipart/form-data body -> (bytes, content type). data_fields: a dict or (name, value)
+    pairs; files: name -> (filename, bytes[, type])."""
     boundary = boundary or '----server-py-' + secrets.token_hex(12)
     out = []
-    for name, value in (data_fields or {}).items():
+    for name, value in (data_fields.items() if hasattr(data_fields, 'items') else data_fields or ()):
         out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
         out.append(str(value).encode() + b'\r\n')
     for name, spec in (files or {}).items():

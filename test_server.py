@@ -7233,5 +7233,346 @@ class DatabaseResultTest(unittest.TestCase):
         self.assertEqual(rows, [{'id': 1, 'x': 'a'}, {'id': 2, 'x': 'z'}, {'id': 3, 'x': 'z'}, {'id': 4, 'x': 'd'}])
 
 
+# --- issue 21: method shorthands, the test client, missing fields, errors, sessions ---
+
+class PlainDefParamsTest(unittest.TestCase):
+    """A plain def handler gets its path parameters as keywords, as the README's first app does."""
+
+    def test_plain_def_with_path_parameters(self):
+        app = server.App(data=fresh_dir(self))
+
+        @app.route('/hello/<name>/<int:n>')
+        def hello(request, name, n):
+            return {'name': name, 'n': n}
+        with app.test_client() as client:
+            self.assertEqual(client.get('/hello/ann/3').json(), {'name': 'ann', 'n': 3})
+
+
+def app_author_app(data):
+    """An app as a Flask user writes one: every method, fields it needs, handlers that fail."""
+    app = server.App(data=data)
+
+    @app.route('/echo', methods=['GET', 'POST', 'PUT', 'PATCH', 'DELETE'], csrf=False)
+    async def echo(request):
+        json_body = request.json if request.content_type == 'application/json' else None
+        return {'method': request.method, 'json': json_body, 'form': dict(request.form),
+                'files': {name: f.filename for name, f in request.files.items()},
+                'header': request.headers.get('x-test'), 'tags': request.form.getlist('tag')}
+
+    @app.put('/thing/<int:id>', csrf=False)
+    def put_thing(request, id):
+        return {'put': id, 'json': request.json}
+
+    @app.patch('/thing/<int:id>', csrf=False)
+    def patch_thing(request, id):
+        return {'patch': id, 'json': request.json}
+
+    @app.delete('/thing/<int:id>', csrf=False)
+    def delete_thing(request, id):
+        return {'delete': id}
+
+    @app.route('/need/query')
+    def need_query(request):
+        return request.query['q']
+
+    @app.route('/need/form', methods=['POST'], csrf=False)
+    async def need_form(request):
+        return request.form['name']
+
+    @app.route('/need/file', methods=['POST'], csrf=False)
+    async def need_file(request):
+        return request.files['doc'].filename
+
+    @app.route('/need/odd', methods=['POST'], csrf=False)
+    async def need_odd(request):
+        return request.form['line\r\nX-Injected: 1']
+
+    @app.route('/optional', methods=['POST'], csrf=False)
+    def optional(request):
+        try:
+            name = request.form['name']
+        except KeyError:                 # ordinary dict code keeps working
+            name = 'caught'
+        return {'name': name, 'get': request.form.get('name'), 'q': request.query.get('q', 'dflt')}
+
+    @app.get('/boom')
+    def boom(request):
+        raise ValueError('sync boom')
+
+    @app.get('/aboom')
+    async def aboom(request):
+        raise LookupError('async boom')
+
+    @app.get('/forbidden')
+    def forbidden(request):
+        server.abort(403, 'not yours')
+
+    @app.get('/hooked')
+    def hooked(request):
+        return 'fine'
+
+    @app.after_request
+    def after(request, response):
+        if request.path == '/hooked':
+            raise RuntimeError('hook boom')
+
+    @app.errorhandler(500)
+    def on_500(request, error):
+        cause = error.__cause__
+        return f'{error.status} {type(cause).__name__}: {cause}', 500
+    return app
+
+
+class ClientMethodsTest(unittest.TestCase):
+    """app.put/patch/delete register one method each; the test client sends every method with
+    data=, json=, files= and headers=."""
+
+    @classmethod
+    def setUpClass(cls):
+        with_test_client(cls, app_author_app)
+
+    def test_shorthands_register_their_method_only(self):
+        c = self.client
+        self.assertEqual(c.put('/thing/3', json={'a': 1}).json(), {'put': 3, 'json': {'a': 1}})
+        self.assertEqual(c.patch('/thing/3', json=[1, 2]).json(), {'patch': 3, 'json': [1, 2]})
+        self.assertEqual(c.delete('/thing/3').json(), {'delete': 3})
+        for method in ('GET', 'POST'):
+            resp = c.request(method, '/thing/3')
+            self.assertEqual(resp.status, 405)
+            self.assertEqual(resp.headers['allow'], 'DELETE, OPTIONS, PATCH, PUT')
+        resp = c.options('/thing/3')
+        self.assertEqual((resp.status, resp.headers['allow']), (204, 'DELETE, OPTIONS, PATCH, PUT'))
+
+    def test_json_on_every_method_and_request(self):
+        c = self.client
+        for call, method in ((c.post, 'POST'), (c.put, 'PUT'), (c.patch, 'PATCH'), (c.delete, 'DELETE')):
+            with self.subTest(method=method):
+                resp = call('/echo', json={'k': [1, 'é']})
+                self.assertEqual(resp.json()['json'], {'k': [1, 'é']})
+                self.assertEqual(resp.json()['method'], method)
+                self.assertEqual(c.request(method, '/echo', json=False).json()['json'], False)
+
+    def test_data_files_and_headers_on_each_method(self):
+        c = self.client
+        for call, method in ((c.post, 'POST'), (c.put, 'PUT'), (c.patch, 'PATCH'), (c.delete, 'DELETE')):
+            with self.subTest(method=method):
+                got = call('/echo', data={'a': '1'}, headers={'X-Test': method}).json()
+                self.assertEqual((got['form'], got['header']), ({'a': '1'}, method))
+                got = call('/echo', data={'a': '2'}, files={'doc': ('r.txt', b'hi')}).json()
+                self.assertEqual((got['form'], got['files']), ({'a': '2'}, {'doc': 'r.txt'}))
+        got = c.get('/echo', headers={'X-Test': 'g'}).json()
+        self.assertEqual((got['method'], got['header']), ('GET', 'g'))
+        resp = c.head('/echo', headers={'X-Test': 'h'})
+        self.assertEqual((resp.status, resp.body), (200, b''))
+        self.assertEqual(c.request('PUT', '/echo', data='a=3').json()['form'], {'a': '3'})
+        got = c.post('/echo', data={'tag': ['x', 'y'], 'blank': ''}, files={'doc': ('r.txt', b'hi')}).json()
+        self.assertEqual((got['tags'], got['form']), (['x', 'y'], {'tag': 'x', 'blank': ''}))
+
+    def test_conflicting_bodies_are_refused(self):
+        with self.assertRaisesRegex(TypeError, 'data=, json= and body='):
+            self.client.post('/echo', data={'a': '1'}, json={'b': 2})
+
+
+class MissingFieldTest(unittest.TestCase):
+    """A missing key in form, files or query is a 400 naming it (escaped), still a KeyError."""
+
+    @classmethod
+    def setUpClass(cls):
+        with_test_client(cls, app_author_app)
+
+    CASES = [
+        # (method, path, kwargs, body naming the key)
+        ('GET', '/need/query', {}, 'missing field "q"'),
+        ('GET', '/need/query?other=1', {}, 'missing field "q"'),
+        ('POST', '/need/form', {'data': {'other': '1'}}, 'missing field "name"'),
+        ('POST', '/need/form', {}, 'missing field "name"'),
+        ('POST', '/need/file', {'data': {'doc': 'not a file'}, 'files': {'x': ('a.txt', b'a')}},
+         'missing field "doc"'),
+        ('POST', '/need/file', {'data': {'doc': 'not a file'}}, 'missing field "doc"'),
+    ]
+
+    def test_missing_key_is_400_naming_it(self):
+        for method, path, kw, text in self.CASES:
+            with self.subTest(path=path, kw=kw), self.assertNoLogs('server', 'ERROR'):
+                resp = self.client.request(method, path, **kw)
+                self.assertEqual(resp.status, 400)
+                self.assertEqual(resp.text, f'400 Bad Request\n{text}\n')
+
+    def test_present_key_still_answers(self):
+        self.assertEqual(self.client.get('/need/query?q=x').text, 'x')
+        self.assertEqual(self.client.post('/need/form', data={'name': 'Ann'}).text, 'Ann')
+        self.assertEqual(self.client.post('/need/file', files={'doc': ('a.txt', b'a')}).text, 'a.txt')
+
+    def test_key_is_escaped_in_the_body(self):
+        resp = self.client.post('/need/odd', data={'a': '1'})
+        self.assertEqual(resp.status, 400)
+        self.assertNotIn('\n', resp.text.split('\n', 1)[1].rstrip('\n'))
+        self.assertIn('missing field "line\\x0D\\x0AX-Injected: 1"', resp.text)
+        self.assertNotIn('x-injected', {name.lower() for name, _ in resp.headers})
+
+    def test_get_and_except_keyerror_keep_working(self):
+        self.assertEqual(self.client.post('/optional', data={'a': '1'}).json(),
+                         {'name': 'caught', 'get': None, 'q': 'dflt'})
+        form = server.parse_urlencoded(b'a=1&a=2')
+        with self.assertRaises(KeyError) as caught:
+            form['b']
+        self.assertIsInstance(caught.exception, server.HTTPError)
+        self.assertEqual((caught.exception.args, caught.exception.status), (('b',), 400))
+        self.assertEqual((form['a'], form.getlist('a'), form.get('b', 'x')), ('1', ['1', '2'], 'x'))
+
+    def test_missing_key_over_a_socket(self):
+        live = LiveServer(app_author_app(fresh_dir(self)))
+        self.addCleanup(live.stop)
+        body = urllib.parse.urlencode({'other': '1'})
+        form = 'Content-Type: application/x-www-form-urlencoded\r\n'
+        raw = (f'POST /need/form HTTP/1.1\r\nHost: x\r\n{form}Content-Length: {len(body)}\r\n\r\n{body}'
+               f'GET /need/query?x=1 HTTP/1.1\r\nHost: x\r\n\r\n'
+               f'GET /need/query?q=here HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n').encode()
+        with self.assertNoLogs('server', 'ERROR'):
+            responses = exchange(live.port, raw)
+        self.assertEqual([r[0] for r in responses], [400, 400, 200])
+        self.assertEqual(responses[0][2], b'400 Bad Request\nmissing field "name"\n')
+        self.assertEqual(responses[1][2], b'400 Bad Request\nmissing field "q"\n')
+        self.assertEqual(responses[2][2], b'here')
+
+
+class ErrorsForAuthorsTest(unittest.TestCase):
+    """A 500 handler sees the original exception as __cause__; raise_errors=True raises it."""
+
+    def setUp(self):
+        self.app = app_author_app(fresh_dir(self))
+
+    def test_500_handler_gets_the_cause(self):
+        with self.app.test_client() as client:
+            for path, text in (('/boom', 'ValueError: sync boom'), ('/aboom', 'LookupError: async boom'),
+                               ('/hooked', 'RuntimeError: hook boom')):
+                with self.subTest(path=path), self.assertLogs('server', 'ERROR') as logs:
+                    resp = client.get(path)
+                self.assertEqual((resp.status, resp.text), (500, f'500 {text}'))
+                self.assertIn(text, '\n'.join(logs.output))      # logged with its traceback, as before
+
+    def test_500_handler_gets_the_cause_over_a_socket(self):
+        live = LiveServer(self.app)
+        self.addCleanup(live.stop)
+        with self.assertLogs('server', 'ERROR'):
+            responses = exchange(live.port, b'GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+        self.assertEqual((responses[0][0], responses[0][2]), (500, b'500 ValueError: sync boom'))
+
+    def test_raise_errors_raises_into_the_test(self):
+        with self.app.test_client(raise_errors=True) as client, self.assertNoLogs('server', 'ERROR'):
+            with self.assertRaisesRegex(ValueError, 'sync boom'):
+                client.get('/boom')
+            with self.assertRaisesRegex(LookupError, 'async boom'):
+                client.get('/aboom')
+            with self.assertRaisesRegex(RuntimeError, 'hook boom'):
+                client.get('/hooked')
+            # HTTP errors are answers, not failures: they are still answered
+            self.assertEqual(client.get('/forbidden').status, 403)
+            self.assertEqual(client.get('/need/query').status, 400)
+            self.assertEqual(client.get('/thing/1').status, 405)
+
+    def test_raise_errors_raises_a_failing_error_handler(self):
+        @self.app.errorhandler(403)
+        def on_403(request, error):
+            raise KeyError('handler bug')
+        with self.app.test_client(raise_errors=True) as client, self.assertRaises(KeyError):
+            client.get('/forbidden')
+        with self.app.test_client() as client, self.assertLogs('server', 'ERROR'):
+            self.assertEqual(client.get('/forbidden').status, 403)
+
+
+def nested_session_app(data):
+    app = server.App(data=data)
+
+    @app.get('/append')
+    def append(request):
+        request.session.setdefault('l', []).append(int(request.query['n']))
+        return 'ok'
+
+    @app.get('/cart')
+    def cart(request):
+        request.session['cart'][request.query['item']] = 1
+        return 'ok'
+
+    @app.get('/start')
+    def start(request):
+        request.session['cart'] = {}
+        request.session['n'] = 1
+        return 'ok'
+
+    @app.get('/show')
+    def show(request):
+        return dict(request.session)
+
+    @app.get('/bad')
+    def bad(request):
+        request.session['ok'] = 1
+        request.session['tags'] = {'a', 'b'}
+        return 'unreachable'
+    return app
+
+
+class SessionValuesTest(unittest.TestCase):
+    """A value JSON cannot hold is refused where it is assigned; changes in place are saved."""
+
+    def test_unstorable_values_are_refused_naming_the_key(self):
+        session = server.Session()
+        for assign in (lambda: session.__setitem__('tags', {1, 2}),
+                       lambda: session.setdefault('tags', object()),
+                       lambda: session.update({'fine': 1, 'tags': b'bytes'}),
+                       lambda: session.update(tags=set()),
+                       lambda: session.__ior__({'tags': {1}})):
+            with self.assertRaisesRegex(TypeError, r"session\['tags'\] cannot be stored"):
+                assign()
+        with self.assertRaisesRegex(TypeError, 'keys are strings'):
+            session[1] = 'one'
+        loop = []
+        loop.append(loop)
+        with self.assertRaisesRegex(TypeError, "'loop'"):
+            session['loop'] = loop
+        self.assertEqual(session, {})
+        self.assertFalse(session.modified)
+        session['fine'] = {'a': [1, None, 2.5, True]}
+        session.setdefault('fine', {1, 2})             # already there: nothing is stored
+        session |= {'more': 'x'}
+        self.assertEqual(session, {'fine': {'a': [1, None, 2.5, True]}, 'more': 'x'})
+
+    def test_unstorable_value_through_the_app(self):
+        app = nested_session_app(fresh_dir(self))
+        with app.test_client(raise_errors=True) as client:
+            with self.assertRaisesRegex(TypeError, r"session\['tags'\]"):
+                client.get('/bad')
+        with app.test_client() as client, self.assertLogs('server', 'ERROR') as logs:
+            self.assertEqual(client.get('/bad').status, 500)
+        self.assertIn("session['tags'] cannot be stored", '\n'.join(logs.output))
+
+    def test_change_in_place_is_saved(self):
+        data = fresh_dir(self)
+        with nested_session_app(data).test_client() as client:
+            for n in (1, 2, 3):
+                self.assertEqual(client.get(f'/append?n={n}').status, 200)
+            self.assertEqual(client.get('/start').status, 200)
+            client.get('/cart?item=pen')
+            client.get('/cart?item=ink')
+            self.assertEqual(client.get('/show').json(), {'l': [1, 2, 3], 'cart': {'pen': 1, 'ink': 1}, 'n': 1})
+
+            def row():
+                with contextlib.closing(sqlite3.connect(os.path.join(data, 'app.db'))) as conn:
+                    return conn.execute('SELECT data, expires FROM sessions').fetchall()
+            before = row()
+            client.get('/show')                          # read only: the row is not written
+            self.assertEqual(row(), before)
+
+    def test_only_sessions_holding_containers_are_compared(self):
+        expires = time.time() + server.SESSION_LIFETIME_S
+        flat = server.Session({'n': 1}, 'x' * 43, expires, stored=True, row_json='{"n": 1}')
+        self.assertIsNone(flat.row_json)
+        self.assertFalse(flat.should_save())
+        nested = server.Session({'l': [1]}, 'x' * 43, expires, stored=True, row_json='{"l": [1]}')
+        self.assertFalse(nested.should_save())
+        nested['l'].append(2)
+        self.assertTrue(nested.should_save())
+
+
 if __name__ == '__main__':
     unittest.main()
