@@ -3237,6 +3237,13 @@ def _session_key(sid):
     return hashlib.sha256(sid.encode('utf-8', 'replace')).hexdigest()
 
 
+def _session_cookie_name(request):
+    # Over HTTPS the __Host- prefix makes browsers refuse the cookie unless it is Secure,
+    # Path=/ and has no Domain, so a sibling subdomain or a plain-HTTP answer cannot plant
+    # one (RFC 6265bis 4.1.3.2). Each scheme reads only its own name.
+    return '__Host-sid' if request.is_secure else 'sid'
+
+
 # The shape of our session ids (SessionStore.mint): any other cookie value is not one.
 _SESSION_ID_RE = re.compile(r'[A-Za-z0-9_-]{43}')
 
@@ -3296,6 +3303,33 @@ class SessionStore:
         except ValueError:
             data = {}
         return Session(data, sid, row['expires'], stored=True, mint=self.mint, row_json=row['data'])
+
+    async def load_for(self, request):
+        """Give ``request`` the session its cookie names: a database read only for a request
+        that brings one; others get an empty session on first use (Request.session)."""
+        sid = request.cookies.get(_session_cookie_name(request))
+        if sid:
+            request._session = await self.load(sid)
+        request._session_ready = True
+
+    async def save_for(self, request, response):
+        """Store ``request``'s session if it changed, and set or delete its cookie on ``response``."""
+        session = request.session
+        name, secure = _session_cookie_name(request), request.is_secure
+        if session.destroyed:
+            if session.old_id:
+                await self.delete(session.old_id)
+            response.delete_cookie(name, secure=secure)
+            return
+        if session.should_save():
+            if not await self.save(session):
+                # deleted meanwhile (a logout in another tab): never brought back
+                response.delete_cookie(name, secure=secure)
+                return
+        elif not session.send_cookie:
+            return
+        response.set_cookie(name, session.id, max_age=session.lifetime(),
+                            secure=secure, httponly=True, samesite='Lax')
 
     async def save(self, session):
         """Store the session; False if a loaded session's row was deleted meanwhile.
@@ -3427,6 +3461,18 @@ _STATE_CHANGING = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
 # Content types a cross-site form or a no-CORS fetch can send (the CORS-safelisted ones);
 # anything else needs a preflight, so CSRF checks only these.
 _CSRF_CONTENT_TYPES = frozenset({'', 'application/x-www-form-urlencoded', 'multipart/form-data', 'text/plain'})
+
+
+def check_csrf(request, keyed_hash):
+    """403 unless the request sends its session's token (``X-CSRF-Token`` or the form field
+    ``csrf_token``): a keyed hash of the session id, compared in constant time."""
+    session = request.session
+    if session is None:
+        raise HTTPError(403, 'CSRF check needs sessions')
+    sent = request.headers.get('x-csrf-token') or request.form.get('csrf_token') or ''
+    if not session.id or not hmac.compare_digest(keyed_hash('csrf', session.id).encode(),
+                                                 sent.encode('utf-8', 'replace')):
+        raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
 
 
 class _LazyCSRFToken:
@@ -4237,7 +4283,7 @@ class App:
                     if rv is not None:
                         response = make_response(rv)
                 if request._session is not None:
-                    await self._save_session(request, response)
+                    await self.sessions.save_for(request, response)
                 if response.file is not None and response.file[2] is None:
                     response.file = await self._file_span(response.file)
             except HTTPError as exc:
@@ -4289,7 +4335,7 @@ class App:
         if self.sessions_enabled:
             cookies = request.headers._index.get('cookie')
             if cookies and any(_session_cookie_name(request) in value for value in cookies):
-                await self._load_session(request)
+                await self.sessions.load_for(request)
             else:
                 request._session_ready = True     # no session cookie, no stored session to look up
         length = request._head.body_length
@@ -4321,39 +4367,7 @@ class App:
         raise HTTPError(405, headers={'Allow': 'GET, HEAD, OPTIONS'})
 
     def _check_csrf(self, request):
-        session = request.session
-        if session is None:
-            raise HTTPError(403, 'CSRF check needs sessions')
-        sent = request.headers.get('x-csrf-token') or request.form.get('csrf_token') or ''
-        if not session.id or not hmac.compare_digest(self.keyed_hash('csrf', session.id).encode(),
-                                                     sent.encode('utf-8', 'replace')):
-            raise HTTPError(403, 'CSRF token missing or invalid; reload the form and try again')
-
-    async def _load_session(self, request):
-        # Only a request that brings a cookie costs a database read; others get an empty
-        # session on first use (Request.session).
-        sid = request.cookies.get(_session_cookie_name(request))
-        if sid:
-            request._session = await self.sessions.load(sid)
-        request._session_ready = True
-
-    async def _save_session(self, request, response):
-        session = request.session
-        name, secure = _session_cookie_name(request), request.is_secure
-        if session.destroyed:
-            if session.old_id:
-                await self.sessions.delete(session.old_id)
-            response.delete_cookie(name, secure=secure)
-            return
-        if session.should_save():
-            if not await self.sessions.save(session):
-                # deleted meanwhile (a logout in another tab): never brought back
-                response.delete_cookie(name, secure=secure)
-                return
-        elif not session.send_cookie:
-            return
-        response.set_cookie(name, session.id, max_age=session.lifetime(),
-                            secure=secure, httponly=True, samesite='Lax')
+        check_csrf(request, self.keyed_hash)
 
     async def error_response(self, request, error):
         """The response for an HTTPError: the app's handler for that status, else plain text."""
@@ -4395,13 +4409,6 @@ class App:
                         reload=reload)
         # Forward reference: the server (section 11) runs Apps, so it stands after them.
         return serve_forever(lambda: self, config)
-
-
-def _session_cookie_name(request):
-    # Over HTTPS the __Host- prefix makes browsers refuse the cookie unless it is Secure,
-    # Path=/ and has no Domain, so a sibling subdomain or a plain-HTTP answer cannot plant
-    # one (RFC 6265bis 4.1.3.2). Each scheme reads only its own name.
-    return '__Host-sid' if request.is_secure else 'sid'
 
 
 def _internal_error(exc):
