@@ -2078,16 +2078,21 @@ def _filter_default(value, fallback=''):
     return fallback if value is None or value == '' else value
 
 
+def _filter_text(value):
+    # A missing value (None) is empty through a filter too, as it is in {{ name }}: never 'None'.
+    return '' if value is None else str(value)
+
+
 TEMPLATE_FILTERS = {
     'safe': lambda v: Markup('' if v is None else v),
-    'upper': lambda v: str(v).upper(),
-    'lower': lambda v: str(v).lower(),
-    'title': lambda v: str(v).title(),
-    'trim': lambda v: str(v).strip(),
+    'upper': lambda v: _filter_text(v).upper(),
+    'lower': lambda v: _filter_text(v).lower(),
+    'title': lambda v: _filter_text(v).title(),
+    'trim': lambda v: _filter_text(v).strip(),
     'length': lambda v: len(v) if v is not None else 0,
     'default': _filter_default,
-    'join': lambda v, sep=', ': str(sep).join(str(x) for x in v),
-    'urlencode': lambda v: urllib.parse.quote(str(v), safe=''),
+    'join': lambda v, sep=', ': '' if v is None else str(sep).join(str(x) for x in v),
+    'urlencode': lambda v: urllib.parse.quote(_filter_text(v), safe=''),
 }
 
 
@@ -4274,7 +4279,12 @@ class App:
                         keyfile=keyfile or '', access_log=access_log, log_level=log_level,
                         reload=reload)
         # Forward reference: the server (section 11) runs Apps, so it stands after them.
-        return serve_forever(lambda: self, config)
+        try:
+            return serve_forever(lambda: self, config)
+        except StartupError as exc:
+            # Its message names the culprit and the fix (a template and the one it includes,
+            # a busy port): the frames inside the server would only bury it.
+            raise exc.with_traceback(None) from None
 
 
 def _session_cookie_name(request):

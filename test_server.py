@@ -7143,3 +7143,83 @@ class SiteUploadDownloadRangeTest(unittest.TestCase):
         head = browser.request('HEAD', url)
         self.assertEqual((head.status, head.body, head.headers['etag']), (200, b'', etag))
         self.assertEqual(head.headers['content-length'], str(len(content)))
+
+
+# --- issue 21: templates ---
+
+class TemplateStartupCheckTest(unittest.TestCase):
+    """A missing include or extends target stops the start as a new user runs it: one line
+    naming the including file (with the tag's line) and the missing template."""
+
+    def root_with(self, source):
+        """A web root with the site's templates and ``templates/pages/broken.html``."""
+        tmp = fresh_dir(self, 'server-tpl-')
+        root = os.path.join(tmp, 'www')
+        shutil.copytree(os.path.join(WWW, 'templates'), os.path.join(root, 'templates'))
+        os.makedirs(os.path.join(root, 'templates', 'pages'))
+        with open(os.path.join(root, 'templates', 'pages', 'broken.html'), 'w') as f:
+            f.write(source)
+        return tmp, root
+
+    CASES = (('x\n{% include "parts/gone.html" %}', 2, 'include', 'parts/gone.html'),
+             ('\n\n{% extends "nobase.html" %}{% block b %}{% endblock %}', 3, 'extends', 'nobase.html'))
+
+    def test_server_py_start_stops_with_one_line(self):
+        for source, line, tag, target in self.CASES:
+            with self.subTest(tag=tag):
+                tmp, root = self.root_with(source)
+                result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
+                                         '--root', root, '--data', os.path.join(tmp, 'data')],
+                                        capture_output=True, text=True, timeout=30)
+                self.assertEqual(result.returncode, 1, result.stderr)
+                self.assertEqual(result.stderr,
+                                 f"server.py: error: template templates/pages/broken.html:{line}: "
+                                 f"{{% {tag} '{target}' %}}: template not found\n")
+                self.assertNotIn('serving', result.stdout)
+
+    def test_app_run_stops_naming_both_files_without_the_server_frames(self):
+        source, line, tag, target = self.CASES[0]
+        tmp, root = self.root_with(source)
+        script = os.path.join(tmp, 'app.py')
+        with open(script, 'w') as f:
+            f.write(f'import sys\nsys.path.insert(0, {HERE!r})\nimport server\n'
+                    f'app = server.App(root={root!r}, data={os.path.join(tmp, "data")!r})\n'
+                    'app.run(port=0)\n')
+        result = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertNotIn('serving', result.stdout)
+        self.assertEqual(result.stderr.splitlines()[-1],
+                         f"server.StartupError: template templates/pages/broken.html:{line}: "
+                         f"{{% {tag} '{target}' %}}: template not found")
+        self.assertNotIn('asyncio', result.stderr)     # the app's own line and run(), no more
+
+
+class TemplateMissingValueTest(unittest.TestCase):
+    """A value missing from the context renders as empty, plain or through any filter."""
+
+    def test_missing_values_are_empty(self):
+        cases = [
+            ('[{{ missing }}]', '[]'), ('[{{ user.name }}]', '[]'), ('[{{ none }}]', '[]'),
+            ('{% if missing %}yes{% else %}no{% endif %}', 'no'),
+            ('{% for x in missing %}{{ x }}{% else %}empty{% endfor %}', 'empty'),
+            ('[{{ missing|default("x") }}]', '[x]'), ('[{{ missing|length }}]', '[0]'),
+        ]
+        cases += [(f'[{{{{ missing|{name} }}}}][{{{{ user.name|{name} }}}}]', '[][]')
+                  for name in ('upper', 'lower', 'title', 'trim', 'join(", ")', 'urlencode', 'safe')]
+        for source, expected in cases:
+            with self.subTest(source=source):
+                self.assertEqual(server.Template(source).render({'user': {}, 'none': None}), expected)
+
+    def test_in_a_page_rendered_by_an_app(self):
+        data = fresh_dir(self)
+        os.makedirs(os.path.join(data, 'www', 'templates'))
+        with open(os.path.join(data, 'www', 'templates', 'hello.html'), 'w') as f:
+            f.write('<p>Hello, {{ name }}{{ user.title|upper }}!</p>')
+        app = server.App(root=os.path.join(data, 'www'), data=os.path.join(data, 'data'))
+
+        @app.get('/')
+        def hello(request):
+            return server.render('hello.html', name='Ada')
+        with app.test_client() as client:
+            resp = client.get('/')
+        self.assertEqual((resp.status, resp.text), (200, '<p>Hello, Ada!</p>'))
