@@ -4278,8 +4278,8 @@ class App:
         config = Config(host=host, port=port, data=self.data, workers=workers, certfile=certfile or '',
                         keyfile=keyfile or '', access_log=access_log, log_level=log_level,
                         reload=reload)
-        # Forward reference: the server (section 11) runs Apps, so it stands after them.
         try:
+            # Forward reference: the server (section 11) runs Apps, so it stands after them.
             return serve_forever(lambda: self, config)
         except StartupError as exc:
             # Its message names the culprit and the fix (a template and the one it includes,
