@@ -1866,7 +1866,11 @@ class Response:
 
     @classmethod
     def send_file(cls, path, content_type=None, download_name=None, headers=None):
-        """Send a file from disk (read off the loop); ``download_name`` makes it an attachment."""
+        """Send a file from disk (read off the loop); ``download_name`` makes it an attachment.
+
+        Answered as static files are: ETag and Last-Modified, 304 to If-None-Match or
+        If-Modified-Since, one byte range as 206 (416 when unsatisfiable), HEAD without a body.
+        """
         resp = cls(b'', 200, headers, content_type or guess_type(path))
         resp.file = (path, 0, None)
         if download_name is not None:
@@ -2074,16 +2078,21 @@ def _filter_default(value, fallback=''):
     return fallback if value is None or value == '' else value
 
 
+def _filter_text(value):
+    # A missing value (None) is empty through a filter too, as it is in {{ name }}: never 'None'.
+    return '' if value is None else str(value)
+
+
 TEMPLATE_FILTERS = {
     'safe': lambda v: Markup('' if v is None else v),
-    'upper': lambda v: str(v).upper(),
-    'lower': lambda v: str(v).lower(),
-    'title': lambda v: str(v).title(),
-    'trim': lambda v: str(v).strip(),
+    'upper': lambda v: _filter_text(v).upper(),
+    'lower': lambda v: _filter_text(v).lower(),
+    'title': lambda v: _filter_text(v).title(),
+    'trim': lambda v: _filter_text(v).strip(),
     'length': lambda v: len(v) if v is not None else 0,
     'default': _filter_default,
-    'join': lambda v, sep=', ': str(sep).join(str(x) for x in v),
-    'urlencode': lambda v: urllib.parse.quote(str(v), safe=''),
+    'join': lambda v, sep=', ': '' if v is None else str(sep).join(str(x) for x in v),
+    'urlencode': lambda v: urllib.parse.quote(_filter_text(v), safe=''),
 }
 
 
@@ -3664,32 +3673,24 @@ class StaticFiles:
         if entry is None or time.monotonic() - entry.checked_at >= 1.0:
             entry = await self._entry(url_path)    # new, or time to stat() it again
         headers = entry.fields._view()
-        req_headers = request.headers
-        sent = req_headers._index       # the names sent: most requests send none of the ones below
-        gzipped = entry.gzipped is not None and accepts_gzip(req_headers.get('accept-encoding', ''))
-        if ('if-none-match' in sent or 'if-modified-since' in sent) and \
-                not_modified(req_headers, entry.etag, entry.mtime_ns / 1e9):
+        status, span = file_conditions(request, entry.etag, entry.mtime_ns, entry.size)
+        gzipped = entry.gzipped is not None and accepts_gzip(request.headers.get('accept-encoding', ''))
+        if status == 304:
             if gzipped:
                 # RFC 9110 15.4.5: the ETag the 200 would have carried, the gzip one here (but
                 # no Content-Encoding: a 304 has no content to describe).
                 headers = entry.gzip_fields._view()
                 del headers['Content-Encoding']
             return Response(b'', 304, headers)
-
-        range_header = req_headers.get('range') if 'range' in sent else None
-        if range_header is not None and request.method == 'GET':
-            if_range = req_headers.get('if-range')
-            if if_range is None or if_range_holds(if_range, entry.etag, entry.mtime_ns / 1e9):
-                span = parse_range(range_header, entry.size)
-                if span is not None:
-                    start, end = span
-                    headers.add('Content-Range', f'bytes {start}-{end}/{entry.size}')
-                    resp = Response(b'', 206, headers)
-                    if entry.body is not None:
-                        resp.body = entry.body[start:end + 1]
-                    else:
-                        resp.file = (entry.path, start, end - start + 1)
-                    return resp
+        if status == 206:
+            start, end = span
+            headers.add('Content-Range', f'bytes {start}-{end}/{entry.size}')
+            resp = Response(b'', 206, headers)
+            if entry.body is not None:
+                resp.body = entry.body[start:end + 1]
+            else:
+                resp.file = (entry.path, start, end - start + 1)
+            return resp
 
         if gzipped:
             return Response(entry.gzipped, 200, entry.gzip_fields._view())
@@ -3698,6 +3699,31 @@ class StaticFiles:
         resp = Response(b'', 200, headers)
         resp.file = (entry.path, 0, entry.size)
         return resp
+
+
+_WHOLE_FILE = (200, None)
+
+
+def file_conditions(request, etag, mtime_ns, size):
+    """How to answer a GET or HEAD of a file with these validators: (304, None) when the
+    client's copy is current (RFC 9110 13.2.2), (206, (start, end)) for one satisfiable range
+    of a GET whose If-Range holds (14.2, 13.1.5), else (200, None) for the whole file.
+
+    Raises HTTPError 416 (``Content-Range: bytes */size``) for a range it cannot satisfy.
+    Static files and ``Response.send_file`` both answer through it.
+    """
+    req_headers = request.headers
+    sent = req_headers._index       # the names sent: most requests send none of the ones below
+    if ('if-none-match' in sent or 'if-modified-since' in sent) and \
+            not_modified(req_headers, etag, mtime_ns / 1e9):
+        return 304, None
+    if 'range' in sent and request.method == 'GET':
+        if_range = req_headers.get('if-range')
+        if if_range is None or if_range_holds(if_range, etag, mtime_ns / 1e9):
+            span = parse_range(req_headers.get('range'), size)
+            if span is not None:
+                return 206, span
+    return _WHOLE_FILE
 
 
 def file_etag(st):
@@ -4285,7 +4311,7 @@ class App:
                 if request._session is not None:
                     await self.sessions.save_for(request, response)
                 if response.file is not None and response.file[2] is None:
-                    response.file = await self._file_span(response.file)
+                    await self._finish_file(request, response)
             except HTTPError as exc:
                 response = await self.error_response(request, exc)
             except Exception as exc:
@@ -4300,14 +4326,35 @@ class App:
                 await asyncio.to_thread(request._discard_uploads)
 
     @staticmethod
-    async def _file_span(spec):
-        path, offset, _ = spec
+    async def _finish_file(request, response):
+        """Complete a ``send_file`` response, whatever handler or hook made it: stat the file
+        (in a thread: a handler made the response without touching the disk) for its length,
+        and give a 200 to a GET or HEAD the validators, 304 and Range answers that static
+        files get, through the same ``file_conditions``."""
+        path, offset, _ = response.file
         try:
-            size = (await asyncio.to_thread(os.stat, path)).st_size
+            st = await asyncio.to_thread(os.stat, path)
         except OSError:
             log.error('file to send is missing: %s', log_escape(path))
             raise HTTPError(404, 'file not found') from None
-        return path, offset, max(0, size - offset)
+        size = max(0, st.st_size - offset)
+        response.file = (path, offset, size)
+        if offset or response.status != 200 or request.method not in ('GET', 'HEAD'):
+            return
+        headers = response.headers
+        etag = headers.get('etag')
+        if etag is None:            # one the app set itself is the one compared
+            etag = headers['ETag'] = file_etag(st)
+        if 'last-modified' not in headers:
+            headers['Last-Modified'] = http_date(st.st_mtime)
+        headers['Accept-Ranges'] = 'bytes'
+        status, span = file_conditions(request, etag, st.st_mtime_ns, size)
+        if status == 304:
+            response.status, response.file = 304, None
+        elif status == 206:
+            start, end = span
+            headers['Content-Range'] = f'bytes {start}-{end}/{size}'
+            response.status, response.file = 206, (path, start, end - start + 1)
 
     async def _dispatch(self, request):
         if request._bad_path:
@@ -4407,8 +4454,13 @@ class App:
         config = Config(host=host, port=port, data=self.data, workers=workers, certfile=certfile or '',
                         keyfile=keyfile or '', access_log=access_log, log_level=log_level,
                         reload=reload)
-        # Forward reference: the server (section 11) runs Apps, so it stands after them.
-        return serve_forever(lambda: self, config)
+        try:
+            # Forward reference: the server (section 11) runs Apps, so it stands after them.
+            return serve_forever(lambda: self, config)
+        except StartupError as exc:
+            # Its message names the culprit and the fix (a template and the one it includes,
+            # a busy port): the frames inside the server would only bury it.
+            raise exc.with_traceback(None) from None
 
 
 def _internal_error(exc):

@@ -7576,3 +7576,202 @@ class SessionValuesTest(unittest.TestCase):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+# --- issue 21: send_file validators ---
+
+def send_file_app(data, path):
+    """An app whose two routes (one plain def, one async def) send ``path``."""
+    app = server.App(data=data, csrf=False)
+
+    @app.get('/plain')
+    def plain(request):
+        return server.Response.send_file(path, download_name='report.bin')
+
+    @app.get('/async')
+    async def in_async(request):
+        return server.Response.send_file(path, download_name='report.bin')
+    return app
+
+
+class SendFileValidatorsTest(unittest.TestCase):
+    """``Response.send_file`` gets the ETag/Last-Modified, 304, Range and HEAD answers of
+    static files, from a plain or an async handler, in-process and over a socket."""
+
+    def setUp(self):
+        self.data = fresh_dir(self)
+        self.path = os.path.join(self.data, 'report.bin')
+        self.content = bytes(range(256)) * 8
+        with open(self.path, 'wb') as f:
+            f.write(self.content)
+        self.etag = server.file_etag(os.stat(self.path))
+        self.app = send_file_app(self.data, self.path)
+
+    def check(self, fetch):
+        """``fetch(method, url, headers) -> (status, headers with lower-case names, body)``."""
+        size = len(self.content)
+        for url in ('/plain', '/async'):
+            with self.subTest(url=url):
+                status, headers, body = fetch('GET', url, {})
+                self.assertEqual((status, body), (200, self.content))
+                self.assertEqual(headers['etag'], self.etag)     # the very ETag static files use
+                self.assertEqual(headers['last-modified'], server.http_date(os.stat(self.path).st_mtime))
+                self.assertEqual(headers['accept-ranges'], 'bytes')
+                self.assertTrue(headers['content-disposition'].startswith('attachment;'))
+                for cond in ({'If-None-Match': self.etag},
+                             {'If-Modified-Since': headers['last-modified']}):
+                    status, got, body = fetch('GET', url, cond)
+                    self.assertEqual((status, body), (304, b''))
+                    self.assertEqual(got['etag'], self.etag)
+                self.assertEqual(fetch('GET', url, {'If-None-Match': '"other"'})[0], 200)
+                status, got, body = fetch('GET', url, {'Range': 'bytes=100-199'})
+                self.assertEqual((status, body), (206, self.content[100:200]))
+                self.assertEqual(got['content-range'], f'bytes 100-199/{size}')
+                status, got, body = fetch('GET', url, {'Range': 'bytes=-10', 'If-Range': self.etag})
+                self.assertEqual((status, body), (206, self.content[-10:]))
+                status, got, _ = fetch('GET', url, {'Range': f'bytes={size}-'})
+                self.assertEqual(status, 416)
+                self.assertEqual(got['content-range'], f'bytes */{size}')
+                status, got, body = fetch('GET', url, {'Range': 'bytes=0-9', 'If-Range': '"stale"'})
+                self.assertEqual((status, body), (200, self.content))
+                self.assertNotIn('content-range', got)
+                status, got, body = fetch('HEAD', url, {})
+                self.assertEqual((status, body), (200, b''))
+                self.assertEqual(got['etag'], self.etag)
+
+    def test_through_the_test_client(self):
+        with self.app.test_client() as client:
+            def fetch(method, url, headers):
+                resp = client.request(method, url, headers=headers)
+                return resp.status, {k.lower(): v for k, v in resp.headers}, resp.body
+            self.check(fetch)
+
+    def test_over_a_socket(self):
+        live = LiveServer(self.app)
+        self.addCleanup(live.stop)
+        with live.connect() as sock:
+            f = sock.makefile('rb')
+
+            def fetch(method, url, headers):
+                fields = ''.join(f'{k}: {v}\r\n' for k, v in headers.items())
+                sock.sendall(f'{method} {url} HTTP/1.1\r\nHost: a\r\n{fields}\r\n'.encode())
+                status, got, body = read_response(f, method)
+                if method == 'HEAD' or status in (200, 206):
+                    self.assertEqual(int(got['content-length']),
+                                     len(body) if method == 'GET' else len(self.content))
+                return status, got, body
+            self.check(fetch)
+
+    def test_a_missing_file_is_still_a_404(self):
+        os.unlink(self.path)
+        with self.app.test_client() as client, quiet_logs():
+            self.assertEqual(client.get('/async', headers={'Range': 'bytes=0-1'}).status, 404)
+
+
+class SiteUploadDownloadRangeTest(unittest.TestCase):
+    """The site's upload downloads (``/upload/<id>``) are attachments with validators and ranges."""
+
+    def test_download_is_an_attachment_with_etag_304_and_range(self):
+        live = LiveServer()
+        self.addCleanup(live.stop)
+        browser = WebClient(live.port, forwarded_for='198.51.100.77')
+        token = browser.csrf('/upload')
+        content = b'0123456789' * 100
+        self.assertEqual(browser.post_multipart('/upload', {'csrf_token': token},
+                                                {'file': ('notes.txt', content, 'text/plain')}).status, 303)
+        upload_id = re.findall(r'/upload/(\d+)', browser.get('/upload').text)[0]
+        url = f'/upload/{upload_id}'
+        whole = browser.get(url)
+        self.assertEqual((whole.status, whole.body), (200, content))
+        self.assertTrue(whole.headers['content-disposition'].startswith('attachment;'))
+        self.assertIn('last-modified', whole.headers)
+        etag = whole.headers['etag']
+        part = browser.get(url, {'Range': 'bytes=10-14', 'If-Range': etag})
+        self.assertEqual((part.status, part.body), (206, content[10:15]))
+        self.assertEqual(part.headers['content-range'], f'bytes 10-14/{len(content)}')
+        self.assertTrue(part.headers['content-disposition'].startswith('attachment;'))
+        self.assertEqual(browser.get(url, {'If-None-Match': etag}).status, 304)
+        self.assertEqual(browser.get(url, {'Range': 'bytes=5000-'}).status, 416)
+        head = browser.request('HEAD', url)
+        self.assertEqual((head.status, head.body, head.headers['etag']), (200, b'', etag))
+        self.assertEqual(head.headers['content-length'], str(len(content)))
+
+
+# --- issue 21: templates ---
+
+class TemplateStartupCheckTest(unittest.TestCase):
+    """A missing include or extends target stops the start as a new user runs it: one line
+    naming the including file (with the tag's line) and the missing template."""
+
+    def root_with(self, source):
+        """A web root with the site's templates and ``templates/pages/broken.html``."""
+        tmp = fresh_dir(self, 'server-tpl-')
+        root = os.path.join(tmp, 'www')
+        shutil.copytree(os.path.join(WWW, 'templates'), os.path.join(root, 'templates'))
+        os.makedirs(os.path.join(root, 'templates', 'pages'))
+        with open(os.path.join(root, 'templates', 'pages', 'broken.html'), 'w') as f:
+            f.write(source)
+        return tmp, root
+
+    CASES = (('x\n{% include "parts/gone.html" %}', 2, 'include', 'parts/gone.html'),
+             ('\n\n{% extends "nobase.html" %}{% block b %}{% endblock %}', 3, 'extends', 'nobase.html'))
+
+    def test_server_py_start_stops_with_one_line(self):
+        for source, line, tag, target in self.CASES:
+            with self.subTest(tag=tag):
+                tmp, root = self.root_with(source)
+                result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0',
+                                         '--root', root, '--data', os.path.join(tmp, 'data')],
+                                        capture_output=True, text=True, timeout=30)
+                self.assertEqual(result.returncode, 1, result.stderr)
+                self.assertEqual(result.stderr,
+                                 f"server.py: error: template templates/pages/broken.html:{line}: "
+                                 f"{{% {tag} '{target}' %}}: template not found\n")
+                self.assertNotIn('serving', result.stdout)
+
+    def test_app_run_stops_naming_both_files_without_the_server_frames(self):
+        source, line, tag, target = self.CASES[0]
+        tmp, root = self.root_with(source)
+        script = os.path.join(tmp, 'app.py')
+        with open(script, 'w') as f:
+            f.write(f'import sys\nsys.path.insert(0, {HERE!r})\nimport server\n'
+                    f'app = server.App(root={root!r}, data={os.path.join(tmp, "data")!r})\n'
+                    'app.run(port=0)\n')
+        result = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertNotIn('serving', result.stdout)
+        self.assertEqual(result.stderr.splitlines()[-1],
+                         f"server.StartupError: template templates/pages/broken.html:{line}: "
+                         f"{{% {tag} '{target}' %}}: template not found")
+        self.assertNotIn('asyncio', result.stderr)     # the app's own line and run(), no more
+
+
+class TemplateMissingValueTest(unittest.TestCase):
+    """A value missing from the context renders as empty, plain or through any filter."""
+
+    def test_missing_values_are_empty(self):
+        cases = [
+            ('[{{ missing }}]', '[]'), ('[{{ user.name }}]', '[]'), ('[{{ none }}]', '[]'),
+            ('{% if missing %}yes{% else %}no{% endif %}', 'no'),
+            ('{% for x in missing %}{{ x }}{% else %}empty{% endfor %}', 'empty'),
+            ('[{{ missing|default("x") }}]', '[x]'), ('[{{ missing|length }}]', '[0]'),
+        ]
+        cases += [(f'[{{{{ missing|{name} }}}}][{{{{ user.name|{name} }}}}]', '[][]')
+                  for name in ('upper', 'lower', 'title', 'trim', 'join(", ")', 'urlencode', 'safe')]
+        for source, expected in cases:
+            with self.subTest(source=source):
+                self.assertEqual(server.Template(source).render({'user': {}, 'none': None}), expected)
+
+    def test_in_a_page_rendered_by_an_app(self):
+        data = fresh_dir(self)
+        os.makedirs(os.path.join(data, 'www', 'templates'))
+        with open(os.path.join(data, 'www', 'templates', 'hello.html'), 'w') as f:
+            f.write('<p>Hello, {{ name }}{{ user.title|upper }}!</p>')
+        app = server.App(root=os.path.join(data, 'www'), data=os.path.join(data, 'data'))
+
+        @app.get('/')
+        def hello(request):
+            return server.render('hello.html', name='Ada')
+        with app.test_client() as client:
+            resp = client.get('/')
+        self.assertEqual((resp.status, resp.text), (200, '<p>Hello, Ada!</p>'))
