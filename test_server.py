@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import random
 import re
 import secrets
@@ -7020,6 +7021,234 @@ class BenchHarnessTest(unittest.TestCase):
             bench.parse_args(['--harness', 'hello,nope'])
         args = bench.parse_args(['--harness', 'hello', '--instructions'])
         self.assertEqual((args.harness, args.requests), (['hello'], 1000))
+
+
+
+# --- issue 21: running an app ---
+
+class AppProcess:
+    """A script that serves an app, run as python3 does it, with server.py importable; its
+    output read by threads, so waiting for a line has a deadline and no pipe fills up."""
+
+    def __init__(self, test, script, *args, cwd=None, env=None):
+        clean = {k: v for k, v in os.environ.items() if not k.startswith('SERVER_')}
+        clean['PYTHONPATH'] = os.pathsep.join(filter(None, [HERE, os.environ.get('PYTHONPATH')]))
+        self.proc = subprocess.Popen([sys.executable, script, *args], cwd=cwd, env=dict(clean, **(env or {})),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        test.addCleanup(self.cleanup)
+        self.lines, self.errors = queue.Queue(), []
+        self.readers = [threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put), daemon=True),
+                        threading.Thread(target=self._read, args=(self.proc.stderr, self.errors.append), daemon=True)]
+        for reader in self.readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, put):
+        for line in stream:
+            put(line.decode(errors='replace'))
+        put(None)
+
+    def banner(self, timeout=20):
+        """(port, pid) from the next 'serving' line, or None if the program ended first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f'no banner within {timeout} s; stderr: {self.stderr()}') from None
+            if line is None:
+                return None
+            if 'serving' in line:
+                return banner_port(line), int(re.search(r'\(pid (\d+)', line).group(1))
+
+    def stderr(self):
+        return ''.join(line for line in self.errors if line)
+
+    def wait(self, timeout=20):
+        """The exit status (after SIGTERM while it still runs), its output all read."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        for reader in self.readers:
+            reader.join(timeout)
+        return code
+
+    def cleanup(self):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def fetch(port, path, method='GET', body=None, headers=None):
+    """(status, body text) of one request to 127.0.0.1:port."""
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors='replace')
+    finally:
+        conn.close()
+
+
+APP_SCRIPT = """\
+import sys
+import server
+
+app = server.App(root='www', data='data')
+
+@app.get('/where')
+def where(request):
+    app.db.run_sync(lambda conn: conn.execute('SELECT 1'))
+    return {'root': app.root, 'data': app.data, 'trusted': [str(n) for n in app.trusted]}
+
+@app.get('/say')
+def say(request):
+    return 'one'
+
+if __name__ == '__main__':
+    sys.exit(%s)
+"""
+
+
+class AppMainTest(unittest.TestCase):
+    """app.main(): server.py's command line, environment, help and startup errors for an app."""
+
+    def setUp(self):
+        self.tmp = fresh_dir(self, 'server-app-')
+        self.folder = os.path.join(self.tmp, 'app')
+        os.makedirs(os.path.join(self.folder, 'www'))
+        with open(os.path.join(self.folder, 'www', 'a.txt'), 'w') as f:
+            f.write('static beside the app')
+        self.elsewhere = os.path.join(self.tmp, 'elsewhere')
+        os.mkdir(self.elsewhere)
+
+    def script(self, call='app.main()'):
+        path = os.path.join(self.folder, 'app.py')
+        with open(path, 'w') as f:
+            f.write(APP_SCRIPT % call)
+        return path
+
+    def in_process_app(self):
+        return server.App(root=os.path.join(self.folder, 'www'), data=os.path.join(self.tmp, 'data'))
+
+    def test_main_takes_flags_and_environment_and_paths_beside_the_app(self):
+        # Started from another folder: the App's relative root and data are beside app.py,
+        # SERVER_DATA (relative) is taken from the current folder as server.py's is.
+        proc = AppProcess(self, self.script(), '--port', '0', '--trusted-proxy', '10.0.0.0/8',
+                          cwd=self.elsewhere, env={'SERVER_DATA': 'envdata', 'SERVER_ACCESS_LOG': '0'})
+        port, _ = proc.banner() or self.fail(proc.stderr())
+        self.assertEqual(fetch(port, '/a.txt'), (200, 'static beside the app'))
+        status, body = fetch(port, '/where')
+        self.assertEqual(json.loads(body), {'root': os.path.join(self.folder, 'www'),
+                                            'data': os.path.join(self.elsewhere, 'envdata'),
+                                            'trusted': ['10.0.0.0/8']})
+        for name in ('.lock', 'app.db'):
+            self.assertTrue(os.path.exists(os.path.join(self.elsewhere, 'envdata', name)), name)
+        self.assertFalse(os.path.exists(os.path.join(self.folder, 'data')))
+        self.assertEqual(proc.wait(), 0)
+        self.assertNotIn('"GET /where', proc.stderr() + ''.join(filter(None, proc.lines.queue)))
+
+    def test_app_defaults_then_environment_then_flags(self):
+        app = self.in_process_app()
+        config = server.config_from_args([], environ={}, app=app)
+        self.assertEqual((config.root, config.data, config.trusted_proxy, config.port),
+                         (app.root, app.data, '127.0.0.1,::1', 8000))
+        config = server.config_from_args(['--data', os.path.join(self.tmp, 'flag')],
+                                         environ={'SERVER_DATA': os.path.join(self.tmp, 'env'),
+                                                  'SERVER_PORT': '0'}, app=app)
+        self.assertEqual((config.data, config.port), (os.path.join(self.tmp, 'flag'), 0))
+        bare = server.App(data=os.path.join(self.tmp, 'data'))      # no web root: none needed
+        self.assertIsNone(server.config_from_args([], environ={}, app=bare).root)
+
+    def test_help_lists_the_same_flags_as_server_py(self):
+        def flags(run):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                self.assertEqual(run(['--help']), 0)
+            return set(re.findall(r'(?<![\w-])--[a-z][a-z-]*', out.getvalue())), out.getvalue()
+        app_flags, app_help = flags(self.in_process_app().main)
+        site_flags, _ = flags(server.main)
+        self.assertEqual(app_flags, site_flags)
+        self.assertIn('SERVER_<NAME>', app_help)
+        self.assertIn(os.path.join(self.folder, 'www'), app_help)      # the app's own default
+
+    def test_bad_flags_and_failed_starts_are_one_line(self):
+        app = self.in_process_app()
+        afile = os.path.join(self.tmp, 'afile')
+        open(afile, 'w').close()
+        for argv, code, says in [(['--port', 'x'], 2, 'invalid int value'),
+                                 (['--port', '70000'], 2, '--port must be 0 to 65535'),
+                                 (['--bogus'], 2, 'unrecognized arguments'),
+                                 (['--data', afile], 1, 'is a file'),
+                                 (['--root', os.path.join(self.tmp, 'none')], 1, 'web root not found')]:
+            with self.subTest(argv=argv):
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err), environ(SERVER_PORT=None, SERVER_DATA=None):
+                    self.assertEqual(app.main(argv), code)
+                self.assertEqual(err.getvalue().count('\n'), 1, err.getvalue())
+                self.assertIn('error: ', err.getvalue())
+                self.assertIn(says, err.getvalue())
+
+    def test_run_reads_neither_argv_nor_environment(self):
+        script = self.script("app.run(host='127.0.0.1', port=0, access_log=False)")
+        proc = AppProcess(self, script, '--port', '1', '--host', 'nowhere.invalid', cwd=self.elsewhere,
+                          env={'SERVER_PORT': '1', 'SERVER_HOST': 'nowhere.invalid', 'SERVER_DATA': 'envdata'})
+        port, _ = proc.banner() or self.fail(proc.stderr())
+        self.assertNotEqual(port, 1)
+        self.assertEqual(json.loads(fetch(port, '/where')[1])['data'], os.path.join(self.folder, 'data'))
+        self.assertEqual(proc.wait(), 0)
+
+    def test_main_reload_restarts_on_a_change_to_the_apps_script(self):
+        script = self.script()
+        proc = AppProcess(self, script, '--port', '0', '--reload', '--no-access-log', cwd=self.elsewhere)
+        port, pid = proc.banner() or self.fail(proc.stderr())
+        self.assertNotEqual(pid, proc.proc.pid)             # a child serves; the parent watches
+        self.assertEqual(fetch(port, '/say'), (200, 'one'))
+        with open(script) as f:
+            text = f.read()
+        with open(script, 'w') as f:
+            f.write(text.replace("'one'", "'two'"))
+        later = os.stat(script).st_mtime_ns + 2 * 10**9     # a change even on a coarse clock
+        os.utime(script, ns=(later, later))
+        port, second = proc.banner() or self.fail(proc.stderr())
+        self.assertNotEqual(second, pid)
+        self.assertEqual(fetch(port, '/say'), (200, 'two'))
+        self.assertEqual(proc.wait(), 0)
+        self.assertIn('change detected, restarting', proc.stderr())
+
+    def test_run_reload_serves_from_a_child(self):
+        script = self.script("app.run(host='127.0.0.1', port=0, access_log=False, reload=True)")
+        proc = AppProcess(self, script, cwd=self.elsewhere)
+        port, pid = proc.banner() or self.fail(proc.stderr())
+        self.assertNotEqual(pid, proc.proc.pid)
+        self.assertEqual(fetch(port, '/say'), (200, 'one'))
+        self.assertEqual(proc.wait(), 0)
+
+    def test_reload_without_a_script_is_refused(self):
+        code = ('import sys, server; app = server.App(data=%r); '
+                'sys.exit(app.main(["--reload", "--port", "0"]))' % os.path.join(self.tmp, 'data'))
+        proc = AppProcess(self, '-c', code, cwd=self.elsewhere)
+        self.assertIsNone(proc.banner())
+        self.assertEqual(proc.wait(), 2)
+        self.assertEqual(proc.stderr().count('\n'), 1, proc.stderr())
+        self.assertIn('--reload restarts the script', proc.stderr())
+
+    def test_relative_paths_are_beside_the_file_that_makes_the_app(self):
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.elsewhere)
+        make = 'import server\napp = server.App(root="www", data="d")'
+        scope = {'__file__': os.path.join(self.folder, 'app.py')}
+        exec(compile(make, scope['__file__'], 'exec'), scope)
+        self.assertEqual((scope['app'].root, scope['app'].data),
+                         (os.path.join(self.folder, 'www'), os.path.join(self.folder, 'd')))
+        scope = {}
+        exec(make, scope)                                   # code without a file: the cwd
+        self.assertEqual(scope['app'].data, os.path.join(self.elsewhere, 'd'))
+        # server.py's own --root and --data are taken from the current folder.
+        site = server.build_site(server.Config(root=os.path.relpath(WWW), data='rel'))
+        self.assertEqual((site.root, site.data), (WWW, os.path.join(self.elsewhere, 'rel')))
 
 
 if __name__ == '__main__':
