@@ -3842,8 +3842,11 @@ class HandlerThreads:
         self.lock = threading.Lock()
         self.batches = {}                      # loop -> [(future, ok, value)] not yet settled
 
-    async def run(self, fn, *args):
-        """``await threads.run(fn, *args)``: fn(*args) in a worker thread."""
+    async def run(self, fn, *args, **kwargs):
+        """``await threads.run(fn, *args, **kwargs)``: fn(*args, **kwargs) in a worker thread
+        (a handler's path parameters come as keywords)."""
+        if kwargs:
+            fn = functools.partial(fn, **kwargs)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.jobs.put((loop, future, contextvars.copy_context(), fn, args))

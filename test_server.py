@@ -7251,5 +7251,85 @@ class AppMainTest(unittest.TestCase):
         self.assertEqual((site.root, site.data), (WWW, os.path.join(self.elsewhere, 'rel')))
 
 
+
+# --- issue 21: README examples ---
+
+#: A ```python block of README.md, with the `<!-- test: ... -->` lines right above it.
+README_BLOCK_RE = re.compile(r'((?:^<!-- test: [^\n]*-->\n)*)^```python\n(.*?)^```[ \t]*$', re.M | re.S)
+
+
+def readme_python_blocks():
+    """(line, code, checks) for every ```python block of README.md, read when the test runs."""
+    with open(os.path.join(HERE, 'README.md'), encoding='utf-8') as f:
+        text = f.read()
+    return [(text.count('\n', 0, m.start(2)) + 1, m.group(2), re.findall(r'<!-- test: ([^\n]*?) -->', m.group(1)))
+            for m in README_BLOCK_RE.finditer(text)]
+
+
+class ReadmeExamplesTest(unittest.TestCase):
+    """Every ```python block in README.md runs as written, so the text cannot drift from the code.
+
+    Each block is saved as app.py in a fresh folder laid out as a clone is (a copy of
+    server.py and of www/ beside it) and run there as `python3 app.py --port 0`:
+    - a block that ends by itself must exit 0 (its asserts are its checks);
+    - a block that serves must do so through app.main(), so --port 0 reaches it, and print
+      server.py's banner; then each line `<!-- test: METHOD PATH STATUS [TEXT] -->` right
+      above the block (an HTML comment: invisible on the rendered page) is one request, whose
+      status must be STATUS and whose body must hold TEXT; a serving block without such lines
+      gets `GET /`, which must not be a 5xx. SIGTERM must then stop it with exit 0.
+    Shell blocks are not run here: `python3 server.py` and the tests are what the other
+    tests do, and the deployment steps need root.
+    """
+
+    def test_every_python_block_runs(self):
+        blocks = readme_python_blocks()
+        self.assertTrue(blocks, 'README.md has no python blocks: has the fence changed?')
+        self.assertTrue(any('.main(' in code for _, code, _ in blocks))     # the app example
+        for lineno, code, checks in blocks:
+            with self.subTest(readme_line=lineno):
+                self.run_block(code, checks)
+
+    def run_block(self, code, checks):
+        folder = fresh_dir(self, 'server-readme-')
+        shutil.copy(os.path.join(HERE, 'server.py'), folder)
+        shutil.copytree(WWW, os.path.join(folder, 'www'))
+        script = os.path.join(folder, 'app.py')
+        with open(script, 'w', encoding='utf-8') as f:
+            f.write(code)
+        proc = AppProcess(self, script, '--port', '0', cwd=folder)
+        served = proc.banner(timeout=30)
+        if served is None:
+            self.assertEqual(proc.wait(30), 0, proc.stderr())
+            self.assertFalse(checks, 'a block with test lines must serve (app.main())')
+            return
+        port = served[0]
+        for check in checks or ['GET /']:
+            method, path, *rest = check.split(' ', 3)
+            status, body = fetch(port, path, method)
+            if rest:
+                self.assertEqual(status, int(rest[0]), f'{check}: {body[:300]}')
+                self.assertIn(rest[1] if len(rest) > 1 else '', body, check)
+            else:
+                self.assertLess(status, 500, f'{check}: {body[:300]}')
+        self.assertEqual(proc.wait(), 0, proc.stderr())
+
+
+
+class PlainHandlerParamsTest(unittest.TestCase):
+    """A plain def handler (run in a worker thread) gets its path parameters as keywords,
+    as the README's first example has it."""
+
+    def test_plain_def_handler_with_path_parameters(self):
+        app = server.App(data=fresh_dir(self))
+
+        @app.route('/hello/<name>/<int:n>')
+        def hello(request, name, n):
+            return {'name': name, 'n': n, 'thread': threading.current_thread().name}
+
+        with app.test_client() as client:
+            self.assertEqual(client.get('/hello/world/7').json(),
+                             {'name': 'world', 'n': 7, 'thread': 'server-handler'})
+
+
 if __name__ == '__main__':
     unittest.main()
