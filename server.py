@@ -4249,30 +4249,19 @@ class App:
         config = Config(host=host, port=port, root=self.root, data=self.data, workers=workers,
                         certfile=certfile or '', keyfile=keyfile or '', access_log=access_log,
                         log_level=log_level, reload=reload)
-        # Forward references: the server (section 11) and the reloader (section 13) run Apps,
-        # so they stand after them.
-        if reload and not reloaded_child():
-            return run_with_reload(config)
+        # Forward reference: the server (section 11) runs Apps, so it stands after them.
         return serve_forever(lambda: self, config)
 
     def main(self, argv=None):
-        """Serve this app with server.py's command line: ``sys.exit(app.main())``.
-
-        The same flags, SERVER_* variables, ``--help`` and one-line startup errors (exit 1, or
-        2 for a bad flag) as ``python3 server.py``; the defaults for ``--root``, ``--data`` and
-        ``--trusted-proxy`` are the App's own. ``argv`` defaults to ``sys.argv[1:]``, e.g.
-        ``app.main(['--port', '0'])``. Returns the exit status.
-        """
-        argv = sys.argv[1:] if argv is None else list(argv)
-        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ('', '-c') else 'app'
+        """Serve this app with server.py's flags, SERVER_* variables, ``--help`` and one-line
+        startup errors (exit 1, 2 for a bad flag): ``sys.exit(app.main())``. ``argv`` defaults
+        to ``sys.argv[1:]``; the defaults of --root, --data and --trusted-proxy are the App's."""
         # Forward reference: the command line (section 13) is server.py's, shared with Apps.
-        return serve_command(argv, self._configured, prog=prog, app=self)
+        return serve_command(argv, self._configured, app=self)
 
     def _configured(self, config):
-        """This app, moved to the command line's web root, data folder and proxies (``main``),
-        before it starts: nothing under the old ones is open yet."""
-        root = os.path.abspath(config.root) if config.root else None
-        data = os.path.abspath(config.data)
+        """This app on the command line's web root, data folder and proxies, before it starts."""
+        root, data = os.path.abspath(config.root) if config.root else None, os.path.abspath(config.data)
         if data != self.data:
             self.data, self.upload_dir = data, os.path.join(data, 'uploads')
             self.db.path = os.path.join(data, 'app.db')
@@ -5567,12 +5556,75 @@ async def serve(app, config, sock=None, ready=None, worker=False, supervisor=Non
     return 0
 
 
+#: Set in the environment of the process a reloader runs: that one serves, even though its
+#: command line (the same as the reloader's, so that a script calling app.main() runs it
+#: again) asks for --reload.
+RELOAD_CHILD_ENV = 'SERVER_RELOAD_CHILD'
+
+
+def reloaded_child():
+    """Is this process the one a reloader runs (and restarts)?"""
+    return os.environ.get(RELOAD_CHILD_ENV) == '1'
+
+
+def run_with_reload(config):
+    """Run this program again as a child process, restarted whenever its script (server.py,
+    or the app's), server.py or a file under the web root changes; the data folder is not
+    watched. Returns 0 on SIGINT or SIGTERM."""
+    script = getattr(sys.modules.get('__main__'), '__file__', None)
+    if not script:
+        raise ConfigError('--reload restarts the script that runs the server, and this one has '
+                          'none: save the code in a file and run python3 app.py --reload')
+    prog = os.path.basename(script)
+    child_argv = [sys.executable, *sys.orig_argv[1:]]
+    env = dict(os.environ, **{RELOAD_CHILD_ENV: '1'})
+    data = os.path.abspath(config.data) + os.sep
+    watched = [os.path.abspath(script), os.path.abspath(__file__)]
+    if config.root:
+        watched.append(config.root)
+
+    def snapshot():
+        stamps = {}
+        for base in watched:
+            paths = [base] if os.path.isfile(base) else [
+                os.path.join(d, f) for d, _, files in os.walk(base) for f in files]
+            for p in paths:
+                if os.path.abspath(p).startswith(data):   # the app's own writes are no change
+                    continue
+                with contextlib.suppress(FileNotFoundError):    # removed since the walk
+                    stamps[p] = os.stat(p).st_mtime_ns
+        return stamps
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    while True:
+        child = subprocess.Popen(child_argv, env=env)
+        seen = snapshot()
+        while not stop and child.poll() is None and snapshot() == seen:
+            time.sleep(0.5)
+        if child.poll() is None:
+            child.terminate()
+            child.wait()
+        if stop:
+            return 0
+        if child.returncode not in (0, -signal.SIGTERM) and snapshot() == seen:
+            print(f'{prog}: the server exited; waiting for a change to restart it', file=sys.stderr)
+            while not stop and snapshot() == seen:
+                time.sleep(0.5)
+            if stop:
+                return 0
+        print(f'{prog}: change detected, restarting', file=sys.stderr)
+
+
 def serve_forever(app_factory, config):
-    """Run the server in this process, or supervise ``config.workers`` forked workers.
+    """Run the server in this process, or supervise ``config.workers`` forked workers, or
+    with ``config.reload`` run it in a child process restarted on changes (run_with_reload).
 
     The data folder is claimed first (DataFolderInUse if another server holds it) and stays
     claimed until this process and every worker it forked have exited.
     """
+    if config.reload and not reloaded_child():
+        return run_with_reload(config)
     lock = claim_data_folder(config.data)
     try:
         if config.workers <= 1:
@@ -6525,77 +6577,20 @@ def _csv_safe(value):
     return "'" + text if text[:1] in ('=', '+', '-', '@') else text
 
 
-#: Set in the environment of the process a reloader runs: that one serves, even though its
-#: command line (the same as the reloader's, so that a script calling app.main() runs it
-#: again) asks for --reload.
-RELOAD_CHILD_ENV = 'SERVER_RELOAD_CHILD'
-
-
-def reloaded_child():
-    """Is this process the one a reloader runs (and restarts)?"""
-    return os.environ.get(RELOAD_CHILD_ENV) == '1'
-
-
-def run_with_reload(config, prog='server.py'):
-    """Run this program again as a child process, restarted whenever its script (server.py,
-    or the app's), server.py or a file under the web root changes; the data folder is not
-    watched. Returns 0 on SIGINT or SIGTERM."""
-    script = getattr(sys.modules.get('__main__'), '__file__', None)
-    if not script:
-        raise ConfigError('--reload restarts the script that runs the server, and this one has '
-                          'none: save the code in a file and run python3 app.py --reload')
-    child_argv = [sys.executable, *sys.orig_argv[1:]]
-    env = dict(os.environ, **{RELOAD_CHILD_ENV: '1'})
-    data = os.path.abspath(config.data) + os.sep
-    watched = [os.path.abspath(script), os.path.abspath(__file__)]
-    if config.root:
-        watched.append(config.root)
-
-    def snapshot():
-        stamps = {}
-        for base in watched:
-            paths = [base] if os.path.isfile(base) else [
-                os.path.join(d, f) for d, _, files in os.walk(base) for f in files]
-            for p in paths:
-                if os.path.abspath(p).startswith(data):   # the app's own writes are no change
-                    continue
-                with contextlib.suppress(FileNotFoundError):    # removed since the walk
-                    stamps[p] = os.stat(p).st_mtime_ns
-        return stamps
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
-    while True:
-        child = subprocess.Popen(child_argv, env=env)
-        seen = snapshot()
-        while not stop and child.poll() is None and snapshot() == seen:
-            time.sleep(0.5)
-        if child.poll() is None:
-            child.terminate()
-            child.wait()
-        if stop:
-            return 0
-        if child.returncode not in (0, -signal.SIGTERM) and snapshot() == seen:
-            print(f'{prog}: the server exited; waiting for a change to restart it', file=sys.stderr)
-            while not stop and snapshot() == seen:
-                time.sleep(0.5)
-            if stop:
-                return 0
-        print(f'{prog}: change detected, restarting', file=sys.stderr)
-
-
-def serve_command(argv, build, *, prog='server.py', app=None):
-    """Serve ``build(config)`` with the Config from ``argv``: the command line of server.py for
-    the site, and of an app's script for the app (App.main). The one place a failed start is
-    reported: one line on stderr; returns the exit status."""
+def serve_command(argv, build, *, app=None):
+    """Serve ``build(config)`` with the Config from ``argv`` (default ``sys.argv[1:]``): the
+    command line of server.py for the site, and of an app's script for an ``app`` (App.main).
+    The one place a failed start is reported: one line on stderr; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = 'server.py'
+    if app is not None:
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ('', '-c') else 'app'
     try:
         try:
             config = config_from_args(argv, prog=prog, app=app)
         except SystemExit as exc:       # --help, or a bad flag (already said on stderr)
             return exc.code
         configure_logging(config.log_level)
-        if config.reload and not reloaded_child():
-            return run_with_reload(config, prog)
         check_listen(config)
         return serve_forever(lambda: build(config), config)
     except StartupError as exc:
