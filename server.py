@@ -195,8 +195,8 @@ class Config:
 
     @classmethod
     def from_env(cls, environ=None, **defaults):
-        """Defaults (these, then FIELDS') overridden by SERVER_HOST, SERVER_PORT, ... (booleans:
-        1/0, true/false)."""
+        """The given defaults (else FIELDS') overridden by SERVER_HOST, SERVER_PORT, ...
+        (booleans: 1/0, true/false)."""
         environ = os.environ if environ is None else environ
         values = dict(defaults)
         for name, (default, kind, _) in cls.FIELDS.items():
