@@ -194,10 +194,11 @@ class Config:
             raise TypeError(f'unknown settings: {", ".join(values)}')
 
     @classmethod
-    def from_env(cls, environ=None):
-        """Defaults overridden by SERVER_HOST, SERVER_PORT, ... (booleans: 1/0, true/false)."""
+    def from_env(cls, environ=None, **defaults):
+        """The given defaults (else FIELDS') overridden by SERVER_HOST, SERVER_PORT, ...
+        (booleans: 1/0, true/false)."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values = dict(defaults)
         for name, (default, kind, _) in cls.FIELDS.items():
             raw = environ.get('SERVER_' + name.upper())
             if raw is None or raw == '':
@@ -3774,6 +3775,37 @@ def accepts_gzip(accept_encoding):
     return False
 
 
+async def finish_file_response(request, response):
+    """Complete a ``send_file`` response, whatever handler or hook made it: stat the file
+    (in a thread: a handler made the response without touching the disk) for its length,
+    and give a 200 to a GET or HEAD the validators, 304 and Range answers that static
+    files get, through the same ``file_conditions``."""
+    path, offset, _ = response.file
+    try:
+        st = await asyncio.to_thread(os.stat, path)
+    except OSError:
+        log.error('file to send is missing: %s', log_escape(path))
+        raise HTTPError(404, 'file not found') from None
+    size = max(0, st.st_size - offset)
+    response.file = (path, offset, size)
+    if offset or response.status != 200 or request.method not in ('GET', 'HEAD'):
+        return
+    headers = response.headers
+    etag = headers.get('etag')
+    if etag is None:            # one the app set itself is the one compared
+        etag = headers['ETag'] = file_etag(st)
+    if 'last-modified' not in headers:
+        headers['Last-Modified'] = http_date(st.st_mtime)
+    headers['Accept-Ranges'] = 'bytes'
+    status, span = file_conditions(request, etag, st.st_mtime_ns, size)
+    if status == 304:
+        response.status, response.file = 304, None
+    elif status == 206:
+        start, end = span
+        headers['Content-Range'] = f'bytes {start}-{end}/{size}'
+        response.status, response.file = 206, (path, start, end - start + 1)
+
+
 # === 9. Router and App ===
 
 # Converters: name -> (regex, to_python, to_url). The default converter is one path segment.
@@ -4098,10 +4130,20 @@ def _runner(fn):
 _RUNNERS = {}   # handlers, hooks and error handlers -> what _runner calls for each
 
 
+def _caller_folder():
+    """The folder of the file whose code calls ``App(...)`` (for a subclass, the file of its
+    ``__init__``): its module's ``__file__``, or the current folder for code that has none
+    (``python3 -c``, the REPL)."""
+    path = sys._getframe(2).f_globals.get('__file__')
+    return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+
+
 class App:
     """A web application: routes, hooks, error handlers, templates, sessions and a database.
 
     ``root`` holds static files and ``templates/``; ``data`` holds ``app.db`` and ``uploads/``.
+    A relative ``root`` or ``data`` is taken from the folder of the file that makes the App,
+    as server.py takes ``www/`` and ``data/`` from beside itself: the app runs from any folder.
     ``trusted_proxy`` is a comma-separated list of addresses whose X-Forwarded-* headers count.
     ``migrations`` are SQL scripts run once each, in order, at start; the database records
     them under ``name``: by default the name of the file that creates the App (``notes``
@@ -4120,8 +4162,9 @@ class App:
         if not isinstance(name, str) or not name:
             raise TypeError(f'App(name=...) must be a non-empty str, not {name!r}')
         self.name = name
-        self.root = os.path.abspath(root) if root else None
-        self.data = os.path.abspath(data)
+        here = _caller_folder()
+        self.root = os.path.abspath(os.path.join(here, root)) if root else None
+        self.data = os.path.abspath(os.path.join(here, data))
         self.upload_dir = os.path.join(self.data, 'uploads')
         self.router = Router()
         self.before_hooks = []
@@ -4132,6 +4175,7 @@ class App:
         self.error_handlers = {}
         self.sessions_enabled = sessions
         self.csrf_enabled = csrf
+        self.static_enabled = static
         self.trusted = _parse_trusted(trusted_proxy)
         self._trusted_answers = (list(self.trusted), {})   # config_trusted: address -> bool
         self.db = Database(os.path.join(self.data, 'app.db'), migrations, name, source)
@@ -4220,20 +4264,12 @@ class App:
     def config_trusted(self, address):
         """Is ``address`` (a connection's peer) one of the trusted proxies? Asked once per
         connection; the answers are kept per address (a proxy's few, or 1,024 at most)."""
-        if not address or not self.trusted:
-            return False
         known = self._trusted_answers
-        if known[0] != self.trusted or len(known[1]) >= 1024:
+        if known[0] != self.trusted or len(known[1]) >= 1024:     # a new list, or a full cache
             known = self._trusted_answers = (list(self.trusted), {})
         answer = known[1].get(address)
         if answer is None:
-            try:
-                ip = ipaddress.ip_address(address.split('%', 1)[0])
-            except ValueError:
-                answer = False
-            else:
-                answer = any(ip in net for net in self.trusted)
-            known[1][address] = answer
+            answer = known[1][address] = bool(address) and _in_networks(address, self.trusted)
         return answer
 
     # -- lifecycle --
@@ -4311,7 +4347,7 @@ class App:
                 if request._session is not None:
                     await self.sessions.save_for(request, response)
                 if response.file is not None and response.file[2] is None:
-                    await self._finish_file(request, response)
+                    await finish_file_response(request, response)
             except HTTPError as exc:
                 response = await self.error_response(request, exc)
             except Exception as exc:
@@ -4324,37 +4360,6 @@ class App:
             _current_request.reset(token)
             if request._cleanup:
                 await asyncio.to_thread(request._discard_uploads)
-
-    @staticmethod
-    async def _finish_file(request, response):
-        """Complete a ``send_file`` response, whatever handler or hook made it: stat the file
-        (in a thread: a handler made the response without touching the disk) for its length,
-        and give a 200 to a GET or HEAD the validators, 304 and Range answers that static
-        files get, through the same ``file_conditions``."""
-        path, offset, _ = response.file
-        try:
-            st = await asyncio.to_thread(os.stat, path)
-        except OSError:
-            log.error('file to send is missing: %s', log_escape(path))
-            raise HTTPError(404, 'file not found') from None
-        size = max(0, st.st_size - offset)
-        response.file = (path, offset, size)
-        if offset or response.status != 200 or request.method not in ('GET', 'HEAD'):
-            return
-        headers = response.headers
-        etag = headers.get('etag')
-        if etag is None:            # one the app set itself is the one compared
-            etag = headers['ETag'] = file_etag(st)
-        if 'last-modified' not in headers:
-            headers['Last-Modified'] = http_date(st.st_mtime)
-        headers['Accept-Ranges'] = 'bytes'
-        status, span = file_conditions(request, etag, st.st_mtime_ns, size)
-        if status == 304:
-            response.status, response.file = 304, None
-        elif status == 206:
-            start, end = span
-            headers['Content-Range'] = f'bytes {start}-{end}/{size}'
-            response.status, response.file = 206, (path, start, end - start + 1)
 
     async def _dispatch(self, request):
         if request._bad_path:
@@ -4449,11 +4454,13 @@ class App:
 
     def run(self, host='127.0.0.1', port=8000, *, workers=1, certfile=None, keyfile=None,
             access_log=True, log_level='info', reload=False):
-        """Serve this app until SIGINT or SIGTERM (what ``python3 server.py`` does for the site)."""
+        """Serve this app until SIGINT or SIGTERM with these settings alone: the command line
+        and SERVER_* are not read (``main`` reads them). ``reload=True`` restarts the script
+        that runs the app whenever it, server.py or a file under the root changes."""
         configure_logging(log_level)
-        config = Config(host=host, port=port, data=self.data, workers=workers, certfile=certfile or '',
-                        keyfile=keyfile or '', access_log=access_log, log_level=log_level,
-                        reload=reload)
+        config = Config(host=host, port=port, root=self.root, data=self.data, workers=workers,
+                        certfile=certfile or '', keyfile=keyfile or '', access_log=access_log,
+                        log_level=log_level, reload=reload)
         try:
             # Forward reference: the server (section 11) runs Apps, so it stands after them.
             return serve_forever(lambda: self, config)
@@ -4461,6 +4468,26 @@ class App:
             # Its message names the culprit and the fix (a template and the one it includes,
             # a busy port): the frames inside the server would only bury it.
             raise exc.with_traceback(None) from None
+
+    def main(self, argv=None):
+        """Serve this app with server.py's flags, SERVER_* variables, ``--help`` and one-line
+        startup errors (exit 1, 2 for a bad flag): ``sys.exit(app.main())``. ``argv`` defaults
+        to ``sys.argv[1:]``; the defaults of --root, --data and --trusted-proxy are the App's."""
+        # Forward reference: the command line (section 13) is server.py's, shared with Apps.
+        return serve_command(argv, self._configured, app=self)
+
+    def _configured(self, config):
+        """This app on the command line's web root, data folder and proxies, before it starts."""
+        root, data = os.path.abspath(config.root) if config.root else None, os.path.abspath(config.data)
+        if data != self.data:
+            self.data, self.upload_dir = data, os.path.join(data, 'uploads')
+            self.db.path = os.path.join(data, 'app.db')
+        if root != self.root:
+            self.root = root
+            self.templates = Templates(os.path.join(root, 'templates') if root else None)
+            self.static = StaticFiles(root, exclude=('templates',)) if (root and self.static_enabled) else None
+        self.trusted = _parse_trusted(config.trusted_proxy)
+        return self
 
 
 def _internal_error(exc):
@@ -4479,6 +4506,15 @@ def error_page(error):
                     'text/plain; charset=utf-8')
     resp.close = error.close
     return resp
+
+
+def _in_networks(address, networks):
+    """Is the IP ``address`` (a zone after '%' ignored) in one of ``networks``?"""
+    try:
+        ip = ipaddress.ip_address(address.split('%', 1)[0])
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 def _parse_trusted(value):
@@ -5779,12 +5815,75 @@ async def serve(app, config, sock=None, ready=None, worker=False, supervisor=Non
     return 0
 
 
+#: Set in the environment of the process a reloader runs: that one serves, even though its
+#: command line (the same as the reloader's, so that a script calling app.main() runs it
+#: again) asks for --reload.
+RELOAD_CHILD_ENV = 'SERVER_RELOAD_CHILD'
+
+
+def reloaded_child():
+    """Is this process the one a reloader runs (and restarts)?"""
+    return os.environ.get(RELOAD_CHILD_ENV) == '1'
+
+
+def run_with_reload(config):
+    """Run this program again as a child process, restarted whenever its script (server.py,
+    or the app's), server.py or a file under the web root changes; the data folder is not
+    watched. Returns 0 on SIGINT or SIGTERM."""
+    script = getattr(sys.modules.get('__main__'), '__file__', None)
+    if not script:
+        raise ConfigError('--reload restarts the script that runs the server, and this one has '
+                          'none: save the code in a file and run python3 app.py --reload')
+    prog = os.path.basename(script)
+    child_argv = [sys.executable, *sys.orig_argv[1:]]
+    env = dict(os.environ, **{RELOAD_CHILD_ENV: '1'})
+    data = os.path.abspath(config.data) + os.sep
+    watched = [os.path.abspath(script), os.path.abspath(__file__)]
+    if config.root:
+        watched.append(config.root)
+
+    def snapshot():
+        stamps = {}
+        for base in watched:
+            paths = [base] if os.path.isfile(base) else [
+                os.path.join(d, f) for d, _, files in os.walk(base) for f in files]
+            for p in paths:
+                if os.path.abspath(p).startswith(data):   # the app's own writes are no change
+                    continue
+                with contextlib.suppress(FileNotFoundError):    # removed since the walk
+                    stamps[p] = os.stat(p).st_mtime_ns
+        return stamps
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    while True:
+        child = subprocess.Popen(child_argv, env=env)
+        seen = snapshot()
+        while not stop and child.poll() is None and snapshot() == seen:
+            time.sleep(0.5)
+        if child.poll() is None:
+            child.terminate()
+            child.wait()
+        if stop:
+            return 0
+        if child.returncode not in (0, -signal.SIGTERM) and snapshot() == seen:
+            print(f'{prog}: the server exited; waiting for a change to restart it', file=sys.stderr)
+            while not stop and snapshot() == seen:
+                time.sleep(0.5)
+            if stop:
+                return 0
+        print(f'{prog}: change detected, restarting', file=sys.stderr)
+
+
 def serve_forever(app_factory, config):
-    """Run the server in this process, or supervise ``config.workers`` forked workers.
+    """Run the server in this process, or supervise ``config.workers`` forked workers, or
+    with ``config.reload`` run it in a child process restarted on changes (run_with_reload).
 
     The data folder is claimed first (DataFolderInUse if another server holds it) and stays
     claimed until this process and every worker it forked have exited.
     """
+    if config.reload and not reloaded_child():
+        return run_with_reload(config)
     lock = claim_data_folder(config.data)
     try:
         if config.workers <= 1:
@@ -6254,8 +6353,9 @@ def load_person(root):
 
 def build_site(config):
     """The portfolio site as an App: one function per area registers its routes and hooks."""
-    app = App(root=config.root, data=config.data, trusted_proxy=config.trusted_proxy,
-              migrations=SITE_MIGRATIONS, name='site')
+    # --root and --data are taken from the current folder, as any command's paths are.
+    app = App(root=os.path.abspath(config.root), data=os.path.abspath(config.data),
+              trusted_proxy=config.trusted_proxy, migrations=SITE_MIGRATIONS, name='site')
     app.template_globals['person'] = load_person(config.root)
     counter = VisitCounter(app.db, shared=config.workers > 1)
     admin_password = os.environ.get('ADMIN_PASSWORD', '')
@@ -6580,14 +6680,16 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
-def build_parser(defaults):
+def build_parser(defaults, prog='server.py', app=False):
+    """The serve command's flags: server.py's for the site, and the same for an app (App.main)."""
     parser = _ArgumentParser(
-        prog='server.py',
-        description='Serve the portfolio site (or `messages` to print the contact messages). '
-                    'Every option can also be set as an environment variable SERVER_<NAME>, '
+        prog=prog,
+        description=('Serve this app on server.py' if app else
+                     'Serve the portfolio site (or `messages` to print the contact messages)') +
+                    '. Every option can also be set as an environment variable SERVER_<NAME>, '
                     'e.g. SERVER_PORT=9000; a flag wins over the environment.',
-        epilog='ADMIN_PASSWORD in the environment enables /admin. '
-               'python3 server.py messages --help: the contact messages command.')
+        epilog=None if app else 'ADMIN_PASSWORD in the environment enables /admin. '
+                                'python3 server.py messages --help: the contact messages command.')
     parser.add_argument('--host', default=defaults.host, help='address to listen on (default: %(default)s)')
     parser.add_argument('--port', type=int, default=defaults.port,
                         help='TCP port, 0 picks a free one (default: %(default)s)')
@@ -6607,23 +6709,29 @@ def build_parser(defaults):
     parser.add_argument('--no-access-log', dest='access_log', action='store_false',
                         default=defaults.access_log, help='do not write the access log (it is on by default)')
     parser.add_argument('--reload', action='store_true', default=defaults.reload,
-                        help='restart when server.py or a file under the web root changes (development)')
+                        help=f'restart when {"this script, " if app else ""}server.py or a file '
+                             f'under the web root changes (development)')
     return parser
 
 
-def config_from_args(argv, environ=None):
-    """Config from defaults <- environment <- argv; raises ConfigError or exits 2 on bad input."""
+def config_from_args(argv, environ=None, *, prog='server.py', app=None):
+    """Config from defaults <- environment <- argv; raises ConfigError or exits 2 on bad input.
+    For an ``app`` (App.main) its own root, data folder and proxies are the defaults."""
+    own = {} if app is None else {
+        'root': app.root, 'data': app.data,
+        'trusted_proxy': ','.join(str(net.network_address) if net.num_addresses == 1 else str(net)
+                                  for net in app.trusted)}
     try:
-        defaults = Config.from_env(environ)
+        defaults = Config.from_env(environ, **own)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    args = build_parser(defaults).parse_args(argv)
+    args = build_parser(defaults, prog, app is not None).parse_args(argv)
     config = Config(**vars(args))
     if not 0 <= config.port <= 65535:
         raise ConfigError(f'--port must be 0 to 65535, not {config.port}')
     if config.workers < 1 or config.workers > 64:
         raise ConfigError(f'--workers must be 1 to 64, not {config.workers}')
-    if not os.path.isdir(config.root):
+    if config.root is not None and not os.path.isdir(config.root):    # an app may have none
         raise StartupError(f'web root not found: {config.root} (use --root)')
     try:
         _parse_trusted(config.trusted_proxy)
@@ -6728,46 +6836,27 @@ def _csv_safe(value):
     return "'" + text if text[:1] in ('=', '+', '-', '@') else text
 
 
-def run_with_reload(argv):
-    """Run the server as a child process and restart it whenever server.py or www/ changes."""
-    child_argv = [sys.executable, os.path.abspath(__file__)] + [a for a in argv if a != '--reload']
-    env = dict(os.environ, SERVER_RELOAD='0')
-    watched_root = Config.from_env().root
-    for i, arg in enumerate(argv):
-        if arg == '--root' and i + 1 < len(argv):
-            watched_root = argv[i + 1]
-        elif arg.startswith('--root='):
-            watched_root = arg.split('=', 1)[1]
-
-    def snapshot():
-        stamps = {}
-        for base in (os.path.abspath(__file__), watched_root):
-            paths = [base] if os.path.isfile(base) else [
-                os.path.join(d, f) for d, _, files in os.walk(base) for f in files]
-            for p in paths:
-                with contextlib.suppress(FileNotFoundError):    # removed since the walk
-                    stamps[p] = os.stat(p).st_mtime_ns
-        return stamps
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
-    while True:
-        child = subprocess.Popen(child_argv, env=env)
-        seen = snapshot()
-        while not stop and child.poll() is None and snapshot() == seen:
-            time.sleep(0.5)
-        if child.poll() is None:
-            child.terminate()
-            child.wait()
-        if stop:
-            return 0
-        if child.returncode not in (0, -signal.SIGTERM) and snapshot() == seen:
-            print('server.py: the server exited; waiting for a change to restart it', file=sys.stderr)
-            while not stop and snapshot() == seen:
-                time.sleep(0.5)
-            if stop:
-                return 0
-        print('server.py: change detected, restarting', file=sys.stderr)
+def serve_command(argv, build, *, app=None):
+    """Serve ``build(config)`` with the Config from ``argv`` (default ``sys.argv[1:]``): the
+    command line of server.py for the site, and of an app's script for an ``app`` (App.main).
+    The one place a failed start is reported: one line on stderr; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = 'server.py'
+    if app is not None:
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ('', '-c') else 'app'
+    try:
+        try:
+            config = config_from_args(argv, prog=prog, app=app)
+        except SystemExit as exc:       # --help, or a bad flag (already said on stderr)
+            return exc.code
+        configure_logging(config.log_level)
+        check_listen(config)
+        return serve_forever(lambda: build(config), config)
+    except StartupError as exc:
+        print(f'{prog}: error: {exc}', file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 0
 
 
 def main(argv=None):
@@ -6775,18 +6864,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == 'messages':
         return print_messages(argv[1:])
-    try:
-        config = config_from_args(argv)
-        configure_logging(config.log_level)
-        if config.reload:
-            return run_with_reload(argv)
-        check_listen(config)
-        return serve_forever(lambda: build_site(config), config)
-    except StartupError as exc:     # the one place a failed start is reported
-        print(f'server.py: error: {exc}', file=sys.stderr)
-        return exc.exit_status
-    except KeyboardInterrupt:
-        return 0
+    return serve_command(argv, build_site)
 
 
 if __name__ == '__main__':

@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import random
 import re
 import secrets
@@ -7574,8 +7575,6 @@ class SessionValuesTest(unittest.TestCase):
         self.assertTrue(nested.should_save())
 
 
-if __name__ == '__main__':
-    unittest.main()
 
 
 # --- issue 21: send_file validators ---
@@ -7775,3 +7774,314 @@ class TemplateMissingValueTest(unittest.TestCase):
         with app.test_client() as client:
             resp = client.get('/')
         self.assertEqual((resp.status, resp.text), (200, '<p>Hello, Ada!</p>'))
+
+
+# --- issue 21: running an app ---
+
+class AppProcess:
+    """A script that serves an app, run as python3 does it, with server.py importable; its
+    output read by threads, so waiting for a line has a deadline and no pipe fills up."""
+
+    def __init__(self, test, script, *args, cwd=None, env=None):
+        clean = {k: v for k, v in os.environ.items() if not k.startswith('SERVER_')}
+        clean['PYTHONPATH'] = os.pathsep.join(filter(None, [HERE, os.environ.get('PYTHONPATH')]))
+        self.proc = subprocess.Popen([sys.executable, script, *args], cwd=cwd, env=dict(clean, **(env or {})),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        test.addCleanup(self.cleanup)
+        self.lines, self.errors = queue.Queue(), []
+        self.readers = [threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put), daemon=True),
+                        threading.Thread(target=self._read, args=(self.proc.stderr, self.errors.append), daemon=True)]
+        for reader in self.readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, put):
+        for line in stream:
+            put(line.decode(errors='replace'))
+        put(None)
+
+    def banner(self, timeout=20):
+        """(port, pid) from the next 'serving' line, or None if the program ended first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f'no banner within {timeout} s; stderr: {self.stderr()}') from None
+            if line is None:
+                return None
+            if 'serving' in line:
+                return banner_port(line), int(re.search(r'\(pid (\d+)', line).group(1))
+
+    def stderr(self):
+        return ''.join(line for line in self.errors if line)
+
+    def wait(self, timeout=20):
+        """The exit status (after SIGTERM while it still runs), its output all read."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        for reader in self.readers:
+            reader.join(timeout)
+        return code
+
+    def cleanup(self):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def fetch(port, path, method='GET', body=None, headers=None):
+    """(status, body text) of one request to 127.0.0.1:port."""
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors='replace')
+    finally:
+        conn.close()
+
+
+APP_SCRIPT = """\
+import sys
+import server
+
+app = server.App(root='www', data='data')
+
+@app.get('/where')
+def where(request):
+    app.db.run_sync(lambda conn: conn.execute('SELECT 1'))
+    return {'root': app.root, 'data': app.data, 'trusted': [str(n) for n in app.trusted]}
+
+@app.get('/say')
+def say(request):
+    return 'one'
+
+if __name__ == '__main__':
+    sys.exit(%s)
+"""
+
+
+class AppMainTest(unittest.TestCase):
+    """app.main(): server.py's command line, environment, help and startup errors for an app."""
+
+    def setUp(self):
+        self.tmp = fresh_dir(self, 'server-app-')
+        self.folder = os.path.join(self.tmp, 'app')
+        os.makedirs(os.path.join(self.folder, 'www'))
+        with open(os.path.join(self.folder, 'www', 'a.txt'), 'w') as f:
+            f.write('static beside the app')
+        self.elsewhere = os.path.join(self.tmp, 'elsewhere')
+        os.mkdir(self.elsewhere)
+
+    def script(self, call='app.main()'):
+        path = os.path.join(self.folder, 'app.py')
+        with open(path, 'w') as f:
+            f.write(APP_SCRIPT % call)
+        return path
+
+    def in_process_app(self):
+        return server.App(root=os.path.join(self.folder, 'www'), data=os.path.join(self.tmp, 'data'))
+
+    def test_main_takes_flags_and_environment_and_paths_beside_the_app(self):
+        # Started from another folder: the App's relative root and data are beside app.py,
+        # SERVER_DATA (relative) is taken from the current folder as server.py's is.
+        proc = AppProcess(self, self.script(), '--port', '0', '--trusted-proxy', '10.0.0.0/8',
+                          cwd=self.elsewhere, env={'SERVER_DATA': 'envdata', 'SERVER_ACCESS_LOG': '0'})
+        port, _ = proc.banner() or self.fail(proc.stderr())
+        self.assertEqual(fetch(port, '/a.txt'), (200, 'static beside the app'))
+        status, body = fetch(port, '/where')
+        self.assertEqual(json.loads(body), {'root': os.path.join(self.folder, 'www'),
+                                            'data': os.path.join(self.elsewhere, 'envdata'),
+                                            'trusted': ['10.0.0.0/8']})
+        for name in ('.lock', 'app.db'):
+            self.assertTrue(os.path.exists(os.path.join(self.elsewhere, 'envdata', name)), name)
+        self.assertFalse(os.path.exists(os.path.join(self.folder, 'data')))
+        self.assertEqual(proc.wait(), 0)
+        self.assertNotIn('"GET /where', proc.stderr() + ''.join(filter(None, proc.lines.queue)))
+
+    def test_app_defaults_then_environment_then_flags(self):
+        app = self.in_process_app()
+        config = server.config_from_args([], environ={}, app=app)
+        self.assertEqual((config.root, config.data, config.trusted_proxy, config.port),
+                         (app.root, app.data, '127.0.0.1,::1', 8000))
+        config = server.config_from_args(['--data', os.path.join(self.tmp, 'flag')],
+                                         environ={'SERVER_DATA': os.path.join(self.tmp, 'env'),
+                                                  'SERVER_PORT': '0'}, app=app)
+        self.assertEqual((config.data, config.port), (os.path.join(self.tmp, 'flag'), 0))
+        bare = server.App(data=os.path.join(self.tmp, 'data'))      # no web root: none needed
+        self.assertIsNone(server.config_from_args([], environ={}, app=bare).root)
+
+    def test_help_lists_the_same_flags_as_server_py(self):
+        def flags(run):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                self.assertEqual(run(['--help']), 0)
+            return set(re.findall(r'(?<![\w-])--[a-z][a-z-]*', out.getvalue())), out.getvalue()
+        app_flags, app_help = flags(self.in_process_app().main)
+        site_flags, _ = flags(server.main)
+        self.assertEqual(app_flags, site_flags)
+        self.assertIn('SERVER_<NAME>', app_help)
+        self.assertIn(os.path.join(self.folder, 'www'), app_help)      # the app's own default
+
+    def test_bad_flags_and_failed_starts_are_one_line(self):
+        app = self.in_process_app()
+        afile = os.path.join(self.tmp, 'afile')
+        open(afile, 'w').close()
+        for argv, code, says in [(['--port', 'x'], 2, 'invalid int value'),
+                                 (['--port', '70000'], 2, '--port must be 0 to 65535'),
+                                 (['--bogus'], 2, 'unrecognized arguments'),
+                                 (['--data', afile], 1, 'is a file'),
+                                 (['--root', os.path.join(self.tmp, 'none')], 1, 'web root not found')]:
+            with self.subTest(argv=argv):
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err), environ(SERVER_PORT=None, SERVER_DATA=None):
+                    self.assertEqual(app.main(argv), code)
+                self.assertEqual(err.getvalue().count('\n'), 1, err.getvalue())
+                self.assertIn('error: ', err.getvalue())
+                self.assertIn(says, err.getvalue())
+
+    def test_run_reads_neither_argv_nor_environment(self):
+        script = self.script("app.run(host='127.0.0.1', port=0, access_log=False)")
+        proc = AppProcess(self, script, '--port', '1', '--host', 'nowhere.invalid', cwd=self.elsewhere,
+                          env={'SERVER_PORT': '1', 'SERVER_HOST': 'nowhere.invalid', 'SERVER_DATA': 'envdata'})
+        port, _ = proc.banner() or self.fail(proc.stderr())
+        self.assertNotEqual(port, 1)
+        self.assertEqual(json.loads(fetch(port, '/where')[1])['data'], os.path.join(self.folder, 'data'))
+        self.assertEqual(proc.wait(), 0)
+
+    def test_main_reload_restarts_on_a_change_to_the_apps_script(self):
+        script = self.script()
+        proc = AppProcess(self, script, '--port', '0', '--reload', '--no-access-log', cwd=self.elsewhere)
+        port, pid = proc.banner() or self.fail(proc.stderr())
+        self.assertNotEqual(pid, proc.proc.pid)             # a child serves; the parent watches
+        self.assertEqual(fetch(port, '/say'), (200, 'one'))
+        with open(script) as f:
+            text = f.read()
+        with open(script, 'w') as f:
+            f.write(text.replace("'one'", "'two'"))
+        later = os.stat(script).st_mtime_ns + 2 * 10**9     # a change even on a coarse clock
+        os.utime(script, ns=(later, later))
+        port, second = proc.banner() or self.fail(proc.stderr())
+        self.assertNotEqual(second, pid)
+        self.assertEqual(fetch(port, '/say'), (200, 'two'))
+        self.assertEqual(proc.wait(), 0)
+        self.assertIn('change detected, restarting', proc.stderr())
+
+    def test_run_reload_serves_from_a_child(self):
+        script = self.script("app.run(host='127.0.0.1', port=0, access_log=False, reload=True)")
+        proc = AppProcess(self, script, cwd=self.elsewhere)
+        port, pid = proc.banner() or self.fail(proc.stderr())
+        self.assertNotEqual(pid, proc.proc.pid)
+        self.assertEqual(fetch(port, '/say'), (200, 'one'))
+        self.assertEqual(proc.wait(), 0)
+
+    def test_reload_without_a_script_is_refused(self):
+        code = ('import sys, server; app = server.App(data=%r); '
+                'sys.exit(app.main(["--reload", "--port", "0"]))' % os.path.join(self.tmp, 'data'))
+        proc = AppProcess(self, '-c', code, cwd=self.elsewhere)
+        self.assertIsNone(proc.banner())
+        self.assertEqual(proc.wait(), 2)
+        self.assertEqual(proc.stderr().count('\n'), 1, proc.stderr())
+        self.assertIn('--reload restarts the script', proc.stderr())
+
+    def test_relative_paths_are_beside_the_file_that_makes_the_app(self):
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.elsewhere)
+        make = 'import server\napp = server.App(root="www", data="d")'
+        scope = {'__file__': os.path.join(self.folder, 'app.py')}
+        exec(compile(make, scope['__file__'], 'exec'), scope)
+        self.assertEqual((scope['app'].root, scope['app'].data),
+                         (os.path.join(self.folder, 'www'), os.path.join(self.folder, 'd')))
+        scope = {}
+        exec(make, scope)                                   # code without a file: the cwd
+        self.assertEqual(scope['app'].data, os.path.join(self.elsewhere, 'd'))
+        # server.py's own --root and --data are taken from the current folder.
+        site = server.build_site(server.Config(root=os.path.relpath(WWW), data='rel'))
+        self.assertEqual((site.root, site.data), (WWW, os.path.join(self.elsewhere, 'rel')))
+
+
+
+# --- issue 21: README examples ---
+
+#: A ```python block of README.md, with the `<!-- test: ... -->` lines right above it.
+README_BLOCK_RE = re.compile(r'((?:^<!-- test: [^\n]*-->\n)*)^```python\n(.*?)^```[ \t]*$', re.M | re.S)
+
+
+def readme_python_blocks():
+    """(line, code, checks) for every ```python block of README.md, read when the test runs."""
+    with open(os.path.join(HERE, 'README.md'), encoding='utf-8') as f:
+        text = f.read()
+    return [(text.count('\n', 0, m.start(2)) + 1, m.group(2), re.findall(r'<!-- test: ([^\n]*?) -->', m.group(1)))
+            for m in README_BLOCK_RE.finditer(text)]
+
+
+class ReadmeExamplesTest(unittest.TestCase):
+    """Every ```python block in README.md runs as written, so the text cannot drift from the code.
+
+    Each block is saved as app.py in a fresh folder laid out as a clone is (a copy of
+    server.py and of www/ beside it) and run there as `python3 app.py --port 0`:
+    - a block that ends by itself must exit 0 (its asserts are its checks);
+    - a block that serves must do so through app.main(), so --port 0 reaches it, and print
+      server.py's banner; then each line `<!-- test: METHOD PATH STATUS [TEXT] -->` right
+      above the block (an HTML comment: invisible on the rendered page) is one request, whose
+      status must be STATUS and whose body must hold TEXT; a serving block without such lines
+      gets `GET /`, which must not be a 5xx. SIGTERM must then stop it with exit 0.
+    Shell blocks are not run here: `python3 server.py` and the tests are what the other
+    tests do, and the deployment steps need root.
+    """
+
+    def test_every_python_block_runs(self):
+        blocks = readme_python_blocks()
+        self.assertTrue(blocks, 'README.md has no python blocks: has the fence changed?')
+        self.assertTrue(any('.main(' in code for _, code, _ in blocks))     # the app example
+        for lineno, code, checks in blocks:
+            with self.subTest(readme_line=lineno):
+                self.run_block(code, checks)
+
+    def run_block(self, code, checks):
+        folder = fresh_dir(self, 'server-readme-')
+        shutil.copy(os.path.join(HERE, 'server.py'), folder)
+        shutil.copytree(WWW, os.path.join(folder, 'www'))
+        script = os.path.join(folder, 'app.py')
+        with open(script, 'w', encoding='utf-8') as f:
+            f.write(code)
+        proc = AppProcess(self, script, '--port', '0', cwd=folder)
+        served = proc.banner(timeout=30)
+        if served is None:
+            self.assertEqual(proc.wait(30), 0, proc.stderr())
+            self.assertFalse(checks, 'a block with test lines must serve (app.main())')
+            return
+        port = served[0]
+        for check in checks or ['GET /']:
+            method, path, *rest = check.split(' ', 3)
+            status, body = fetch(port, path, method)
+            if rest:
+                self.assertEqual(status, int(rest[0]), f'{check}: {body[:300]}')
+                self.assertIn(rest[1] if len(rest) > 1 else '', body, check)
+            else:
+                self.assertLess(status, 500, f'{check}: {body[:300]}')
+        self.assertEqual(proc.wait(), 0, proc.stderr())
+
+
+
+class PlainHandlerParamsTest(unittest.TestCase):
+    """A plain def handler (run in a worker thread) gets its path parameters as keywords,
+    as the README's first example has it."""
+
+    def test_plain_def_handler_with_path_parameters(self):
+        app = server.App(data=fresh_dir(self))
+
+        @app.route('/hello/<name>/<int:n>')
+        def hello(request, name, n):
+            return {'name': name, 'n': n, 'thread': threading.current_thread().name}
+
+        with app.test_client() as client:
+            self.assertEqual(client.get('/hello/world/7').json(),
+                             {'name': 'world', 'n': 7, 'thread': 'server-handler'})
+
+
+if __name__ == '__main__':
+    unittest.main()
