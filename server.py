@@ -6326,6 +6326,7 @@ def build_parser(defaults):
                         default=defaults.access_log, help='do not write the access log (it is on by default)')
     parser.add_argument('--reload', action='store_true', default=defaults.reload,
                         help='restart when server.py or a file under the web root changes (development)')
+    parser.add_argument('--version', action='version', version=f'server.py {__version__}')
     return parser
 
 
@@ -6493,6 +6494,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == 'messages':
         return print_messages(argv[1:])
+    if argv == ['--version']:     # also where a bad SERVER_* setting would stop the parser
+        print(f'server.py {__version__}')
+        return 0
     try:
         config = config_from_args(argv)
         configure_logging(config.log_level)

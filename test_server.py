@@ -5960,8 +5960,26 @@ class NginxTest(unittest.TestCase):
         resp = conn.getresponse()
         self.assertEqual(resp.status, 200)
         self.assertEqual(resp.getheader('Content-Encoding'), 'gzip')
-        self.assertIn('max-age=604800', resp.getheader('Cache-Control'))
+        self.assertEqual(resp.getheader('Cache-Control'), 'no-cache')
         resp.read()
+        # A versioned URL (the templates' static filter) is cached for a year.
+        conn.request('GET', '/css/site.css?v=0123abcd')
+        resp = conn.getresponse()
+        resp.read()
+        self.assertEqual(resp.getheader('Cache-Control'), 'public, max-age=31536000, immutable')
+        # TLS 1.2 offers no CBC suite (LUCKY13), only AEAD ones with forward secrecy.
+        cbc = ssl.create_default_context(cafile=pair[0])
+        cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+        cbc.set_ciphers('ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:AES128-SHA:AES128-GCM-SHA256')
+        with self.assertRaises(ssl.SSLError):
+            with socket.create_connection(('127.0.0.1', https_port), timeout=5) as raw:
+                cbc.wrap_socket(raw, server_hostname='127.0.0.1').close()
+        gcm = ssl.create_default_context(cafile=pair[0])
+        gcm.maximum_version = ssl.TLSVersion.TLSv1_2
+        gcm.set_ciphers('ECDHE-RSA-AES128-GCM-SHA256')
+        with socket.create_connection(('127.0.0.1', https_port), timeout=5) as raw:
+            with gcm.wrap_socket(raw, server_hostname='127.0.0.1') as tls:
+                self.assertEqual(tls.version(), 'TLSv1.2')
         # From another loopback address, so the real client differs from the proxy's address.
         conn = http.client.HTTPSConnection('127.0.0.1', https_port, context=context, timeout=5,
                                            source_address=('127.0.0.2', 0))
@@ -7020,6 +7038,23 @@ class BenchHarnessTest(unittest.TestCase):
             bench.parse_args(['--harness', 'hello,nope'])
         args = bench.parse_args(['--harness', 'hello', '--instructions'])
         self.assertEqual((args.harness, args.requests), (['hello'], 1000))
+
+
+
+# --- issue 22: make it yours, pages, versioned assets ---
+
+class VersionFlagTest(unittest.TestCase):
+    """`python3 server.py --version`: the version on stdout, exit 0, even with a bad setting."""
+
+    def test_version_prints_and_exits_0(self):
+        for env in ({}, {'SERVER_PORT': 'abc'}):
+            with self.subTest(env=env):
+                result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--version'],
+                                        capture_output=True, text=True, timeout=30,
+                                        env=dict(os.environ, **env))
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertEqual(result.stdout, f'server.py {server.__version__}\n')
+                self.assertRegex(server.__version__, r'^\d+\.\d+\.\d+$')
 
 
 if __name__ == '__main__':
