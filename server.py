@@ -8,6 +8,7 @@ Run the site::
     python3 server.py                     # http://127.0.0.1:8000, data in ./data
     python3 server.py --help              # every option
     python3 server.py messages [--csv]    # the contact messages, newest first
+    python3 server.py --version           # which one this is
 
 Use it as a framework::
 
