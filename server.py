@@ -8,6 +8,7 @@ Run the site::
     python3 server.py                     # http://127.0.0.1:8000, data in ./data
     python3 server.py --help              # every option
     python3 server.py messages [--csv]    # the contact messages, newest first
+    python3 server.py --version           # which one this is
 
 Use it as a framework::
 
@@ -2675,6 +2676,16 @@ class Templates:
             self._cache[name] = (template, mtime, now)
             return template
 
+    def exists(self, name):
+        """Is there a template ``name``? For routes that serve templates by name: a new file
+        is found without a restart. Blocking (a stat()), as ``get`` is; a broken template
+        raises TemplateError."""
+        try:
+            self.get(name)
+        except _TemplateNotFound:
+            return False
+        return True
+
     def preload(self):
         """Compile every .html template, and look up what each includes or extends: a
         mistake in any stops the start instead of failing a visitor."""
@@ -3505,13 +3516,18 @@ class _LazyCSRFToken:
 
 _COMPRESSIBLE = ('text/', 'application/javascript', 'application/json', 'image/svg+xml',
                  'application/xml', 'application/manifest+json', 'image/x-icon')
+#: Cache-Control of a static URL whose ``?v=`` is the file's content hash (static_url): its
+#: content never changes, so browsers keep it a year without asking again (RFC 8246).
+STATIC_VERSIONED_CACHE_CONTROL = 'public, max-age=31536000, immutable'
+#: Content hashes StaticFiles.version remembers (paths the templates link: a handful).
+STATIC_VERSIONS = 1024
 
 
 class StaticEntry:
     """What we know of one file: where it is, its validators, and (if small) its bytes."""
 
     __slots__ = ('path', 'mtime_ns', 'size', 'ino', 'etag', 'last_modified', 'content_type',
-                 'body', 'gzipped', 'checked_at', 'fields', 'gzip_fields')
+                 'body', 'gzipped', 'checked_at', 'fields', 'gzip_fields', 'version')
 
 
 class StaticFiles:
@@ -3532,6 +3548,10 @@ class StaticFiles:
         # url path -> when it was found missing: a 404 is known for a second without a stat()
         # in a thread each time (a scanner's probes, a missing favicon), as a file is.
         self._missing = collections.OrderedDict()
+        # url path -> ((mtime_ns, size, ino) or None if missing, content hash, checked_at):
+        # version() runs where templates render, on the loop or in a handler thread.
+        self._versions = {}
+        self._versions_lock = threading.Lock()
 
     def resolve(self, url_path):
         """The jail: a decoded URL path -> a real file path inside the root (blocking).
@@ -3590,6 +3610,7 @@ class StaticFiles:
         entry.content_type = guess_type(path)
         entry.body = None
         entry.gzipped = None
+        entry.version = None        # the content hash, once a ?v= asks for it
         entry.checked_at = time.monotonic()
         fields = [('Content-Type', entry.content_type), ('ETag', entry.etag),
                   ('Last-Modified', entry.last_modified), ('Cache-Control', 'no-cache'),
@@ -3668,8 +3689,46 @@ class StaticFiles:
         if entry is not None:
             self._cached_bytes -= _entry_bytes(entry)
 
+    def version(self, url_path):
+        """The content hash of the file at ``url_path`` for its versioned URL (static_url),
+        or None if there is none.
+
+        Blocking, as rendering a template is (Templates.get): a stat() at most once a second
+        per file, as the cache revalidates, and a read of a file that changed.
+        """
+        with self._versions_lock:
+            known = self._versions.get(url_path)
+            now = time.monotonic()
+            if known is not None and now - known[2] < 1.0:
+                return known[1]
+            try:
+                path = self.resolve(url_path)
+                st = os.stat(path)
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+                # The stamp is taken before the read: a file changing meanwhile is read again.
+                version = known[1] if known is not None and known[0] == stamp else content_version(path)
+            except (HTTPError, OSError):
+                stamp = version = None
+            if len(self._versions) >= STATIC_VERSIONS and url_path not in self._versions:
+                self._versions.clear()
+            self._versions[url_path] = (stamp, version, now)
+            return version
+
     async def serve(self, request, url_path):
-        """The Response for a GET or HEAD of ``url_path``."""
+        """The Response for a GET or HEAD of ``url_path``; cached for a year when its ``?v=``
+        is the file's current content hash. A stale one gets today's file, cached as usual."""
+        response = await self._serve(request, url_path)
+        if request.query_string and response.status in (200, 206, 304):
+            version = request.query.get('v')
+            entry = self._cache.get(url_path)
+            if version and entry is not None:
+                if entry.version is None:
+                    entry.version = await asyncio.to_thread(content_version, entry.path, entry.body)
+                if version == entry.version:
+                    response.headers['Cache-Control'] = STATIC_VERSIONED_CACHE_CONTROL
+        return response
+
+    async def _serve(self, request, url_path):
         entry = self._cache.get(url_path)
         if entry is None or time.monotonic() - entry.checked_at >= 1.0:
             entry = await self._entry(url_path)    # new, or time to stat() it again
@@ -3725,6 +3784,19 @@ def file_conditions(request, etag, mtime_ns, size):
             if span is not None:
                 return 206, span
     return _WHOLE_FILE
+
+
+def content_version(path, body=None):
+    """The short content hash of a file (of ``body``, its bytes, when already read) that
+    versions its URL: the same in every worker and after a restart, new with any change."""
+    digest = hashlib.blake2b(digest_size=8)
+    if body is not None:
+        digest.update(body)
+    else:
+        with open(path, 'rb') as f:
+            while chunk := f.read(STATIC_CHUNK_BYTES):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def file_etag(st):
@@ -4533,6 +4605,23 @@ def url_for(endpoint, /, **params):
     if app is None:
         raise RuntimeError('url_for needs an App')
     return app.url_for(endpoint, **params)
+
+
+def static_url(path):
+    """A static file's URL with its content hash, ``/css/site.css?v=1f2e...``: served with a
+    year's cache, and another as soon as the file changes, without a restart. In templates,
+    the ``static`` filter: ``{{ '/css/site.css' | static }}``. Anything that is not a file
+    under the web root (another site's URL, a missing file) is given back as it is."""
+    if not isinstance(path, str) or not path.startswith('/') or path.startswith('//'):
+        return path
+    request = _current_request.get()
+    app = request.app if request is not None else App._default
+    version = app.static.version(path) if app is not None and app.static is not None else None
+    return path if version is None else f'{urllib.parse.quote(path)}?v={version}'
+
+
+# A filter of section 6's table, defined here because it needs the current App.
+TEMPLATE_FILTERS['static'] = static_url
 
 
 def render(template, /, **context):
@@ -6317,6 +6406,11 @@ def _admin_failure_address(client):
 #: The templates the site's routes render: a web root without them is not the site's.
 SITE_TEMPLATES = ('index.html', 'contact.html', 'thanks.html', 'upload.html', 'profile.html',
                   'admin.html', 'admin_login.html', '404.html', 'error.html')
+#: An owner's page: /NAME is templates/pages/NAME.html. No dot, slash or percent, so no URL
+#: names a file outside that folder, and a partial such as _card.html is never a page.
+PAGE_NAME_RE = re.compile(r'[A-Za-z0-9-]{1,64}')
+#: The longest title a page's navigation link may have.
+MAX_PAGE_TITLE_CHARS = 60
 
 
 def load_person(root):
@@ -6348,7 +6442,35 @@ def load_person(root):
     if not isinstance(person, dict):
         raise StartupError(f'{path} must hold one JSON object, {{"name": ...}}: '
                            f'it holds a {type(person).__name__}')
+    person['pages'] = _checked_pages(person.get('pages', []), path, folder)
     return person
+
+
+def _checked_pages(pages, path, folder):
+    """person.json's ``"pages": [{"name": "talks", "title": "Talks"}]``, the navigation's
+    links to owner pages, each with its ``url``; raises StartupError naming what is wrong."""
+    shape = '"pages": [{"name": "talks", "title": "Talks"}]'
+    if not isinstance(pages, list):
+        raise StartupError(f'{path}: "pages" must be a list, as in {shape}')
+    checked, seen = [], set()
+    for page in pages:
+        if not isinstance(page, dict) or not isinstance(page.get('name'), str) \
+                or not isinstance(page.get('title'), str):
+            raise StartupError(f'{path}: each of "pages" needs a "name" and a "title", as in {shape}')
+        name, title = page['name'], page['title'].strip()
+        if not PAGE_NAME_RE.fullmatch(name):
+            raise StartupError(f'{path}: the page name {name!r} may have only letters, digits and -, '
+                               f'at most 64 (it is the URL /NAME and the file templates/pages/NAME.html)')
+        if not title or len(title) > MAX_PAGE_TITLE_CHARS:
+            raise StartupError(f'{path}: the page {name!r} needs a title of 1 to {MAX_PAGE_TITLE_CHARS} characters')
+        if name in seen:
+            raise StartupError(f'{path}: the page {name!r} is listed twice')
+        seen.add(name)
+        if not os.path.isfile(os.path.join(folder, 'pages', name + '.html')):
+            raise StartupError(f'{path} lists the page {name!r}, but {os.path.join(folder, "pages", name)}.html '
+                               f'is missing: add it (extending base.html), or take the page out of "pages"')
+        checked.append(dict(page, title=title, url='/' + name))
+    return checked
 
 
 def build_site(config):
@@ -6364,6 +6486,7 @@ def build_site(config):
     _site_contact(app)
     _site_uploads(app, UploadsInFlight())
     _site_admin(app, admin_password)
+    _site_owner_pages(app)
     return app
 
 
@@ -6441,6 +6564,27 @@ def _site_pages(app, counter):
             log.error('health check: database unavailable: %s', exc)
             return Response.text('database unavailable\n', 503, {'Retry-After': '5'})
         return Response.text('ok\n')
+
+
+def _site_owner_pages(app):
+    """The owner's pages: templates/pages/NAME.html at /NAME, found when first asked for,
+    so a new file needs no restart. The site's own routes come first: a page cannot hide one."""
+    for page in app.template_globals['person']['pages']:
+        try:
+            taken = app.router.lookup('GET', page['url'])[0] is not None
+        except HTTPError:       # a route of other methods only
+            taken = True
+        if taken:
+            raise StartupError(f'the page {page["name"]!r} in person.json has the URL of the site\'s own '
+                               f'{page["url"]}: give it another name')
+
+    @app.get(re.compile(r'/(?P<name>' + PAGE_NAME_RE.pattern + ')'))
+    async def owner_page(request, name):
+        template = f'pages/{name}.html'
+        if not app.templates.exists(template):
+            # Not a page: what the path is without this route (a folder's redirect, or 404).
+            return await app.static.serve(request, request.path)
+        return render(template, page=name)
 
 
 def _error_view(request, error):
@@ -6711,6 +6855,7 @@ def build_parser(defaults, prog='server.py', app=False):
     parser.add_argument('--reload', action='store_true', default=defaults.reload,
                         help=f'restart when {"this script, " if app else ""}server.py or a file '
                              f'under the web root changes (development)')
+    parser.add_argument('--version', action='version', version=f'server.py {__version__}')
     return parser
 
 
@@ -6864,6 +7009,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == 'messages':
         return print_messages(argv[1:])
+    if argv == ['--version']:     # also where a bad SERVER_* setting would stop the parser
+        print(f'server.py {__version__}')
+        return 0
     return serve_command(argv, build_site)
 
 

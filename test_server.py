@@ -5964,8 +5964,27 @@ class NginxTest(unittest.TestCase):
         resp = conn.getresponse()
         self.assertEqual(resp.status, 200)
         self.assertEqual(resp.getheader('Content-Encoding'), 'gzip')
-        self.assertIn('max-age=604800', resp.getheader('Cache-Control'))
+        self.assertEqual(resp.getheader('Cache-Control'), 'no-cache')
         resp.read()
+        resp.read()
+        # A versioned URL (the templates' static filter) is cached for a year.
+        conn.request('GET', '/css/site.css?v=0123abcd')
+        resp = conn.getresponse()
+        resp.read()
+        self.assertEqual(resp.getheader('Cache-Control'), 'public, max-age=31536000, immutable')
+        # TLS 1.2 offers no CBC suite (LUCKY13), only AEAD ones with forward secrecy.
+        cbc = ssl.create_default_context(cafile=pair[0])
+        cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+        cbc.set_ciphers('ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:AES128-SHA:AES128-GCM-SHA256')
+        with self.assertRaises(ssl.SSLError):
+            with socket.create_connection(('127.0.0.1', https_port), timeout=5) as raw:
+                cbc.wrap_socket(raw, server_hostname='127.0.0.1').close()
+        gcm = ssl.create_default_context(cafile=pair[0])
+        gcm.maximum_version = ssl.TLSVersion.TLSv1_2
+        gcm.set_ciphers('ECDHE-RSA-AES128-GCM-SHA256')
+        with socket.create_connection(('127.0.0.1', https_port), timeout=5) as raw:
+            with gcm.wrap_socket(raw, server_hostname='127.0.0.1') as tls:
+                self.assertEqual(tls.version(), 'TLSv1.2')
         # From another loopback address, so the real client differs from the proxy's address.
         conn = http.client.HTTPSConnection('127.0.0.1', https_port, context=context, timeout=5,
                                            source_address=('127.0.0.2', 0))
@@ -8081,6 +8100,208 @@ class PlainHandlerParamsTest(unittest.TestCase):
         with app.test_client() as client:
             self.assertEqual(client.get('/hello/world/7').json(),
                              {'name': 'world', 'n': 7, 'thread': 'server-handler'})
+
+
+# --- issue 22: make it yours, pages, versioned assets ---
+
+class VersionFlagTest(unittest.TestCase):
+    """`python3 server.py --version`: the version on stdout, exit 0, even with a bad setting."""
+
+    def test_version_prints_and_exits_0(self):
+        for env in ({}, {'SERVER_PORT': 'abc'}):
+            with self.subTest(env=env):
+                result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--version'],
+                                        capture_output=True, text=True, timeout=30,
+                                        env=dict(os.environ, **env))
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertEqual(result.stdout, f'server.py {server.__version__}\n')
+                self.assertRegex(server.__version__, r'^\d+\.\d+\.\d+$')
+
+
+
+def owner_site(test, pages=None, files=None):
+    """A copy of the shipped web root, as an owner's, with ``pages`` (person.json's list)
+    and ``files`` (path under the root -> text) added: (root, data)."""
+    root = os.path.join(fresh_dir(test, 'server-owner-'), 'www')
+    shutil.copytree(WWW, root)
+    os.makedirs(os.path.join(root, 'templates', 'pages'), exist_ok=True)
+    for name, text in (files or {}).items():
+        path = os.path.join(root, *name.split('/'))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w', encoding='utf-8') as f:
+            f.write(text)
+    if pages is not None:
+        path = os.path.join(root, 'templates', 'person.json')
+        with open(path, encoding='utf-8') as f:
+            person = json.load(f)
+        person['pages'] = pages
+        with open(path, 'w', encoding='utf-8') as f:
+            json.dump(person, f)
+    return root, fresh_dir(test)
+
+
+def owner_client(test, root, data):
+    with environ(ADMIN_PASSWORD=None):
+        app = server.build_site(server.Config(root=root, data=data))
+    client = app.test_client()
+    test.addCleanup(client.close)
+    return client
+
+
+TALKS_PAGE = ('{% extends "base.html" %}{% block title %}Talks{% endblock %}'
+              '{% block content %}<h1>My talks</h1><p>page={{ page }}</p>{% endblock %}')
+
+
+class OwnerPagesTest(unittest.TestCase):
+    """templates/pages/NAME.html is served at /NAME; person.json's "pages" are the nav's links."""
+
+    def test_a_page_template_is_served_at_its_name_with_the_nav(self):
+        root, data = owner_site(self, pages=[{'name': 'talks', 'title': 'Talks & slides'}],
+                                files={'templates/pages/talks.html': TALKS_PAGE})
+        client = owner_client(self, root, data)
+        resp = client.get('/talks')
+        self.assertEqual(resp.status, 200)
+        self.assertIn('<h1>My talks</h1><p>page=talks</p>', resp.text)
+        self.assertIn("script-src 'self'", resp.headers['content-security-policy'])
+        self.assertIn('<a href="/talks" aria-current="page">Talks &amp; slides</a>', resp.text)
+        home = client.get('/')
+        self.assertIn('<a href="/talks">Talks &amp; slides</a>', home.text)
+        head = client.request('HEAD', '/talks')
+        self.assertEqual((head.status, head.body), (200, b''))
+
+    def test_a_new_page_file_needs_no_restart(self):
+        root, data = owner_site(self)
+        client = owner_client(self, root, data)
+        self.assertEqual(client.get('/now').status, 404)
+        with open(os.path.join(root, 'templates', 'pages', 'now.html'), 'w') as f:
+            f.write(TALKS_PAGE)
+        resp = client.get('/now')
+        self.assertEqual(resp.status, 200)
+        self.assertIn('page=now', resp.text)
+        self.assertNotIn('href="/now"', resp.text)    # in the nav only once person.json lists it
+
+    def test_only_files_in_pages_with_plain_names_are_pages(self):
+        root, data = owner_site(self, files={
+            'templates/pages/talks.html': TALKS_PAGE,
+            'templates/pages/_part.html': '<p>partial</p>',
+            'templates/pages/a.b.html': '<p>dotted</p>',
+            'templates/secret.html': '<p>not a page</p>',
+            'templates/pages/sub/deep.html': '<p>deep</p>',
+            'talks-file': 'a static file'})
+        client = owner_client(self, root, data)
+        for target in ['/nope', '/Talks', '/secret', '/_part', '/a.b', '/pages/talks', '/sub/deep',
+                       '/talks.html', '/talks/', '/..%2ftemplates%2fsecret', '/pages%2ftalks',
+                       '/sub%2fdeep', '/%2e%2e', '/index', '/base', '/' + 't' * 65]:
+            with self.subTest(target=target):
+                resp = client.get(target)
+                self.assertIn(resp.status, (403, 404), resp.text[:200])
+                self.assertNotIn('partial', resp.text)
+                self.assertNotIn('not a page', resp.text)
+                self.assertNotIn('My talks', resp.text)
+                self.assertNotIn('deep</p>', resp.text)
+        # What is not a page is still what it was: a static file, a folder's redirect.
+        self.assertEqual(client.get('/talks-file').text, 'a static file')
+        self.assertEqual(client.get('/css').headers['location'], '/css/')
+        self.assertEqual(client.get('/talks').status, 200)
+
+    def test_the_site_routes_come_before_pages(self):
+        root, data = owner_site(self, files={'templates/pages/contact.html': TALKS_PAGE})
+        client = owner_client(self, root, data)
+        self.assertNotIn('My talks', client.get('/contact').text)
+
+    def test_pages_in_person_json_are_checked_at_start(self):
+        shape = 'as in "pages": [{"name": "talks", "title": "Talks"}]'
+        for pages, files, message in [
+            ({'talks': 'Talks'}, {}, f'"pages" must be a list, {shape}'),
+            (['talks'], {}, f'each of "pages" needs a "name" and a "title", {shape}'),
+            ([{'name': 'talks'}], {}, 'needs a "name" and a "title"'),
+            ([{'name': '../admin', 'title': 'x'}], {}, "page name '../admin' may have only letters, digits and -"),
+            ([{'name': 'a.b', 'title': 'x'}], {}, "'a.b' may have only letters"),
+            ([{'name': 'talks', 'title': ' '}], {'templates/pages/talks.html': TALKS_PAGE}, 'needs a title of 1 to 60'),
+            ([{'name': 'talks', 'title': 'T'}] * 2, {'templates/pages/talks.html': TALKS_PAGE}, 'listed twice'),
+            ([{'name': 'talks', 'title': 'T'}], {}, "lists the page 'talks', but "),
+            ([{'name': 'contact', 'title': 'C'}], {'templates/pages/contact.html': TALKS_PAGE},
+             "has the URL of the site's own /contact"),
+        ]:
+            with self.subTest(pages=pages):
+                root, data = owner_site(self, pages=pages, files=files)
+                with self.assertRaises(server.StartupError) as caught:
+                    server.build_site(server.Config(root=root, data=data))
+                self.assertIn(message, str(caught.exception))
+                self.assertNotIn('\n', str(caught.exception))
+        # What the owner sees: one line from the one startup error path, exit 1.
+        result = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--root', root,
+                                 '--data', data, '--port', '0'], capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 1)
+        self.assertRegex(result.stderr, r"^server.py: error: the page 'contact' in person.json [^\n]*\n$")
+
+
+class VersionedStaticTest(unittest.TestCase):
+    """The static filter: /css/site.css?v=<content hash>, a year's cache only when it matches."""
+
+    def setUp(self):
+        self.root, data = owner_site(self)
+        self.client = owner_client(self, self.root, data)
+
+    def css_url(self):
+        resp = self.client.get('/')
+        self.assertEqual(resp.status, 200)
+        return re.search(r'<link rel="stylesheet" href="([^"]+)">', resp.text).group(1)
+
+    def test_the_templates_link_static_files_by_content_hash(self):
+        with open(os.path.join(self.root, 'css', 'site.css'), 'rb') as f:
+            digest = hashlib.blake2b(f.read(), digest_size=8).hexdigest()
+        self.assertEqual(self.css_url(), f'/css/site.css?v={digest}')
+        page = self.client.get('/').text
+        for path in ('/js/site.js', '/img/avatar.svg', '/img/favicon.svg', '/img/og.png', '/img/project-logs.png'):
+            self.assertRegex(page, re.escape(path) + r'\?v=[0-9a-f]{16}"')
+        self.assertNotRegex(page, r'(?:src|href)="/(?:css|js|img)/[^"?]*"')
+
+    def test_the_filter_leaves_what_is_not_a_file_alone(self):
+        with open(os.path.join(self.root, 'templates', 'pages', 'links.html'), 'w') as f:
+            f.write("{{ '/img/missing.png' | static }} {{ 'https://example.com/a.png' | static }} "
+                    "{{ '//example.com/a.png' | static }} {{ '/templates/base.html' | static }} "
+                    "{{ '/css/' | static }} {{ '/img/a b.svg' | static }} {{ none | static }}.")
+        with open(os.path.join(self.root, 'img', 'a b.svg'), 'w') as f:
+            f.write('<svg xmlns="http://www.w3.org/2000/svg"/>')
+        text = self.client.get('/links').text
+        self.assertRegex(text, r'^/img/missing.png https://example.com/a.png //example.com/a.png '
+                               r'/templates/base.html /css/ /img/a%20b.svg\?v=[0-9a-f]{16} \.$')
+
+    def test_only_the_current_hash_is_immutable(self):
+        url = self.css_url()
+        year = 'public, max-age=31536000, immutable'
+        resp = self.client.get(url)
+        self.assertEqual((resp.status, resp.headers['cache-control']), (200, year))
+        etag = resp.headers['etag']
+        resp = self.client.get(url, headers={'If-None-Match': etag})
+        self.assertEqual((resp.status, resp.headers['cache-control']), (304, year))
+        resp = self.client.get(url, headers={'Accept-Encoding': 'gzip'})
+        self.assertEqual((resp.headers.get('content-encoding'), resp.headers['cache-control']), ('gzip', year))
+        for other in ('/css/site.css', '/css/site.css?v=0123456789abcdef', '/css/site.css?v=',
+                      '/css/site.css?x=' + url.partition('=')[2], '/js/site.js?v=' + url.partition('=')[2]):
+            with self.subTest(url=other):
+                resp = self.client.get(other)
+                self.assertEqual((resp.status, resp.headers['cache-control']), (200, 'no-cache'))
+        self.assertEqual(self.client.get('/css/nope.css?v=0123456789abcdef').status, 404)
+
+    def test_a_changed_file_gets_a_new_url_without_a_restart(self):
+        before = self.css_url()
+        with open(os.path.join(self.root, 'css', 'site.css'), 'a') as f:
+            f.write('\n.owner { color: teal; }\n')
+        # The static cache looks at the file again within a second of the edit.
+        deadline = time.monotonic() + 5
+        while (after := self.css_url()) == before:
+            self.assertLess(time.monotonic(), deadline, 'the URL did not change')
+            time.sleep(0.05)
+        self.assertRegex(after, r'^/css/site\.css\?v=[0-9a-f]{16}$')
+        resp = self.client.get(after)
+        self.assertIn(b'.owner { color: teal; }', resp.body)
+        self.assertEqual(resp.headers['cache-control'], 'public, max-age=31536000, immutable')
+        # The old URL still answers (a page cached before the edit), with today's file, briefly.
+        resp = self.client.get(before)
+        self.assertIn(b'.owner { color: teal; }', resp.body)
+        self.assertEqual(resp.headers['cache-control'], 'no-cache')
 
 
 if __name__ == '__main__':
