@@ -5890,13 +5890,13 @@ def bar_chart_svg(days, key, label):
     and dates go into it; the caller gives the same numbers as text (the chart's table)."""
     values = [day[key] for day in days]
     top = max(values) or 1
-    slot, plot_top, plot_h = 300 / len(values), 14, 60
+    slot, plot_top, plot_h = 300 / len(values), 15, 58
     peak = values.index(max(values))
     summary = (f'{label} per day, {days[0]["day"]} to {days[-1]["day"]}: {sum(values)} in all, '
                f'at most {max(values)} (on {days[peak]["day"]})')
     parts = [f'<svg class="chart" viewBox="0 0 300 90" width="100%" role="img" aria-label="{summary}" '
              f'xmlns="http://www.w3.org/2000/svg">',
-             f'<text class="chart-label" x="0" y="9" font-size="9" fill="#4d5a69">{max(values)}</text>',
+             f'<text class="chart-label" x="0" y="10" font-size="11" fill="#4d5a69">{max(values)}</text>',
              f'<line class="chart-axis" x1="0" y1="{plot_top + plot_h}" x2="300" y2="{plot_top + plot_h}" '
              f'stroke="#d5dce3" stroke-width="1"/>']
     for i, (day, value) in enumerate(zip(days, values)):
@@ -5904,8 +5904,8 @@ def bar_chart_svg(days, key, label):
         parts.append(f'<rect class="chart-bar" x="{i * slot + 1:.1f}" y="{plot_top + plot_h - h}" '
                      f'width="{slot - 2:.1f}" height="{h}" fill="#0f766e">'
                      f'<title>{day["day"]}: {value}</title></rect>')
-    parts.append(f'<text class="chart-label" x="0" y="86" font-size="9" fill="#4d5a69">{days[0]["day"]}</text>')
-    parts.append(f'<text class="chart-label" x="300" y="86" font-size="9" fill="#4d5a69" '
+    parts.append(f'<text class="chart-label" x="0" y="88" font-size="11" fill="#4d5a69">{days[0]["day"]}</text>')
+    parts.append(f'<text class="chart-label" x="300" y="88" font-size="11" fill="#4d5a69" '
                  f'text-anchor="end">{days[-1]["day"]}</text>')
     parts.append('</svg>')
     return Markup(''.join(parts))
