@@ -6066,7 +6066,8 @@ def build_site(config):
     _site_lifecycle(app, counter, admin_password)
     _site_pages(app, counter)
     _site_contact(app)
-    _site_uploads(app, UploadsInFlight(), config.upload_days)
+    _site_uploads(app, UploadsInFlight())
+    _site_upload_expiry(app, config.upload_days)
     _site_admin(app, admin_password)
     return app
 
@@ -6204,10 +6205,8 @@ def _contact_errors(values):
     return errors
 
 
-def _site_uploads(app, uploads_in_flight, upload_days):
-    """Uploads: a visitor's files, kept within quotas, listed and served to their session
-    only, and removed after ``upload_days`` (0: kept)."""
-    background = []
+def _site_uploads(app, uploads_in_flight):
+    """Uploads: a visitor's files, kept within quotas, listed and served to their session only."""
 
     @app.on_claim
     async def sweep(app):
@@ -6215,33 +6214,6 @@ def _site_uploads(app, uploads_in_flight, upload_days):
         removed = await app.db.run(_sweep_uploads, app.upload_dir)
         if removed:
             log.info('removed %d unfinished or orphaned upload files', removed)
-
-    async def expire():
-        try:
-            removed = await app.db.run(_delete_uploads, app.upload_dir, 'created < ?',
-                                       (time.time() - upload_days * 86400,))
-        except Exception:
-            log.exception('removing expired uploads')
-        else:
-            if removed:
-                log.info('removed %d uploads older than %d days', len(removed), upload_days)
-
-    async def expire_forever():
-        while True:
-            await asyncio.sleep(UPLOAD_EXPIRY_INTERVAL_S)
-            await expire()
-
-    @app.on_startup
-    async def start_expiry(app):
-        # Each worker runs it too: the rows go in one transaction, so only one removes each.
-        if upload_days > 0:
-            await expire()
-            background.append(asyncio.get_running_loop().create_task(expire_forever()))
-
-    @app.on_shutdown
-    async def stop_expiry(app):
-        for task in background:
-            task.cancel()
 
     # defer_body: the quotas are checked before the body is read, so a visitor past theirs,
     # or a full disk, costs no file written; read_body() then checks the CSRF token.
@@ -6297,6 +6269,39 @@ def _site_uploads(app, uploads_in_flight, upload_days):
         if row is None or not owner or not hmac.compare_digest(row['owner'], owner):
             abort(404)
         return _attachment(os.path.join(app.upload_dir, row['stored']), row['name'])
+
+
+def _site_upload_expiry(app, upload_days):
+    """Uploads older than ``upload_days`` (0: none) go with their rows, at start and then
+    every UPLOAD_EXPIRY_INTERVAL_S."""
+    background = []
+
+    async def expire():
+        try:
+            removed = await app.db.run(_delete_uploads, app.upload_dir, 'created < ?',
+                                       (time.time() - upload_days * 86400,))
+        except Exception:
+            log.exception('removing expired uploads')
+        else:
+            if removed:
+                log.info('removed %d uploads older than %d days', len(removed), upload_days)
+
+    async def expire_forever():
+        while True:
+            await asyncio.sleep(UPLOAD_EXPIRY_INTERVAL_S)
+            await expire()
+
+    @app.on_startup
+    async def start_expiry(app):
+        # Each worker runs it too: the rows go in one transaction, so only one removes each.
+        if upload_days > 0:
+            await expire()
+            background.append(asyncio.get_running_loop().create_task(expire_forever()))
+
+    @app.on_shutdown
+    async def stop_expiry(app):
+        for task in background:
+            task.cancel()
 
 
 async def _upload_page(app, request, error='', message='', status=200):
@@ -6360,29 +6365,6 @@ def _site_admin(app, admin_password):
         resp.headers['Cache-Control'] = 'private, no-store'
         return resp
 
-    # GET asks (a page that changes nothing), POST deletes: a confirm step without script.
-    @app.route('/admin/delete/<kind>/<int:item_id>', methods=['GET', 'POST'])
-    async def admin_delete(request, kind, item_id):
-        admin_enabled()
-        if not is_admin(request) or kind not in ('message', 'upload'):
-            abort(404)
-        if request.method == 'POST':
-            await app.db.run(_delete_by_ids, app.upload_dir, kind, [item_id])
-            log.info('admin: deleted %s #%d', kind, item_id)
-            return redirect('/admin')
-        if kind == 'message':
-            item = await app.db.fetchone('SELECT id, name, email, body, created FROM messages WHERE id = ?',
-                                         (item_id,))
-        else:
-            item = await app.db.fetchone('SELECT id, name, size, created FROM uploads WHERE id = ?', (item_id,))
-        if item is None:
-            abort(404, f'There is no {kind} #{item_id}: it may be deleted already.')
-        item['created'] = _format_time(item['created'])
-        item['size_h'] = human_size(item.get('size', 0))
-        resp = render('admin_confirm.html', kind=kind, item=item)
-        resp.headers['Cache-Control'] = 'private, no-store'
-        return resp
-
     @app.get('/admin/upload/<int:upload_id>')
     async def admin_download(request, upload_id):
         admin_enabled()
@@ -6417,6 +6399,35 @@ def _site_admin(app, admin_password):
         admin_enabled()
         request.session.destroy()
         return redirect('/')
+
+    _site_admin_delete(app, admin_enabled, is_admin)
+
+
+def _site_admin_delete(app, admin_enabled, is_admin):
+    """Deleting a message or an upload from /admin."""
+
+    # GET asks (a page that changes nothing), POST deletes: a confirm step without script.
+    @app.route('/admin/delete/<kind>/<int:item_id>', methods=['GET', 'POST'])
+    async def admin_delete(request, kind, item_id):
+        admin_enabled()
+        if not is_admin(request) or kind not in ('message', 'upload'):
+            abort(404)
+        if request.method == 'POST':
+            await app.db.run(_delete_by_ids, app.upload_dir, kind, [item_id])
+            log.info('admin: deleted %s #%d', kind, item_id)
+            return redirect('/admin')
+        if kind == 'message':
+            item = await app.db.fetchone('SELECT id, name, email, body, created FROM messages WHERE id = ?',
+                                         (item_id,))
+        else:
+            item = await app.db.fetchone('SELECT id, name, size, created FROM uploads WHERE id = ?', (item_id,))
+        if item is None:
+            abort(404, f'There is no {kind} #{item_id}: it may be deleted already.')
+        item['created'] = _format_time(item['created'])
+        item['size_h'] = human_size(item.get('size', 0))
+        resp = render('admin_confirm.html', kind=kind, item=item)
+        resp.headers['Cache-Control'] = 'private, no-store'
+        return resp
 
 
 def _attachment(path, name):
