@@ -186,6 +186,7 @@ class Config:
         'log_level': ('info', str, 'debug, info, warning or error'),
         'access_log': (True, bool, 'write the access log'),
         'reload': (False, bool, 'restart when server.py or a template changes (development)'),
+        'upload_days': (30, int, 'days an upload is kept before the site removes it (0: for ever)'),
     }
 
     def __init__(self, **values):
@@ -6162,6 +6163,13 @@ SITE_MIGRATIONS = [
     );
     CREATE INDEX IF NOT EXISTS admin_failures_until ON admin_failures (until);
     ''',
+    '''
+    CREATE TABLE IF NOT EXISTS page_views (
+        day TEXT PRIMARY KEY,             -- a UTC date, YYYY-MM-DD: nothing about who viewed
+        views INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS uploads_created ON uploads (created);
+    ''',
 ]
 
 #: Contact messages allowed per client address in CONTACT_WINDOW_S; more -> 429.
@@ -6178,6 +6186,10 @@ ADMIN_MAX_FAILURES = 5
 ADMIN_LOCKOUT_S = 900
 #: Addresses the failed-login table keeps at most (the ones whose window ends first go).
 ADMIN_FAILURE_ADDRESSES = 10000
+#: How often the site removes uploads older than --upload-days (also once at start).
+UPLOAD_EXPIRY_INTERVAL_S = 3600
+#: Days the admin chart shows, today included.
+CHART_DAYS = 30
 # An address as people type theirs: a local part of letters, digits and ._%+- (no ?, & or =
 # to smuggle headers into a mailto: link), then a domain of DNS labels under a real TLD.
 _EMAIL_RE = re.compile(r'(?=[^@]{1,64}@)[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@'
@@ -6270,7 +6282,14 @@ def _add_visits(conn, count):
 
 def _count_visit(conn, count=1):
     conn.execute("UPDATE counters SET value = value + ? WHERE name = 'visits'", (count,))
+    # The day's total alone: nothing about the visitor is kept.
+    conn.execute('INSERT INTO page_views (day, views) VALUES (?, ?) '
+                 'ON CONFLICT (day) DO UPDATE SET views = views + excluded.views', (_utc_day(time.time()), count))
     return _visits(conn)
+
+
+def _utc_day(ts):
+    return time.strftime('%Y-%m-%d', time.gmtime(ts))
 
 
 def _visits(conn):
@@ -6293,6 +6312,73 @@ def _sweep_uploads(conn, upload_dir):
             except OSError as exc:      # a folder, a file of another user's: left, and said
                 log.warning('cannot remove %s from the uploads: %s', name, exc.strerror)
     return removed
+
+
+def _delete_uploads(conn, upload_dir, where, params=()):
+    """Delete the uploads ``where`` selects: their rows in one transaction, then their files;
+    the ids deleted. A crash between leaves files no row points at, which the sweep at the
+    next start removes; never a row whose file is gone. Safe while a server runs."""
+    with conn:
+        conn.execute('BEGIN IMMEDIATE')
+        rows = conn.execute(f'SELECT id, stored FROM uploads WHERE {where}', params).fetchall()
+        conn.executemany('DELETE FROM uploads WHERE id = ?', [(row[0],) for row in rows])
+    for _, stored in rows:
+        try:
+            _unlink_quietly(os.path.join(upload_dir, stored))
+        except OSError as exc:      # left for the sweep at the next start, and said
+            log.warning('cannot remove upload %s: %s', stored, exc.strerror)
+    return [row[0] for row in rows]
+
+
+def _delete_by_ids(conn, upload_dir, kind, ids):
+    """Delete the messages or uploads (``kind``) with these ids; the ids that were there."""
+    ids = list(ids)
+    marks = ','.join('?' * len(ids))
+    if kind == 'upload':
+        return _delete_uploads(conn, upload_dir, f'id IN ({marks})', ids)
+    with conn:
+        conn.execute('BEGIN IMMEDIATE')
+        found = [row[0] for row in conn.execute(f'SELECT id FROM messages WHERE id IN ({marks})', ids)]
+        conn.execute(f'DELETE FROM messages WHERE id IN ({marks})', ids)
+    return found
+
+
+def _daily_counts(conn, now, days=CHART_DAYS):
+    """[{'day', 'views', 'messages'}] for the ``days`` UTC days up to the one of ``now``."""
+    first = (int(now) // 86400 - days + 1) * 86400
+    names = [_utc_day(first + i * 86400) for i in range(days)]
+    views = dict(conn.execute('SELECT day, views FROM page_views WHERE day >= ?', (names[0],)).fetchall())
+    messages = dict(conn.execute('SELECT CAST((created - ?) / 86400 AS INTEGER), COUNT(*) FROM messages '
+                                 'WHERE created >= ? GROUP BY 1', (first, first)).fetchall())
+    return [{'day': name, 'views': views.get(name, 0), 'messages': messages.get(i, 0)}
+            for i, name in enumerate(names)]
+
+
+def bar_chart_svg(days, key, label):
+    """One series of _daily_counts as an inline SVG bar chart: no script and no style
+    attribute (the CSP allows neither), scaled by its viewBox to any width. Only numbers
+    and dates go into it; the caller gives the same numbers as text (the chart's table)."""
+    values = [day[key] for day in days]
+    top = max(values) or 1
+    slot, plot_top, plot_h = 300 / len(values), 15, 58
+    peak = values.index(max(values))
+    summary = (f'{label} per day, {days[0]["day"]} to {days[-1]["day"]}: {sum(values)} in all, '
+               f'at most {max(values)} (on {days[peak]["day"]})')
+    parts = [f'<svg class="chart" viewBox="0 0 300 90" width="100%" role="img" aria-label="{summary}" '
+             f'xmlns="http://www.w3.org/2000/svg">',
+             f'<text class="chart-label" x="0" y="10" font-size="11" fill="#4d5a69">{max(values)}</text>',
+             f'<line class="chart-axis" x1="0" y1="{plot_top + plot_h}" x2="300" y2="{plot_top + plot_h}" '
+             f'stroke="#d5dce3" stroke-width="1"/>']
+    for i, (day, value) in enumerate(zip(days, values)):
+        h = round(value / top * plot_h, 1)
+        parts.append(f'<rect class="chart-bar" x="{i * slot + 1:.1f}" y="{plot_top + plot_h - h}" '
+                     f'width="{slot - 2:.1f}" height="{h}" fill="#0f766e">'
+                     f'<title>{day["day"]}: {value}</title></rect>')
+    parts.append(f'<text class="chart-label" x="0" y="88" font-size="11" fill="#4d5a69">{days[0]["day"]}</text>')
+    parts.append(f'<text class="chart-label" x="300" y="88" font-size="11" fill="#4d5a69" '
+                 f'text-anchor="end">{days[-1]["day"]}</text>')
+    parts.append('</svg>')
+    return Markup(''.join(parts))
 
 
 def _upload_usage(conn, owner, upload_dir):
@@ -6405,7 +6491,7 @@ def _admin_failure_address(client):
 
 #: The templates the site's routes render: a web root without them is not the site's.
 SITE_TEMPLATES = ('index.html', 'contact.html', 'thanks.html', 'upload.html', 'profile.html',
-                  'admin.html', 'admin_login.html', '404.html', 'error.html')
+                  'admin.html', 'admin_login.html', 'admin_confirm.html', '404.html', 'error.html')
 #: An owner's page: /NAME is templates/pages/NAME.html. No dot, slash or percent, so no URL
 #: names a file outside that folder, and a partial such as _card.html is never a page.
 PAGE_NAME_RE = re.compile(r'[A-Za-z0-9-]{1,64}')
@@ -6485,6 +6571,7 @@ def build_site(config):
     _site_pages(app, counter)
     _site_contact(app)
     _site_uploads(app, UploadsInFlight())
+    _site_upload_expiry(app, config.upload_days)
     _site_admin(app, admin_password)
     _site_owner_pages(app)
     return app
@@ -6710,6 +6797,39 @@ def _site_uploads(app, uploads_in_flight):
         return _attachment(os.path.join(app.upload_dir, row['stored']), row['name'])
 
 
+def _site_upload_expiry(app, upload_days):
+    """Uploads older than ``upload_days`` (0: none) go with their rows, at start and then
+    every UPLOAD_EXPIRY_INTERVAL_S."""
+    background = []
+
+    async def expire():
+        try:
+            removed = await app.db.run(_delete_uploads, app.upload_dir, 'created < ?',
+                                       (time.time() - upload_days * 86400,))
+        except Exception:
+            log.exception('removing expired uploads')
+        else:
+            if removed:
+                log.info('removed %d uploads older than %d days', len(removed), upload_days)
+
+    async def expire_forever():
+        while True:
+            await asyncio.sleep(UPLOAD_EXPIRY_INTERVAL_S)
+            await expire()
+
+    @app.on_startup
+    async def start_expiry(app):
+        # Each worker runs it too: the rows go in one transaction, so only one removes each.
+        if upload_days > 0:
+            await expire()
+            background.append(asyncio.get_running_loop().create_task(expire_forever()))
+
+    @app.on_shutdown
+    async def stop_expiry(app):
+        for task in background:
+            task.cancel()
+
+
 async def _upload_page(app, request, error='', message='', status=200):
     """The upload page with the visitor's own uploads listed."""
     owner = request.session.get('upload_owner')
@@ -6762,7 +6882,12 @@ def _site_admin(app, admin_password):
             m['created'] = _format_time(m['created'])
             m['mailto'] = _mailto(m['email'])
         rows = await app.db.fetchall('SELECT id, name, size, created FROM uploads ORDER BY id DESC')
-        resp = render('admin.html', messages=messages, uploads=_upload_list(rows))
+        days = await app.db.run(_daily_counts, time.time())
+        resp = render('admin.html', messages=messages, uploads=_upload_list(rows), days=days,
+                      views_chart=bar_chart_svg(days, 'views', 'Page views'),
+                      messages_chart=bar_chart_svg(days, 'messages', 'Messages'),
+                      views_total=sum(d['views'] for d in days),
+                      messages_total=sum(d['messages'] for d in days))
         resp.headers['Cache-Control'] = 'private, no-store'
         return resp
 
@@ -6801,6 +6926,35 @@ def _site_admin(app, admin_password):
         request.session.destroy()
         return redirect('/')
 
+    _site_admin_delete(app, admin_enabled, is_admin)
+
+
+def _site_admin_delete(app, admin_enabled, is_admin):
+    """Deleting a message or an upload from /admin."""
+
+    # GET asks (a page that changes nothing), POST deletes: a confirm step without script.
+    @app.route('/admin/delete/<kind>/<int:item_id>', methods=['GET', 'POST'])
+    async def admin_delete(request, kind, item_id):
+        admin_enabled()
+        if not is_admin(request) or kind not in ('message', 'upload'):
+            abort(404)
+        if request.method == 'POST':
+            await app.db.run(_delete_by_ids, app.upload_dir, kind, [item_id])
+            log.info('admin: deleted %s #%d', kind, item_id)
+            return redirect('/admin')
+        if kind == 'message':
+            item = await app.db.fetchone('SELECT id, name, email, body, created FROM messages WHERE id = ?',
+                                         (item_id,))
+        else:
+            item = await app.db.fetchone('SELECT id, name, size, created FROM uploads WHERE id = ?', (item_id,))
+        if item is None:
+            abort(404, f'There is no {kind} #{item_id}: it may be deleted already.')
+        item['created'] = _format_time(item['created'])
+        item['size_h'] = human_size(item.get('size', 0))
+        resp = render('admin_confirm.html', kind=kind, item=item)
+        resp.headers['Cache-Control'] = 'private, no-store'
+        return resp
+
 
 def _attachment(path, name):
     """An uploaded file as a download that the browser never renders in the site's origin."""
@@ -6832,8 +6986,8 @@ def build_parser(defaults, prog='server.py', app=False):
                      'Serve the portfolio site (or `messages` to print the contact messages)') +
                     '. Every option can also be set as an environment variable SERVER_<NAME>, '
                     'e.g. SERVER_PORT=9000; a flag wins over the environment.',
-        epilog=None if app else 'ADMIN_PASSWORD in the environment enables /admin. '
-                                'python3 server.py messages --help: the contact messages command.')
+        epilog=None if app else 'ADMIN_PASSWORD in the environment enables /admin. Owner commands, '
+                                'each with its own --help: messages, uploads, backup DEST, notify-test.')
     parser.add_argument('--host', default=defaults.host, help='address to listen on (default: %(default)s)')
     parser.add_argument('--port', type=int, default=defaults.port,
                         help='TCP port, 0 picks a free one (default: %(default)s)')
@@ -6856,6 +7010,8 @@ def build_parser(defaults, prog='server.py', app=False):
                         help=f'restart when {"this script, " if app else ""}server.py or a file '
                              f'under the web root changes (development)')
     parser.add_argument('--version', action='version', version=f'server.py {__version__}')
+    parser.add_argument('--upload-days', type=int, default=defaults.upload_days,
+                        help='days an upload is kept before the site removes it, 0 for ever (default: %(default)s)')
     return parser
 
 
@@ -6876,6 +7032,8 @@ def config_from_args(argv, environ=None, *, prog='server.py', app=None):
         raise ConfigError(f'--port must be 0 to 65535, not {config.port}')
     if config.workers < 1 or config.workers > 64:
         raise ConfigError(f'--workers must be 1 to 64, not {config.workers}')
+    if not 0 <= config.upload_days <= 36500:
+        raise ConfigError(f'--upload-days must be 0 (for ever) to 36500, not {config.upload_days}')
     if config.root is not None and not os.path.isdir(config.root):    # an app may have none
         raise StartupError(f'web root not found: {config.root} (use --root)')
     try:
@@ -6927,12 +7085,17 @@ def check_listen(config):
 
 
 def print_messages(argv):
-    """``server.py messages [--csv] [--data DIR]``: the contact messages, newest first."""
-    parser = _ArgumentParser(prog='server.py messages', description='Print the contact messages, newest first.')
+    """``server.py messages [--csv] [--delete ID...] [--data DIR]``: the contact messages,
+    newest first, or delete some."""
+    parser = _ArgumentParser(prog='server.py messages', description='Print the contact messages, newest '
+                             'first, or delete some (safe while the server runs).')
     parser.add_argument('--csv', action='store_true', help='CSV for a spreadsheet')
-    parser.add_argument('--data', default=Config.from_env().data, help='data folder')
+    parser.add_argument('--delete', type=int, nargs='+', metavar='ID', help='delete these messages')
+    parser.add_argument('--data', default=_default_data(), help='data folder')
     args = parser.parse_args(argv)
     path = os.path.join(args.data, 'app.db')
+    if args.delete:
+        return _delete_command(args.data, 'message', args.delete)
     if not os.path.exists(path):
         print(f'server.py: no database at {path} yet: no messages', file=sys.stderr)
         return 0
@@ -6960,6 +7123,157 @@ def print_messages(argv):
             print(f'    {_terminal_safe(line.rstrip(chr(13)))}')
         print()
     return 0
+
+
+def _default_data():
+    try:
+        return Config.from_env().data
+    except ValueError:      # another SERVER_* setting is bad: not this command's business
+        return Config().data
+
+
+def _open_site_database(data):
+    """The data folder's database for an owner command, or None once the reason is printed.
+    Never created: a wrong --data is said, not given an empty database."""
+    path = os.path.join(data, 'app.db')
+    if not os.path.exists(path):
+        print(f'server.py: no database at {path}: give the data folder with --data', file=sys.stderr)
+        return None
+    conn = sqlite3.connect(f'file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw', uri=True,
+                           timeout=DB_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn.execute(f'PRAGMA busy_timeout = {int(DB_BUSY_TIMEOUT_MS)}')
+    conn.execute('PRAGMA foreign_keys = ON')
+    return conn
+
+
+def _delete_command(data, kind, ids):
+    """Delete messages or uploads by id, through the database, so a running server is no
+    obstacle; 1 if some id was not there."""
+    conn = _open_site_database(data)
+    if conn is None:
+        return 1
+    try:
+        found = _delete_by_ids(conn, os.path.join(data, 'uploads'), kind, ids)
+    except sqlite3.Error as exc:
+        print(f'server.py: cannot delete: {exc}', file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    missing = sorted(set(ids) - set(found))
+    print(f'deleted {len(found)} {kind}{"s" * (len(found) != 1)}' +
+          (': ' + ' '.join(f'#{i}' for i in sorted(found)) if found else ''))
+    if missing:
+        print(f'server.py: no {kind} ' + ' '.join(f'#{i}' for i in missing), file=sys.stderr)
+        return 1
+    return 0
+
+
+def uploads_command(argv):
+    """``server.py uploads [--delete ID...] [--data DIR]``: the uploads, newest first, or delete some."""
+    parser = _ArgumentParser(prog='server.py uploads', description='List the uploads, newest first, or '
+                             'delete some with their files (safe while the server runs).')
+    parser.add_argument('--delete', type=int, nargs='+', metavar='ID', help='delete these uploads')
+    parser.add_argument('--data', default=_default_data(), help='data folder')
+    args = parser.parse_args(argv)
+    if args.delete:
+        return _delete_command(args.data, 'upload', args.delete)
+    conn = _open_site_database(args.data)
+    if conn is None:
+        return 1
+    try:
+        rows = conn.execute('SELECT id, created, size, name FROM uploads ORDER BY created DESC, id DESC').fetchall()
+    except sqlite3.Error as exc:
+        print(f'server.py: cannot read uploads: {exc}', file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    if not rows:
+        print('No uploads.')
+    for id_, created, size, name in rows:
+        print(f'#{id_}  {_format_time(created)}  {human_size(size):>10}  {_terminal_safe(name)}')
+    return 0
+
+
+def backup_command(argv):
+    """``server.py backup DEST [--data DIR]``: a consistent copy of the data folder."""
+    parser = _ArgumentParser(prog='server.py backup', description='Copy the data folder (database, '
+                             'uploads, secret key) into DEST, a new folder, consistently even while '
+                             'the server runs. DEST is a data folder: start a server on it to restore.')
+    parser.add_argument('dest', help='the folder to write (must not exist yet, or be empty)')
+    parser.add_argument('--data', default=_default_data(), help='data folder')
+    args = parser.parse_args(argv)
+    try:
+        counts = backup_data(args.data, args.dest)
+    except (StartupError, OSError, sqlite3.Error) as exc:
+        print(f'server.py: backup failed: {exc}', file=sys.stderr)
+        return 1
+    print(f'backup written to {args.dest}: {counts[0]} messages, {counts[1]} uploads')
+    return 0
+
+
+def backup_data(data, dest):
+    """Copy ``data`` into the new folder ``dest``: the database through SQLite's backup API
+    (one snapshot, however the server writes meanwhile), then the upload files its rows name,
+    and the secret key (sessions and CSRF tokens stay valid after a restore). Built under a
+    temporary name and renamed into place, so a ``dest`` that exists is whole. Returns
+    (messages, uploads); raises StartupError, OSError or sqlite3.Error."""
+    path = os.path.join(data, 'app.db')
+    if not os.path.isfile(path):
+        raise StartupError(f'no database at {path}: give the data folder with --data')
+    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        raise StartupError(f'{dest} exists and is not an empty folder: give a new one')
+    dest = os.path.abspath(dest)
+    partial = f'{dest}.partial-{os.getpid()}'
+    os.makedirs(partial, mode=DATA_DIR_MODE)
+    try:
+        os.makedirs(os.path.join(partial, 'uploads'), mode=DATA_DIR_MODE)
+        copy_path = os.path.join(partial, 'app.db')
+        os.close(os.open(copy_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATA_FILE_MODE))
+        source = sqlite3.connect(f'file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw', uri=True,
+                                 timeout=DB_BUSY_TIMEOUT_MS / 1000)
+        copy = sqlite3.connect(copy_path, isolation_level=None)
+        try:
+            source.backup(copy)        # all pages in one step: one consistent snapshot
+            counts = _copy_uploads(copy, os.path.join(data, 'uploads'), os.path.join(partial, 'uploads'))
+            copy.execute('PRAGMA journal_mode = DELETE')    # one file; the server turns WAL on
+        finally:
+            copy.close()
+            source.close()
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copyfile(os.path.join(data, SECRET_FILE), os.path.join(partial, SECRET_FILE))
+            os.chmod(os.path.join(partial, SECRET_FILE), DATA_FILE_MODE)
+        for folder, _, files in os.walk(partial):
+            for name in files:
+                with open(os.path.join(folder, name), 'rb') as f:
+                    os.fsync(f.fileno())
+            fsync_dir(folder)
+        os.rename(partial, dest)
+        fsync_dir(os.path.dirname(dest))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return counts
+
+
+def _copy_uploads(copy, source_dir, dest_dir):
+    """Copy the files the backup's upload rows name; a row whose file was deleted since the
+    snapshot goes too (no row without its file). (messages, uploads) in the backup."""
+    tables = {row[0] for row in copy.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    messages = copy.execute('SELECT COUNT(*) FROM messages').fetchone()[0] if 'messages' in tables else 0
+    if 'uploads' not in tables:
+        return messages, 0
+    gone = []
+    for id_, stored in copy.execute('SELECT id, stored FROM uploads').fetchall():
+        target = os.path.join(dest_dir, stored)
+        try:
+            shutil.copyfile(os.path.join(source_dir, stored), target)
+        except FileNotFoundError:
+            gone.append((id_,))
+            continue
+        os.chmod(target, DATA_FILE_MODE)
+    with copy:
+        copy.executemany('DELETE FROM uploads WHERE id = ?', gone)
+    return messages, copy.execute('SELECT COUNT(*) FROM uploads').fetchone()[0]
 
 
 _TERMINAL_CONTROLS_RE = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
@@ -7009,6 +7323,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == 'messages':
         return print_messages(argv[1:])
+    if argv and argv[0] == 'uploads':
+        return uploads_command(argv[1:])
+    if argv and argv[0] == 'backup':
+        return backup_command(argv[1:])
     if argv == ['--version']:     # also where a bad SERVER_* setting would stop the parser
         print(f'server.py {__version__}')
         return 0

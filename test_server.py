@@ -7053,6 +7053,9 @@ def _tables(path):
         return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
+SITE_RECORDED = [('site', n) for n in range(1, len(server.SITE_MIGRATIONS) + 1)]
+
+
 def _recorded(path):
     with contextlib.closing(sqlite3.connect(path)) as conn:
         return conn.execute('SELECT app, number FROM server_migrations ORDER BY app, number').fetchall()
@@ -7167,7 +7170,7 @@ class MigrationsTest(unittest.TestCase):
             self.assertEqual(client.post('/notes', json={'text': 'milk'}).json(), {'id': 1})
             self.assertEqual(client.get('/notes').json(), [{'id': 1, 'text': 'milk'}])
         path = os.path.join(data, 'app.db')
-        self.assertEqual(_recorded(path), [('site', 1), ('site', 2), ('test_server', 1)])
+        self.assertEqual(_recorded(path), SITE_RECORDED + [('test_server', 1)])
         # And the site starts again on it, its tables and the app's side by side.
         site = server.build_site(server.Config(root=WWW, data=data))
         self.assertEqual(self.start(site).get('/healthz').status, 200)
@@ -7187,7 +7190,7 @@ class MigrationsTest(unittest.TestCase):
                 data = fresh_dir(self)
                 path = _old_site_database(data, version)
                 server.build_site(server.Config(root=WWW, data=data)).test_client().close()
-                self.assertEqual(_recorded(path), [('site', 1), ('site', 2)])
+                self.assertEqual(_recorded(path), SITE_RECORDED)
                 with contextlib.closing(sqlite3.connect(path)) as conn:
                     self.assertEqual(conn.execute('SELECT name, body FROM messages').fetchall(), [('Ada', 'kept')])
                     self.assertEqual(conn.execute('PRAGMA user_version').fetchone()[0], version)
@@ -7211,10 +7214,11 @@ class MigrationsTest(unittest.TestCase):
         data = fresh_dir(self)
         path = _old_site_database(data, 2)
         with contextlib.closing(sqlite3.connect(path)) as conn:
-            conn.execute('PRAGMA user_version = 3')
+            conn.execute(f'PRAGMA user_version = {len(server.SITE_MIGRATIONS) + 1}')
         with self.assertRaises(server.StartupError) as ctx:
             server.build_site(server.Config(root=WWW, data=data)).test_client()
-        self.assertIn('newer server.py (schema 3, this one knows 2)', str(ctx.exception))
+        known = len(server.SITE_MIGRATIONS)
+        self.assertIn(f'newer server.py (schema {known + 1}, this one knows {known})', str(ctx.exception))
         self.assertNotIn('server_migrations', _tables(path))
 
     def test_the_default_name_is_the_creating_files(self):
@@ -8302,6 +8306,415 @@ class VersionedStaticTest(unittest.TestCase):
         resp = self.client.get(before)
         self.assertIn(b'.owner { color: teal; }', resp.body)
         self.assertEqual(resp.headers['cache-control'], 'no-cache')
+
+
+# --- issue 22: keeping it tidy (delete, expiry, backup) and the admin chart ---
+
+def site_database(data):
+    """A data folder holding the site's database, migrated, for the owner commands."""
+    db = server.Database(os.path.join(data, 'app.db'), server.SITE_MIGRATIONS, name='site')
+    db.run_sync(lambda conn: None)
+    db.run_sync(lambda conn: conn.close())
+    return os.path.join(data, 'app.db')
+
+
+def add_upload(db_path, data, name, content, created):
+    """An upload row and its file, as the upload page stores them; its (id, stored name)."""
+    stored = os.urandom(16).hex()
+    os.makedirs(os.path.join(data, 'uploads'), exist_ok=True)
+    with open(os.path.join(data, 'uploads', stored), 'wb') as f:
+        f.write(content)
+    with contextlib.closing(sqlite3.connect(db_path, timeout=5)) as db, db:
+        cur = db.execute('INSERT INTO uploads (owner, name, stored, size, content_type, created) '
+                         'VALUES (?, ?, ?, ?, ?, ?)', ('owner', name, stored, len(content), 'text/plain', created))
+        return cur.lastrowid, stored
+
+
+def run_owner_command(*args):
+    return subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def signed_in_admin(port, password, ip):
+    b = WebClient(port, forwarded_for=ip)
+    token = b.csrf('/admin')
+    resp = b.post_form('/admin/login', {'csrf_token': token, 'password': password})
+    if resp.status != 303:
+        raise AssertionError(f'admin sign-in failed: {resp.status}')
+    return b
+
+
+def send_message(port, ip, text):
+    b = WebClient(port, forwarded_for=ip)
+    resp = b.post_form('/contact', {'csrf_token': b.csrf('/contact'), 'name': 'Ann',
+                                    'email': 'ann@example.com', 'message': text})
+    if resp.status != 303:
+        raise AssertionError(f'contact failed: {resp.status}')
+
+
+def send_upload(port, ip, name, content):
+    b = WebClient(port, forwarded_for=ip)
+    resp = b.post_multipart('/upload', {'csrf_token': b.csrf('/upload')}, {'file': (name, content, 'text/plain')})
+    if resp.status != 303:
+        raise AssertionError(f'upload failed: {resp.status}')
+
+
+class OwnerCommandsTest(unittest.TestCase):
+    """messages --delete, uploads, uploads --delete: through the database, while a server runs."""
+
+    PASSWORD = 'owner commands pw'
+
+    def test_delete_messages_and_list_and_delete_uploads_while_the_server_runs(self):
+        proc = ServerProcess(env={'ADMIN_PASSWORD': self.PASSWORD})
+        self.addCleanup(proc.cleanup)
+        self.assertIsNotNone(proc.port, proc.banner)
+        for i in range(3):
+            send_message(proc.port, f'198.51.100.{30 + i}', f'message {i}')
+        send_upload(proc.port, '198.51.100.40', 'cv.pdf', b'first file')
+        send_upload(proc.port, '198.51.100.41', 'notes.txt', b'second file')
+        db_path = os.path.join(proc.data, 'app.db')
+        with contextlib.closing(sqlite3.connect(db_path, timeout=5)) as db:
+            ids = [r[0] for r in db.execute('SELECT id FROM messages ORDER BY id')]
+            uploads = db.execute('SELECT id, stored FROM uploads ORDER BY id').fetchall()
+
+        result = run_owner_command('messages', '--delete', str(ids[0]), str(ids[2]), '--data', proc.data)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f'deleted 2 messages: #{ids[0]} #{ids[2]}', result.stdout)
+        result = run_owner_command('messages', '--delete', str(ids[0]), '999', '--data', proc.data)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f'no message #{ids[0]} #999', result.stderr)
+        listed = run_owner_command('messages', '--data', proc.data).stdout
+        self.assertIn('message 1', listed)
+        self.assertNotIn('message 0', listed)
+        self.assertNotIn('message 2', listed)
+
+        result = run_owner_command('uploads', '--data', proc.data)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertEqual(len(lines), 2, result.stdout)
+        self.assertTrue(lines[0].startswith(f'#{uploads[1][0]} ') and lines[0].endswith('notes.txt'), lines)
+        self.assertIn('cv.pdf', lines[1])
+        result = run_owner_command('uploads', '--delete', str(uploads[0][0]), '--data', proc.data)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertFalse(os.path.exists(os.path.join(proc.data, 'uploads', uploads[0][1])))
+        self.assertTrue(os.path.exists(os.path.join(proc.data, 'uploads', uploads[1][1])))
+        self.assertNotIn('cv.pdf', run_owner_command('uploads', '--data', proc.data).stdout)
+
+        # The running server saw it all and goes on writing.
+        admin = signed_in_admin(proc.port, self.PASSWORD, '198.51.100.50')
+        page = admin.get('/admin').text
+        self.assertIn('message 1', page)
+        self.assertNotIn('message 0', page)
+        self.assertNotIn('cv.pdf', page)
+        send_message(proc.port, '198.51.100.51', 'after the deletes')
+        self.assertEqual(proc.stop()[0], 0)
+
+    def test_commands_refuse_a_missing_database_without_making_one(self):
+        data = fresh_dir(self)
+        for args in (['uploads'], ['uploads', '--delete', '1'], ['messages', '--delete', '1'],
+                     ['backup', os.path.join(data, 'copy')]):
+            with self.subTest(args=args):
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err):
+                    self.assertEqual(server.main([*args, '--data', data]), 1)
+                self.assertIn('no database at', err.getvalue())
+        self.assertEqual(os.listdir(data), [])
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit) as caught:
+            server.main(['messages', '--delete', 'x', '--data', data])
+        self.assertEqual(caught.exception.code, 2)
+
+
+class UploadExpiryTest(unittest.TestCase):
+
+    def test_old_uploads_go_with_their_rows_at_start(self):
+        data = os.path.join(fresh_dir(self), 'data')
+        db_path = site_database(data)
+        now = time.time()
+        old = add_upload(db_path, data, 'old.txt', b'old', now - 3 * 86400 - 60)
+        young = add_upload(db_path, data, 'young.txt', b'young', now - 3 * 86400 + 600)
+        proc = ServerProcess(data=data, env={'SERVER_UPLOAD_DAYS': '3'})
+        self.addCleanup(proc.cleanup)
+        self.assertIsNotNone(proc.port, proc.banner)     # the start's expiry is done before it listens
+        with contextlib.closing(sqlite3.connect(db_path, timeout=5)) as db:
+            self.assertEqual([r[0] for r in db.execute('SELECT id FROM uploads')], [young[0]])
+        self.assertEqual(sorted(os.listdir(os.path.join(data, 'uploads'))), [young[1]])
+        code, _, err = proc.stop()
+        self.assertEqual(code, 0, err)
+        self.assertIn('removed 1 uploads older than 3 days', err)
+
+    def test_the_site_removes_expired_uploads_while_it_runs(self):
+        old_interval = server.UPLOAD_EXPIRY_INTERVAL_S
+        server.UPLOAD_EXPIRY_INTERVAL_S = 0.05
+        self.addCleanup(setattr, server, 'UPLOAD_EXPIRY_INTERVAL_S', old_interval)
+        live = LiveServer()
+        self.addCleanup(live.stop)
+        db_path = os.path.join(live.data, 'app.db')
+        old = add_upload(db_path, live.data, 'old.txt', b'old', time.time() - 31 * 86400)
+        young = add_upload(db_path, live.data, 'young.txt', b'young', time.time() - 29 * 86400)
+        deadline = time.monotonic() + 10
+        with quiet_logs():
+            while os.path.exists(os.path.join(live.data, 'uploads', old[1])):
+                self.assertLess(time.monotonic(), deadline, 'the expired upload was not removed')
+                time.sleep(0.02)
+        with contextlib.closing(sqlite3.connect(db_path, timeout=5)) as db:
+            self.assertEqual([r[0] for r in db.execute('SELECT id FROM uploads')], [young[0]])
+        self.assertTrue(os.path.exists(os.path.join(live.data, 'uploads', young[1])))
+
+    def test_rows_go_before_files(self):
+        # The file stays if its row cannot go: never a row whose file is gone.
+        data = fresh_dir(self)
+        db_path = site_database(data)
+        upload = add_upload(db_path, data, 'a.txt', b'a', 0)
+        with contextlib.closing(sqlite3.connect(db_path, timeout=5, isolation_level=None)) as conn:
+            conn.execute('CREATE TRIGGER keep BEFORE DELETE ON uploads BEGIN SELECT RAISE(ABORT, "kept"); END')
+            with self.assertRaises(sqlite3.IntegrityError):
+                server._delete_uploads(conn, os.path.join(data, 'uploads'), 'created < ?', (1,))
+            self.assertTrue(os.path.exists(os.path.join(data, 'uploads', upload[1])))
+            conn.execute('DROP TRIGGER keep')
+            self.assertEqual(server._delete_uploads(conn, os.path.join(data, 'uploads'), 'created < ?', (1,)),
+                             [upload[0]])
+        self.assertFalse(os.path.exists(os.path.join(data, 'uploads', upload[1])))
+
+    def test_upload_days_setting(self):
+        self.assertEqual(server.Config.from_env({'SERVER_UPLOAD_DAYS': '7'}).upload_days, 7)
+        self.assertEqual(server.Config().upload_days, 30)
+        root = fresh_dir(self)
+        with self.assertRaises(server.ConfigError):
+            server.config_from_args(['--upload-days', '-1', '--root', WWW, '--data', root])
+        self.assertEqual(server.config_from_args(['--upload-days', '0', '--root', WWW, '--data', root]).upload_days, 0)
+
+
+class AdminDeleteTest(unittest.TestCase):
+
+    PASSWORD = 'delete things pw'
+
+    @classmethod
+    def setUpClass(cls):
+        with_site(cls, admin_password=cls.PASSWORD)
+
+    def message_ids(self):
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as db:
+            return [r[0] for r in db.execute('SELECT id FROM messages ORDER BY id')]
+
+    def test_delete_a_message_asks_first_and_needs_the_csrf_token(self):
+        send_message(self.port, '198.51.100.60', 'delete me please')
+        mid = self.message_ids()[-1]
+        admin = signed_in_admin(self.port, self.PASSWORD, '198.51.100.61')
+        self.assertIn(f'href="/admin/delete/message/{mid}"', admin.get('/admin').text)
+        confirm = admin.get(f'/admin/delete/message/{mid}')
+        self.assertEqual(confirm.status, 200)
+        self.assertIn('delete me please', confirm.text)
+        self.assertIn(f'action="/admin/delete/message/{mid}"', confirm.text)
+        self.assertEqual(confirm.headers['cache-control'], 'private, no-store')
+        self.assertIn(mid, self.message_ids())                   # asking deletes nothing
+        resp = admin.post_form(f'/admin/delete/message/{mid}', {})
+        self.assertEqual(resp.status, 403)                        # no CSRF token
+        resp = admin.post_form(f'/admin/delete/message/{mid}', {'csrf_token': 'forged'})
+        self.assertEqual(resp.status, 403)
+        self.assertIn(mid, self.message_ids())
+        token = WebClient.CSRF_RE.search(confirm.text).group(1)
+        resp = admin.post_form(f'/admin/delete/message/{mid}', {'csrf_token': token})
+        self.assertEqual((resp.status, resp.headers['location']), (303, '/admin'))
+        self.assertNotIn(mid, self.message_ids())
+        self.assertEqual(admin.get(f'/admin/delete/message/{mid}').status, 404)
+
+    def test_delete_an_upload_removes_row_and_file(self):
+        send_upload(self.port, '198.51.100.62', 'remove-me.txt', b'bytes to remove')
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as db:
+            uid, stored = db.execute("SELECT id, stored FROM uploads WHERE name = 'remove-me.txt'").fetchone()
+        admin = signed_in_admin(self.port, self.PASSWORD, '198.51.100.63')
+        self.assertIn(f'href="/admin/delete/upload/{uid}"', admin.get('/admin').text)
+        confirm = admin.get(f'/admin/delete/upload/{uid}')
+        self.assertIn('remove-me.txt', confirm.text)
+        token = WebClient.CSRF_RE.search(confirm.text).group(1)
+        self.assertEqual(admin.post_form(f'/admin/delete/upload/{uid}', {'csrf_token': token}).status, 303)
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as db:
+            self.assertIsNone(db.execute('SELECT id FROM uploads WHERE id = ?', (uid,)).fetchone())
+        self.assertFalse(os.path.exists(os.path.join(self.live.data, 'uploads', stored)))
+
+    def test_only_the_admin_deletes(self):
+        send_message(self.port, '198.51.100.64', 'not yours to delete')
+        mid = self.message_ids()[-1]
+        visitor = WebClient(self.port, forwarded_for='198.51.100.65')
+        token = visitor.csrf('/contact')                        # a valid token of their own
+        self.assertEqual(visitor.get(f'/admin/delete/message/{mid}').status, 404)
+        self.assertEqual(visitor.post_form(f'/admin/delete/message/{mid}', {'csrf_token': token}).status, 404)
+        admin = signed_in_admin(self.port, self.PASSWORD, '198.51.100.66')
+        self.assertEqual(admin.get(f'/admin/delete/session/{mid}').status, 404)
+        self.assertIn(mid, self.message_ids())
+
+
+class BackupTest(unittest.TestCase):
+
+    PASSWORD = 'backup pw'
+
+    def check_backup(self, dest, source):
+        """A backup folder that is a whole data folder: a sound database, each upload row
+        with its file, no file without its row, the secret key."""
+        with contextlib.closing(sqlite3.connect(os.path.join(dest, 'app.db'))) as db:
+            self.assertEqual(db.execute('PRAGMA integrity_check').fetchone()[0], 'ok')
+            rows = dict(db.execute('SELECT stored, size FROM uploads').fetchall())
+            messages = db.execute('SELECT COUNT(*) FROM messages').fetchone()[0]
+        files = {name: os.path.getsize(os.path.join(dest, 'uploads', name))
+                 for name in os.listdir(os.path.join(dest, 'uploads'))}
+        self.assertEqual(files, rows)
+        with open(os.path.join(dest, 'secret.key'), 'rb') as a, open(os.path.join(source, 'secret.key'), 'rb') as b:
+            self.assertEqual(a.read(), b.read())
+        for name in ('app.db', 'secret.key'):
+            self.assertEqual(os.stat(os.path.join(dest, name)).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(dest).st_mode & 0o777, 0o700)
+        return messages, len(rows)
+
+    def test_backup_is_consistent_while_the_site_writes(self):
+        live = LiveServer()
+        self.addCleanup(live.stop)
+        stop = threading.Event()
+        sent = []
+
+        def write():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                send_message(live.port, f'203.0.113.{i % 250}', f'busy {i}')
+                send_upload(live.port, f'198.18.{i // 250}.{i % 250}', f'f{i}.txt', b'x' * i)
+                sent.append(i)
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            deadline = time.monotonic() + 10
+            while len(sent) < 3:
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.01)
+            before = len(sent)
+            dest = os.path.join(fresh_dir(self), 'backup')
+            result = run_owner_command('backup', dest, '--data', live.data)
+            after = len(sent)
+        finally:
+            stop.set()
+            writer.join(10)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        messages, uploads = self.check_backup(dest, live.data)
+        self.assertIn(f'backup written to {dest}: {messages} messages, {uploads} uploads', result.stdout)
+        self.assertTrue(before <= messages <= after + 1, (before, messages, after))
+        self.assertTrue(before <= uploads <= after + 1, (before, uploads, after))
+        # A second backup into the same place is refused; the first is untouched.
+        again = run_owner_command('backup', dest, '--data', live.data)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn('exists and is not an empty folder', again.stderr)
+        self.check_backup(dest, live.data)
+        self.assertFalse([n for n in os.listdir(os.path.dirname(dest)) if '.partial' in n])
+
+    def test_a_row_whose_file_went_during_the_backup_is_left_out(self):
+        data = os.path.join(fresh_dir(self), 'data')
+        db_path = site_database(data)
+        kept = add_upload(db_path, data, 'kept.txt', b'kept', time.time())
+        gone = add_upload(db_path, data, 'gone.txt', b'gone', time.time())
+        os.unlink(os.path.join(data, 'uploads', gone[1]))     # as a delete between snapshot and copy
+        with open(os.path.join(data, 'secret.key'), 'wb') as f:
+            f.write(b'k' * server.SECRET_BYTES)
+        os.chmod(os.path.join(data, 'secret.key'), 0o600)
+        dest = os.path.join(fresh_dir(self), 'b')
+        self.assertEqual(server.backup_data(data, dest), (0, 1))
+        self.assertEqual(self.check_backup(dest, data), (0, 1))
+        self.assertEqual(os.listdir(os.path.join(dest, 'uploads')), [kept[1]])
+
+    def test_restore_as_the_readme_says(self):
+        # The README's steps: back up, then (server stopped) move the old data folder away,
+        # copy the backup in its place with cp -a, start the server on it.
+        proc = ServerProcess(env={'ADMIN_PASSWORD': self.PASSWORD})
+        self.addCleanup(proc.cleanup)
+        send_message(proc.port, '198.51.100.70', 'kept by the backup')
+        send_upload(proc.port, '198.51.100.71', 'kept.txt', b'kept bytes')
+        admin = signed_in_admin(proc.port, self.PASSWORD, '198.51.100.72')
+        backup = os.path.join(proc.tmp, 'backups', 'today')
+        os.makedirs(os.path.dirname(backup))
+        result = run_owner_command('backup', '--data', proc.data, backup)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        send_message(proc.port, '198.51.100.73', 'after the backup')
+        self.assertEqual(proc.stop()[0], 0)
+        os.rename(proc.data, proc.data + '.before-restore')
+        subprocess.run(['cp', '-a', backup, proc.data], check=True, timeout=30)
+        restored = ServerProcess(data=proc.data, env={'ADMIN_PASSWORD': self.PASSWORD})
+        self.addCleanup(restored.cleanup)
+        self.assertIsNotNone(restored.port, restored.banner)
+        admin.port = restored.port                       # the same session: the key came back too
+        page = admin.get('/admin')
+        self.assertEqual(page.status, 200)
+        self.assertIn('kept by the backup', page.text)
+        self.assertNotIn('after the backup', page.text)
+        uid = re.search(r'href="/admin/upload/(\d+)"', page.text).group(1)
+        self.assertEqual(admin.get(f'/admin/upload/{uid}').body, b'kept bytes')
+        token = WebClient.CSRF_RE.search(page.text).group(1)    # its CSRF token still holds
+        self.assertEqual(admin.post_form('/admin/logout', {'csrf_token': token}).status, 303)
+        self.assertEqual(restored.stop()[0], 0)
+
+
+class AdminChartTest(unittest.TestCase):
+
+    PASSWORD = 'chart pw'
+
+    @classmethod
+    def setUpClass(cls):
+        with_site(cls, admin_password=cls.PASSWORD)
+
+    def test_chart_of_the_last_30_days_with_its_numbers_as_text(self):
+        now = time.time()
+        today = int(now) // 86400 * 86400
+        day = lambda n: time.strftime('%Y-%m-%d', time.gmtime(today - n * 86400))
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as db, db:
+            db.execute('DELETE FROM page_views')
+            db.executemany('INSERT INTO page_views (day, views) VALUES (?, ?)',
+                           [(day(0), 5), (day(3), 41), (day(29), 7), (day(30), 999)])
+            db.executemany('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
+                           [('C', 'c@example.com', 'x', '192.0.2.1', today - 3 * 86400 + 1),
+                            ('C', 'c@example.com', 'x', '192.0.2.1', today - 2 * 86400),
+                            ('C', 'c@example.com', 'x', '192.0.2.1', today - 30 * 86400 - 1)])
+            messages = db.execute('SELECT COUNT(*) FROM messages WHERE created >= ?',
+                                  (today - 29 * 86400,)).fetchone()[0]
+        admin = signed_in_admin(self.port, self.PASSWORD, '198.51.100.80')
+        resp = admin.get('/admin')
+        page = resp.text
+        self.assertEqual(page.count('<svg class="chart" viewBox="0 0 300 90" width="100%"'), 2)
+        self.assertEqual(page.count('<rect class="chart-bar"'), 60)
+        self.assertIn(f'<title>{day(3)}: 41</title>', page)
+        self.assertIn(f'Page views per day, {day(29)} to {day(0)}: 53 in all, at most 41 (on {day(3)})', page)
+        # The numbers as text, one row a day, the oldest first.
+        rows = re.findall(r'<tr><th scope="row">([0-9-]+)</th><td>(\d+)</td><td>(\d+)</td></tr>', page)
+        self.assertEqual([r[0] for r in rows], [day(n) for n in range(29, -1, -1)])
+        by_day = {d: (int(v), int(m)) for d, v, m in rows}
+        self.assertEqual(by_day[day(3)][0], 41)
+        self.assertEqual(by_day[day(29)][0], 7)
+        self.assertEqual(by_day[day(3)][1], 1)
+        self.assertGreaterEqual(by_day[day(2)][1], 1)
+        self.assertEqual(sum(m for _, m in by_day.values()), messages)
+        self.assertNotIn(day(30), [r[0] for r in rows])
+        self.assertIn('class="visually-hidden"', page)
+        # Nothing the CSP forbids: no script, no style attribute.
+        self.assertNotIn('<script>', page)
+        self.assertIsNone(re.search(r'<[^>]*\sstyle=', page))
+        self.assertIn("style-src 'self'", resp.headers['content-security-policy'])
+
+    def test_views_counted_per_day_and_messages_by_their_day(self):
+        data = fresh_dir(self)
+        db = server.Database(os.path.join(data, 'app.db'), server.SITE_MIGRATIONS)
+        self.addCleanup(lambda: db.run_sync(lambda conn: conn.close()))
+        db.run_sync(server._add_visits, 3)                      # the batched counter's flush
+        db.run_sync(lambda conn: conn.execute('BEGIN') and server._count_visit(conn) and conn.execute('COMMIT'))
+        now = time.time()
+        days = db.run_sync(server._daily_counts, now)
+        self.assertEqual(len(days), server.CHART_DAYS)
+        self.assertEqual(days[-1], {'day': time.strftime('%Y-%m-%d', time.gmtime(now)), 'views': 4, 'messages': 0})
+        self.assertEqual(db.run_sync(server._visits), 4)
+        # Only the day and its count are stored.
+        columns = db.run_sync(lambda conn: [r[1] for r in conn.execute('PRAGMA table_info(page_views)')])
+        self.assertEqual(columns, ['day', 'views'])
+        # A message at 23:59:59 UTC counts on its day, one at 00:00:00 on the next.
+        midnight = (int(now) // 86400 - 1) * 86400
+        db.run_sync(lambda conn: conn.executemany(
+            'INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
+            [('a', 'a@example.com', 'x', 'ip', midnight - 1), ('a', 'a@example.com', 'x', 'ip', midnight)]))
+        days = db.run_sync(server._daily_counts, now)
+        self.assertEqual([d['messages'] for d in days[-3:]], [1, 1, 0])
 
 
 if __name__ == '__main__':
