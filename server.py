@@ -6264,6 +6264,8 @@ def abort_mail(connections):
 def mail_problem(exc, settings):
     """What a failed send met, on one line, without the password."""
     where = f'{settings.host}:{settings.port}'
+    if isinstance(exc, MailRefused):
+        return str(exc)
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         return (f'{where} refused the user or password ({exc.smtp_code}): check SERVER_SMTP_URL '
                 f'(many providers want an app password)')
