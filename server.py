@@ -6612,7 +6612,9 @@ def build_parser(defaults):
         description='Serve the portfolio site (or `messages` to print the contact messages). '
                     'Every option can also be set as an environment variable SERVER_<NAME>, '
                     'e.g. SERVER_PORT=9000; a flag wins over the environment.',
-        epilog='ADMIN_PASSWORD in the environment enables /admin. '
+        epilog='ADMIN_PASSWORD in the environment enables /admin; SERVER_SMTP_URL and '
+               'SERVER_NOTIFY_EMAIL mail each contact message to the owner (python3 server.py '
+               'notify-test sends a test mail). '
                'python3 server.py messages --help: the contact messages command.')
     parser.add_argument('--host', default=defaults.host, help='address to listen on (default: %(default)s)')
     parser.add_argument('--port', type=int, default=defaults.port,
