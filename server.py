@@ -6225,24 +6225,54 @@ class MailRefused(Exception):
     """A mail the sender will not send as configured (a password without TLS)."""
 
 
-def send_mail(settings, msg, connections=None):
-    """Send ``msg`` through the settings' server -- blocking: call it in a thread. Each
-    SMTP connection is appended to ``connections`` as it opens, so another thread can cut
-    it short (abort_mail). Raises OSError, smtplib.SMTPException or MailRefused."""
+class MailAbort:
+    """Lets another thread cut a send_mail short, at whatever step it is (connecting too)."""
+
+    def __init__(self):
+        self.aborted = False
+        self.smtp = None
+        self._lock = threading.Lock()
+
+    def watch(self, smtp):
+        """``smtp`` has its socket: cut it now if an abort came first."""
+        with self._lock:
+            self.smtp = smtp
+            if self.aborted:
+                self._cut()
+
+    def abort(self):
+        with self._lock:
+            self.aborted = True
+            self._cut()
+
+    def _cut(self):
+        sock = getattr(self.smtp, 'sock', None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def send_mail(settings, msg, abort=None):
+    """Send ``msg`` through the settings' server -- blocking: call it in a thread; another
+    thread may cut it short with ``abort`` (a MailAbort). Raises OSError,
+    smtplib.SMTPException or MailRefused."""
     context = ssl.create_default_context()
     base = smtplib.SMTP_SSL if settings.tls else smtplib.SMTP
 
     class Connection(base):
         def _get_socket(self, host, port, timeout):
-            if connections is not None:
-                connections.append(self)
-            return super()._get_socket(host, port, timeout)
+            self.sock = super()._get_socket(host, port, timeout)
+            if abort is not None:
+                abort.watch(self)
+            return self.sock
 
     kwargs = {'context': context} if settings.tls else {}
     with Connection(settings.host, settings.port, timeout=NOTIFY_SMTP_TIMEOUT_S, **kwargs) as smtp:
         smtp.ehlo()
         if not settings.tls and smtp.has_extn('starttls'):
             smtp.starttls(context=context)
+            if abort is not None:
+                abort.watch(smtp)           # the TLS socket now
             smtp.ehlo()
         elif not settings.tls and settings.user:
             raise MailRefused(f'{settings.host}:{settings.port} does not offer STARTTLS: the password '
@@ -6250,15 +6280,6 @@ def send_mail(settings, msg, connections=None):
         if settings.user:
             smtp.login(settings.user, settings.password)
         smtp.send_message(msg)
-
-
-def abort_mail(connections):
-    """Cut the SMTP connections of a send_mail short, from another thread."""
-    for smtp in connections:
-        sock = getattr(smtp, 'sock', None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 def mail_problem(exc, settings):
@@ -6351,7 +6372,7 @@ class Notifier:
         self.settings = settings
         self.task = None
         self.wakeup = None
-        self.connections = []       # the SMTP connection of the send in progress
+        self.sending = None         # the MailAbort of the send in progress
 
     def start(self):
         self.wakeup = asyncio.Event()
@@ -6365,7 +6386,8 @@ class Notifier:
     async def stop(self):
         if self.task is not None:
             self.task.cancel()
-            abort_mail(self.connections)      # the thread's send ends now, not at its timeout
+            if self.sending is not None:
+                self.sending.abort()          # the thread's send ends now, not at its timeout
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
 
@@ -6387,10 +6409,10 @@ class Notifier:
             row, due = await self.db.run(_claim_notification, time.time())
             if row is None:
                 return due
-            self.connections = []
+            self.sending = MailAbort()
             try:
                 await asyncio.to_thread(send_mail, self.settings, notification_mail(self.settings, row),
-                                        self.connections)
+                                        self.sending)
             except Exception as exc:
                 problem = mail_problem(exc, self.settings)
                 if await self.db.run(_notification_failed, row, time.time(), problem):

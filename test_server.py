@@ -7450,6 +7450,18 @@ class NotifyRestartTest(unittest.TestCase):
         self.assertTrue(mail_server.mails.empty())
 
 
+    def test_a_hung_mail_server_does_not_hold_up_the_stop(self):
+        mail_server = SmtpServer(silent=True)
+        self.addCleanup(mail_server.stop)
+        proc, port = self.start(os.path.join(fresh_dir(self), 'data'), mail_env(mail_server.port, user=''))
+        NotifySmtpTest.post_contact(self, port)
+        self.assertTrue(mail_server.connected.wait(10))     # the send waits for a greeting now
+        started = time.monotonic()
+        proc.terminate()
+        self.assertEqual(proc.wait(15), 0)
+        self.assertLess(time.monotonic() - started, server.NOTIFY_SMTP_TIMEOUT_S / 2)
+
+
 class NotifyTestCommandTest(unittest.TestCase):
     """python3 server.py notify-test: one mail, or one line saying what failed and exit 1."""
 
