@@ -44,6 +44,8 @@ import concurrent.futures
 import contextlib
 import contextvars
 import csv
+import email.headerregistry
+import email.message
 import email.utils
 import enum
 import errno
@@ -65,6 +67,7 @@ import re
 import secrets
 import select
 import shutil
+import smtplib
 import socket
 import sqlite3
 import ssl
@@ -6170,6 +6173,18 @@ SITE_MIGRATIONS = [
     );
     CREATE INDEX IF NOT EXISTS uploads_created ON uploads (created);
     ''',
+    '''
+    CREATE TABLE IF NOT EXISTS outbox (   -- the owner's notification of each contact message
+        id INTEGER PRIMARY KEY,
+        message INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        created REAL NOT NULL,
+        next_attempt REAL NOT NULL,       -- when it is due; while one sender holds it, its lease's end
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending',   -- 'pending' (a delivered one is deleted) or 'failed'
+        error TEXT NOT NULL DEFAULT ''    -- what the last attempt met
+    );
+    CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt);
+    ''',
 ]
 
 #: Contact messages allowed per client address in CONTACT_WINDOW_S; more -> 429.
@@ -6190,11 +6205,24 @@ ADMIN_FAILURE_ADDRESSES = 10000
 UPLOAD_EXPIRY_INTERVAL_S = 3600
 #: Days the admin chart shows, today included.
 CHART_DAYS = 30
+#: A notification mail that could not be sent is tried again after this long, then after
+#: twice as long each time, up to NOTIFY_RETRY_MAX_S; retries go on across restarts.
+NOTIFY_RETRY_MIN_S = 5.0
+NOTIFY_RETRY_MAX_S = 60.0
+#: A notification still undelivered this long after its message is given up, and logged.
+NOTIFY_GIVE_UP_S = 3 * 24 * 3600
+#: Each step of a conversation with the mail server (connect, each reply) may take this long.
+NOTIFY_SMTP_TIMEOUT_S = 20.0
+#: A sender that claims a notification holds it this long; if it dies meanwhile, another sends
+#: it again (with the same Message-ID, so the resend is recognisable).
+NOTIFY_LEASE_S = 300.0
 # An address as people type theirs: a local part of letters, digits and ._%+- (no ?, & or =
 # to smuggle headers into a mailto: link), then a domain of DNS labels under a real TLD.
 _EMAIL_RE = re.compile(r'(?=[^@]{1,64}@)[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@'
                        r'(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+'
                        r'(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})')
+# Characters that would end a header line, or hide or reorder text, in a visitor's name.
+_LINE_BREAKS_RE = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; "
                            "script-src 'self'; form-action 'self'; frame-ancestors 'none'; "
                            "base-uri 'self'; object-src 'none'")
@@ -6263,15 +6291,19 @@ def _mailto(address):
     return 'mailto:' + urllib.parse.quote(address, safe='@')
 
 
-def _store_message(conn, values, client, now):
-    """Store a contact message unless ``client`` sent CONTACT_LIMIT in the window: then
-    the time of its first one there, and nothing is stored."""
+def _store_message(conn, values, client, now, notify=False):
+    """Store a contact message, and with ``notify`` its notification in the outbox (one
+    transaction: neither exists without the other), unless ``client`` sent CONTACT_LIMIT in
+    the window: then the time of its first one there, and nothing is stored."""
     count, first = conn.execute('SELECT COUNT(*), MIN(created) FROM messages WHERE ip = ? AND created > ?',
                                 (client, now - CONTACT_WINDOW_S)).fetchone()
     if count >= CONTACT_LIMIT:
         return first
-    conn.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
-                 (values['name'], values['email'], values['message'], client, now))
+    cursor = conn.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
+                          (values['name'], values['email'], values['message'], client, now))
+    if notify:
+        conn.execute('INSERT INTO outbox (message, created, next_attempt) VALUES (?, ?, ?)',
+                     (cursor.lastrowid, now, now))
     return None
 
 
@@ -6569,7 +6601,7 @@ def build_site(config):
     admin_password = os.environ.get('ADMIN_PASSWORD', '')
     _site_lifecycle(app, counter, admin_password)
     _site_pages(app, counter)
-    _site_contact(app)
+    _site_contact(app, _site_notify(app, notify_settings(os.environ)))
     _site_uploads(app, UploadsInFlight())
     _site_upload_expiry(app, config.upload_days)
     _site_admin(app, admin_password)
@@ -6678,8 +6710,9 @@ def _error_view(request, error):
     return render('error.html', status=error.status, title=error.reason, detail=error.detail)
 
 
-def _site_contact(app):
-    """The contact form: checked, limited per client address, stored, then a thank-you page."""
+def _site_contact(app, notifier=None):
+    """The contact form: checked, limited per client address, stored (with the owner's
+    notification when ``notifier`` sends them), then a thank-you page."""
 
     @app.route('/contact', methods=['GET', 'POST'])
     async def contact(request):
@@ -6696,7 +6729,10 @@ def _site_contact(app):
             return render('contact.html', values=values, errors=errors), 400
         # Checked and stored in one step (no two requests both pass a full limit), committed
         # with the other messages and new sessions of the moment (Database.grouped).
-        first = await app.db.grouped(_store_message, values, request.client, time.time())
+        first = await app.db.grouped(_store_message, values, request.client, time.time(),
+                                     notifier is not None)
+        if notifier is not None and first is None:
+            notifier.wake()
         if first is not None:
             retry = max(1, int(first + CONTACT_WINDOW_S - time.time()) + 1)
             errors = {'form': f'You have sent {CONTACT_LIMIT} messages in the last '
@@ -6720,6 +6756,9 @@ def _contact_errors(values):
         errors['name'] = 'Please enter your name.'
     elif len(values['name']) > 100:
         errors['name'] = 'Your name can be at most 100 characters.'
+    elif _LINE_BREAKS_RE.search(values['name']):
+        # It becomes part of a mail header (the notification's From and Subject).
+        errors['name'] = 'Please write your name on one line.'
     if not values['email']:
         errors['email'] = 'Please enter your email address.'
     elif len(values['email']) > 200 or not _EMAIL_RE.fullmatch(values['email']):
@@ -6729,6 +6768,297 @@ def _contact_errors(values):
     elif len(values['message']) > 5000:
         errors['message'] = 'Your message can be at most 5000 characters.'
     return errors
+
+
+# -- notifications: each contact message mailed to the owner, by a sender off the request path --
+
+class MailSettings:
+    """Where the owner's notifications go: SERVER_SMTP_URL and SERVER_NOTIFY_EMAIL, checked.
+
+    ``smtp://user:password@host:587`` upgrades with STARTTLS and refuses to send the password
+    if the server does not offer it; ``smtps://user:password@host:465`` speaks TLS from the
+    start; ``smtp://host:25`` without credentials suits a local relay. User and password are
+    percent-decoded (a password with @ / ? # or % must have them percent-encoded). Raises
+    ValueError with a one-line reason that never repeats the password.
+    """
+
+    def __init__(self, url, owner):
+        if not url.isascii() or not url.isprintable() or ' ' in url:
+            raise ValueError('SERVER_SMTP_URL: only printable ASCII, no spaces '
+                             '(percent-encode other characters of the password)')
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ('smtp', 'smtps'):
+            raise ValueError('SERVER_SMTP_URL must start with smtp:// (STARTTLS, port 587) or '
+                             'smtps:// (TLS, port 465)')
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == -1 or parts.path not in ('', '/') or parts.query or parts.fragment:
+            raise ValueError('SERVER_SMTP_URL must look like smtp://user:password@host:587 '
+                             '(percent-encode @ / ? # : in the user or password)')
+        self.tls = parts.scheme == 'smtps'
+        self.host = parts.hostname
+        self.port = port or (465 if self.tls else 25)
+        self.user = urllib.parse.unquote(parts.username or '')
+        self.password = urllib.parse.unquote(parts.password or '')
+        if bool(self.user) != bool(self.password):
+            raise ValueError('SERVER_SMTP_URL: give both user and password '
+                             '(smtp://user:password@host:587), or neither for a relay')
+        if not (self.user + self.password).isascii():
+            raise ValueError('SERVER_SMTP_URL: the user and password must be ASCII once decoded')
+        if len(owner) > 200 or not _EMAIL_RE.fullmatch(owner):
+            raise ValueError(f'SERVER_NOTIFY_EMAIL must be one address like you@example.com, '
+                             f'not {owner!r}')
+        self.owner = owner
+
+    def __repr__(self):
+        scheme = 'smtps' if self.tls else 'smtp'
+        return f'<MailSettings {scheme}://{self.user + "@" if self.user else ""}{self.host}:{self.port} to {self.owner}>'
+
+
+def notify_settings(environ):
+    """MailSettings from SERVER_SMTP_URL and SERVER_NOTIFY_EMAIL, or None with neither set;
+    ConfigError (one line) for a bad or lone one."""
+    url = environ.get('SERVER_SMTP_URL', '')
+    owner = environ.get('SERVER_NOTIFY_EMAIL', '')
+    if not url and not owner:
+        return None
+    if not url or not owner:
+        missing = 'SERVER_NOTIFY_EMAIL' if url else 'SERVER_SMTP_URL'
+        raise ConfigError(f'{missing} is not set: notifications need SERVER_SMTP_URL and '
+                          f'SERVER_NOTIFY_EMAIL (or neither)')
+    try:
+        return MailSettings(url, owner)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+class MailRefused(Exception):
+    """A mail the sender will not send as configured (a password without TLS)."""
+
+
+class MailAbort:
+    """Lets another thread cut a send_mail short, at whatever step it is (connecting too)."""
+
+    def __init__(self):
+        self.aborted = False
+        self.smtp = None
+        self._lock = threading.Lock()
+
+    def watch(self, smtp):
+        """``smtp`` has its socket: cut it now if an abort came first."""
+        with self._lock:
+            self.smtp = smtp
+            if self.aborted:
+                self._cut()
+
+    def abort(self):
+        with self._lock:
+            self.aborted = True
+            self._cut()
+
+    def _cut(self):
+        sock = getattr(self.smtp, 'sock', None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def send_mail(settings, msg, abort=None):
+    """Send ``msg`` through the settings' server -- blocking: call it in a thread; another
+    thread may cut it short with ``abort`` (a MailAbort). Raises OSError,
+    smtplib.SMTPException or MailRefused."""
+    context = ssl.create_default_context()
+    base = smtplib.SMTP_SSL if settings.tls else smtplib.SMTP
+
+    class Connection(base):
+        def _get_socket(self, host, port, timeout):
+            self.sock = super()._get_socket(host, port, timeout)
+            if abort is not None:
+                abort.watch(self)
+            return self.sock
+
+    kwargs = {'context': context} if settings.tls else {}
+    with Connection(settings.host, settings.port, timeout=NOTIFY_SMTP_TIMEOUT_S, **kwargs) as smtp:
+        smtp.ehlo()
+        if not settings.tls and smtp.has_extn('starttls'):
+            smtp.starttls(context=context)
+            if abort is not None:
+                abort.watch(smtp)           # the TLS socket now
+            smtp.ehlo()
+        elif not settings.tls and settings.user:
+            raise MailRefused(f'{settings.host}:{settings.port} does not offer STARTTLS: the password '
+                              f'is not sent in clear (use smtps:// and port 465, or port 587)')
+        if settings.user:
+            smtp.login(settings.user, settings.password)
+        smtp.send_message(msg)
+
+
+def mail_problem(exc, settings):
+    """What a failed send met, on one line, without the password."""
+    where = f'{settings.host}:{settings.port}'
+    if isinstance(exc, MailRefused):
+        return str(exc)
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return (f'{where} refused the user or password ({exc.smtp_code}): check SERVER_SMTP_URL '
+                f'(many providers want an app password)')
+    if isinstance(exc, smtplib.SMTPSenderRefused):
+        return f'{where} refused {settings.owner} as the sender ({exc.smtp_code}): use your account\'s address'
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return f'{where} refused the recipient {settings.owner}'
+    if isinstance(exc, smtplib.SMTPResponseException):
+        text = exc.smtp_error.decode('utf-8', 'replace') if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+        return f'{where} answered {exc.smtp_code} {log_escape(text)}'
+    if isinstance(exc, socket.gaierror):
+        return f'cannot resolve {settings.host}: {exc.strerror}'
+    if isinstance(exc, ssl.SSLError):
+        return f'TLS with {where} failed: {log_escape(getattr(exc, "verify_message", None) or exc.reason or exc)}'
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return f'{where} did not answer within {NOTIFY_SMTP_TIMEOUT_S:g} s'
+    if isinstance(exc, OSError) and exc.strerror:
+        return f'cannot talk to {where}: {exc.strerror}'
+    return f'{where}: {log_escape(exc) or type(exc).__name__}'
+
+
+def notification_mail(settings, row):
+    """The owner's mail about one contact message ``row`` (id, name, email, body, created).
+
+    From and To are the owner's address (providers accept only their account's own address
+    as the sender); Reply-To is the visitor's, so answering answers them. Their name goes
+    through email.headerregistry, which quotes and encodes it, on one line whatever the row
+    holds. The Message-ID comes from the row: a resend after a crash is recognisable.
+    """
+    name = ' '.join(_LINE_BREAKS_RE.sub(' ', row['name']).split())[:100] or 'someone'
+    domain = settings.owner.rpartition('@')[2]
+    msg = email.message.EmailMessage()
+    msg['From'] = email.headerregistry.Address(f'{name} via the contact form', addr_spec=settings.owner)
+    msg['To'] = email.headerregistry.Address(addr_spec=settings.owner)
+    if len(row['email']) <= 200 and _EMAIL_RE.fullmatch(row['email']):
+        msg['Reply-To'] = email.headerregistry.Address(name, addr_spec=row['email'])
+    msg['Subject'] = f'Contact form: {name}'
+    msg['Date'] = email.utils.formatdate(row['created'])
+    msg['Message-ID'] = f'<contact-{row["id"]}.{int(row["created"])}@{domain}>'
+    msg.set_content(f'{name} <{row["email"]}> wrote on {_format_time(row["created"])}:\n\n'
+                    f'{row["body"]}\n\n-- \nAnswer by replying to this mail. Message #{row["id"]} '
+                    f'is also in /admin and in `python3 server.py messages`.\n')
+    return msg
+
+
+def _claim_notification(conn, now):
+    """The due notification with its message, held for NOTIFY_LEASE_S by this sender (so no
+    other worker sends it meanwhile); or None and when the next one is due (None: none)."""
+    with conn:
+        conn.execute('BEGIN IMMEDIATE')
+        # A notification whose message the owner deleted is not sent.
+        conn.execute("DELETE FROM outbox WHERE message NOT IN (SELECT id FROM messages)")
+        row = conn.execute("SELECT o.id AS outbox, o.attempts, m.id, m.name, m.email, m.body, m.created "
+                           "FROM outbox o JOIN messages m ON m.id = o.message "
+                           "WHERE o.state = 'pending' AND o.next_attempt <= ? "
+                           "ORDER BY o.next_attempt LIMIT 1", (now,)).fetchone()
+        if row is None:
+            due = conn.execute("SELECT MIN(next_attempt) FROM outbox WHERE state = 'pending'").fetchone()[0]
+            return None, due
+        conn.execute('UPDATE outbox SET next_attempt = ?, attempts = attempts + 1 WHERE id = ?',
+                     (now + NOTIFY_LEASE_S, row['outbox']))
+        return dict(row), None
+
+
+def _notification_failed(conn, row, now, problem):
+    """Note a failed attempt: due again after the backoff, or given up once too old (True)."""
+    with conn:
+        if now - row['created'] >= NOTIFY_GIVE_UP_S:
+            conn.execute("UPDATE outbox SET state = 'failed', error = ? WHERE id = ?", (problem, row['outbox']))
+            return True
+        delay = min(NOTIFY_RETRY_MAX_S, NOTIFY_RETRY_MIN_S * 2 ** min(row['attempts'], 16))
+        conn.execute('UPDATE outbox SET next_attempt = ?, error = ? WHERE id = ?',
+                     (now + delay, problem, row['outbox']))
+        return False
+
+
+class Notifier:
+    """Delivers the outbox: one background task per process, claiming each notification in
+    a transaction, so workers sharing the data folder never send one twice."""
+
+    def __init__(self, db, settings):
+        self.db = db
+        self.settings = settings
+        self.task = None
+        self.wakeup = None
+        self.sending = None         # the MailAbort of the send in progress
+
+    def start(self):
+        self.wakeup = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    def wake(self):
+        """A new notification is in the outbox: deliver it now."""
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    async def stop(self):
+        if self.task is not None:
+            self.task.cancel()
+            if self.sending is not None:
+                self.sending.abort()          # the thread's send ends now, not at its timeout
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def run(self):
+        while True:
+            self.wakeup.clear()
+            try:
+                due = await self.deliver_due()
+            except Exception:
+                log.exception('contact notifications')
+                due = None
+            wait = NOTIFY_RETRY_MAX_S if due is None else max(0.0, min(NOTIFY_RETRY_MAX_S, due - time.time()))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), wait)
+
+    async def deliver_due(self):
+        """Send every notification due now; when the next one is due (None: none waiting)."""
+        while True:
+            row, due = await self.db.run(_claim_notification, time.time())
+            if row is None:
+                return due
+            self.sending = MailAbort()
+            try:
+                await asyncio.to_thread(send_mail, self.settings, notification_mail(self.settings, row),
+                                        self.sending)
+            except Exception as exc:
+                problem = mail_problem(exc, self.settings)
+                if await self.db.run(_notification_failed, row, time.time(), problem):
+                    log.error('contact message #%d: notification given up: %s', row['id'], problem)
+                elif row['attempts'] == 0:
+                    log.warning('contact message #%d: notification not sent, will retry: %s',
+                                row['id'], problem)
+            else:
+                await self.db.execute('DELETE FROM outbox WHERE id = ?', (row['outbox'],))
+                log.info('contact message #%d: notification sent to %s', row['id'], self.settings.owner)
+
+
+def _site_notify(app, settings):
+    """The owner's notifications, when ``settings`` (MailSettings) says where: the sender
+    runs from startup to shutdown. Returns the Notifier, or None."""
+    if settings is None:
+        return None
+    notifier = Notifier(app.db, settings)
+
+    @app.on_claim
+    async def retry_now(app):
+        # A start is often a fix of the settings: what waits is tried at once. No other
+        # process holds the folder now, so no lease is anyone's.
+        await app.db.execute("UPDATE outbox SET next_attempt = 0 WHERE state = 'pending'")
+
+    @app.on_startup
+    async def start_sender(app):
+        notifier.start()
+
+    @app.on_shutdown
+    async def stop_sender(app):
+        await notifier.stop()
+    return notifier
 
 
 def _site_uploads(app, uploads_in_flight):
@@ -6986,7 +7316,8 @@ def build_parser(defaults, prog='server.py', app=False):
                      'Serve the portfolio site (or `messages` to print the contact messages)') +
                     '. Every option can also be set as an environment variable SERVER_<NAME>, '
                     'e.g. SERVER_PORT=9000; a flag wins over the environment.',
-        epilog=None if app else 'ADMIN_PASSWORD in the environment enables /admin. Owner commands, '
+        epilog=None if app else 'ADMIN_PASSWORD in the environment enables /admin; SERVER_SMTP_URL and '
+                                'SERVER_NOTIFY_EMAIL mail each contact message to the owner. Owner commands, '
                                 'each with its own --help: messages, uploads, backup DEST, notify-test.')
     parser.add_argument('--host', default=defaults.host, help='address to listen on (default: %(default)s)')
     parser.add_argument('--port', type=int, default=defaults.port,
@@ -7041,6 +7372,7 @@ def config_from_args(argv, environ=None, *, prog='server.py', app=None):
     except ValueError as exc:
         raise ConfigError(f'--trusted-proxy: {exc}') from None
     make_ssl_context(config.certfile, config.keyfile)
+    notify_settings(os.environ if environ is None else environ)
     check_data_folder(config.data)
     return config
 
@@ -7276,6 +7608,35 @@ def _copy_uploads(copy, source_dir, dest_dir):
     return messages, copy.execute('SELECT COUNT(*) FROM uploads').fetchone()[0]
 
 
+def notify_test(argv):
+    """``server.py notify-test``: send one mail as the notifications are sent; say what failed."""
+    parser = _ArgumentParser(prog='server.py notify-test',
+                             description='Send one test mail through SERVER_SMTP_URL to SERVER_NOTIFY_EMAIL.')
+    parser.parse_args(argv)
+    try:
+        settings = notify_settings(os.environ)
+    except ConfigError as exc:
+        print(f'server.py: notify-test: {exc}', file=sys.stderr)
+        return 1
+    if settings is None:
+        print('server.py: notify-test: set SERVER_SMTP_URL and SERVER_NOTIFY_EMAIL first (see the README)',
+              file=sys.stderr)
+        return 1
+    msg = email.message.EmailMessage()
+    msg['From'] = msg['To'] = settings.owner
+    msg['Subject'] = 'Test of the contact form notifications'
+    msg['Date'] = email.utils.formatdate()
+    msg['Message-ID'] = email.utils.make_msgid('notify-test', settings.owner.rpartition('@')[2])
+    msg.set_content('This test mail came through SERVER_SMTP_URL: contact messages will arrive like it.\n')
+    try:
+        send_mail(settings, msg)
+    except Exception as exc:
+        print(f'server.py: notify-test: {mail_problem(exc, settings)}', file=sys.stderr)
+        return 1
+    print(f'sent a test mail to {settings.owner} through {settings.host}:{settings.port}')
+    return 0
+
+
 _TERMINAL_CONTROLS_RE = re.compile(r'[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
 
 
@@ -7323,6 +7684,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == 'messages':
         return print_messages(argv[1:])
+    if argv and argv[0] == 'notify-test':
+        return notify_test(argv[1:])
     if argv and argv[0] == 'uploads':
         return uploads_command(argv[1:])
     if argv and argv[0] == 'backup':

@@ -6,6 +6,7 @@ over real sockets. Every test gets a fresh temporary data folder and leaves noth
 
 import ast
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import contextvars
@@ -8715,6 +8716,474 @@ class AdminChartTest(unittest.TestCase):
             [('a', 'a@example.com', 'x', 'ip', midnight - 1), ('a', 'a@example.com', 'x', 'ip', midnight)]))
         days = db.run_sync(server._daily_counts, now)
         self.assertEqual([d['messages'] for d in days[-3:]], [1, 1, 0])
+
+
+# --- issue 22: notifications by mail ---
+
+class SmtpServer:
+    """A small SMTP server (RFC 5321: EHLO, STARTTLS, AUTH PLAIN and LOGIN, MAIL, RCPT, DATA,
+    QUIT) on its own event loop in a thread. Mails received go to ``mails`` (a queue to
+    wait on), logins to ``logins`` as (user, password, over TLS), and every byte that came
+    in clear to ``plain``. ``starttls``/``tls``: an SSLContext to offer STARTTLS with, or to
+    speak TLS from the start; ``silent``: accept and never answer (a hung mail server)."""
+
+    def __init__(self, port=0, *, starttls=None, tls=None, auth=('user', 'secret'), silent=False):
+        self.starttls, self.tls, self.auth, self.silent = starttls, tls, auth, silent
+        self.mails = queue.Queue()
+        self.logins = []
+        self.plain = bytearray()
+        self.connected = threading.Event()
+        self.tasks = set()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(port, ready), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _run(self, port, ready):
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(
+            self._handle, '127.0.0.1', port, ssl=self.tls, reuse_address=True))
+        self.port = self.server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+
+    def stop(self):
+        async def close():
+            self.server.close()
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _handle(self, reader, writer):
+        self.tasks.add(asyncio.current_task())
+        self.connected.set()
+        try:
+            if self.silent:
+                await asyncio.Event().wait()
+            await self._converse(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
+            pass
+        finally:
+            self.tasks.discard(asyncio.current_task())
+            writer.close()
+
+    async def _converse(self, reader, writer):
+        secure = self.tls is not None
+
+        async def read():
+            line = await reader.readline()
+            if not secure:
+                self.plain += line
+            return line
+
+        async def say(*lines):
+            for i, line in enumerate(lines):
+                writer.write(f'{line[:3]}{"-" if i < len(lines) - 1 else " "}{line[4:]}\r\n'.encode())
+            await writer.drain()
+
+        await say('220 mail.test ESMTP')
+        sender, recipients = None, []
+        while True:
+            line = await read()
+            if not line:
+                return
+            verb, _, arg = line.decode('utf-8', 'replace').rstrip('\r\n').partition(' ')
+            verb = verb.upper()
+            if verb in ('EHLO', 'HELO'):
+                offers = ['250 mail.test'] + (['250 STARTTLS'] if self.starttls and not secure else [])
+                await say(*offers, *(['250 AUTH PLAIN LOGIN'] if self.auth else []), '250 8BITMIME')
+            elif verb == 'STARTTLS' and self.starttls and not secure:
+                await say('220 go ahead')
+                await writer.start_tls(self.starttls)
+                secure = True
+            elif verb == 'AUTH' and self.auth:
+                mechanism, _, initial = arg.partition(' ')
+                if mechanism.upper() == 'PLAIN':
+                    if not initial:
+                        await say('334 ')
+                        initial = (await read()).decode().strip()
+                    _, user, password = base64.b64decode(initial).decode().split('\0')
+                else:
+                    await say('334 VXNlcm5hbWU6')
+                    user = base64.b64decode(await read()).decode()
+                    await say('334 UGFzc3dvcmQ6')
+                    password = base64.b64decode(await read()).decode()
+                self.logins.append((user, password, secure))
+                await say('235 2.7.0 ok' if (user, password) == self.auth else '535 5.7.8 bad credentials')
+            elif verb == 'MAIL':
+                sender, recipients = arg, []
+                await say('250 ok')
+            elif verb == 'RCPT':
+                recipients.append(arg)
+                await say('250 ok')
+            elif verb == 'DATA':
+                await say('354 end with a dot')
+                lines = []
+                while (data := await read()) not in (b'.\r\n', b''):
+                    lines.append(data[1:] if data.startswith(b'.') else data)
+                self.mails.put({'from': sender, 'to': recipients, 'secure': secure,
+                                'mail': email.message_from_bytes(b''.join(lines), policy=email.policy.default)})
+                await say('250 queued')
+            elif verb == 'QUIT':
+                await say('221 bye')
+                return
+            elif verb in ('RSET', 'NOOP'):
+                await say('250 ok')
+            else:
+                await say('502 not here')
+
+    def next_mail(self, timeout=10):
+        """The next mail received, waited for at most ``timeout`` seconds."""
+        return self.mails.get(timeout=timeout)
+
+
+def refused_port():
+    """A socket bound to a free port and not listening: connecting to it is refused (a mail
+    server that is down) until it is closed and a server takes its port."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(('127.0.0.1', 0))
+    return sock
+
+
+def mail_env(port, user='user', password='secret', owner='owner@example.com', scheme='smtp'):
+    credentials = f'{urllib.parse.quote(user, safe="")}:{urllib.parse.quote(password, safe="")}@' if user else ''
+    return {'SERVER_SMTP_URL': f'{scheme}://{credentials}127.0.0.1:{port}', 'SERVER_NOTIFY_EMAIL': owner}
+
+
+class MailSettingsTest(unittest.TestCase):
+    """SERVER_SMTP_URL and SERVER_NOTIFY_EMAIL: parsed, decoded, refused on one line."""
+
+    def test_good_urls(self):
+        owner = 'me@example.com'
+        cases = [
+            ('smtp://me%40example.com:p%2Fa%3As%25s@smtp.example.com:587', (False, 'smtp.example.com', 587, 'me@example.com', 'p/a:s%s')),
+            ('smtps://u:pw@mail.example.net:465', (True, 'mail.example.net', 465, 'u', 'pw')),
+            ('smtps://u:pw@mail.example.net', (True, 'mail.example.net', 465, 'u', 'pw')),
+            ('smtp://localhost:25', (False, 'localhost', 25, '', '')),
+            ('smtp://localhost', (False, 'localhost', 25, '', '')),
+        ]
+        for url, expected in cases:
+            with self.subTest(url=url):
+                m = server.notify_settings({'SERVER_SMTP_URL': url, 'SERVER_NOTIFY_EMAIL': owner})
+                self.assertEqual((m.tls, m.host, m.port, m.user, m.password), expected)
+                self.assertNotIn(m.password or 'no password', repr(m))
+        self.assertIsNone(server.notify_settings({}))
+
+    def test_bad_values_are_one_line_errors_without_the_password(self):
+        owner = 'me@example.com'
+        for url in ('http://u:hunter2@h:587', 'smtp://u:hunter2@:587', 'smtp://u:hun/ter2@h:587',
+                    'smtp://u:hunter2@h:99999', 'smtp://u@h:587', 'smtp://:hunter2@h:587',
+                    'smtp://u:hunter2@h:587/x', 'smtp://u:hunter2@h:587?x=1', 'smtp://u:hun ter2@h:587',
+                    'smtp://u:hunter2\r\n@h:587', 'smtp://u:%C3%A9hunter2@h:587'):
+            with self.subTest(url=url), self.assertRaises(server.ConfigError) as caught:
+                server.notify_settings({'SERVER_SMTP_URL': url, 'SERVER_NOTIFY_EMAIL': owner})
+            self.assertNotIn('hunter2', str(caught.exception))
+            self.assertNotIn('\n', str(caught.exception))
+        for env in ({'SERVER_SMTP_URL': 'smtp://localhost:25'}, {'SERVER_NOTIFY_EMAIL': owner},
+                    {'SERVER_SMTP_URL': 'smtp://localhost:25', 'SERVER_NOTIFY_EMAIL': 'me@example.com\r\nBcc: x@y.z'}):
+            with self.subTest(env=env), self.assertRaises(server.ConfigError):
+                server.notify_settings(env)
+
+    def test_a_bad_url_stops_the_start_on_one_line(self):
+        proc = subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), '--port', '0', '--root', WWW,
+                               '--data', fresh_dir(self)], capture_output=True, text=True, timeout=30,
+                              env=dict(os.environ, SERVER_SMTP_URL='smtp://u:hunter2@h:587/x',
+                                       SERVER_NOTIFY_EMAIL='me@example.com'))
+        self.assertEqual(proc.returncode, 2)
+        self.assertRegex(proc.stderr, r'^server.py: error: SERVER_SMTP_URL .*\n$')
+        self.assertNotIn('hunter2', proc.stderr)
+
+
+class NotificationMailTest(unittest.TestCase):
+    """The owner's mail: its headers come from the row, and nothing a visitor typed adds one."""
+
+    settings = server.MailSettings('smtp://localhost:25', 'owner@example.com')
+
+    def mail(self, **row):
+        row = dict({'id': 7, 'name': 'Ada', 'email': 'ada@example.org', 'body': 'Hello', 'created': 1700000000.5}, **row)
+        msg = server.notification_mail(self.settings, row)
+        return email.message_from_bytes(msg.as_bytes(policy=email.policy.SMTP), policy=email.policy.default)
+
+    def test_headers(self):
+        mail = self.mail()
+        self.assertEqual(mail['To'].addresses[0].addr_spec, 'owner@example.com')
+        self.assertEqual(mail['From'].addresses[0].addr_spec, 'owner@example.com')
+        self.assertEqual(mail['Reply-To'].addresses[0].addr_spec, 'ada@example.org')
+        self.assertEqual(mail['Message-ID'], '<contact-7.1700000000@example.com>')
+        self.assertEqual(mail['Message-ID'], self.mail(body='other')['Message-ID'])     # stable
+        self.assertNotEqual(mail['Message-ID'], self.mail(id=8)['Message-ID'])
+        self.assertIn('Hello', mail.get_content())
+
+    def test_hostile_names_add_no_header(self):
+        for name in ('Eve\r\nBcc: victim@example.net', 'Eve\nBcc: victim@example.net', 'Eve\rBcc: x@y.z',
+                     '"Eve" <evil@example.net>, x@y.z', 'Eve\u2028Bcc: x@y.z', 'É\x00v\x1be =?utf-8?q?x?='):
+            with self.subTest(name=name):
+                mail = self.mail(name=name)
+                self.assertEqual(sorted(mail.keys()), ['Content-Transfer-Encoding', 'Content-Type', 'Date', 'From',
+                                                       'MIME-Version', 'Message-ID', 'Reply-To', 'Subject', 'To'])
+                self.assertEqual([a.addr_spec for a in mail['From'].addresses], ['owner@example.com'])
+                self.assertEqual([a.addr_spec for a in mail['Reply-To'].addresses], ['ada@example.org'])
+                self.assertNotIn('\n', mail['Subject'])
+
+    def test_an_address_that_is_not_valid_gets_no_reply_to(self):
+        self.assertNotIn('Reply-To', self.mail(email='x@y.z\r\nBcc: v@example.net'))
+
+    def test_the_form_refuses_a_name_on_two_lines(self):
+        data = fresh_dir(self)
+        app = server.build_site(server.Config(root=WWW, data=data, port=0))
+        client = app.test_client()
+        self.addCleanup(client.close)
+        page = client.get('/contact')
+        token = WebClient.CSRF_RE.search(page.text).group(1)
+        resp = client.post('/contact', data={'name': 'Eve\r\nBcc: v@example.net', 'email': 'eve@example.org',
+                                             'message': 'hi', 'csrf_token': token})
+        self.assertEqual(resp.status, 400)
+        self.assertIn('one line', resp.text)
+
+
+class NotifySmtpTest(unittest.TestCase):
+    """Contact messages reach a real SMTP conversation, from a sender that is not the request."""
+
+    def site(self, env, **limits):
+        """The site on a live server with ``env`` set while it is built; stopped after the test."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(patched(**limits))
+        self.addCleanup(stack.close)
+        with environ(**env):
+            live = LiveServer()
+        self.addCleanup(live.stop)
+        return live
+
+    def smtp(self, *args, **kwargs):
+        mail_server = SmtpServer(*args, **kwargs)
+        self.addCleanup(mail_server.stop)
+        return mail_server
+
+    def post_contact(self, port, name='Ada Lovelace', address='ada@example.org'):
+        browser = WebClient(port)
+        token = browser.csrf('/contact')
+        started = time.monotonic()
+        resp = browser.post_form('/contact', {'name': name, 'email': address, 'message': 'Hello there',
+                                              'csrf_token': token})
+        self.assertEqual(resp.status, 303, resp.text[:300])
+        return time.monotonic() - started
+
+    def outbox(self, live):
+        with contextlib.closing(sqlite3.connect(os.path.join(live.data, 'app.db'), timeout=5)) as conn:
+            return conn.execute('SELECT message, state, attempts FROM outbox').fetchall()
+
+    def test_a_message_arrives_with_the_right_headers(self):
+        mail_server = self.smtp(auth=None)
+        live = self.site(mail_env(mail_server.port, user=''))
+        self.post_contact(live.port, name='Zoë "Z" Smith')
+        got = mail_server.next_mail()
+        mail = got['mail']
+        self.assertEqual((got['from'], got['to']), ('FROM:<owner@example.com>', ['TO:<owner@example.com>']))
+        self.assertEqual(mail['Reply-To'].addresses[0].addr_spec, 'ada@example.org')
+        self.assertEqual(mail['Reply-To'].addresses[0].display_name, 'Zoë "Z" Smith')
+        self.assertEqual(mail['Subject'], 'Contact form: Zoë "Z" Smith')
+        self.assertRegex(mail['Message-ID'], r'^<contact-1\.\d+@example\.com>$')
+        self.assertIn('Hello there', mail.get_content())
+        deadline = time.monotonic() + 10
+        while self.outbox(live) and time.monotonic() < deadline:    # deleted once delivered
+            time.sleep(0.02)
+        self.assertEqual(self.outbox(live), [])
+
+    def test_a_hung_mail_server_holds_up_neither_the_post_nor_the_stop(self):
+        mail_server = self.smtp(silent=True)
+        live = self.site(mail_env(mail_server.port))
+        self.post_contact(live.port)
+        self.assertTrue(mail_server.connected.wait(10))     # the sender waits on it now
+        self.assertLess(self.post_contact(live.port, address='bob@example.org'), 2.0)
+        self.assertEqual([state for _, state, _ in self.outbox(live)], ['pending', 'pending'])
+        started = time.monotonic()
+        live.stop()
+        self.assertLess(time.monotonic() - started, 5.0)    # the hung send was cut short
+
+    def test_a_failed_send_is_tried_again_until_it_arrives(self):
+        down = refused_port()
+        port = down.getsockname()[1]
+        live = self.site(mail_env(port, user=''), NOTIFY_RETRY_MIN_S=0.05, NOTIFY_RETRY_MAX_S=0.2)
+        with quiet_logs():
+            self.assertLess(self.post_contact(live.port), 2.0)
+            deadline = time.monotonic() + 10
+            while not any(attempts for _, _, attempts in self.outbox(live)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertEqual(self.outbox(live)[0][1:2], ('pending',))
+            down.close()
+            mail_server = self.smtp(port)
+            self.assertIn('Hello there', mail_server.next_mail()['mail'].get_content())
+
+    def test_a_notification_too_old_is_given_up_once(self):
+        down = refused_port()
+        self.addCleanup(down.close)
+        live = self.site(mail_env(down.getsockname()[1]), NOTIFY_GIVE_UP_S=0)
+        with self.assertLogs('server', 'ERROR') as logs:
+            self.post_contact(live.port)
+            deadline = time.monotonic() + 10
+            while self.outbox(live)[0][1] != 'failed' and time.monotonic() < deadline:
+                time.sleep(0.02)
+        self.assertEqual(self.outbox(live)[0][1:], ('failed', 1))
+        self.assertEqual(len([line for line in logs.output if 'given up' in line]), 1)
+
+    def test_two_senders_never_send_one_notification_twice(self):
+        data = fresh_dir(self)
+        db = server.Database(os.path.join(data, 'app.db'), server.SITE_MIGRATIONS)
+        other = server.Database(os.path.join(data, 'app.db'), server.SITE_MIGRATIONS)
+
+        async def claims():
+            await db.grouped(server._store_message, {'name': 'A', 'email': 'a@example.org', 'message': 'm'},
+                             '192.0.2.1', time.time(), True)
+            now = time.time()
+            first = await db.run(server._claim_notification, now)
+            second = await other.run(server._claim_notification, now)
+            await db.close()
+            await other.close()
+            return first, second
+        (row, _), (none, due) = asyncio.run(claims())
+        self.assertEqual(row['name'], 'A')
+        self.assertIsNone(none)
+        self.assertGreater(due, time.time() + server.NOTIFY_LEASE_S / 2)    # held by the first
+
+
+class NotifyTlsTest(unittest.TestCase):
+    """A password goes only over TLS: STARTTLS first, smtps from the start, or not at all."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix='server-smtp-')
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
+        cls.pair = make_certificate(cls.tmp)
+
+    def context(self):
+        if self.pair is None:
+            self.skipTest('openssl is needed to make a test certificate')
+        if not hasattr(asyncio.StreamWriter, 'start_tls'):
+            self.skipTest('the test SMTP server needs StreamWriter.start_tls (Python 3.11+)')
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*self.pair)
+        return ctx
+
+    def send(self, mail_server, scheme='smtp', password='secret'):
+        settings = server.notify_settings(mail_env(mail_server.port, password=password, scheme=scheme))
+        row = {'id': 1, 'name': 'Ada', 'email': 'ada@example.org', 'body': 'Hi', 'created': time.time()}
+        with environ(SSL_CERT_FILE=self.pair[0] if self.pair else None):
+            server.send_mail(settings, server.notification_mail(settings, row))
+
+    def test_no_password_without_tls(self):
+        mail_server = SmtpServer()      # offers AUTH but no STARTTLS
+        self.addCleanup(mail_server.stop)
+        with self.assertRaises(server.MailRefused) as caught:
+            self.send(mail_server)
+        self.assertIn('STARTTLS', str(caught.exception))
+        self.assertEqual(mail_server.logins, [])
+        self.assertNotIn(b'AUTH', bytes(mail_server.plain))
+        self.assertNotIn(base64.b64encode(b'\0user\0secret'), bytes(mail_server.plain))
+        self.assertTrue(mail_server.mails.empty())
+
+    def test_starttls_before_the_password(self):
+        mail_server = SmtpServer(starttls=self.context())
+        self.addCleanup(mail_server.stop)
+        self.send(mail_server)
+        self.assertEqual(mail_server.logins, [('user', 'secret', True)])
+        self.assertTrue(mail_server.next_mail()['secure'])
+        self.assertNotIn(b'AUTH', bytes(mail_server.plain))
+
+    def test_smtps_from_the_start(self):
+        mail_server = SmtpServer(tls=self.context(), auth=('user', 'p@ss/w%rd:'))
+        self.addCleanup(mail_server.stop)
+        self.send(mail_server, scheme='smtps', password='p@ss/w%rd:')     # percent-encoded in the URL
+        self.assertEqual(mail_server.logins, [('user', 'p@ss/w%rd:', True)])
+        self.assertEqual(mail_server.plain, b'')
+        self.assertTrue(mail_server.next_mail()['secure'])
+
+
+class NotifyRestartTest(unittest.TestCase):
+    """The mail server down during the POST, the site restarted, the mail server back: the
+    mail arrives (python3 server.py in a subprocess, retry delays made small)."""
+
+    SCRIPT = ('import sys, server; server.NOTIFY_RETRY_MIN_S = 0.05; server.NOTIFY_RETRY_MAX_S = 0.2; '
+              'sys.argv[0] = server.__file__; sys.exit(server.main(sys.argv[1:]))')
+
+    def start(self, data, env):
+        proc = subprocess.Popen([sys.executable, '-c', self.SCRIPT, '--port', '0', '--root', WWW, '--data', data,
+                                 '--no-access-log'], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=dict(os.environ, **env), start_new_session=True)
+        def stop():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+        self.addCleanup(stop)
+        return proc, banner_port(proc.stdout.readline())
+
+    def test_down_during_the_post_then_restart_then_back(self):
+        data = os.path.join(fresh_dir(self), 'data')
+        down = refused_port()
+        env = mail_env(down.getsockname()[1], user='')
+        proc, port = self.start(data, env)
+        self.assertLess(NotifySmtpTest.post_contact(self, port), 2.0)
+        proc.terminate()
+        self.assertEqual(proc.wait(15), 0)
+        with contextlib.closing(sqlite3.connect(os.path.join(data, 'app.db'))) as conn:
+            self.assertEqual(conn.execute("SELECT state FROM outbox").fetchall(), [('pending',)])
+        proc, port = self.start(data, env)
+        mail_port = down.getsockname()[1]
+        down.close()
+        mail_server = SmtpServer(mail_port, auth=None)
+        self.addCleanup(mail_server.stop)
+        mail = mail_server.next_mail()['mail']
+        self.assertEqual(mail['Reply-To'].addresses[0].addr_spec, 'ada@example.org')
+        self.assertIn('Hello there', mail.get_content())
+        self.assertTrue(mail_server.mails.empty())
+
+
+    def test_a_hung_mail_server_does_not_hold_up_the_stop(self):
+        mail_server = SmtpServer(silent=True)
+        self.addCleanup(mail_server.stop)
+        proc, port = self.start(os.path.join(fresh_dir(self), 'data'), mail_env(mail_server.port, user=''))
+        NotifySmtpTest.post_contact(self, port)
+        self.assertTrue(mail_server.connected.wait(10))     # the send waits for a greeting now
+        started = time.monotonic()
+        proc.terminate()
+        self.assertEqual(proc.wait(15), 0)
+        self.assertLess(time.monotonic() - started, server.NOTIFY_SMTP_TIMEOUT_S / 2)
+
+
+class NotifyTestCommandTest(unittest.TestCase):
+    """python3 server.py notify-test: one mail, or one line saying what failed and exit 1."""
+
+    def run_command(self, env):
+        return subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), 'notify-test'],
+                              capture_output=True, text=True, timeout=30, env=dict(os.environ, **env))
+
+    def test_success(self):
+        mail_server = SmtpServer(auth=None)
+        self.addCleanup(mail_server.stop)
+        proc = self.run_command(mail_env(mail_server.port, user=''))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout, f'sent a test mail to owner@example.com through 127.0.0.1:{mail_server.port}\n')
+        self.assertEqual(mail_server.next_mail()['mail']['To'], 'owner@example.com')
+
+    def test_failures(self):
+        mail_server = SmtpServer()      # wants a password, offers no STARTTLS
+        self.addCleanup(mail_server.stop)
+        down = refused_port()
+        self.addCleanup(down.close)
+        for env, said in ((mail_env(down.getsockname()[1], user=''), 'Connection refused'),
+                          (mail_env(mail_server.port), 'STARTTLS'),
+                          ({'SERVER_SMTP_URL': '', 'SERVER_NOTIFY_EMAIL': ''}, 'set SERVER_SMTP_URL'),
+                          ({'SERVER_SMTP_URL': 'smtp://h:1/x', 'SERVER_NOTIFY_EMAIL': 'a@example.com'}, 'must look like')):
+            with self.subTest(env=env):
+                proc = self.run_command(env)
+                self.assertEqual(proc.returncode, 1)
+                self.assertRegex(proc.stderr, r'^server.py: notify-test: [^\n]+\n$')
+                self.assertIn(said, proc.stderr)
 
 
 if __name__ == '__main__':
