@@ -26,10 +26,12 @@ import itertools
 import json
 import logging
 import os
+import pickle
 import queue
 import random
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -9184,6 +9186,256 @@ class NotifyTestCommandTest(unittest.TestCase):
                 self.assertEqual(proc.returncode, 1)
                 self.assertRegex(proc.stderr, r'^server.py: notify-test: [^\n]+\n$')
                 self.assertIn(said, proc.stderr)
+
+
+# --- Running the suite: the test classes shared between two processes ---------------------------
+
+class _RemoteError(Exception):
+    """A failure or error reported by the worker process that ran the test, with its traceback."""
+
+
+class _Reporter(unittest.TestResult):
+    """In a worker: each outcome written to the parent as one pickled event."""
+
+    def __init__(self, send):
+        super().__init__()
+        self.send = send
+
+    def _text(self, err, test):
+        return self._exc_info_to_string(err, test)
+
+    def startTest(self, test):
+        super().startTest(test)
+        self.send(('start', test.id()))
+
+    def addSuccess(self, test):
+        self.send(('success', test.id()))
+
+    def addFailure(self, test, err):
+        self.send(('failure', test.id(), self._text(err, test)))
+
+    def addError(self, test, err):
+        self.send(('error', test.id(), str(test), self._text(err, test)))
+
+    def addSkip(self, test, reason):
+        self.send(('skip', test.id(), reason))
+
+    def addSubTest(self, test, subtest, err):
+        if err is not None:
+            kind = 'failure' if issubclass(err[0], test.failureException) else 'error'
+            self.send(('sub' + kind, test.id(), str(subtest), self._text(err, subtest)))
+
+    def addExpectedFailure(self, test, err):
+        self.send(('expected', test.id(), self._text(err, test)))
+
+    def addUnexpectedSuccess(self, test):
+        self.send(('unexpected', test.id()))
+
+    def stopTest(self, test):
+        self.send(('stop', test.id()))
+
+
+class _Described:
+    """A stand-in for what a worker reported without a test of its own (a failed setUpClass)."""
+
+    failureException = AssertionError
+
+    def __init__(self, description):
+        self.description = description
+
+    def id(self):
+        return self.description
+
+    def shortDescription(self):
+        return None
+
+    def __str__(self):
+        return self.description
+
+
+class ParallelSuite(unittest.TestSuite):
+    """The test classes, handed one at a time to TEST_PROCESSES forked workers, each outcome
+    reported back to this process's result as it comes, so ``-v`` prints every test.
+
+    The suite mostly waits (servers starting, deadlines, sockets), so two classes at a time
+    take little more than one. Each class runs whole in one worker, between its own
+    setUpClass and tearDownClass; workers share nothing but the scratch folder.
+    ``SERVER_TESTS_SERIAL=1`` runs everything in this process instead.
+    """
+
+    def __init__(self, tests, processes):
+        super().__init__()
+        self.groups = []
+        for test in _flatten(tests):
+            if not self.groups or self.groups[-1][0] is not type(test):
+                self.groups.append((type(test), []))
+            self.groups[-1][1].append(test)
+        self.processes = processes
+
+    def countTestCases(self):
+        return sum(len(tests) for _, tests in self.groups)
+
+    def run(self, result, debug=False):
+        by_id = {test.id(): test for _, tests in self.groups for test in tests}
+        pending = list(range(len(self.groups)))
+        workers = {}          # the fd its events come on -> _Worker
+        for _ in range(min(self.processes, len(pending))):
+            commands_r, commands_w = os.pipe()
+            events_r, events_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                for fd in [commands_w, events_r] + [w.commands for w in workers.values()] + list(workers):
+                    os.close(fd)
+                self._work(commands_r, events_w)
+            os.close(commands_r)
+            os.close(events_w)
+            workers[events_r] = _Worker(pid, commands_w)
+            _send_frame(commands_w, pending.pop(0))
+        while workers:
+            readable, _, _ = select.select(list(workers), [], [])
+            for fd in readable:
+                worker = workers[fd]
+                data = os.read(fd, 65536)
+                if not data:                     # the worker has exited
+                    os.close(fd)
+                    os.close(worker.commands)
+                    os.waitpid(worker.pid, 0)
+                    del workers[fd]
+                    if not worker.done:
+                        result.addError(_Described('a test worker'), self._remote('it exited before it was done'))
+                    continue
+                for event in worker.frames(data):
+                    if event[0] == 'idle':
+                        _send_frame(worker.commands, pending.pop(0) if pending else -1)
+                    elif event[0] == 'exit':
+                        worker.done = True
+                    elif event[0] == 'start' or worker.test:
+                        # A test's outcomes are replayed together when it stops, so the
+                        # other worker's lines never land in the middle of its line.
+                        worker.test.append(event)
+                        if event[0] == 'stop':
+                            for held in worker.test:
+                                self._replay(result, held, by_id)
+                            worker.test = []
+                    else:
+                        self._replay(result, event, by_id)
+            if result.shouldStop:
+                break
+        return result
+
+    @staticmethod
+    def _remote(text):
+        try:
+            raise _RemoteError(text)
+        except _RemoteError as exc:
+            return type(exc), exc, None
+
+    def _replay(self, result, event, by_id):
+        kind, test_id = event[0], event[1]
+        test = by_id.get(test_id)
+        if kind == 'start':
+            result.startTest(test)
+        elif kind == 'stop':
+            result.stopTest(test)
+        elif kind == 'success':
+            result.addSuccess(test)
+        elif kind == 'failure':
+            result.addFailure(test, self._remote(event[2]))
+        elif kind == 'error':
+            result.addError(test or _Described(event[2]), self._remote(event[3]))
+        elif kind == 'skip':
+            result.addSkip(test, event[2])
+        elif kind in ('subfailure', 'suberror'):
+            add = result.addFailure if kind == 'subfailure' else result.addError
+            add(_Described(event[2]), self._remote(event[3]))
+        elif kind == 'expected':
+            result.addExpectedFailure(test, self._remote(event[2]))
+        elif kind == 'unexpected':
+            result.addUnexpectedSuccess(test)
+
+    def _work(self, commands, events):
+        code = 1
+        try:
+            def send(event):
+                _send_frame(events, event)
+            reader = _FrameReader(commands)
+            while True:
+                index = reader.next()
+                if index is None or index < 0:
+                    break
+                # A result of its own per class: the suite runs the class's setUpClass and
+                # tearDownClass around it, as a whole run does around each class.
+                unittest.TestSuite(self.groups[index][1]).run(_Reporter(send))
+                send(('idle',))
+            send(('exit',))
+            code = 0
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)      # the scratch folder and the parent's state are the parent's
+
+
+def _send_frame(fd, value):
+    data = pickle.dumps(value)
+    data = len(data).to_bytes(4, 'big') + data
+    while data:
+        data = data[os.write(fd, data):]
+
+
+class _Worker:
+    """The parent's view of one worker: its pid, where to send it work, what it said so far."""
+
+    def __init__(self, pid, commands):
+        self.pid = pid
+        self.commands = commands
+        self.buf = b''
+        self.done = False
+        self.test = []              # the events of the test it is running, held until it stops
+
+    def frames(self, data):
+        """The whole frames that ``data`` completes, decoded."""
+        self.buf += data
+        while len(self.buf) >= 4 and len(self.buf) >= 4 + int.from_bytes(self.buf[:4], 'big'):
+            size = int.from_bytes(self.buf[:4], 'big')
+            yield pickle.loads(self.buf[4:4 + size])
+            self.buf = self.buf[4 + size:]
+
+
+class _FrameReader:
+    """A worker's view of its commands: one frame at a time."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buf = b''
+
+    def next(self):
+        while len(self.buf) < 4 or len(self.buf) < 4 + int.from_bytes(self.buf[:4], 'big'):
+            data = os.read(self.fd, 65536)
+            if not data:
+                return None
+            self.buf += data
+        size = int.from_bytes(self.buf[:4], 'big')
+        value = pickle.loads(self.buf[4:4 + size])
+        self.buf = self.buf[4 + size:]
+        return value
+
+
+def _flatten(suite):
+    for item in suite:
+        if isinstance(item, unittest.TestSuite):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+#: Workers that run the test classes side by side (see ParallelSuite).
+TEST_PROCESSES = 2
+
+
+def load_tests(loader, tests, pattern):
+    if os.environ.get('SERVER_TESTS_SERIAL') or not hasattr(os, 'fork'):
+        return tests
+    return ParallelSuite(tests, TEST_PROCESSES)
 
 
 if __name__ == '__main__':
