@@ -5598,7 +5598,11 @@ class StartupErrorTest(unittest.TestCase):
         root = self.site_root()
         with open(os.path.join(root, 'templates', 'person.json'), 'w') as f:
             f.write('{\n  "name": "Ada",\n}\n')
-        self.assertFailsNaming(self.start(root=root), 'person.json line 3, column 1:', 'fix the JSON')
+        try:            # where this Python's json module places the error (3.13 moved it)
+            json.loads('{\n  "name": "Ada",\n}\n')
+        except json.JSONDecodeError as exc:
+            where = f'person.json line {exc.lineno}, column {exc.colno}:'
+        self.assertFailsNaming(self.start(root=root), where, 'fix the JSON')
 
     def test_a_root_without_the_sites_templates(self):
         root = fresh_dir(self, 'server-root-')
@@ -8986,7 +8990,9 @@ class NotifySmtpTest(unittest.TestCase):
         self.post_contact(live.port, name='Zoë "Z" Smith')
         got = mail_server.next_mail()
         mail = got['mail']
-        self.assertEqual((got['from'], got['to']), ('FROM:<owner@example.com>', ['TO:<owner@example.com>']))
+        # The verbs' case varies with Python's smtplib (3.13 sends 'from:'); SMTP ignores it.
+        self.assertEqual((got['from'].upper(), [to.upper() for to in got['to']]),
+                         ('FROM:<OWNER@EXAMPLE.COM>', ['TO:<OWNER@EXAMPLE.COM>']))
         self.assertEqual(mail['Reply-To'].addresses[0].addr_spec, 'ada@example.org')
         self.assertEqual(mail['Reply-To'].addresses[0].display_name, 'Zoë "Z" Smith')
         self.assertEqual(mail['Subject'], 'Contact form: Zoë "Z" Smith')
