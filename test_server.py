@@ -6286,10 +6286,12 @@ class GracefulShutdownTest(unittest.TestCase):
         self.addCleanup(proc.cleanup)
         answered, lock = [], threading.Lock()
         start = threading.Barrier(51)
+        conns = []                  # closed once the clients are done, whichever way they ended
 
         def client(n):
             try:
                 conn = http.client.HTTPConnection('127.0.0.1', proc.port, timeout=15)
+                conns.append(conn)
                 conn.request('GET', '/contact')
                 resp = conn.getresponse()
                 page = resp.read()
@@ -6330,6 +6332,8 @@ class GracefulShutdownTest(unittest.TestCase):
         took = time.monotonic() - signalled
         for t in threads:
             t.join(10)
+        for conn in conns:
+            conn.close()
         self.assertEqual(code, 0, err)
         self.assertLess(took, server.SHUTDOWN_GRACE_S + 2)
         self.assertGreater(len(answered), 50, 'the load did not get going')
