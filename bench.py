@@ -74,9 +74,8 @@ Scenarios (``--scenarios``, comma-separated; default all):
 ``--harness`` starts no server: it feeds requests to server.py's connections in this process
 through a stand-in transport (50 connections, wrk's head; ``browser`` sends a browser's 13
 fields; ``static`` is the site's 10 KiB file from memory; ``hello-log`` writes the access log
-to /dev/null; ``hello-new`` and ``browser-new`` make each head new with a query string, so
-none is a repeat that server.py looks up instead of parsing) and prints server.py's own
-cost per request. With ``--instructions`` it runs
+to /dev/null; ``hello-new`` and ``browser-new`` give each head a query string of its own, as
+real clients' heads differ) and prints server.py's own cost per request. With ``--instructions`` it runs
 itself twice under valgrind (N and 3N requests) and prints the instructions per request:
 repeatable to a fraction of a percent on a busy machine, where seconds are not.
 
@@ -1769,8 +1768,7 @@ def harness(kind, requests, tmp):
     import logging
     head = HARNESS_HEADS[kind.removesuffix('-log').removesuffix('-new')]
     if kind.endswith('-new'):
-        # Each request a head not seen before (its own query string), so each is parsed in
-        # full: the cost of a client's first request, where its repeats cost a lookup.
+        # Each request a head of its own (its own query string), as browsers send them.
         numbers = itertools.count()
         heads = iter(lambda: head.replace(b' HTTP/1.1\r\n', b'?%d HTTP/1.1\r\n' % next(numbers), 1), None)
     else:
