@@ -7539,7 +7539,8 @@ def backup_command(argv):
     except (StartupError, OSError, sqlite3.Error) as exc:
         print(f'server.py: backup failed: {exc}', file=sys.stderr)
         return 1
-    print(f'backup written to {args.dest}: {counts[0]} messages, {counts[1]} uploads')
+    print(f'backup written to {args.dest}: {counts[0]} message{"s" * (counts[0] != 1)}, '
+          f'{counts[1]} upload{"s" * (counts[1] != 1)}')
     return 0
 
 
@@ -7682,14 +7683,15 @@ def serve_command(argv, build, *, app=None):
 def main(argv=None):
     """The command line; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == 'messages':
-        return print_messages(argv[1:])
-    if argv and argv[0] == 'notify-test':
-        return notify_test(argv[1:])
-    if argv and argv[0] == 'uploads':
-        return uploads_command(argv[1:])
-    if argv and argv[0] == 'backup':
-        return backup_command(argv[1:])
+    commands = {'messages': print_messages, 'uploads': uploads_command, 'backup': backup_command,
+                'notify-test': notify_test}
+    if argv and argv[0] in commands:
+        try:
+            return commands[argv[0]](argv[1:])
+        except BrokenPipeError:
+            # Its reader went away (`| head`): stop quietly, and let no flush at exit complain.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
     if argv == ['--version']:     # also where a bad SERVER_* setting would stop the parser
         print(f'server.py {__version__}')
         return 0

@@ -8490,6 +8490,27 @@ class CommandLineTest(unittest.TestCase):
                 self.assertRegex(server.__version__, r'^\d+\.\d+\.\d+$')
 
 
+class OwnerCommandPipeTest(unittest.TestCase):
+    """An owner command whose reader goes away (``| head``) stops quietly."""
+
+    def test_a_closed_pipe_is_no_traceback(self):
+        data = os.path.join(fresh_dir(self), 'data')
+        db_path = site_database(data)
+        with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+            db.executemany('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
+                           [('Ada', 'ada@example.com', 'line\n' * 50, '192.0.2.1', 1)] * 400)
+        for command in ('messages', 'uploads'):
+            with self.subTest(command=command):
+                proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'), command, '--data', data],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                proc.stdout.close()             # the reader is gone before the first line
+                err = proc.stderr.read()
+                proc.stderr.close()
+                proc.wait(30)
+                self.assertNotIn(b'Traceback', err)
+                self.assertIn(proc.returncode, (0, 1), err)
+
+
 class StartupErrorTest(unittest.TestCase):
     """Each way a start fails, broken for real: exit 1, one line on stderr naming the culprit
     and the fix, never a traceback."""
@@ -8768,7 +8789,9 @@ class BackupTest(unittest.TestCase):
             writer.join(10)
         self.assertEqual(result.returncode, 0, result.stderr)
         messages, uploads = self.check_backup(dest, live.data)
-        self.assertIn(f'backup written to {dest}: {messages} messages, {uploads} uploads', result.stdout)
+        counted = (f'{messages} message{"s" * (messages != 1)}, '
+                   f'{uploads} upload{"s" * (uploads != 1)}')
+        self.assertIn(f'backup written to {dest}: {counted}', result.stdout)
         self.assertTrue(before <= messages <= after + 1, (before, messages, after))
         self.assertTrue(before <= uploads <= after + 1, (before, uploads, after))
         # A second backup into the same place is refused; the first is untouched.
