@@ -4745,7 +4745,29 @@ class TestClient:
                 self.cookies.pop(name, None)
             else:
                 self.cookies[name] = val
+        self._add_framing(response, method, payload)
         return TestResponse(response.status, response.headers, payload)
+
+    @staticmethod
+    def _add_framing(response, method, payload):
+        """The framing field the server would send (response_head): Content-Length for a body
+        of known length, chunked for a stream, none for 1xx, 204 and 304."""
+        status = response.status
+        if status in _NO_BODY_STATUSES or status < 200:
+            return
+        fields = response.headers
+        for name in _FRAMING_HEADERS:
+            if name in fields:
+                del fields[name]
+        body = response.body
+        if response.file is not None:
+            fields['Content-Length'] = str(response.file[2])
+        elif isinstance(body, (bytes, bytearray)):
+            fields['Content-Length'] = str(len(body))      # a HEAD's too: GET's length
+        elif isinstance(body, str) or body is None:
+            fields['Content-Length'] = str(len(payload))
+        else:
+            fields['Transfer-Encoding'] = 'chunked'        # a stream (HTTP/1.1)
 
     def get(self, url, **kw):
         return self.request('GET', url, **kw)

@@ -5146,6 +5146,32 @@ class ClientMethodsTest(unittest.TestCase):
     """app.put/patch/delete register one method each; the test client sends every method with
     data=, json=, files= and headers=."""
 
+    def test_framing_fields_are_the_servers(self):
+        # The test client answers with the Content-Length (or chunked) the live server sends.
+        app = server.App(data=fresh_dir(self), csrf=False)
+
+        @app.get('/text')
+        async def text(request):
+            return 'hello'
+
+        @app.get('/stream')
+        async def stream(request):
+            async def chunks():
+                yield 'x'
+            return server.Response(chunks())
+        live = LiveServer(app, root=None)
+        self.addCleanup(live.stop)
+        with app.test_client() as client:
+            for method, path in (('GET', '/text'), ('HEAD', '/text'), ('GET', '/stream'), ('GET', '/none')):
+                with self.subTest(method=method, path=path):
+                    with socket.create_connection(('127.0.0.1', live.port), timeout=5) as sock:
+                        sock.sendall(f'{method} {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'.encode())
+                        status, headers, _ = read_response(sock.makefile('rb'), method)
+                    answer = client.request(method, path)
+                    self.assertEqual(answer.status, status)
+                    for name in ('content-length', 'transfer-encoding'):
+                        self.assertEqual(answer.headers.get(name), headers.get(name), name)
+
     @classmethod
     def setUpClass(cls):
         with_test_client(cls, app_author_app)
