@@ -44,12 +44,15 @@ import concurrent.futures
 import contextlib
 import contextvars
 import csv
+import datetime
+import decimal
 import email.headerregistry
 import email.message
 import email.utils
 import enum
 import errno
 import functools
+import getpass
 import gzip
 import hashlib
 import hmac
@@ -71,6 +74,7 @@ import smtplib
 import socket
 import sqlite3
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -167,6 +171,14 @@ SESSION_LIFETIME_S = 14 * 24 * 3600
 ANON_SESSION_LIFETIME_S = 2 * 3600
 #: SQLite waits this long for a lock held by another process before giving up -> 503.
 DB_BUSY_TIMEOUT_MS = 5000
+#: Seconds to reach and sign in to PostgreSQL (libpq's connect_timeout; the URL may set it).
+PG_CONNECT_TIMEOUT_S = 5.0
+#: Longest a statement may run on PostgreSQL (its statement_timeout); longer -> 503.
+PG_STATEMENT_TIMEOUT_MS = 30000
+#: Connections to PostgreSQL each process keeps, one per database thread.
+PG_POOL_SIZE = 4
+#: While PostgreSQL cannot be reached, requests get 503 with this Retry-After.
+PG_RETRY_AFTER_S = 2
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -190,6 +202,7 @@ class Config:
         'access_log': (True, bool, 'write the access log'),
         'reload': (False, bool, 'restart when server.py or a template changes (development)'),
         'upload_days': (30, int, 'days an upload is kept before the site removes it (0: for ever)'),
+        'database': ('sqlite:', str, 'sqlite: (app.db in the data folder) or postgresql://user:password@host:port/dbname'),
     }
 
     def __init__(self, **values):
@@ -2796,8 +2809,563 @@ def _private_database_files(path):
                 os.chmod(name, DATA_FILE_MODE)
 
 
+# PostgreSQL, spoken here as HTTP is: the frontend/backend protocol 3.0 over a socket, in the
+# database threads (the same place SQLite's calls run), with a connection that behaves like
+# sqlite3's for the subset the framework and the site use. So one Database, one SQL text and
+# one set of helpers serve both backends.
+
+class PostgresError(sqlite3.DatabaseError):
+    """An error the PostgreSQL server reported: ``sqlstate`` (such as '23505'), ``message``,
+    ``detail``. A subclass of sqlite3's DatabaseError, so code that catches the DB-API
+    classes (``sqlite3.Error``, ``sqlite3.IntegrityError``) catches both backends' errors."""
+
+    def __init__(self, message, sqlstate='', detail=''):
+        super().__init__(f'{message} (SQLSTATE {sqlstate})' if sqlstate else message)
+        self.message, self.sqlstate, self.detail = message, sqlstate, detail
+        # sqlite3's own errors name a code too (3.11 on): ours is the SQLSTATE.
+        self.sqlite_errorcode = None
+
+
+class PostgresIntegrityError(PostgresError, sqlite3.IntegrityError):
+    """SQLSTATE class 23: a unique, foreign key, not-null or check constraint refused a row."""
+
+
+class PostgresUnavailable(PostgresError, sqlite3.OperationalError):
+    """The server cannot be reached or went away (restart, network): the connection is
+    closed, and the next call opens a new one."""
+
+
+# SQLSTATEs after which the connection cannot go on: the server is shutting down, or
+# a connection exception (class 08).
+_PG_GONE_STATES = ('57P01', '57P02', '57P03')
+# The statement ran out of time (statement_timeout), or met a lock or a deadlock it lost:
+# the database is busy, as SQLite's SQLITE_BUSY says.
+_PG_BUSY_STATES = ('57014', '55P03', '40P01', '40001')
+# The one advisory lock that "BEGIN IMMEDIATE" takes on PostgreSQL, as SQLite takes its
+# database's write lock: writing transactions run one at a time, so a check-then-act in
+# one of them (a quota, a rate limit, a lockout) holds across every process and host.
+_PG_WRITE_LOCK = 0x7365727665722e70     # 'server.p'
+
+
+def parse_database_url(url, data):
+    """``--database``: ('sqlite', path) or ('postgresql', settings dict); ValueError if bad.
+
+    ``sqlite:`` is ``data/app.db``; ``sqlite:PATH`` another file. ``postgresql://user:password@
+    host:port/dbname?sslmode=…&sslrootcert=…&connect_timeout=…`` as libpq reads it (a host
+    that starts with ``/``, percent-encoded, is a unix socket folder)."""
+    scheme, _, rest = url.partition(':')
+    scheme = scheme.lower()
+    if scheme == 'sqlite':
+        path = urllib.parse.unquote(rest[2:] if rest.startswith('//') else rest)
+        return 'sqlite', os.path.join(data, path or 'app.db')
+    if scheme not in ('postgresql', 'postgres') or not rest.startswith('//'):
+        raise ValueError(f'{url!r} is neither sqlite: nor postgresql://user:password@host/dbname')
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    userinfo, _, hostport = parts.netloc.rpartition('@')
+    user, _, password = userinfo.partition(':')
+    host = urllib.parse.unquote(hostport) if hostport.lower().startswith('%2f') else parts.hostname
+    try:
+        port = parts.port or int(query.get('port', 5432))
+    except ValueError:
+        raise ValueError(f'the port in {redact_url(url)!r} is not a number') from None
+    user = urllib.parse.unquote(user) or query.get('user') or os.environ.get('PGUSER') or _os_user()
+    settings = {
+        'host': query.get('host') or host or 'localhost',
+        'port': port,
+        'user': user,
+        'password': urllib.parse.unquote(password) if password else query.get('password', os.environ.get('PGPASSWORD')),
+        'dbname': urllib.parse.unquote(parts.path.lstrip('/')) or query.get('dbname') or user,
+        'sslmode': query.get('sslmode', 'prefer'),
+        'sslrootcert': query.get('sslrootcert'),
+        'connect_timeout': float(query.get('connect_timeout') or PG_CONNECT_TIMEOUT_S),
+    }
+    if settings['sslmode'] not in ('disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'):
+        raise ValueError(f'sslmode={settings["sslmode"]} is none of disable, prefer, require, '
+                         f'verify-ca, verify-full')
+    return 'postgresql', settings
+
+
+def database_path(url, data):
+    """Database's ``path`` for ``--database``: the SQLite file, or the PostgreSQL URL."""
+    kind, where = parse_database_url(url, data)
+    return where if kind == 'sqlite' else url
+
+
+def redact_url(url):
+    """The URL with its password, if any, replaced by ***: for banners and messages."""
+    return re.sub(r'(//[^:/@]*:)[^@/]*@', r'\1***@', url)
+
+
+def _os_user():
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):     # a uid with no name, and no USER or LOGNAME
+        return 'postgres'
+
+
+def _scram_client(password, nonce=None):
+    """SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL runs it: a generator that yields
+    each message to send and is sent each server message; it returns once the server has
+    proven that it knows the password too. No channel binding ('n,,')."""
+    nonce = nonce or base64.b64encode(secrets.token_bytes(18)).decode()
+    first_bare = f'n=,r={nonce}'
+    server_first = (yield ('n,,' + first_bare).encode()).decode()
+    fields = dict(item.split('=', 1) for item in server_first.split(','))
+    if not fields.get('r', '').startswith(nonce) or len(fields['r']) == len(nonce):
+        raise PostgresError('the server answered SCRAM with a nonce that is not ours')
+    salted = hashlib.pbkdf2_hmac('sha256', unicodedata.normalize('NFKC', password).encode(),
+                                 base64.b64decode(fields['s']), int(fields['i']))
+    client_key = hmac.digest(salted, b'Client Key', 'sha256')
+    final_bare = f'c=biws,r={fields["r"]}'
+    auth_message = f'{first_bare},{server_first},{final_bare}'.encode()
+    signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, 'sha256')
+    proof = bytes(a ^ b for a, b in zip(client_key, signature))
+    server_final = (yield f'{final_bare},p={base64.b64encode(proof).decode()}'.encode()).decode()
+    server_key = hmac.digest(salted, b'Server Key', 'sha256')
+    expected = base64.b64encode(hmac.digest(server_key, auth_message, 'sha256')).decode()
+    if not hmac.compare_digest(server_final.partition('v=')[2], expected):
+        raise PostgresError('the server could not prove it knows the password (SCRAM)')
+
+
+def _pg_timestamp(text):
+    """A timestamp or timestamptz as PostgreSQL prints it (DateStyle ISO) -> datetime;
+    'infinity' and BC dates stay text, as no datetime holds them."""
+    match = re.fullmatch(r'(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?'
+                         r'(?:([+-])(\d\d)(?::?(\d\d))?(?::?(\d\d))?)?', text)
+    if not match:
+        return text
+    day, clock, fraction, sign, hours, minutes, seconds = match.groups()
+    value = datetime.datetime.fromisoformat(f'{day}T{clock}.{(fraction or "").ljust(6, "0")}')
+    if sign:
+        offset = datetime.timedelta(hours=int(hours), minutes=int(minutes or 0), seconds=int(seconds or 0))
+        value = value.replace(tzinfo=datetime.timezone(-offset if sign == '-' else offset))
+    return value
+
+
+def _pg_bool(text):
+    return text == 't'
+
+
+def _pg_bytea(text):
+    return bytes.fromhex(text[2:]) if text.startswith('\\x') else text.encode()
+
+
+# Type OID -> converter of the text form, for the common types; others stay text.
+_PG_FROM_TEXT = {
+    16: _pg_bool, 17: _pg_bytea, 20: int, 21: int, 23: int, 26: int,
+    700: float, 701: float, 1700: decimal.Decimal,
+    1082: datetime.date.fromisoformat, 1114: _pg_timestamp, 1184: _pg_timestamp,
+}
+
+
+def _pg_param(value):
+    """A Python value -> (type OID, format, bytes) for Bind: text form but for bytes; a str
+    goes as 'unknown' so the server gives it the type its place in the statement needs."""
+    if value is None:
+        return 0, 0, None
+    if isinstance(value, bool):
+        return 16, 0, b't' if value else b'f'
+    if isinstance(value, int):
+        return 20, 0, str(value).encode()
+    if isinstance(value, float):
+        return 701, 0, repr(value).replace('inf', 'Infinity').replace('nan', 'NaN').encode()
+    if isinstance(value, str):
+        return 0, 0, value.encode()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return 17, 1, bytes(value)
+    if isinstance(value, decimal.Decimal):
+        return 1700, 0, str(value).encode()
+    if isinstance(value, datetime.datetime):
+        return (1184 if value.tzinfo else 1114), 0, value.isoformat(' ').encode()
+    if isinstance(value, datetime.date):
+        return 1082, 0, value.isoformat().encode()
+    raise sqlite3.ProgrammingError(f'a parameter of type {type(value).__name__} is not supported')
+
+
+# '?' placeholders -> $1, $2 …, outside quotes and comments, as sqlite3 reads them.
+_PG_PLACEHOLDER_RE = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|(\?)""", re.S)
+
+
+@functools.lru_cache(maxsize=512)
+def _pg_sql(sql):
+    """SQL written for sqlite3 -> the same for PostgreSQL: (text, number of '?')."""
+    count = 0
+
+    def number(match):
+        nonlocal count
+        if match.group(1) is None:
+            return match.group(0)
+        count += 1
+        return f'${count}'
+    return _PG_PLACEHOLDER_RE.sub(number, sql), count
+
+
+# Column types in a migration script mean what they mean to SQLite on both backends:
+# INTEGER is 64 bits, REAL a double, BLOB bytes, and INTEGER PRIMARY KEY a row id the
+# database picks when an INSERT gives none.
+_PG_DDL = [
+    (re.compile(r'\bINTEGER\s+PRIMARY\s+KEY(\s+AUTOINCREMENT)?\b', re.I),
+     'BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY'),
+    (re.compile(r'\bINTEGER\b', re.I), 'BIGINT'),
+    (re.compile(r'\bREAL\b', re.I), 'DOUBLE PRECISION'),
+    (re.compile(r'\bBLOB\b', re.I), 'BYTEA'),
+]
+
+
+def postgres_schema(script):
+    """A migration script written for SQLite -> the same schema on PostgreSQL."""
+    for pattern, replacement in _PG_DDL:
+        script = pattern.sub(replacement, script)
+    return script
+
+
+class PgRow(tuple):
+    """One row, as sqlite3.Row reads: by position, by column name, ``keys()``, ``dict(row)``."""
+
+    def __new__(cls, values, names):
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self):
+        return list(self._names)
+
+
+class PgCursor:
+    """The result of ``PgConnection.execute``: its rows, ``rowcount`` (rows changed, -1
+    for a SELECT) and ``lastrowid`` (the first column RETURNING gave, else None)."""
+
+    def __init__(self, rows, rowcount, description):
+        self._rows = rows
+        self.rowcount = rowcount
+        self.description = description
+        self.lastrowid = rows[0][0] if rows and rowcount >= 0 else None
+        self._at = 0
+
+    def fetchone(self):
+        if self._at >= len(self._rows):
+            return None
+        self._at += 1
+        return self._rows[self._at - 1]
+
+    def fetchall(self):
+        rows, self._at = self._rows[self._at:], len(self._rows)
+        return rows
+
+    def __iter__(self):
+        return iter(self.fetchall())
+
+
+class PgConnection:
+    """One connection to PostgreSQL, used by one thread at a time, in autocommit mode as
+    Database opens sqlite3's: ``execute(sql, params)`` with '?' placeholders (the values
+    travel apart from the SQL, in the extended query protocol: never spliced into it),
+    ``executemany``, ``executescript``, ``in_transaction``, and ``with conn:`` committing
+    an open transaction (rolling it back on an exception). ``BEGIN IMMEDIATE`` begins a
+    transaction that holds the one write lock, as on SQLite.
+
+    ``settings`` is what parse_database_url gives. Raises PostgresUnavailable when the
+    server cannot be reached, PostgresError for what the server refuses.
+    """
+
+    def __init__(self, settings, statement_timeout_ms=None):
+        self.settings = settings
+        self.status = b'I'          # the last ReadyForQuery's: Idle, in Transaction, Error
+        self.parameters = {}        # ParameterStatus: server_version and the like
+        self._buffer = bytearray()
+        self._sock = None
+        timeout = PG_STATEMENT_TIMEOUT_MS if statement_timeout_ms is None else statement_timeout_ms
+        try:
+            self._sock = self._open(settings)
+            self._startup(settings, timeout)
+        except PostgresError:
+            self.close()
+            raise
+        except (OSError, ssl.SSLError, EOFError) as exc:
+            self.close()
+            where = settings['host'] if settings['host'].startswith('/') else f'{settings["host"]}:{settings["port"]}'
+            raise PostgresUnavailable(f'cannot reach PostgreSQL at {where}: '
+                                      f'{getattr(exc, "strerror", None) or exc}') from None
+
+    # Connection and authentication (protocol 3.0: StartupMessage, then Authentication*).
+
+    def _open(self, settings):
+        host, timeout, mode = settings['host'], settings['connect_timeout'], settings['sslmode']
+        if host.startswith('/'):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(os.path.join(host, f'.s.PGSQL.{settings["port"]}'))
+            return sock             # a unix socket never needs TLS
+        sock = socket.create_connection((host, settings['port']), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if mode == 'disable':
+            return sock
+        sock.sendall(struct.pack('!ii', 8, 80877103))          # SSLRequest
+        answer = sock.recv(1)
+        if answer != b'S':
+            if mode in ('require', 'verify-ca', 'verify-full'):
+                sock.close()
+                raise PostgresError(f'PostgreSQL at {host} does not offer TLS, and sslmode={mode} '
+                                    f'requires it: turn ssl on in postgresql.conf or change sslmode')
+            if answer != b'N':
+                raise EOFError('the server answered SSLRequest with neither S nor N')
+            return sock
+        context = ssl.create_default_context(cafile=settings['sslrootcert'])
+        if mode not in ('verify-ca', 'verify-full'):
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # libpq's require
+        elif mode == 'verify-ca':
+            context.check_hostname = False
+        try:
+            return context.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            raise PostgresError(f'the certificate of PostgreSQL at {host} is not trusted '
+                                f'({exc.verify_message}): check sslrootcert') from None
+
+    def _startup(self, settings, timeout_ms):
+        params = {'user': settings['user'], 'database': settings['dbname'],
+                  'application_name': 'server.py', 'client_encoding': 'UTF8',
+                  'DateStyle': 'ISO', 'TimeZone': 'UTC',
+                  'statement_timeout': str(int(timeout_ms))}
+        body = b''.join(f'{key}\0{value}\0'.encode() for key, value in params.items()) + b'\0'
+        self._sock.sendall(struct.pack('!ii', len(body) + 8, 196608) + body)
+        scram = None
+        while True:
+            kind, payload = self._read_message()
+            if kind == b'R':
+                code = struct.unpack_from('!i', payload)[0]
+                if code == 0:
+                    continue
+                password = settings['password']
+                if password is None and code in (3, 5, 10):
+                    raise PostgresError(f'PostgreSQL asks user {settings["user"]} for a password: '
+                                        f'put it in the --database URL (user:password@host)')
+                if code == 3:           # cleartext
+                    self._send(b'p', password.encode() + b'\0')
+                elif code == 5:         # md5(md5(password + user) + salt)
+                    inner = hashlib.md5((password + settings['user']).encode()).hexdigest()
+                    outer = hashlib.md5(inner.encode() + payload[4:8]).hexdigest()
+                    self._send(b'p', b'md5' + outer.encode() + b'\0')
+                elif code == 10:        # SASL: the mechanisms the server offers
+                    if b'SCRAM-SHA-256\0' not in payload[4:]:
+                        raise PostgresError('PostgreSQL offers no SASL mechanism this client knows')
+                    scram = _scram_client(password)
+                    first = next(scram)
+                    self._send(b'p', b'SCRAM-SHA-256\0' + struct.pack('!i', len(first)) + first)
+                elif code == 11:        # SASL continue
+                    self._send(b'p', scram.send(payload[4:]))
+                elif code == 12:        # SASL final: the server's proof
+                    with contextlib.suppress(StopIteration):
+                        scram.send(payload[4:])
+                        raise PostgresError('the SCRAM exchange did not end where it should')
+                else:
+                    raise PostgresError(f'PostgreSQL asks for an authentication this client does '
+                                        f'not speak (code {code}): use scram-sha-256 or md5 in pg_hba.conf')
+            elif kind == b'Z':
+                self.status = payload[:1]
+                return
+            else:
+                self._other(kind, payload)
+
+    # Messages.
+
+    def _send(self, kind, payload):
+        self._sock.sendall(kind + struct.pack('!i', len(payload) + 4) + payload)
+
+    def _read_message(self):
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= 5:
+                end = struct.unpack_from('!i', buffer, 1)[0] + 1
+                if len(buffer) >= end:
+                    kind, payload = bytes(buffer[:1]), bytes(buffer[5:end])
+                    del buffer[:end]
+                    return kind, payload
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise EOFError('PostgreSQL closed the connection')
+            buffer += chunk
+
+    def _other(self, kind, payload):
+        """A message any exchange may bring: an error (raised), a notice, a parameter."""
+        if kind == b'E':
+            raise self._error(payload)
+        if kind == b'S':
+            name, value = payload.rstrip(b'\0').split(b'\0', 1)
+            self.parameters[name.decode()] = value.decode()
+        elif kind == b'N':
+            fields = self._fields(payload)
+            log.debug('PostgreSQL: %s', fields.get('M', ''))
+        # BackendKeyData (K) and NotificationResponse (A) are not used.
+
+    @staticmethod
+    def _fields(payload):
+        return {chr(item[0]): item[1:].decode(errors='replace')
+                for item in payload.split(b'\0') if item}
+
+    def _error(self, payload):
+        fields = self._fields(payload)
+        state = fields.get('C', '')
+        cls = PostgresIntegrityError if state.startswith('23') else \
+            PostgresUnavailable if state in _PG_GONE_STATES or state.startswith('08') else PostgresError
+        return cls(fields.get('M', 'unknown error'), state, fields.get('D', ''))
+
+    # Statements.
+
+    def _exchange(self, messages):
+        """Send ``messages``, then read until ReadyForQuery: (rows, rowcount, names)."""
+        try:
+            self._sock.sendall(messages)
+            rows, rowcount, names, types, failure = [], -1, None, (), None
+            while True:
+                kind, payload = self._read_message()
+                if kind == b'D':
+                    rows.append(self._row(payload, types, names))
+                elif kind == b'T':
+                    names, types = self._description(payload)
+                elif kind == b'C':
+                    tag = payload.rstrip(b'\0').split()
+                    if tag[0] in (b'INSERT', b'UPDATE', b'DELETE', b'MERGE', b'COPY') and tag[-1].isdigit():
+                        rowcount = int(tag[-1])
+                elif kind == b'Z':
+                    self.status = payload[:1]
+                    if failure is not None:
+                        raise failure
+                    return rows, rowcount, names
+                elif kind == b'E':
+                    failure = self._error(payload)      # then read on to ReadyForQuery
+                elif kind not in b'123nIs':             # *Complete, NoData, EmptyQuery, Suspended
+                    self._other(kind, payload)
+        except (OSError, EOFError, struct.error) as exc:
+            self.close()
+            raise PostgresUnavailable(f'lost the connection to PostgreSQL: {exc}') from None
+        except PostgresUnavailable:
+            self.close()
+            raise
+
+    @staticmethod
+    def _description(payload):
+        count = struct.unpack_from('!h', payload)[0]
+        names, types, at = {}, [], 2
+        for i in range(count):
+            end = payload.index(b'\0', at)
+            names.setdefault(payload[at:end].decode(), i)
+            types.append(_PG_FROM_TEXT.get(struct.unpack_from('!i', payload, end + 7)[0]))
+            at = end + 19
+        return names, types
+
+    @staticmethod
+    def _row(payload, types, names):
+        values, at = [], 2
+        for convert in types:
+            size = struct.unpack_from('!i', payload, at)[0]
+            at += 4
+            if size < 0:
+                values.append(None)
+                continue
+            text = payload[at:at + size].decode()
+            at += size
+            values.append(convert(text) if convert else text)
+        return PgRow(values, names)
+
+    def execute(self, sql, params=()):
+        if self._sock is None:
+            raise PostgresUnavailable('the connection to PostgreSQL is closed')
+        if ' '.join(sql.split()).upper() == 'BEGIN IMMEDIATE':
+            self._exchange(self._query(f'BEGIN; SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})'))
+            return PgCursor([], -1, None)
+        text, count = _pg_sql(sql)
+        params = tuple(params)
+        if len(params) != count:
+            raise sqlite3.ProgrammingError(f'the statement has {count} placeholders, '
+                                           f'and {len(params)} values were given')
+        encoded = [_pg_param(value) for value in params]
+        parse = b'\0' + text.encode() + b'\0' + struct.pack(f'!h{count}i', count, *(p[0] for p in encoded))
+        bind = [b'\0\0', struct.pack(f'!h{count}h', count, *(p[1] for p in encoded)),
+                struct.pack('!h', count)]
+        for _, _, data in encoded:
+            bind.append(struct.pack('!i', -1) if data is None else struct.pack('!i', len(data)) + data)
+        bind.append(b'\0\0')        # results: every column in text form
+        messages = b''.join((self._message(b'P', parse), self._message(b'B', b''.join(bind)),
+                             self._message(b'D', b'P\0'), self._message(b'E', b'\0\0\0\0\0'),
+                             b'S\0\0\0\x04'))
+        rows, rowcount, names = self._exchange(messages)
+        return PgCursor(rows, rowcount, names)
+
+    def executemany(self, sql, seq_of_params):
+        total = 0
+        for params in seq_of_params:
+            total += max(self.execute(sql, params).rowcount, 0)
+        return PgCursor([], total, None)
+
+    def executescript(self, script):
+        """Run several statements (no parameters), in the simple query protocol."""
+        self._exchange(self._query(script))
+
+    @staticmethod
+    def _message(kind, payload):
+        return kind + struct.pack('!i', len(payload) + 4) + payload
+
+    def _query(self, sql):
+        return self._message(b'Q', sql.encode() + b'\0')
+
+    @property
+    def in_transaction(self):
+        return self.status != b'I'
+
+    def usable(self):
+        """Idle and not closed by the server meanwhile (a restart ends idle connections with
+        an error and EOF, which wait unread): worth handing to the next call."""
+        if self._sock is None or self.status != b'I' or self._buffer:
+            return False
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def commit(self):
+        if self.in_transaction:
+            self._exchange(self._query('COMMIT'))
+
+    def rollback(self):
+        if self.in_transaction:
+            self._exchange(self._query('ROLLBACK'))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if self._sock is None:
+            return
+        if kind is None:
+            self.commit()
+        else:
+            with contextlib.suppress(PostgresError):
+                self.rollback()
+
+    def close(self):
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.sendall(b'X\0\0\0\x04')        # Terminate
+            sock.close()
+
+
 class Database:
-    """SQLite on one dedicated thread, so the event loop never waits on it.
+    """SQLite on one dedicated thread, or PostgreSQL on a few, so the event loop never waits on it.
+
+    ``path`` is the SQLite file, or a ``postgresql://`` URL (see parse_database_url): then
+    PG_POOL_SIZE threads each keep a connection, opened again when the server restarted
+    or went away (meanwhile each call is an HTTPError 503 with Retry-After). The same SQL
+    runs on both (the README's "Beyond one machine" says what it must respect): '?'
+    placeholders, and migration scripts whose types PostgreSQL reads as SQLite does.
 
     WAL journal, ``busy_timeout``, foreign keys, ``synchronous=FULL`` (a commit that was
     acknowledged survives a crash). ``migrations`` is a list of SQL scripts, each one or more
@@ -2835,6 +3403,12 @@ class Database:
         );
     '''
 
+    #: What PostgreSQL adds: the secret that keys session ids and CSRF tokens, shared by
+    #: every host (on SQLite it is data/secret.key).
+    POSTGRES_SCHEMA = '''
+        CREATE TABLE IF NOT EXISTS server_secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+    '''
+
     def __init__(self, path, migrations=(), name='app', source=None):
         self.path = path
         self.migrations = list(migrations)
@@ -2842,13 +3416,27 @@ class Database:
         self.source = source        # where the scripts are written, for the message if one fails
         self._executor = None
         self._conn = None
+        self._local = threading.local()     # PostgreSQL: each database thread's connection
+        self._pg_conns = set()
+        self._migrated = False
         self._lock = threading.Lock()
         self._groups = weakref.WeakKeyDictionary()   # event loop -> _Group (a test may run several)
+
+    @property
+    def kind(self):
+        """'postgresql' or 'sqlite': which backend ``path`` names."""
+        return 'postgresql' if self.path.startswith(('postgresql:', 'postgres:')) else 'sqlite'
+
+    @property
+    def where(self):
+        """The database, for messages: the file, or the URL without its password."""
+        return redact_url(self.path)
 
     def _ensure_executor(self):
         with self._lock:
             if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='sqlite')
+                threads = PG_POOL_SIZE if self.kind == 'postgresql' else 1
+                self._executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=self.kind)
             return self._executor
 
     def _connect(self):
@@ -2921,7 +3509,7 @@ class Database:
     def _check_not_newer(self, applied, what):
         if applied > len(self.migrations):
             # Its tables are not the ones this code knows: writing would damage them.
-            raise StartupError(f'{self.path} was written by a newer server.py ({what}, this one '
+            raise StartupError(f'{self.where} was written by a newer server.py ({what}, this one '
                                f'knows {len(self.migrations)}): upgrade server.py or restore a backup')
 
     def _apply(self, conn, number, script):
@@ -2949,6 +3537,8 @@ class Database:
                                f'{" ".join(str(exc).split())}: {where}') from None
 
     def _call(self, fn, args):
+        if self.kind == 'postgresql':
+            return self._call_postgres(fn, args)
         try:
             if self._conn is None:
                 self._connect()
@@ -2958,8 +3548,65 @@ class Database:
                 raise HTTPError(503, 'the database is busy; try again', {'Retry-After': '2'}) from exc
             raise
 
+    def _call_postgres(self, fn, args):
+        conn = getattr(self._local, 'conn', None)
+        try:
+            if conn is None or not conn.usable():
+                self._drop(conn)
+                conn = self._local.conn = PgConnection(parse_database_url(self.path, '')[1])
+                self._pg_conns.add(conn)
+                if not self._migrated:
+                    with self._lock:
+                        if not self._migrated:
+                            _migrate_postgres(self, conn)
+                            self._migrated = True
+            try:
+                return fn(conn, *args)
+            finally:
+                conn.rollback()     # what a call left open (it raised) is undone, not kept
+        except PostgresUnavailable as exc:
+            self._drop(conn)
+            log.warning('database unavailable: %s', exc)
+            raise HTTPError(503, 'the database is unavailable; try again',
+                            {'Retry-After': str(PG_RETRY_AFTER_S)}) from exc
+        except PostgresError as exc:
+            if exc.sqlstate in _PG_BUSY_STATES:
+                raise HTTPError(503, 'the database is busy; try again',
+                                {'Retry-After': str(PG_RETRY_AFTER_S)}) from exc
+            raise
+
+    def _drop(self, conn):
+        if conn is not None:
+            conn.close()
+            self._pg_conns.discard(conn)
+        self._local.conn = None
+
+    async def open(self):
+        """Connect and migrate now: at start, a script that fails or a database that cannot be
+        reached stops the start (StartupError naming it) instead of failing every request."""
+        try:
+            await self.run(_no_statement)
+        except BaseException as exc:
+            await self.close()       # a failed start leaves no database thread behind
+            cause = exc.__cause__ if isinstance(exc, HTTPError) else exc
+            if isinstance(cause, PostgresError):
+                raise StartupError(f'PostgreSQL at {self.where}: {cause.message}: start it, or fix '
+                                   f'--database (SERVER_DATABASE)') from None
+            if isinstance(exc, HTTPError):      # busy: another process holds the lock
+                raise StartupError(f'{self.path} is locked by another process: stop it, '
+                                   f'or try again') from exc
+            raise
+
+    def load_secret(self, path):
+        """The key of session ids and CSRF tokens -- blocking: the file ``path`` (made if
+        missing) on SQLite; on PostgreSQL a row every host shares, so a session begun on one
+        goes on on any other."""
+        if self.kind == 'sqlite':
+            return _load_secret(path)
+        return self.run_sync(_shared_secret)
+
     async def run(self, fn, *args):
-        """Run ``fn(conn, *args)`` in the database thread and return its result."""
+        """Run ``fn(conn, *args)`` in a database thread and return its result."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._ensure_executor(), self._call, fn, args)
 
@@ -3041,6 +3688,39 @@ class Database:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        for conn in list(self._pg_conns):
+            conn.close()
+        self._pg_conns.clear()
+        self._migrated = False
+
+
+def _migrate_postgres(db, conn):
+    """Database._migrate for PostgreSQL: each script and its row in one transaction, under
+    the write lock, so hosts starting together run each script once."""
+    with conn:
+        conn.execute('BEGIN IMMEDIATE')
+        conn.executescript(postgres_schema(db.FRAMEWORK_SCHEMA + db.MIGRATIONS_SCHEMA
+                                           + db.POSTGRES_SCHEMA))
+        applied = conn.execute('SELECT MAX(number) FROM server_migrations WHERE app = ?',
+                               (db.name,)).fetchone()[0] or 0
+    db._check_not_newer(applied, f'app {db.name!r} at migration {applied}')
+    for number, script in enumerate(db.migrations, 1):
+        if number <= applied:
+            continue
+        try:
+            with conn:
+                conn.execute('BEGIN IMMEDIATE')
+                if not conn.execute('SELECT 1 FROM server_migrations WHERE app = ? AND number = ?',
+                                    (db.name, number)).fetchone():
+                    conn.executescript(postgres_schema(script))
+                    conn.execute('INSERT INTO server_migrations VALUES (?, ?, ?)',
+                                 (db.name, number, time.time()))
+        except PostgresError as exc:
+            if isinstance(exc, PostgresUnavailable):
+                raise
+            where = f'fix the script in {db.source}' if db.source else 'fix the script'
+            raise StartupError(f'migration {number} of app {db.name!r} failed on PostgreSQL: '
+                               f'{" ".join(exc.message.split())}: {where}') from None
 
 
 class _Group:
@@ -3095,6 +3775,16 @@ class Executed(int):
 
     def __repr__(self):
         return f'Executed(lastrowid={int(self)}, rowcount={self.rowcount})'
+
+
+def _no_statement(conn):
+    """Database.open's call: the connection and migrations are all it needs."""
+
+
+def _shared_secret(conn):
+    conn.execute('INSERT INTO server_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING',
+                 ('session', secrets.token_bytes(32)))
+    return bytes(conn.execute("SELECT value FROM server_secrets WHERE name = 'session'").fetchone()[0])
 
 
 def _db_execute(conn, sql, params):
@@ -3414,8 +4104,9 @@ class SessionStore:
 def _delete_sessions_holding(conn, key):
     doomed = []
     # Only rows whose text contains the key as JSON writes it are decoded.
-    for row_key, data in conn.execute('SELECT id, data FROM sessions WHERE instr(data, ?) > 0',
-                                      (json.dumps(key),)):
+    pattern = '%' + re.sub(r'([\\%_])', r'\\\1', json.dumps(key)) + '%'
+    for row_key, data in conn.execute("SELECT id, data FROM sessions WHERE data LIKE ? ESCAPE '\\'",
+                                      (pattern,)):
         with contextlib.suppress(json.JSONDecodeError):
             if key in json.loads(data):
                 doomed.append((row_key,))
@@ -3463,7 +4154,8 @@ def _claim_session_key(conn, row_key, key, data, expires, stored, now):
         elif stored:
             return None
         else:       # the first row of this id (one that expired is replaced, not revived)
-            conn.execute('INSERT OR REPLACE INTO sessions (id, data, expires) VALUES (?, ?, ?)',
+            conn.execute('INSERT INTO sessions (id, data, expires) VALUES (?, ?, ?) ON CONFLICT (id) '
+                         'DO UPDATE SET data = excluded.data, expires = excluded.expires',
                          (row_key, data, expires))
         return ours[key]
 
@@ -4231,7 +4923,7 @@ class App:
     _default = None
 
     def __init__(self, root=None, data='data', *, trusted_proxy='127.0.0.1,::1', sessions=True,
-                 csrf=True, static=True, migrations=(), name=None):
+                 csrf=True, static=True, migrations=(), name=None, database='sqlite:'):
         source = sys._getframe(1).f_globals.get('__file__')     # the module creating the App
         if name is None:
             name = os.path.splitext(os.path.basename(source))[0] if source else 'app'
@@ -4254,7 +4946,8 @@ class App:
         self.static_enabled = static
         self.trusted = _parse_trusted(trusted_proxy)
         self._trusted_answers = (list(self.trusted), {})   # config_trusted: address -> bool
-        self.db = Database(os.path.join(self.data, 'app.db'), migrations, name, source)
+        self.database = database
+        self.db = Database(database_path(database, self.data), migrations, name, source)
         self.sessions = SessionStore(self.db, self.keyed_hash)
         self._secret = None
         self.templates = Templates(os.path.join(self.root, 'templates') if self.root else None)
@@ -4350,23 +5043,15 @@ class App:
 
     # -- lifecycle --
     async def claim(self):
-        """Run the migrations, then the claim hooks (see ``on_claim``)."""
+        """Run the migrations, then the claim hooks (see ``on_claim``): on SQLite, whose data
+        folder is this server's alone; never on PostgreSQL, which other hosts share."""
         await self._migrate()
-        for fn in self.claim_hooks:
+        for fn in self.claim_hooks if self.db.kind == 'sqlite' else ():
             await _runner(fn)(self)
 
     async def _migrate(self):
-        # At start, not at the first request: a script that fails stops the start (StartupError
-        # naming it) instead of making every request a 500.
-        if self.db.migrations:
-            try:
-                await self.db.run(lambda conn: None)
-            except BaseException as exc:
-                await self.db.close()       # a failed start leaves no database thread behind
-                if isinstance(exc, HTTPError):      # busy: another process holds the lock
-                    raise StartupError(f'{self.db.path} is locked by another process: stop it, '
-                                       f'or try again') from exc
-                raise
+        if self.db.migrations or self.db.kind == 'postgresql':
+            await self.db.open()
 
     async def startup(self, claim=True):
         """Run the migrations and the claim hooks (unless ``claim`` is false: a worker, whose
@@ -4377,7 +5062,7 @@ class App:
             await self._migrate()
         await asyncio.to_thread(self.templates.preload)
         if self.sessions_enabled and self._secret is None:
-            self._secret = await asyncio.to_thread(_load_secret, os.path.join(self.data, SECRET_FILE))
+            self._secret = await asyncio.to_thread(self.db.load_secret, os.path.join(self.data, SECRET_FILE))
         for fn in self.startup_hooks:
             await _runner(fn)(self)
 
@@ -4395,7 +5080,7 @@ class App:
         ``purpose`` keeps the hashes made for different uses apart."""
         secret = self._secret
         if secret is None:      # an App used without startup(): read once, here
-            secret = self._secret = _load_secret(os.path.join(self.data, SECRET_FILE))
+            secret = self._secret = self.db.load_secret(os.path.join(self.data, SECRET_FILE))
         message = purpose.encode() + b'\0' + value.encode('utf-8', 'surrogatepass')
         return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
@@ -4555,9 +5240,9 @@ class App:
     def _configured(self, config):
         """This app on the command line's web root, data folder and proxies, before it starts."""
         root, data = os.path.abspath(config.root) if config.root else None, os.path.abspath(config.data)
-        if data != self.data:
-            self.data, self.upload_dir = data, os.path.join(data, 'uploads')
-            self.db.path = os.path.join(data, 'app.db')
+        if data != self.data or config.database != self.database:
+            self.data, self.upload_dir, self.database = data, os.path.join(data, 'uploads'), config.database
+            self.db.path = database_path(config.database, data)
         if root != self.root:
             self.root = root
             self.templates = Templates(os.path.join(root, 'templates') if root else None)
@@ -5999,7 +6684,9 @@ def serve_forever(app_factory, config):
     """
     if config.reload and not reloaded_child():
         return run_with_reload(config)
-    lock = claim_data_folder(config.data)
+    # A data folder is one server's; a PostgreSQL database is every host's that names it.
+    sqlite = parse_database_url(config.database, config.data)[0] == 'sqlite'
+    lock = claim_data_folder(config.data) if sqlite else None
     try:
         if config.workers <= 1:
             return asyncio.run(serve(app_factory(), config))
@@ -6207,6 +6894,15 @@ SITE_MIGRATIONS = [
     );
     CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt);
     ''',
+    '''
+    CREATE TABLE IF NOT EXISTS upload_chunks (   -- on PostgreSQL, the uploaded bytes themselves
+        stored TEXT NOT NULL,             -- the upload's uploads.stored (its row may not exist yet)
+        seq INTEGER NOT NULL,             -- 0, 1, 2 ... in the file's order
+        data BLOB NOT NULL,               -- UPLOAD_CHUNK_BYTES, the last one fewer
+        created REAL NOT NULL,
+        PRIMARY KEY (stored, seq)
+    );
+    ''',
 ]
 
 #: Contact messages allowed per client address in CONTACT_WINDOW_S; more -> 429.
@@ -6225,6 +6921,11 @@ ADMIN_LOCKOUT_S = 900
 ADMIN_FAILURE_ADDRESSES = 10000
 #: How often the site removes uploads older than --upload-days (also once at start).
 UPLOAD_EXPIRY_INTERVAL_S = 3600
+#: On PostgreSQL an upload's bytes go in rows of this size, streamed in and out one at a
+#: time, so no upload is ever whole in memory.
+UPLOAD_CHUNK_BYTES = 256 * 1024
+#: Chunks this old that no upload row names (their host died before the row) are removed.
+UPLOAD_ORPHAN_S = 3600
 #: Days the admin chart shows, today included.
 CHART_DAYS = 30
 #: A notification mail that could not be sent is tried again after this long, then after
@@ -6321,11 +7022,11 @@ def _store_message(conn, values, client, now, notify=False):
                                 (client, now - CONTACT_WINDOW_S)).fetchone()
     if count >= CONTACT_LIMIT:
         return first
-    cursor = conn.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
-                          (values['name'], values['email'], values['message'], client, now))
+    message = conn.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?) '
+                           'RETURNING id', (values['name'], values['email'], values['message'], client, now)).fetchone()[0]
     if notify:
         conn.execute('INSERT INTO outbox (message, created, next_attempt) VALUES (?, ?, ?)',
-                     (cursor.lastrowid, now, now))
+                     (message, now, now))
     return None
 
 
@@ -6338,7 +7039,7 @@ def _count_visit(conn, count=1):
     conn.execute("UPDATE counters SET value = value + ? WHERE name = 'visits'", (count,))
     # The day's total alone: nothing about the visitor is kept.
     conn.execute('INSERT INTO page_views (day, views) VALUES (?, ?) '
-                 'ON CONFLICT (day) DO UPDATE SET views = views + excluded.views', (_utc_day(time.time()), count))
+                 'ON CONFLICT (day) DO UPDATE SET views = page_views.views + excluded.views', (_utc_day(time.time()), count))
     return _visits(conn)
 
 
@@ -6369,19 +7070,76 @@ def _sweep_uploads(conn, upload_dir):
 
 
 def _delete_uploads(conn, upload_dir, where, params=()):
-    """Delete the uploads ``where`` selects: their rows in one transaction, then their files;
-    the ids deleted. A crash between leaves files no row points at, which the sweep at the
-    next start removes; never a row whose file is gone. Safe while a server runs."""
+    """Delete the uploads ``where`` selects: their rows (and on PostgreSQL their chunks) in
+    one transaction, then their files; the ids deleted. A crash between leaves files no row
+    points at, which the sweep at the next start removes; never a row whose file is gone.
+    Safe while a server runs."""
     with conn:
         conn.execute('BEGIN IMMEDIATE')
         rows = conn.execute(f'SELECT id, stored FROM uploads WHERE {where}', params).fetchall()
         conn.executemany('DELETE FROM uploads WHERE id = ?', [(row[0],) for row in rows])
+        conn.executemany('DELETE FROM upload_chunks WHERE stored = ?', [(row[1],) for row in rows])
     for _, stored in rows:
         try:
             _unlink_quietly(os.path.join(upload_dir, stored))
         except OSError as exc:      # left for the sweep at the next start, and said
             log.warning('cannot remove upload %s: %s', stored, exc.strerror)
     return [row[0] for row in rows]
+
+
+def _store_upload_chunks(conn, stored, path):
+    """Copy the spooled file at ``path`` into upload_chunks as ``stored``, a chunk at a time,
+    in one transaction of its own (no write lock: no other call waits on the copy)."""
+    now = time.time()
+    with conn, open(path, 'rb') as f:
+        conn.execute('BEGIN')
+        for seq in itertools.count():
+            data = f.read(UPLOAD_CHUNK_BYTES)
+            if not data:
+                break
+            conn.execute('INSERT INTO upload_chunks (stored, seq, data, created) VALUES (?, ?, ?, ?)',
+                         (stored, seq, data, now))
+
+
+def _delete_orphan_chunks(conn, now):
+    """Chunks that no upload names: a refused upload's, or one whose host died before its row."""
+    return conn.execute('DELETE FROM upload_chunks WHERE created < ? AND stored NOT IN '
+                        '(SELECT stored FROM uploads)', (now - UPLOAD_ORPHAN_S,)).rowcount
+
+
+async def _keep_upload(app, upload, stored):
+    """Keep the spooled ``upload`` as ``stored``: a file on SQLite, made durable under its final
+    name before its row commits; rows of chunks on PostgreSQL, which every host reads."""
+    if app.db.kind == 'postgresql':
+        await app.db.run(_store_upload_chunks, stored, upload.path)
+    else:
+        await asyncio.to_thread(upload.save, os.path.join(app.upload_dir, stored))
+
+
+async def _drop_upload(app, stored):
+    """Remove what _keep_upload kept, for an upload whose row was refused."""
+    if app.db.kind == 'postgresql':
+        await app.db.execute('DELETE FROM upload_chunks WHERE stored = ?', (stored,))
+    else:
+        await asyncio.to_thread(_unlink_quietly, os.path.join(app.upload_dir, stored))
+
+
+def _upload_response(app, row):
+    """An upload (its row: name, stored, size) as a download: the file on SQLite, its chunks
+    read one at a time on PostgreSQL."""
+    if app.db.kind == 'sqlite':
+        return _attachment(os.path.join(app.upload_dir, row['stored']), row['name'])
+
+    async def chunks():
+        for seq in itertools.count():
+            chunk = await app.db.fetchone('SELECT data FROM upload_chunks WHERE stored = ? AND seq = ?',
+                                          (row['stored'], seq))
+            if chunk is None:
+                return
+            yield chunk['data']
+    resp = _attachment(None, row['name'], chunks())
+    resp.headers['Content-Length'] = str(row['size'])
+    return resp
 
 
 def _delete_by_ids(conn, upload_dir, kind, ids):
@@ -6402,8 +7160,9 @@ def _daily_counts(conn, now, days=CHART_DAYS):
     first = (int(now) // 86400 - days + 1) * 86400
     names = [_utc_day(first + i * 86400) for i in range(days)]
     views = dict(conn.execute('SELECT day, views FROM page_views WHERE day >= ?', (names[0],)).fetchall())
-    messages = dict(conn.execute('SELECT CAST((created - ?) / 86400 AS INTEGER), COUNT(*) FROM messages '
-                                 'WHERE created >= ? GROUP BY 1', (first, first)).fetchall())
+    # Counted here, not by the SQL: CAST truncates on SQLite and rounds on PostgreSQL.
+    messages = collections.Counter(int((row[0] - first) // 86400) for row in conn.execute(
+        'SELECT created FROM messages WHERE created >= ?', (first,)))
     return [{'day': name, 'views': views.get(name, 0), 'messages': messages.get(i, 0)}
             for i, name in enumerate(names)]
 
@@ -6437,9 +7196,10 @@ def bar_chart_svg(days, key, label):
 
 def _upload_usage(conn, owner, upload_dir):
     """(this owner's files, their bytes, every upload's bytes, free disk bytes) -- blocking."""
-    n, size = conn.execute('SELECT COUNT(*), COALESCE(SUM(size), 0) FROM uploads WHERE owner = ?',
-                           (owner,)).fetchone()
-    total = conn.execute('SELECT COALESCE(SUM(size), 0) FROM uploads').fetchone()[0]
+    # CAST: PostgreSQL's SUM of integers is a numeric (a Decimal); SQLite's an integer.
+    n, size = conn.execute('SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM uploads '
+                           'WHERE owner = ?', (owner,)).fetchone()
+    total = conn.execute('SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM uploads').fetchone()[0]
     return n, size, total, shutil.disk_usage(upload_dir).free
 
 
@@ -6522,8 +7282,8 @@ def _admin_attempt(conn, address, now):
         if row is None:
             conn.execute('INSERT INTO admin_failures (address, failures, until) VALUES (?, 1, ?)',
                          (address, now + ADMIN_LOCKOUT_S))
-            conn.execute('DELETE FROM admin_failures WHERE address IN (SELECT address FROM admin_failures '
-                         'ORDER BY until DESC LIMIT -1 OFFSET ?)', (ADMIN_FAILURE_ADDRESSES,))
+            conn.execute('DELETE FROM admin_failures WHERE address NOT IN (SELECT address FROM admin_failures '
+                         'ORDER BY until DESC LIMIT ?)', (ADMIN_FAILURE_ADDRESSES,))
         else:
             conn.execute('UPDATE admin_failures SET failures = failures + 1 WHERE address = ?', (address,))
         return None
@@ -6617,9 +7377,11 @@ def build_site(config):
     """The portfolio site as an App: one function per area registers its routes and hooks."""
     # --root and --data are taken from the current folder, as any command's paths are.
     app = App(root=os.path.abspath(config.root), data=os.path.abspath(config.data),
-              trusted_proxy=config.trusted_proxy, migrations=SITE_MIGRATIONS, name='site')
+              trusted_proxy=config.trusted_proxy, migrations=SITE_MIGRATIONS, name='site',
+              database=config.database)
     app.template_globals['person'] = load_person(config.root)
-    counter = VisitCounter(app.db, shared=config.workers > 1)
+    # Processes that share the count (workers, hosts on one PostgreSQL) count in the database.
+    counter = VisitCounter(app.db, shared=config.workers > 1 or app.db.kind == 'postgresql')
     admin_password = os.environ.get('ADMIN_PASSWORD', '')
     _site_lifecycle(app, counter, admin_password)
     _site_pages(app, counter)
@@ -7127,14 +7889,13 @@ def _site_uploads(app, uploads_in_flight):
             # The file is durable under its final name before its row commits; if the
             # process dies between, the startup sweep removes the file no row points at.
             stored = secrets.token_hex(16)
-            path = os.path.join(app.upload_dir, stored)
-            await asyncio.to_thread(upload.save, path)
+            await _keep_upload(app, upload, stored)
             # Given back before the row is counted, so that no check counts this upload
             # twice (arriving and stored); the transaction below has the last word.
             release()
             refusal = await app.db.grouped(_record_upload, owner, upload, stored, app.upload_dir)
             if refusal is not None:
-                await asyncio.to_thread(_unlink_quietly, path)
+                await _drop_upload(app, stored)
                 return await _upload_refused(app, request, refusal)
         finally:
             release()
@@ -7143,26 +7904,30 @@ def _site_uploads(app, uploads_in_flight):
     @app.get('/upload/<int:upload_id>')
     async def download(request, upload_id):
         owner = request.session.get('upload_owner')
-        row = await app.db.fetchone('SELECT name, stored, owner FROM uploads WHERE id = ?', (upload_id,))
+        row = await app.db.fetchone('SELECT name, stored, size, owner FROM uploads WHERE id = ?', (upload_id,))
         if row is None or not owner or not hmac.compare_digest(row['owner'], owner):
             abort(404)
-        return _attachment(os.path.join(app.upload_dir, row['stored']), row['name'])
+        return _upload_response(app, row)
 
 
 def _site_upload_expiry(app, upload_days):
     """Uploads older than ``upload_days`` (0: none) go with their rows, at start and then
-    every UPLOAD_EXPIRY_INTERVAL_S."""
+    every UPLOAD_EXPIRY_INTERVAL_S; on PostgreSQL, chunks no upload names go too."""
     background = []
 
     async def expire():
         try:
-            removed = await app.db.run(_delete_uploads, app.upload_dir, 'created < ?',
-                                       (time.time() - upload_days * 86400,))
+            if upload_days > 0:
+                removed = await app.db.run(_delete_uploads, app.upload_dir, 'created < ?',
+                                           (time.time() - upload_days * 86400,))
+                if removed:
+                    log.info('removed %d uploads older than %d days', len(removed), upload_days)
+            if app.db.kind == 'postgresql':
+                await app.db.run(_delete_orphan_chunks, time.time())
+        except HTTPError as exc:        # the database is unavailable: the next round tries again
+            log.warning('removing expired uploads: %s', exc.detail)
         except Exception:
             log.exception('removing expired uploads')
-        else:
-            if removed:
-                log.info('removed %d uploads older than %d days', len(removed), upload_days)
 
     async def expire_forever():
         while True:
@@ -7172,7 +7937,7 @@ def _site_upload_expiry(app, upload_days):
     @app.on_startup
     async def start_expiry(app):
         # Each worker runs it too: the rows go in one transaction, so only one removes each.
-        if upload_days > 0:
+        if upload_days > 0 or app.db.kind == 'postgresql':
             await expire()
             background.append(asyncio.get_running_loop().create_task(expire_forever()))
 
@@ -7248,10 +8013,10 @@ def _site_admin(app, admin_password):
         admin_enabled()
         if not is_admin(request):
             abort(404)
-        row = await app.db.fetchone('SELECT name, stored FROM uploads WHERE id = ?', (upload_id,))
+        row = await app.db.fetchone('SELECT name, stored, size FROM uploads WHERE id = ?', (upload_id,))
         if row is None:
             abort(404)
-        return _attachment(os.path.join(app.upload_dir, row['stored']), row['name'])
+        return _upload_response(app, row)
 
     @app.post('/admin/login')
     async def admin_login(request):
@@ -7308,9 +8073,14 @@ def _site_admin_delete(app, admin_enabled, is_admin):
         return resp
 
 
-def _attachment(path, name):
-    """An uploaded file as a download that the browser never renders in the site's origin."""
-    resp = Response.send_file(path, 'application/octet-stream', download_name=name)
+def _attachment(path, name, chunks=None):
+    """An uploaded file (at ``path``, or its ``chunks``) as a download that the browser never
+    renders in the site's origin."""
+    if chunks is None:
+        resp = Response.send_file(path, 'application/octet-stream', download_name=name)
+    else:
+        resp = Response(chunks, headers={'Content-Disposition': content_disposition(name)},
+                        content_type='application/octet-stream')
     resp.headers['Content-Security-Policy'] = "default-src 'none'; sandbox"
     resp.headers['X-Content-Type-Options'] = 'nosniff'
     resp.headers['Cache-Control'] = 'private, no-store'
@@ -7348,6 +8118,10 @@ def build_parser(defaults, prog='server.py', app=False):
                         help='web root: static files and templates/ (default: %(default)s)')
     parser.add_argument('--data', default=defaults.data,
                         help='data folder: app.db and uploads/, created if missing (default: %(default)s)')
+    parser.add_argument('--database', default=defaults.database, metavar='URL',
+                        help='sqlite: (app.db in the data folder, the default) or '
+                             'postgresql://user:password@host:port/dbname?sslmode=require, '
+                             'shared by several app hosts')
     parser.add_argument('--workers', type=int, default=defaults.workers,
                         help='worker processes sharing the port with SO_REUSEPORT (default: %(default)s)')
     parser.add_argument('--certfile', default=defaults.certfile, help='TLS certificate (PEM): serve HTTPS')
@@ -7372,7 +8146,7 @@ def config_from_args(argv, environ=None, *, prog='server.py', app=None):
     """Config from defaults <- environment <- argv; raises ConfigError or exits 2 on bad input.
     For an ``app`` (App.main) its own root, data folder and proxies are the defaults."""
     own = {} if app is None else {
-        'root': app.root, 'data': app.data,
+        'root': app.root, 'data': app.data, 'database': app.database,
         'trusted_proxy': ','.join(str(net.network_address) if net.num_addresses == 1 else str(net)
                                   for net in app.trusted)}
     try:
@@ -7393,6 +8167,10 @@ def config_from_args(argv, environ=None, *, prog='server.py', app=None):
         _parse_trusted(config.trusted_proxy)
     except ValueError as exc:
         raise ConfigError(f'--trusted-proxy: {exc}') from None
+    try:
+        parse_database_url(config.database, config.data)
+    except ValueError as exc:
+        raise ConfigError(f'--database: {exc}') from None
     make_ssl_context(config.certfile, config.keyfile)
     notify_settings(os.environ if environ is None else environ)
     check_data_folder(config.data)
