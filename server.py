@@ -2859,7 +2859,7 @@ def parse_database_url(url, data):
         path = urllib.parse.unquote(rest[2:] if rest.startswith('//') else rest)
         return 'sqlite', os.path.join(data, path or 'app.db')
     if scheme not in ('postgresql', 'postgres') or not rest.startswith('//'):
-        raise ValueError(f'{url!r} is neither sqlite: nor postgresql://user:password@host/dbname')
+        raise ValueError(f'{redact_url(url)!r} is neither sqlite: nor postgresql://user:password@host/dbname')
     parts = urllib.parse.urlsplit(url)
     query = dict(urllib.parse.parse_qsl(parts.query))
     userinfo, _, hostport = parts.netloc.rpartition('@')
@@ -3590,7 +3590,8 @@ class Database:
             await self.close()       # a failed start leaves no database thread behind
             cause = exc.__cause__ if isinstance(exc, HTTPError) else exc
             if isinstance(cause, PostgresError):
-                raise StartupError(f'PostgreSQL at {self.where}: {cause.message}: start it, or fix '
+                fix = 'start it, or fix' if isinstance(cause, PostgresUnavailable) else 'fix'
+                raise StartupError(f'PostgreSQL at {self.where}: {cause.message}: {fix} '
                                    f'--database (SERVER_DATABASE)') from None
             if isinstance(exc, HTTPError):      # busy: another process holds the lock
                 raise StartupError(f'{self.path} is locked by another process: stop it, '
@@ -8223,19 +8224,21 @@ def print_messages(argv):
                              'first, or delete some (safe while the server runs).')
     parser.add_argument('--csv', action='store_true', help='CSV for a spreadsheet')
     parser.add_argument('--delete', type=int, nargs='+', metavar='ID', help='delete these messages')
-    parser.add_argument('--data', default=_default_data(), help='data folder')
+    _owner_flags(parser)
     args = parser.parse_args(argv)
-    path = os.path.join(args.data, 'app.db')
     if args.delete:
-        return _delete_command(args.data, 'message', args.delete)
-    if not os.path.exists(path):
+        return _delete_command(args, 'message', args.delete)
+    path = database_path(args.database, args.data)
+    if path == os.path.join(args.data, 'app.db') and not os.path.exists(path):
         print(f'server.py: no database at {path} yet: no messages', file=sys.stderr)
         return 0
-    conn = sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=DB_BUSY_TIMEOUT_MS / 1000)
+    conn = _open_site_database(args, readonly=True)
+    if conn is None:
+        return 1
     try:
         try:
             rows = conn.execute('SELECT id, created, name, email, ip, body FROM messages ORDER BY created DESC, id DESC').fetchall()
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             print(f'server.py: cannot read messages: {exc}', file=sys.stderr)
             return 1
     finally:
@@ -8257,35 +8260,51 @@ def print_messages(argv):
     return 0
 
 
-def _default_data():
+def _owner_flags(parser):
+    """--data and --database, defaulting as the server's do (SERVER_DATA, SERVER_DATABASE)."""
     try:
-        return Config.from_env().data
+        defaults = Config.from_env()
     except ValueError:      # another SERVER_* setting is bad: not this command's business
-        return Config().data
+        defaults = Config()
+    parser.add_argument('--data', default=defaults.data, help='data folder')
+    parser.add_argument('--database', default=defaults.database, metavar='URL',
+                        help='sqlite: (app.db in the data folder, the default) or postgresql://...')
 
 
-def _open_site_database(data):
-    """The data folder's database for an owner command, or None once the reason is printed.
-    Never created: a wrong --data is said, not given an empty database."""
-    path = os.path.join(data, 'app.db')
-    if not os.path.exists(path):
-        print(f'server.py: no database at {path}: give the data folder with --data', file=sys.stderr)
+def _open_site_database(args, readonly=False):
+    """The site's database for an owner command (``args.data``, ``args.database``), or None
+    once the reason is printed. Never created: a wrong --data is said, not given an empty
+    database."""
+    try:
+        kind, where = parse_database_url(args.database, args.data)
+    except ValueError as exc:
+        print(f'server.py: --database: {exc}', file=sys.stderr)
         return None
-    conn = sqlite3.connect(f'file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw', uri=True,
+    if kind == 'postgresql':
+        try:
+            return PgConnection(where)
+        except PostgresError as exc:
+            print(f'server.py: cannot open {redact_url(args.database)}: {exc.message}', file=sys.stderr)
+            return None
+    if not os.path.exists(where):
+        print(f'server.py: no database at {where}: give the data folder with --data', file=sys.stderr)
+        return None
+    mode = 'ro' if readonly else 'rw'
+    conn = sqlite3.connect(f'file:{urllib.parse.quote(os.path.abspath(where))}?mode={mode}', uri=True,
                            timeout=DB_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     conn.execute(f'PRAGMA busy_timeout = {int(DB_BUSY_TIMEOUT_MS)}')
     conn.execute('PRAGMA foreign_keys = ON')
     return conn
 
 
-def _delete_command(data, kind, ids):
+def _delete_command(args, kind, ids):
     """Delete messages or uploads by id, through the database, so a running server is no
     obstacle; 1 if some id was not there."""
-    conn = _open_site_database(data)
+    conn = _open_site_database(args)
     if conn is None:
         return 1
     try:
-        found = _delete_by_ids(conn, os.path.join(data, 'uploads'), kind, ids)
+        found = _delete_by_ids(conn, os.path.join(args.data, 'uploads'), kind, ids)
     except sqlite3.Error as exc:
         print(f'server.py: cannot delete: {exc}', file=sys.stderr)
         return 1
@@ -8305,11 +8324,11 @@ def uploads_command(argv):
     parser = _ArgumentParser(prog='server.py uploads', description='List the uploads, newest first, or '
                              'delete some with their files (safe while the server runs).')
     parser.add_argument('--delete', type=int, nargs='+', metavar='ID', help='delete these uploads')
-    parser.add_argument('--data', default=_default_data(), help='data folder')
+    _owner_flags(parser)
     args = parser.parse_args(argv)
     if args.delete:
-        return _delete_command(args.data, 'upload', args.delete)
-    conn = _open_site_database(args.data)
+        return _delete_command(args, 'upload', args.delete)
+    conn = _open_site_database(args, readonly=True)
     if conn is None:
         return 1
     try:
@@ -8330,13 +8349,19 @@ def backup_command(argv):
     """``server.py backup DEST [--data DIR]``: a consistent copy of the data folder."""
     parser = _ArgumentParser(prog='server.py backup', description='Copy the data folder (database, '
                              'uploads, secret key) into DEST, a new folder, consistently even while '
-                             'the server runs. DEST is a data folder: start a server on it to restore.')
+                             'the server runs. DEST is a data folder: start a server on it to restore. '
+                             'A PostgreSQL database is dumped by pg_dump into DEST/database.dump instead.')
     parser.add_argument('dest', help='the folder to write (must not exist yet, or be empty)')
-    parser.add_argument('--data', default=_default_data(), help='data folder')
+    _owner_flags(parser)
     args = parser.parse_args(argv)
     try:
+        if parse_database_url(args.database, args.data)[0] == 'postgresql':
+            dump = dump_postgres(args.database, args.dest)
+            print(f'backup written to {dump} (pg_dump\'s custom format): restore it with '
+                  f'pg_restore --clean --if-exists --dbname URL {dump}')
+            return 0
         counts = backup_data(args.data, args.dest)
-    except (StartupError, OSError, sqlite3.Error) as exc:
+    except (StartupError, OSError, sqlite3.Error, ValueError) as exc:
         print(f'server.py: backup failed: {exc}', file=sys.stderr)
         return 1
     print(f'backup written to {args.dest}: {counts[0]} message{"s" * (counts[0] != 1)}, '
@@ -8386,6 +8411,40 @@ def backup_data(data, dest):
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return counts
+
+
+def dump_postgres(url, dest):
+    """``pg_dump --format=custom`` of the database at ``url`` into ``dest``/database.dump (a
+    new folder, made whole under a temporary name): one consistent snapshot, taken while the
+    servers run. The password goes in pg_dump's environment, never on its command line."""
+    pg_dump = shutil.which('pg_dump')
+    if pg_dump is None:
+        raise StartupError('a PostgreSQL backup needs pg_dump: install it (Debian: apt-get install '
+                           'postgresql-client)')
+    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        raise StartupError(f'{dest} exists and is not an empty folder: give a new one')
+    settings = parse_database_url(url, '')[1]
+    env = dict(os.environ, PGHOST=settings['host'], PGPORT=str(settings['port']), PGUSER=settings['user'],
+               PGDATABASE=settings['dbname'], PGSSLMODE=settings['sslmode'],
+               PGCONNECT_TIMEOUT=str(int(settings['connect_timeout'])))
+    for name, key in (('PGPASSWORD', 'password'), ('PGSSLROOTCERT', 'sslrootcert')):
+        if settings[key]:
+            env[name] = settings[key]
+    dest = os.path.abspath(dest)
+    partial = f'{dest}.partial-{os.getpid()}'
+    os.makedirs(partial, mode=DATA_DIR_MODE)
+    try:
+        done = subprocess.run([pg_dump, '--format=custom', '--file', os.path.join(partial, 'database.dump')],
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if done.returncode:
+            lines = done.stderr.strip().splitlines() or [f'exit status {done.returncode}']
+            raise StartupError(f'pg_dump failed: {lines[-1]}')
+        os.chmod(os.path.join(partial, 'database.dump'), DATA_FILE_MODE)     # messages, addresses
+        os.rename(partial, dest)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return os.path.join(dest, 'database.dump')
 
 
 def _copy_uploads(copy, source_dir, dest_dir):
