@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import pickle
+import pwd
 import queue
 import random
 import re
@@ -505,7 +506,6 @@ class PostgresServer:
                 cls._availability = (False, 'PostgreSQL is not installed (no initdb in '
                                             '/usr/lib/postgresql/*/bin or on PATH)')
             elif os.geteuid() == 0:
-                import pwd
                 try:
                     pwd.getpwnam('postgres')
                 except KeyError:
@@ -531,15 +531,19 @@ class PostgresServer:
         self.socket_dir = os.path.join(self.tmp, 'run')
         self.log_path = os.path.join(self.tmp, 'postgres.log')
         self.ca_file = None
-        self._as_owner = dict(user='postgres', group='postgres', extra_groups=[]) if root else {}
+        # The postgres user's ids (its group named however the system names it), as root only.
+        self._as_owner = {}
+        if root:
+            owner = pwd.getpwnam('postgres')
+            self._as_owner = dict(user=owner.pw_uid, group=owner.pw_gid, extra_groups=[])
         # The fixture's programs see only its own PG* settings, never the caller's.
         self._env = {k: v for k, v in os.environ.items() if not k.startswith('PG')}
         self._env.update(PGCONNECT_TIMEOUT='10', LC_ALL='C')
         try:
             os.mkdir(self.socket_dir, 0o700)
             if root:
-                shutil.chown(self.tmp, 'postgres', 'postgres')
-                shutil.chown(self.socket_dir, 'postgres', 'postgres')
+                self._give_to_owner(self.tmp)
+                self._give_to_owner(self.socket_dir)
             self._initdb()
             self._configure(settings or {})
             self.start()
@@ -553,12 +557,15 @@ class PostgresServer:
             self.cleanup()
             raise
 
+    def _give_to_owner(self, path):
+        os.chown(path, self._as_owner['user'], self._as_owner['group'])
+
     def _initdb(self):
         secret = os.path.join(self.tmp, 'superuser-password')
         with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 'w') as f:
             f.write(self.password + '\n')
         if self._as_owner:
-            shutil.chown(secret, 'postgres')
+            self._give_to_owner(secret)
         result = subprocess.run(
             [os.path.join(self.bin, 'initdb'), '-D', self.data, '-U', self.SUPERUSER, '--pwfile', secret,
              '-E', 'UTF8', '--locale=C', '--auth-local=trust', '--auth-host=scram-sha-256', '--no-sync'],
@@ -624,7 +631,7 @@ class PostgresServer:
         # PostgreSQL refuses a key that others may read; the CA's key is of no further use.
         os.chmod(key, 0o600)
         if self._as_owner:
-            shutil.chown(key, 'postgres', 'postgres')
+            self._give_to_owner(key)
         os.unlink(ca_key)
         self.ca_file = ca
         return cert, key
