@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import pickle
+import pwd
 import queue
 import random
 import re
@@ -454,6 +455,316 @@ class ServerProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.communicate(timeout=10)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+#: How long PostgreSQL may take to start (crash recovery included) or to stop.
+PG_WAIT_S = 60
+
+
+def postgres_programs():
+    """The folder holding initdb and postgres: Debian's newest versioned one
+    (/usr/lib/postgresql/<major>/bin, not on PATH), else the one on PATH; None without them."""
+    base = '/usr/lib/postgresql'
+    with contextlib.suppress(OSError):
+        for major in sorted((name for name in os.listdir(base) if name.isdigit()), key=int, reverse=True):
+            folder = os.path.join(base, major, 'bin')
+            if all(os.access(os.path.join(folder, name), os.X_OK) for name in ('initdb', 'postgres')):
+                return folder
+    initdb = shutil.which('initdb')
+    if initdb:
+        folder = os.path.dirname(os.path.realpath(initdb))
+        if os.access(os.path.join(folder, 'postgres'), os.X_OK):
+            return folder
+    return None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server on 127.0.0.1:<free port>, its cluster in a temporary folder.
+
+    Made and started by the constructor, which raises unittest.SkipTest where PostgreSQL cannot
+    run (so a class's setUpClass or a test's setUp skips cleanly). initdb and the server run as
+    the ``postgres`` user when the tests run as root (initdb refuses root), else as this user.
+    Roles, all with ``password``: ``app_scram`` (SCRAM-SHA-256), ``app_md5`` (stored and checked
+    as md5), ``app_tls`` (refused without TLS); the database ``app`` is app_scram's. Any role may
+    create tables in any database's public schema. One per class::
+
+        cls.pg = PostgresServer()
+        cls.addClassCleanup(cls.pg.cleanup)
+        url = cls.pg.new_database()          # a fresh database of app_scram's, per test
+    """
+
+    SUPERUSER = 'postgres'
+    ROLES = ('app_scram', 'app_md5', 'app_tls')
+    _availability = None
+
+    @classmethod
+    def available(cls):
+        """(True, '') where a server can be made here, else (False, why)."""
+        if cls._availability is None:
+            cls._availability = (True, '')
+            if postgres_programs() is None:
+                cls._availability = (False, 'PostgreSQL is not installed (no initdb in '
+                                            '/usr/lib/postgresql/*/bin or on PATH)')
+            elif os.geteuid() == 0:
+                try:
+                    pwd.getpwnam('postgres')
+                except KeyError:
+                    cls._availability = (False, 'the tests run as root, which initdb refuses, and there '
+                                                'is no postgres user to run PostgreSQL as')
+        return cls._availability
+
+    def __init__(self, settings=None):
+        """``settings``: extra postgresql.conf lines, such as {'max_connections': 20}."""
+        ok, why = self.available()
+        if not ok:
+            raise unittest.SkipTest(why)
+        self.bin = postgres_programs()
+        self.password = secrets.token_hex(16)
+        self.port = None
+        self.proc = None
+        self._guard = None
+        root = os.geteuid() == 0
+        # Under /tmp, which the postgres user can enter: the checkout (and TMPDIR) may sit in a
+        # folder only root may enter.
+        self.tmp = tempfile.mkdtemp(prefix='server-pg-', dir='/tmp' if root else None)
+        self.data = os.path.join(self.tmp, 'data')
+        self.socket_dir = os.path.join(self.tmp, 'run')
+        self.log_path = os.path.join(self.tmp, 'postgres.log')
+        self.ca_file = None
+        # The postgres user's ids (its group named however the system names it), as root only.
+        self._as_owner = {}
+        if root:
+            owner = pwd.getpwnam('postgres')
+            self._as_owner = dict(user=owner.pw_uid, group=owner.pw_gid, extra_groups=[])
+        # The fixture's programs see only its own PG* settings, never the caller's.
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith('PG')}
+        self._env.update(PGCONNECT_TIMEOUT='10', LC_ALL='C')
+        try:
+            os.mkdir(self.socket_dir, 0o700)
+            if root:
+                self._give_to_owner(self.tmp)
+                self._give_to_owner(self.socket_dir)
+            self._initdb()
+            self._configure(settings or {})
+            self.start()
+            self.psql('GRANT CREATE ON SCHEMA public TO PUBLIC;', db='template1')
+            self.psql(f"CREATE ROLE app_scram LOGIN PASSWORD '{self.password}';\n"
+                      f"CREATE ROLE app_tls LOGIN PASSWORD '{self.password}';\n"
+                      "SET password_encryption = 'md5';\n"
+                      f"CREATE ROLE app_md5 LOGIN PASSWORD '{self.password}';\n"
+                      'CREATE DATABASE app OWNER app_scram;\n', db='postgres')
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _give_to_owner(self, path):
+        os.chown(path, self._as_owner['user'], self._as_owner['group'])
+
+    def _initdb(self):
+        secret = os.path.join(self.tmp, 'superuser-password')
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 'w') as f:
+            f.write(self.password + '\n')
+        if self._as_owner:
+            self._give_to_owner(secret)
+        result = subprocess.run(
+            [os.path.join(self.bin, 'initdb'), '-D', self.data, '-U', self.SUPERUSER, '--pwfile', secret,
+             '-E', 'UTF8', '--locale=C', '--auth-local=trust', '--auth-host=scram-sha-256', '--no-sync'],
+            cwd=self.tmp, env=self._env, capture_output=True, text=True, timeout=PG_WAIT_S, **self._as_owner)
+        os.unlink(secret)
+        if result.returncode != 0:
+            raise RuntimeError(f'initdb failed: {result.stderr or result.stdout}')
+
+    def _configure(self, settings):
+        tls = self._make_certificates()
+        conf = {'listen_addresses': '127.0.0.1', 'unix_socket_directories': self.socket_dir,
+                'max_connections': 100, 'shared_buffers': '16MB', 'ssl': bool(tls), **settings}
+        if tls:
+            conf.update(ssl_cert_file=tls[0], ssl_key_file=tls[1])
+        lines = ['', '# the test fixture\'s settings (later lines win)']
+        for name, value in conf.items():
+            if isinstance(value, bool):
+                value = 'on' if value else 'off'
+            elif isinstance(value, str):
+                value = "'" + value.replace("'", "''") + "'"
+            lines.append(f'{name} = {value}')
+        with open(os.path.join(self.data, 'postgresql.conf'), 'a') as f:
+            f.write('\n'.join(lines) + '\n')
+        # The first line that matches a connection decides it: the special roles come first.
+        hba = ['local all all trust']
+        if tls:
+            hba.append('hostssl all app_tls 127.0.0.1/32 scram-sha-256')
+        hba += ['hostnossl all app_tls 127.0.0.1/32 reject',
+                'host all app_md5 127.0.0.1/32 md5',
+                'host all all 127.0.0.1/32 scram-sha-256']
+        with open(os.path.join(self.data, 'pg_hba.conf'), 'w') as f:
+            f.write('\n'.join(hba) + '\n')
+
+    def _make_certificates(self):
+        """A CA (``ca_file``) and a server certificate it signs for localhost and 127.0.0.1
+        -> (cert, key), or None without openssl."""
+        openssl = shutil.which('openssl')
+        if not openssl:
+            return None
+        folder = os.path.join(self.tmp, 'tls')
+        os.mkdir(folder, 0o755)
+        ca, ca_key = os.path.join(folder, 'ca.pem'), os.path.join(folder, 'ca.key')
+        cert, key = os.path.join(folder, 'server.pem'), os.path.join(folder, 'server.key')
+        csr, ext = os.path.join(folder, 'server.csr'), os.path.join(folder, 'server.ext')
+        # EC keys: made in milliseconds. The extensions are the ones strict verification
+        # (Python 3.13's default context) asks of a CA and of the certificate it signs.
+        ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+        with open(ext, 'w') as f:
+            f.write('subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n'
+                    'keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n'
+                    'subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n')
+        for command in (
+                ['req', '-x509', *ec, '-days', '2', '-subj', '/CN=server.py test CA',
+                 '-addext', 'basicConstraints=critical,CA:TRUE',
+                 '-addext', 'keyUsage=critical,keyCertSign,cRLSign', '-keyout', ca_key, '-out', ca],
+                ['req', '-new', *ec, '-subj', '/CN=localhost', '-keyout', key, '-out', csr],
+                ['x509', '-req', '-in', csr, '-CA', ca, '-CAkey', ca_key, '-set_serial', '2',
+                 '-days', '2', '-extfile', ext, '-out', cert]):
+            result = subprocess.run([openssl, *command], cwd=self.tmp, capture_output=True, text=True,
+                                    timeout=PG_WAIT_S)
+            if result.returncode != 0:
+                raise RuntimeError(f'openssl {command[0]} failed: {result.stderr}')
+        # PostgreSQL refuses a key that others may read; the CA's key is of no further use.
+        os.chmod(key, 0o600)
+        if self._as_owner:
+            self._give_to_owner(key)
+        os.unlink(ca_key)
+        self.ca_file = ca
+        return cert, key
+
+    def start(self):
+        """Start the server and wait until it accepts connections: on a free port the first
+        time (another one if that is taken meanwhile), on the same port afterwards."""
+        if self.proc is not None:
+            raise RuntimeError('PostgreSQL is already running')
+        for _ in range(5):
+            port = self.port or free_port()
+            if self._start_on(port):
+                self.port = port
+                return
+            if self.port:
+                break
+        raise RuntimeError(f'PostgreSQL could not listen on 127.0.0.1:{self.port or port}: '
+                           f'{self._log_tail()}')
+
+    def _start_on(self, port):
+        """True once the server is ready on ``port``; False if the port is taken."""
+        with open(self.log_path, 'ab') as log:
+            self._log_start = log.tell()
+            self.proc = subprocess.Popen(
+                [os.path.join(self.bin, 'postgres'), '-D', self.data, '-p', str(port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
+                env=self._env, start_new_session=True, **self._as_owner)
+        # Stops the server and removes its folder if this process dies without cleaning up (a
+        # test run killed midway): cat sees its input close when the last holder of the pipe is gone.
+        self._guard = subprocess.Popen(
+            ['sh', '-c', 'cat >/dev/null; kill -QUIT "$1" 2>/dev/null\n'
+                         'while kill -0 "$1" 2>/dev/null; do sleep 0.1; done; rm -rf -- "$2"',
+             'postgres-guard', str(self.proc.pid), self.tmp],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        # postmaster.pid's eighth line says "ready" once connections are accepted (pg_ctl -w
+        # waits on the same line).
+        pid_file = os.path.join(self.data, 'postmaster.pid')
+        deadline = time.monotonic() + PG_WAIT_S
+        while True:
+            if self.proc.poll() is not None:
+                self._end_guard()
+                self.proc = None
+                if 'could not bind' in self._log_tail() or 'already in use' in self._log_tail():
+                    return False
+                raise RuntimeError(f'PostgreSQL did not start: {self._log_tail()}')
+            with contextlib.suppress(OSError), open(pid_file) as f:
+                lines = f.read().splitlines()
+                if len(lines) >= 8 and lines[0] == str(self.proc.pid) and lines[7].strip() == 'ready':
+                    return True
+            if time.monotonic() > deadline:
+                self.stop('immediate')
+                raise RuntimeError(f'PostgreSQL was not ready in {PG_WAIT_S} s: {self._log_tail()}')
+            time.sleep(0.01)
+
+    def _log_tail(self):
+        with contextlib.suppress(OSError), open(self.log_path, 'rb') as f:
+            f.seek(self._log_start)
+            return f.read()[-2000:].decode(errors='replace')
+        return ''
+
+    def _end_guard(self):
+        if self._guard is not None:
+            self._guard.kill()
+            self._guard.wait()
+            self._guard.stdin.close()      # its cat, left alone, reads the end and exits
+            self._guard = None
+
+    def stop(self, mode='fast'):
+        """Stop the server: 'smart' waits for clients to leave, 'fast' disconnects them,
+        'immediate' quits at once (a crash: recovery runs at the next start)."""
+        sig = {'smart': signal.SIGTERM, 'fast': signal.SIGINT, 'immediate': signal.SIGQUIT}[mode]
+        self._end_guard()
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(PG_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self):
+        """Stop the server as a crash would: no shutdown checkpoint, clients cut off."""
+        self.stop('immediate')
+
+    def restart(self, mode='fast'):
+        """Stop and start again on the same port with the same data."""
+        self.stop(mode)
+        self.start()
+
+    def program(self, name):
+        """The path of one of PostgreSQL's programs (psql, pg_dump, ...), its version's first."""
+        path = os.path.join(self.bin, name)
+        return path if os.access(path, os.X_OK) else shutil.which(name) or name
+
+    def psql(self, sql, db='app'):
+        """Run SQL as the superuser over the unix socket -> psql's output: rows one a line,
+        columns separated by '|', no headers. Raises on any error."""
+        result = subprocess.run(
+            [self.program('psql'), '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', self.socket_dir,
+             '-p', str(self.port), '-U', self.SUPERUSER, '-d', db, '-f', '-'],
+            input=sql, capture_output=True, text=True, env=self._env, timeout=PG_WAIT_S)
+        if result.returncode != 0:
+            raise RuntimeError(f'psql failed: {result.stderr.strip()}')
+        return result.stdout
+
+    def test_url(self, user='app_scram', db=None, *, host='127.0.0.1', **query):
+        """postgresql://user:password@host:port/db (db 'app' by default); keyword arguments
+        become the query, e.g. sslmode='verify-full', sslrootcert=pg.ca_file."""
+        url = (f'postgresql://{urllib.parse.quote(user)}:{urllib.parse.quote(self.password)}'
+               f'@{host}:{self.port}/{urllib.parse.quote(db or "app")}')
+        return url + ('?' + urllib.parse.urlencode(query) if query else '')
+
+    def new_database(self, owner='app_scram'):
+        """A fresh, empty database of ``owner``'s -> its URL (test_url for owner)."""
+        name = 'test_' + secrets.token_hex(6)
+        self.psql(f'CREATE DATABASE {name} OWNER {owner};', db='postgres')
+        return self.test_url(owner, name)
+
+    def cleanup(self):
+        """Stop the server at once and remove its folder; safe to call more than once."""
+        with contextlib.suppress(Exception):
+            self.stop('immediate')
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
 
 
 def fetch(port, path, method='GET', body=None, headers=None):
@@ -6587,6 +6898,93 @@ class NginxTest(unittest.TestCase):
 
 
 # --- 12. The site ---------------------------------------------------------------------------------
+
+class PostgresFixtureTest(unittest.TestCase):
+    """The throwaway PostgreSQL the storage tests start: its roles, TLS, restarts and cleanup."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = PostgresServer()
+        cls.addClassCleanup(cls.pg.cleanup)
+
+    def connect(self, url):
+        """psql connecting to ``url`` over TCP -> (exit code, 'user|TLS on', stderr)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith('PG')}
+        result = subprocess.run(
+            [self.pg.program('psql'), '-X', '-A', '-t', '-c',
+             'SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()', url],
+            capture_output=True, text=True, env=dict(env, PGCONNECT_TIMEOUT='10'), timeout=30)
+        return result.returncode, result.stdout.strip(), result.stderr
+
+    def test_each_role_logs_in_over_tcp_with_its_password_stored_its_way(self):
+        for user, stored in [('app_scram', 'SCRAM-SHA-256$'), ('app_md5', 'md5')]:
+            with self.subTest(user=user):
+                self.assertEqual(self.connect(self.pg.test_url(user, sslmode='disable'))[:2], (0, f'{user}|f'))
+                self.assertEqual(self.connect(self.pg.test_url(user, sslmode='prefer'))[:2],
+                                 (0, f'{user}|{"t" if self.pg.ca_file else "f"}'))
+                hashed = self.pg.psql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'")
+                self.assertTrue(hashed.startswith(stored), hashed)
+
+    def test_a_wrong_password_is_refused(self):
+        for user in PostgresServer.ROLES[:2]:
+            with self.subTest(user=user):
+                url = self.pg.test_url(user, sslmode='disable').replace(self.pg.password, 'wrong')
+                code, out, err = self.connect(url)
+                self.assertNotEqual(code, 0)
+                self.assertIn(f'password authentication failed for user "{user}"', err)
+
+    def test_the_tls_role_needs_tls_and_the_ca_verifies_the_server(self):
+        if self.pg.ca_file is None:
+            self.skipTest('openssl is not installed')
+        code, out, err = self.connect(self.pg.test_url('app_tls', sslmode='disable'))
+        self.assertNotEqual(code, 0)
+        self.assertIn('no encryption', err)
+        for host in ('localhost', '127.0.0.1'):
+            with self.subTest(host=host):
+                url = self.pg.test_url('app_tls', host=host, sslmode='verify-full', sslrootcert=self.pg.ca_file)
+                self.assertEqual(self.connect(url)[:2], (0, 'app_tls|t'))
+                # As the stdlib client will: SSLRequest, then Python's own verification
+                # (strict from 3.13) of the certificate against the CA and the host name.
+                with socket.create_connection(('127.0.0.1', self.pg.port), timeout=10) as sock:
+                    sock.sendall((8).to_bytes(4, 'big') + (80877103).to_bytes(4, 'big'))
+                    self.assertEqual(sock.recv(1), b'S')
+                    context = ssl.create_default_context(cafile=self.pg.ca_file)
+                    with context.wrap_socket(sock, server_hostname=host) as tls:
+                        self.assertIn(tls.version(), ('TLSv1.2', 'TLSv1.3'))
+
+    def test_data_survives_a_restart_and_a_crash_on_the_same_port(self):
+        url = self.pg.new_database()
+        db = urllib.parse.urlsplit(url).path[1:]
+        self.assertEqual(self.pg.psql('SELECT pg_get_userbyid(datdba) FROM pg_database '
+                                      f"WHERE datname = '{db}'", db=db).strip(), 'app_scram')
+        env = {k: v for k, v in os.environ.items() if not k.startswith('PG')}
+        subprocess.run([self.pg.program('psql'), '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-c',
+                        "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before')", url],
+                       check=True, capture_output=True, env=env, timeout=30)
+        port = self.pg.port
+        self.pg.restart()
+        self.assertEqual(self.pg.port, port)
+        self.assertEqual(self.pg.psql('SELECT v FROM kept', db=db).strip(), 'before')
+        self.pg.psql("INSERT INTO kept VALUES ('committed')", db=db)
+        self.pg.kill()
+        self.pg.start()
+        self.assertEqual(self.pg.port, port)
+        self.assertEqual(self.pg.psql('SELECT v FROM kept ORDER BY v', db=db).split(), ['before', 'committed'])
+        self.assertEqual(self.connect(url)[:2], (0, f'app_scram|{"t" if self.pg.ca_file else "f"}'))
+
+    def test_cleanup_stops_the_server_and_removes_its_folder(self):
+        with PostgresServer() as other:
+            # Beside the class's own server, as two test workers' servers run at once.
+            self.assertNotEqual(other.port, self.pg.port)
+            self.assertNotEqual(other.tmp, self.pg.tmp)
+            postmaster = other.proc
+            self.assertEqual(other.psql('SELECT 1').strip(), '1')
+        self.assertIsNotNone(postmaster.poll())
+        self.assertFalse(os.path.exists(other.tmp))
+        with self.assertRaises(OSError):
+            socket.create_connection(('127.0.0.1', other.port), timeout=5).close()
+        other.cleanup()      # twice is harmless
+
 
 class SiteTest(unittest.TestCase):
 
