@@ -3084,6 +3084,9 @@ class PgConnection:
         try:
             self._sock = self._open(settings)
             self._startup(settings, timeout)
+            # The connect timeout was for reaching the server; a statement may take its own
+            # time, and a server that answers nothing for longer than that is gone.
+            self._sock.settimeout(timeout / 1000 + settings['connect_timeout'])
         except PostgresError:
             self.close()
             raise
@@ -3104,6 +3107,7 @@ class PgConnection:
             return sock             # a unix socket never needs TLS
         sock = socket.create_connection((host, settings['port']), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)     # a host that vanished
         if mode == 'disable':
             return sock
         sock.sendall(struct.pack('!ii', 8, 80877103))          # SSLRequest
@@ -4918,7 +4922,8 @@ class App:
     them under ``name``: by default the name of the file that creates the App (``notes``
     for ``notes.py``, as Flask's ``app.name``; ``app`` when there is no file), so apps
     sharing a data folder (the site's is ``site``) keep their counts apart. Give ``name``
-    when the file may be renamed: a new name runs the scripts again.
+    when the file may be renamed: a new name runs the scripts again. ``database`` is
+    ``sqlite:`` (``app.db`` in ``data``) or a ``postgresql://`` URL that several hosts share.
     """
 
     _default = None
