@@ -2864,7 +2864,9 @@ def parse_database_url(url, data):
     query = dict(urllib.parse.parse_qsl(parts.query))
     userinfo, _, hostport = parts.netloc.rpartition('@')
     user, _, password = userinfo.partition(':')
-    host = urllib.parse.unquote(hostport) if hostport.lower().startswith('%2f') else parts.hostname
+    # A unix socket folder is a percent-encoded path, maybe with its :port after it.
+    host = (urllib.parse.unquote(hostport.partition(':')[0]) if hostport.lower().startswith('%2f')
+            else parts.hostname)
     try:
         port = parts.port or int(query.get('port', 5432))
     except ValueError:

@@ -11,6 +11,8 @@ import concurrent.futures
 import contextlib
 import contextvars
 import csv
+import datetime
+import decimal
 import email.generator
 import email.policy
 import email.utils
@@ -19,6 +21,7 @@ import errno
 import functools
 import gzip
 import hashlib
+import hmac
 import inspect
 import http.client
 import io
@@ -9829,6 +9832,145 @@ def load_tests(loader, tests, pattern):
     if os.environ.get('SERVER_TESTS_SERIAL') or not hasattr(os, 'fork'):
         return tests
     return ParallelSuite(tests, TEST_PROCESSES)
+
+
+# === PostgreSQL: client, Database, owner commands ===
+
+def _scram_expected(password, salt, iterations, client_first_bare, server_first, client_final_bare):
+    """RFC 5802 section 3, written out apart from server.py: (ClientProof, ServerSignature) base64."""
+    salted = hashlib.pbkdf2_hmac('sha256', password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b'Client Key', hashlib.sha256).digest()
+    auth = f'{client_first_bare},{server_first},{client_final_bare}'.encode()
+    signature = hmac.new(hashlib.sha256(client_key).digest(), auth, hashlib.sha256).digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature))
+    server_key = hmac.new(salted, b'Server Key', hashlib.sha256).digest()
+    return (base64.b64encode(proof).decode(),
+            base64.b64encode(hmac.new(server_key, auth, hashlib.sha256).digest()).decode())
+
+
+class PostgresPureTest(unittest.TestCase):
+    """The PostgreSQL client's pure parts, fed real inputs: no server needed, never skipped."""
+
+    def test_parse_database_url_sqlite(self):
+        self.assertEqual(server.parse_database_url('sqlite:', '/d'), ('sqlite', '/d/app.db'))
+        self.assertEqual(server.parse_database_url('sqlite:other.db', '/d'), ('sqlite', '/d/other.db'))
+        self.assertEqual(server.parse_database_url('sqlite:/abs/x.db', '/d'), ('sqlite', '/abs/x.db'))
+        self.assertEqual(server.parse_database_url('SQLite:', '/d'), ('sqlite', '/d/app.db'))
+
+    def test_parse_database_url_postgresql(self):
+        kind, s = server.parse_database_url(
+            'postgresql://us%40er:p%40ss%3Aw%2Frd@db.example:6543/my%20db?sslmode=verify-full'
+            '&sslrootcert=/etc/ca.pem&connect_timeout=3', '/d')
+        self.assertEqual(kind, 'postgresql')
+        self.assertEqual((s['user'], s['password'], s['host'], s['port'], s['dbname']),
+                         ('us@er', 'p@ss:w/rd', 'db.example', 6543, 'my db'))
+        self.assertEqual((s['sslmode'], s['sslrootcert'], s['connect_timeout']), ('verify-full', '/etc/ca.pem', 3.0))
+        _, s = server.parse_database_url('postgres://app:pw@127.0.0.1/app', '/d')
+        self.assertEqual((s['port'], s['sslmode'], s['sslrootcert']), (5432, 'prefer', None))
+        self.assertEqual(s['connect_timeout'], server.PG_CONNECT_TIMEOUT_S)
+        _, s = server.parse_database_url('postgresql://app:pw@[::1]:5433/app', '/d')
+        self.assertEqual((s['host'], s['port']), ('::1', 5433))
+        _, s = server.parse_database_url('postgresql://app@/app?host=/run/pg', '/d')
+        self.assertEqual((s['host'], s['password']), ('/run/pg', os.environ.get('PGPASSWORD')))
+        for url, port in [('postgresql://app:pw@%2Ftmp%2Fsock/app', 5432),
+                          ('postgresql://app:pw@%2Ftmp%2Fsock:5433/app', 5433)]:
+            with self.subTest(url=url):
+                _, s = server.parse_database_url(url, '/d')
+                self.assertEqual((s['host'], s['port'], s['dbname']), ('/tmp/sock', port, 'app'))
+
+    def test_parse_database_url_refuses(self):
+        for url, says in [('mysql://x', 'neither'), ('postgresql:x', 'neither'),
+                          ('postgresql://app:pw@h:abc/app', 'port'), ('postgresql://app:pw@h:99999/app', 'port'),
+                          ('postgresql://app:pw@h/app?port=x', 'port'),
+                          ('postgresql://app:pw@h/app?sslmode=maybe', 'sslmode=maybe')]:
+            with self.subTest(url=url):
+                with self.assertRaises(ValueError) as caught:
+                    server.parse_database_url(url, '/d')
+                self.assertIn(says, str(caught.exception))
+                self.assertNotIn(':pw@', str(caught.exception))
+
+    def test_redact_url(self):
+        for url, shown in [
+                ('postgresql://app:s3cr%40t@h:5432/db', 'postgresql://app:***@h:5432/db'),
+                ('postgresql://app@h:5432/db', 'postgresql://app@h:5432/db'),
+                ('postgresql://h:5432/db', 'postgresql://h:5432/db'),
+                ('sqlite:', 'sqlite:')]:
+            with self.subTest(url=url):
+                self.assertEqual(server.redact_url(url), shown)
+
+    def test_placeholders_become_numbered_outside_quotes_and_comments(self):
+        sql = ("SELECT ?, '?', 'it''s ?', \"odd?name\", x -- why?\n"
+               "FROM t /* a ? here\n and ? there */ WHERE a = ? AND b = '?'")
+        self.assertEqual(server._pg_sql(sql), (
+            "SELECT $1, '?', 'it''s ?', \"odd?name\", x -- why?\n"
+            "FROM t /* a ? here\n and ? there */ WHERE a = $2 AND b = '?'", 2))
+        self.assertEqual(server._pg_sql('SELECT 1'), ('SELECT 1', 0))
+        self.assertEqual(server._pg_sql('VALUES (?,?,?)'), ('VALUES ($1,$2,$3)', 3))
+
+    def test_postgres_schema_reads_sqlite_types_as_sqlite_does(self):
+        script = ('CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, n integer NOT NULL, r REAL,\n'
+                  '  b BLOB, t TEXT, integer_count TEXT);\n'
+                  'CREATE TABLE b (id integer  primary   key, at real);')
+        self.assertEqual(server.postgres_schema(script), (
+            'CREATE TABLE a (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, n BIGINT NOT NULL, '
+            'r DOUBLE PRECISION,\n  b BYTEA, t TEXT, integer_count TEXT);\n'
+            'CREATE TABLE b (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, at DOUBLE PRECISION);'))
+
+    def test_timestamps_as_postgresql_prints_them(self):
+        utc = datetime.timezone.utc
+        for text, value in [
+                ('2024-02-29 13:14:15', datetime.datetime(2024, 2, 29, 13, 14, 15)),
+                ('2024-02-29 13:14:15.5', datetime.datetime(2024, 2, 29, 13, 14, 15, 500000)),
+                ('2024-02-29 13:14:15.000001', datetime.datetime(2024, 2, 29, 13, 14, 15, 1)),
+                ('2024-02-29 13:14:15.123+00', datetime.datetime(2024, 2, 29, 13, 14, 15, 123000, utc)),
+                ('2024-02-29 13:14:15+05:30', datetime.datetime(
+                    2024, 2, 29, 13, 14, 15, tzinfo=datetime.timezone(datetime.timedelta(hours=5, minutes=30)))),
+                ('1900-01-01 00:00:00-03', datetime.datetime(
+                    1900, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=-3)))),
+                ('1900-01-01 00:00:00+00:09:21', datetime.datetime(
+                    1900, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(minutes=9, seconds=21)))),
+                ('infinity', 'infinity'), ('-infinity', '-infinity'),
+                ('0044-03-15 00:00:00 BC', '0044-03-15 00:00:00 BC')]:
+            with self.subTest(text=text):
+                got = server._pg_timestamp(text)
+                self.assertEqual(got, value)
+                self.assertEqual(getattr(got, 'tzinfo', None), getattr(value, 'tzinfo', None))
+
+    def test_scram_reproduces_rfc_7677_computed_apart(self):
+        # RFC 7677 section 3's exchange. Its client sends n=user; PostgreSQL's sends n= (the
+        # user is in the startup message), which changes the AuthMessage and so the proofs:
+        # the expected ones are computed apart, by RFC 5802's formulas, which first must
+        # give the RFC's own proofs for its n=user.
+        nonce = 'rOprNGfwEbeRWgbNEkqO'
+        server_first = 'r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096'
+        final_bare = 'c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0'
+        salt = base64.b64decode('W22ZaJ0SNY7soEsUEjb6gQ==')
+        self.assertEqual(_scram_expected('pencil', salt, 4096, f'n=user,r={nonce}', server_first, final_bare),
+                         ('dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=', '6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4='))
+        proof, verifier = _scram_expected('pencil', salt, 4096, f'n=,r={nonce}', server_first, final_bare)
+        scram = server._scram_client('pencil', nonce)
+        self.assertEqual(next(scram), f'n,,n=,r={nonce}'.encode())
+        self.assertEqual(scram.send(server_first.encode()), f'{final_bare},p={proof}'.encode())
+        with self.assertRaises(StopIteration):
+            scram.send(f'v={verifier}'.encode())
+        # A server that does not know the password cannot give the signature.
+        for answer in ('v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=', 'v=', 'e=invalid-proof'):
+            with self.subTest(answer=answer):
+                scram = server._scram_client('pencil', nonce)
+                next(scram)
+                scram.send(server_first.encode())
+                with self.assertRaises(server.PostgresError) as caught:
+                    scram.send(answer.encode())
+                self.assertIn('could not prove', str(caught.exception))
+
+    def test_scram_refuses_a_nonce_that_is_not_ours(self):
+        for server_first in ('r=someoneelse,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096',
+                             'r=rOprNGfwEbeRWgbNEkqO,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096'):
+            with self.subTest(server_first=server_first):
+                scram = server._scram_client('pencil', 'rOprNGfwEbeRWgbNEkqO')
+                next(scram)
+                with self.assertRaises(server.PostgresError):
+                    scram.send(server_first.encode())
 
 
 if __name__ == '__main__':
