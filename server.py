@@ -2896,6 +2896,7 @@ def database_path(url, data):
 
 def redact_url(url):
     """The URL with its password, if any, replaced by ***: for banners and messages."""
+    url = re.sub(r'([?&]password=)[^&#]*', r'\1***', url)       # libpq's ?password=, too
     return re.sub(r'(//[^:/@]*:)[^@/]*@', r'\1***@', url)
 
 

@@ -9894,6 +9894,8 @@ class PostgresPureTest(unittest.TestCase):
                 ('postgresql://app:s3cr%40t@h:5432/db', 'postgresql://app:***@h:5432/db'),
                 ('postgresql://app@h:5432/db', 'postgresql://app@h:5432/db'),
                 ('postgresql://h:5432/db', 'postgresql://h:5432/db'),
+                ('postgresql://app@h/db?sslmode=require&password=s3cret', 'postgresql://app@h/db?sslmode=require&password=***'),
+                ('postgresql://app@h/db?password=s3cret&sslmode=require', 'postgresql://app@h/db?password=***&sslmode=require'),
                 ('sqlite:', 'sqlite:')]:
             with self.subTest(url=url):
                 self.assertEqual(server.redact_url(url), shown)
