@@ -9975,5 +9975,218 @@ class PostgresPureTest(unittest.TestCase):
                     scram.send(server_first.encode())
 
 
+class PostgresClientTest(unittest.TestCase):
+    """PgConnection against a real PostgreSQL: logins, TLS, types, errors, the write lock, timeouts."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = PostgresServer()
+        cls.addClassCleanup(cls.pg.cleanup)
+        cls.url = cls.pg.new_database()
+
+    def connect(self, url=None, **options):
+        conn = server.PgConnection(server.parse_database_url(url or self.url, '')[1], **options)
+        self.addCleanup(conn.close)
+        return conn
+
+    def needs_tls(self):
+        if self.pg.ca_file is None:
+            self.skipTest('openssl is not installed: the fixture has no TLS')
+
+    def test_scram_and_md5_logins(self):
+        for user in ('app_scram', 'app_md5'):
+            with self.subTest(user=user):
+                conn = self.connect(self.pg.test_url(user, sslmode='disable'))
+                self.assertEqual(conn.execute('SELECT current_user').fetchone()[0], user)
+                self.assertFalse(isinstance(conn._sock, ssl.SSLSocket))
+        # What each role's password is checked by: the server's own record of the login.
+        methods = self.pg.psql("SELECT rolname, substr(rolpassword, 1, 6) FROM pg_authid "
+                               "WHERE rolname IN ('app_scram', 'app_md5') ORDER BY 1")
+        self.assertIn('app_scram|SCRAM-', methods)
+        self.assertIn('app_md5|md5', methods)
+
+    def test_a_wrong_password_is_refused_with_its_sqlstate(self):
+        for user in ('app_scram', 'app_md5'):
+            with self.subTest(user=user):
+                url = self.pg.test_url(user, sslmode='disable').replace(self.pg.password, 'wrong-pw')
+                with self.assertRaises(server.PostgresError) as caught:
+                    self.connect(url)
+                self.assertNotIsInstance(caught.exception, server.PostgresUnavailable)
+                self.assertEqual(caught.exception.sqlstate, '28P01')
+                self.assertIn(f'password authentication failed for user "{user}"', caught.exception.message)
+        settings = dict(server.parse_database_url(self.url, '')[1], password=None)
+        with self.assertRaises(server.PostgresError) as caught:
+            server.PgConnection(settings)
+        self.assertIn('put it in the --database URL', str(caught.exception))
+
+    def test_tls_verify_full_with_the_ca(self):
+        self.needs_tls()
+        for host in ('localhost', '127.0.0.1'):
+            with self.subTest(host=host):
+                conn = self.connect(self.pg.test_url('app_tls', host=host, sslmode='verify-full',
+                                                     sslrootcert=self.pg.ca_file))
+                self.assertIsInstance(conn._sock, ssl.SSLSocket)
+                self.assertEqual(conn.execute('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')
+                                 .fetchone()[0], True)
+        conn = self.connect(self.pg.test_url('app_tls', sslmode='require'))    # encrypted, not verified
+        self.assertIsInstance(conn._sock, ssl.SSLSocket)
+        conn = self.connect(self.pg.test_url('app_scram'))                      # prefer: TLS when offered
+        self.assertIsInstance(conn._sock, ssl.SSLSocket)
+
+    def test_tls_refusals(self):
+        self.needs_tls()
+        with self.assertRaises(server.PostgresError) as caught:
+            self.connect(self.pg.test_url('app_tls', sslmode='disable'))
+        self.assertIn('no encryption', caught.exception.message)
+        # A CA that did not sign the server's certificate: a self-signed one of our own, and
+        # the system's store.
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp, True)
+        other_ca = os.path.join(tmp, 'other.pem')
+        subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+                        '-nodes', '-days', '2', '-subj', '/CN=not the signer', '-keyout', os.path.join(tmp, 'k'),
+                        '-out', other_ca], check=True, capture_output=True, timeout=60)
+        for query in ({'sslrootcert': other_ca}, {}):
+            for mode in ('verify-full', 'verify-ca'):
+                with self.subTest(mode=mode, query=query):
+                    with self.assertRaises(server.PostgresError) as caught:
+                        self.connect(self.pg.test_url('app_tls', sslmode=mode, **query))
+                    self.assertNotIsInstance(caught.exception, server.PostgresUnavailable)
+                    self.assertIn('certificate of PostgreSQL at 127.0.0.1 is not trusted', str(caught.exception))
+                    self.assertIn('check sslrootcert', str(caught.exception))
+
+    def test_types_round_trip(self):
+        conn = self.connect()
+        conn.execute('CREATE TEMP TABLE kinds (i BIGINT, f DOUBLE PRECISION, n NUMERIC, b BOOLEAN, '
+                     't TEXT, y BYTEA, ts TIMESTAMP, tz TIMESTAMPTZ, d DATE)')
+        plus2 = datetime.timezone(datetime.timedelta(hours=2))
+        big = random.Random(7).randbytes(1024 * 1024 + 3)
+        rows = [
+            (2 ** 62, 0.1, decimal.Decimal('12345678901234567890.123456789'), True, 'héllo ✓ 😀\n\ttab',
+             bytes(range(256)), datetime.datetime(2024, 2, 29, 13, 14, 15, 123456),
+             datetime.datetime(2024, 2, 29, 13, 14, 15, 5, plus2), datetime.date(1999, 12, 31)),
+            (-2 ** 63, -1e300, decimal.Decimal('-0.000001'), False, '', b'', datetime.datetime(1, 1, 1),
+             datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc), datetime.date(1, 1, 1)),
+            (0, float('inf'), decimal.Decimal(0), None, None, big, None, None, None),
+            (None, None, None, None, "x'); DROP TABLE kinds; --", b'\0' * 10, None, None, None),
+            (None, None, None, None, 'what? $1 ?', b'\xff\x00?', None, None, None),
+        ]
+        for number, row in enumerate(rows):
+            conn.execute('INSERT INTO kinds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', row)
+            got = conn.execute('SELECT * FROM kinds').fetchall()[-1]
+            with self.subTest(row=number):
+                self.assertEqual(tuple(got), row)
+                self.assertEqual([type(v) for v in got], [type(v) for v in row])
+                if row[7] is not None:
+                    self.assertEqual(got[7].utcoffset(), datetime.timedelta(0))   # TimeZone=UTC
+        self.assertEqual(conn.execute('SELECT count(*) FROM kinds').fetchone()[0], len(rows))
+        row = conn.execute('SELECT 1 AS one, ?::text AS two, NULL AS three', ('2',)).fetchone()
+        self.assertEqual((row[0], row['two'], row['three'], row.keys()), (1, '2', None, ['one', 'two', 'three']))
+        self.assertEqual(dict(row), {'one': 1, 'two': '2', 'three': None})
+        self.assertEqual(conn.execute("SELECT 'nan'::float8, '-infinity'::float8, 1.5::real, 7::smallint").fetchone()[1:],
+                         (float('-inf'), 1.5, 7))
+        self.assertNotEqual(conn.execute("SELECT 'nan'::float8").fetchone()[0], 0.0)
+
+    def test_errors_carry_their_sqlstate_and_leave_the_connection_usable(self):
+        conn = self.connect()
+        with self.assertRaises(server.PostgresError) as caught:
+            conn.execute('SELEC 1')
+        self.assertEqual(caught.exception.sqlstate, '42601')
+        self.assertIn('syntax error', caught.exception.message)
+        self.assertEqual(conn.execute('SELECT 2').fetchone()[0], 2)
+        conn.execute('CREATE TEMP TABLE uniq (k TEXT PRIMARY KEY)')
+        conn.execute('INSERT INTO uniq VALUES (?)', ('a',))
+        with self.assertRaises(sqlite3.IntegrityError) as caught:
+            conn.execute('INSERT INTO uniq VALUES (?)', ('a',))
+        self.assertIsInstance(caught.exception, server.PostgresIntegrityError)
+        self.assertEqual(caught.exception.sqlstate, '23505')
+        self.assertIn('Key (k)=(a) already exists', caught.exception.detail)
+        self.assertFalse(conn.in_transaction)
+        with self.assertRaises(sqlite3.ProgrammingError):
+            conn.execute('SELECT ?', (1, 2))
+        # An error inside a transaction: `with conn` rolls it all back.
+        with self.assertRaises(server.PostgresIntegrityError):
+            with conn:
+                conn.execute('BEGIN')
+                conn.execute('INSERT INTO uniq VALUES (?)', ('b',))
+                self.assertTrue(conn.in_transaction)
+                conn.execute('INSERT INTO uniq VALUES (?)', ('a',))
+        self.assertFalse(conn.in_transaction)
+        self.assertEqual([r[0] for r in conn.execute('SELECT k FROM uniq')], ['a'])
+        with conn:
+            conn.execute('BEGIN')
+            conn.execute('INSERT INTO uniq VALUES (?)', ('c',))
+        self.assertEqual([r[0] for r in conn.execute('SELECT k FROM uniq ORDER BY k')], ['a', 'c'])
+        self.assertEqual(conn.executemany('INSERT INTO uniq VALUES (?)', [('d',), ('e',)]).rowcount, 2)
+        cursor = conn.execute('UPDATE uniq SET k = k || ? WHERE k > ?', ('!', 'c'))
+        self.assertEqual((cursor.rowcount, cursor.lastrowid), (2, None))
+
+    def test_begin_immediate_waits_for_the_writer_on_another_connection(self):
+        first, second, watcher = self.connect(), self.connect(), self.connect()
+        second_pid = second.execute('SELECT pg_backend_pid()').fetchone()[0]
+        first.execute('BEGIN IMMEDIATE')
+        began = threading.Event()
+        outcome = []
+
+        def begin():
+            try:
+                second.execute('BEGIN IMMEDIATE')
+                outcome.append('began')
+            except BaseException as exc:
+                outcome.append(exc)
+            began.set()
+        thread = threading.Thread(target=begin)
+        thread.start()
+        self.addCleanup(thread.join, 10)
+        try:
+            # The second waits on the lock the first holds: the server says so.
+            deadline = time.monotonic() + 10
+            while not watcher.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = ? "
+                                      "AND NOT granted", (second_pid,)).fetchone():
+                self.assertFalse(began.is_set(), outcome)
+                self.assertLess(time.monotonic(), deadline, 'the second BEGIN IMMEDIATE never waited')
+                time.sleep(0.01)
+            self.assertFalse(began.is_set())
+        finally:
+            first.commit()
+        self.assertTrue(began.wait(10))
+        self.assertEqual(outcome, ['began'])
+        self.assertTrue(second.in_transaction)
+        second.rollback()
+
+    def test_check_then_act_under_begin_immediate_holds_across_connections(self):
+        url = self.pg.new_database()
+        setup = self.connect(url)
+        setup.execute('CREATE TABLE seats (who BIGINT)')
+        limit, workers = 3, 6
+        conns = [self.connect(url) for _ in range(workers)]
+        start = threading.Barrier(workers)
+
+        def claim(conn, who):
+            start.wait(10)
+            with conn:
+                conn.execute('BEGIN IMMEDIATE')
+                taken = conn.execute('SELECT count(*) FROM seats').fetchone()[0]
+                conn.execute('SELECT pg_sleep(0.05)')   # a wide window between the check and the act
+                if taken < limit:
+                    conn.execute('INSERT INTO seats VALUES (?)', (who,))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for future in [pool.submit(claim, conn, i) for i, conn in enumerate(conns)]:
+                future.result(30)
+        self.assertEqual(setup.execute('SELECT count(*) FROM seats').fetchone()[0], limit)
+
+    def test_statement_timeout(self):
+        conn = self.connect(statement_timeout_ms=100)
+        started = time.monotonic()
+        with self.assertRaises(server.PostgresError) as caught:
+            conn.execute('SELECT pg_sleep(5)')
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertEqual(caught.exception.sqlstate, '57014')
+        self.assertEqual(conn.execute('SELECT 1').fetchone()[0], 1)
+        self.assertEqual(self.connect().execute('SHOW statement_timeout').fetchone()[0],
+                         f'{server.PG_STATEMENT_TIMEOUT_MS // 1000}s')
+
+
+
 if __name__ == '__main__':
     unittest.main()
