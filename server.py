@@ -3223,6 +3223,8 @@ class PgConnection:
 
     def _exchange(self, messages):
         """Send ``messages``, then read until ReadyForQuery: (rows, rowcount, names)."""
+        if self._sock is None:
+            raise PostgresUnavailable('the connection to PostgreSQL is closed')
         try:
             self._sock.sendall(messages)
             rows, rowcount, names, types, failure = [], -1, None, (), None
@@ -3338,7 +3340,8 @@ class PgConnection:
             self._exchange(self._query('COMMIT'))
 
     def rollback(self):
-        if self.in_transaction:
+        # A connection lost in a transaction has nothing left to roll back: the server did.
+        if self.in_transaction and self._sock is not None:
             self._exchange(self._query('ROLLBACK'))
 
     def __enter__(self):

@@ -10186,6 +10186,19 @@ class PostgresClientTest(unittest.TestCase):
         self.assertEqual(self.connect().execute('SHOW statement_timeout').fetchone()[0],
                          f'{server.PG_STATEMENT_TIMEOUT_MS // 1000}s')
 
+    def test_a_connection_lost_inside_a_transaction_is_unavailable_then_closed(self):
+        conn = self.connect()
+        conn.execute('BEGIN')
+        pid = conn.execute('SELECT pg_backend_pid()').fetchone()[0]
+        self.assertEqual(self.pg.psql(f'SELECT pg_terminate_backend({pid}, 10000)').strip(), 't')
+        with self.assertRaises(server.PostgresUnavailable):
+            conn.execute('SELECT 1')
+        conn.rollback()         # nothing left to roll back: the server did
+        with self.assertRaises(server.PostgresUnavailable):
+            conn.commit()       # a commit that cannot have happened is never quiet
+        with self.assertRaises(server.PostgresUnavailable):
+            conn.execute('SELECT 1')
+        self.assertFalse(conn.usable())
 
 
 if __name__ == '__main__':
