@@ -3042,13 +3042,14 @@ class PgRow(tuple):
 
 class PgCursor:
     """The result of ``PgConnection.execute``: its rows, ``rowcount`` (rows changed, -1
-    for a SELECT) and ``lastrowid`` (the first column RETURNING gave, else None)."""
+    for a SELECT) and ``lastrowid`` (the first column of the last row RETURNING gave, as
+    sqlite3's is the last row inserted; else None)."""
 
     def __init__(self, rows, rowcount, description):
         self._rows = rows
         self.rowcount = rowcount
         self.description = description
-        self.lastrowid = rows[0][0] if rows and rowcount >= 0 else None
+        self.lastrowid = rows[-1][0] if rows and rowcount >= 0 else None
         self._at = 0
 
     def fetchone(self):
@@ -3796,6 +3797,7 @@ def _shared_secret(conn):
 
 def _db_execute(conn, sql, params):
     cursor = conn.execute(sql, params)
+    cursor.fetchall()       # sqlite3 counts the rows of an INSERT ... RETURNING once they are read
     return Executed(cursor.lastrowid, cursor.rowcount)
 
 

@@ -10201,5 +10201,96 @@ class PostgresClientTest(unittest.TestCase):
         self.assertFalse(conn.usable())
 
 
+#: The schema of PostgresDatabaseTest's comparison, written once for both backends.
+_BOTH_MIGRATIONS = ['CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, '
+                    'qty INTEGER NOT NULL, price REAL, note TEXT)']
+
+
+async def _same_calls(db):
+    """The Database API's calls, each with what it gave: the same on SQLite and on PostgreSQL."""
+    seen = []
+
+    def transfer(conn, source, target, n):
+        with conn:
+            conn.execute('BEGIN IMMEDIATE')
+            conn.execute('UPDATE items SET qty = qty - ? WHERE name = ?', (n, source))
+            conn.execute('UPDATE items SET qty = qty + ? WHERE name = ?', (n, target))
+            return [tuple(row) for row in conn.execute('SELECT name, qty FROM items ORDER BY name')]
+
+    def half_done(conn):
+        with conn:
+            conn.execute('BEGIN IMMEDIATE')
+            conn.execute("UPDATE items SET note = 'changed'")
+            conn.execute("INSERT INTO items (name, qty) VALUES ('apple', 1)")
+
+    def add(conn, name, qty):
+        return conn.execute('INSERT INTO items (name, qty) VALUES (?, ?) RETURNING name', (name, qty)).fetchone()[0]
+
+    executed = await db.execute('INSERT INTO items (name, qty, price) VALUES (?, ?, ?) RETURNING id', ('apple', 3, 1.5))
+    seen.append(('insert returning', (executed, executed.lastrowid, executed.rowcount)))
+    executed = await db.execute('INSERT INTO items (name, qty, price) VALUES (?, ?, ?), (?, ?, ?) RETURNING id',
+                                ('pear', 0, 2.25, 'plum', 7, None))
+    seen.append(('two rows returning', (executed.lastrowid, executed.rowcount)))
+    seen.append(('update', (await db.execute('UPDATE items SET qty = qty + ? WHERE qty > ?', (1, 0))).rowcount))
+    seen.append(('update none', (await db.execute('UPDATE items SET qty = 1 WHERE qty < ?', (0,))).rowcount))
+    seen.append(('select', (await db.execute('SELECT * FROM items')).rowcount))
+    seen.append(('fetchall', await db.fetchall('SELECT id, name, qty, price, note FROM items ORDER BY id')))
+    seen.append(('fetchone', await db.fetchone('SELECT name FROM items WHERE qty = ?', (0,))))
+    seen.append(('fetchone none', await db.fetchone('SELECT name FROM items WHERE qty < ?', (0,))))
+    seen.append(('aggregates', await db.fetchone('SELECT COUNT(*) AS n, CAST(SUM(qty) AS BIGINT) AS total, '
+                                                 'MAX(price) AS top FROM items')))
+    seen.append(('quotes', await db.fetchone("SELECT '?' AS q, name FROM items WHERE name = ?", ("plum",))))
+    seen.append(('run', await db.run(transfer, 'plum', 'pear', 2)))
+    try:
+        await db.run(half_done)
+    except sqlite3.IntegrityError:
+        seen.append(('integrity error', 'raised'))
+    seen.append(('rolled back', await db.fetchall('SELECT note FROM items ORDER BY id')))
+    outcomes = await asyncio.gather(db.grouped(add, 'fig', 1), db.grouped(add, 'apple', 9),
+                                    db.grouped(add, 'kiwi', 2), return_exceptions=True)
+    seen.append(('grouped', [isinstance(o, sqlite3.IntegrityError) or o for o in outcomes]))
+    seen.append(('run_sync', await asyncio.to_thread(
+        db.run_sync, lambda conn, n: conn.execute('SELECT name FROM items WHERE qty = ?', (n,)).fetchone()[0], 2)))
+    seen.append(('delete', (await db.execute('DELETE FROM items WHERE qty < ?', (2,))).rowcount))
+    seen.append(('left', await db.fetchall('SELECT name, qty FROM items ORDER BY name')))
+    return seen
+
+
+class PostgresDatabaseTest(unittest.TestCase):
+    """Database on PostgreSQL: the API as on SQLite, migrations across hosts, 503s, reconnection."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = PostgresServer()
+        cls.addClassCleanup(cls.pg.cleanup)
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def psql(self, url, sql):
+        return self.pg.psql(sql, db=urllib.parse.urlsplit(url).path[1:])
+
+    def test_the_same_calls_give_the_same_results_on_both_backends(self):
+        async def both():
+            results = []
+            for path in (os.path.join(self.tmp, 'app.db'), self.pg.new_database()):
+                db = server.Database(path, _BOTH_MIGRATIONS)
+                try:
+                    await db.open()
+                    results.append(await _same_calls(db))
+                finally:
+                    await db.close()
+            return results
+        sqlite_seen, postgres_seen = asyncio.run(both())
+        for (label, on_sqlite), (_, on_postgres) in zip(sqlite_seen, postgres_seen):
+            with self.subTest(label):
+                self.assertEqual(on_postgres, on_sqlite)
+        self.assertEqual(len(postgres_seen), len(sqlite_seen))
+        self.assertEqual(dict(sqlite_seen)['insert returning'], (1, 1, 1))
+        self.assertEqual(dict(sqlite_seen)['left'], [{'name': 'apple', 'qty': 4}, {'name': 'kiwi', 'qty': 2},
+                                                     {'name': 'pear', 'qty': 2}, {'name': 'plum', 'qty': 6}])
+
+
 if __name__ == '__main__':
     unittest.main()
