@@ -10291,6 +10291,158 @@ class PostgresDatabaseTest(unittest.TestCase):
         self.assertEqual(dict(sqlite_seen)['left'], [{'name': 'apple', 'qty': 4}, {'name': 'kiwi', 'qty': 2},
                                                      {'name': 'pear', 'qty': 2}, {'name': 'plum', 'qty': 6}])
 
+    def test_migrations_run_once_and_a_second_database_runs_none_again(self):
+        url = self.pg.new_database()
+        scripts = ['CREATE TABLE runs (n INTEGER); INSERT INTO runs VALUES (1)',
+                   'CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO runs VALUES (2)']
+
+        async def open_and_close(migrations, name='m'):
+            db = server.Database(url, migrations, name=name)
+            try:
+                await db.open()
+                return await db.fetchall('SELECT n FROM runs ORDER BY n')
+            finally:
+                await db.close()
+        self.assertEqual(asyncio.run(open_and_close(scripts[:1])), [{'n': 1}])
+        self.assertEqual(asyncio.run(open_and_close(scripts)), [{'n': 1}, {'n': 2}])
+        self.assertEqual(asyncio.run(open_and_close(scripts)), [{'n': 1}, {'n': 2}])
+        self.assertEqual(self.psql(url, "SELECT app, number FROM server_migrations ORDER BY 2").split(), ['m|1', 'm|2'])
+        # Another app's scripts count apart; the types are SQLite's, read by PostgreSQL.
+        self.assertEqual(asyncio.run(open_and_close(['INSERT INTO runs VALUES (3)'], name='other')),
+                         [{'n': 1}, {'n': 2}, {'n': 3}])
+        self.assertEqual(self.psql(url, "SELECT data_type FROM information_schema.columns WHERE "
+                                        "table_name = 'notes' ORDER BY ordinal_position").split(), ['bigint', 'text'])
+
+    def test_databases_migrating_at_once_run_each_script_once(self):
+        url = self.pg.new_database()
+        scripts = ['CREATE TABLE runs (n INTEGER); INSERT INTO runs VALUES (1)',
+                   'CREATE TABLE more (n INTEGER); INSERT INTO runs VALUES (2)',
+                   'INSERT INTO runs VALUES (3)']
+
+        async def together(count):
+            dbs = [server.Database(url, scripts, name='m') for _ in range(count)]
+            try:
+                await asyncio.gather(*(db.open() for db in dbs))
+            finally:
+                await asyncio.gather(*(db.close() for db in dbs))
+        asyncio.run(together(4))
+        # And as separate processes would: each in a thread with its own event loop.
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            for future in [pool.submit(asyncio.run, together(1)) for _ in range(3)]:
+                future.result(60)
+        self.assertEqual(self.psql(url, 'SELECT n FROM runs ORDER BY n').split(), ['1', '2', '3'])
+        self.assertEqual(self.psql(url, "SELECT number FROM server_migrations WHERE app = 'm' ORDER BY 1").split(),
+                         ['1', '2', '3'])
+        self.assertEqual(self.psql(url, "SELECT count(*) FROM pg_tables WHERE tablename IN "
+                                        "('server_migrations', 'sessions', 'server_secrets')").strip(), '3')
+
+    def test_a_failing_migration_and_a_newer_database_stop_the_start(self):
+        url = self.pg.new_database()
+
+        async def open_(migrations, source=None):
+            db = server.Database(url, migrations, name='m', source=source)
+            try:
+                await db.open()
+            finally:
+                await db.close()
+        with self.assertRaises(server.StartupError) as caught:
+            asyncio.run(open_(['CREATE TABLE a (n INTEGER)', 'CREATE TABLE b (n INTEGER); SELEC oops'], 'app.py'))
+        message = str(caught.exception)
+        self.assertIn("migration 2 of app 'm' failed on PostgreSQL", message)
+        self.assertIn('syntax error', message)
+        self.assertIn('fix the script in app.py', message)
+        # Script 1 stays done; script 2 is undone whole, its row with it.
+        self.assertEqual(self.psql(url, "SELECT tablename FROM pg_tables WHERE tablename IN ('a', 'b')").split(), ['a'])
+        self.assertEqual(self.psql(url, 'SELECT number FROM server_migrations').split(), ['1'])
+        asyncio.run(open_(['CREATE TABLE a (n INTEGER)', 'CREATE TABLE b (n INTEGER)', 'SELECT 1']))
+        with self.assertRaises(server.StartupError) as caught:
+            asyncio.run(open_(['CREATE TABLE a (n INTEGER)']))
+        self.assertIn("was written by a newer server.py (app 'm' at migration 3, this one knows 1)",
+                      str(caught.exception))
+        self.assertNotIn(self.pg.password, str(caught.exception))
+        self.assertIn(':***@', str(caught.exception))
+
+    def test_a_statement_out_of_time_is_a_503(self):
+        url = self.pg.new_database()
+
+        def slow(conn):
+            conn.execute('BEGIN')
+            conn.execute("SET LOCAL statement_timeout = '100ms'")
+            conn.execute('SELECT pg_sleep(5)')
+
+        async def go():
+            db = server.Database(url)
+            try:
+                started = time.monotonic()
+                with self.assertRaises(server.HTTPError) as caught:
+                    await db.run(slow)
+                self.assertLess(time.monotonic() - started, 3)
+                # The connection goes back to the pool idle, its transaction rolled back.
+                self.assertEqual([conn.status for conn in db._pg_conns], [b'I'])
+                timeout = await db.fetchone('SHOW statement_timeout')
+                return caught.exception, timeout
+            finally:
+                await db.close()
+        error, timeout = asyncio.run(go())
+        self.assertEqual((error.status, error.headers), (503, {'Retry-After': str(server.PG_RETRY_AFTER_S)}))
+        self.assertEqual(error.__cause__.sqlstate, '57014')
+        self.assertEqual(timeout, {'statement_timeout': f'{server.PG_STATEMENT_TIMEOUT_MS // 1000}s'})
+
+    def test_a_restart_and_an_outage_are_survived_without_a_new_database(self):
+        url = self.pg.new_database()
+
+        def pid(conn):
+            return conn.execute('SELECT pg_backend_pid()').fetchone()[0]
+
+        async def go():
+            db = server.Database(url, ['CREATE TABLE hits (n INTEGER)'])
+            try:
+                await db.open()
+                await db.execute('INSERT INTO hits VALUES (?)', (1,))
+                before = await db.run(pid)
+                # A restart ends the pooled connections; the next call finds its own ended
+                # and opens another: no 503 once the server is back.
+                self.pg.restart()
+                await db.execute('INSERT INTO hits VALUES (?)', (2,))
+                self.assertNotEqual(await db.run(pid), before)
+                # Down: each call is a 503 with Retry-After, quickly.
+                self.pg.stop()
+                try:
+                    for sql in ('INSERT INTO hits VALUES (3)', 'SELECT 1'):
+                        started = time.monotonic()
+                        with self.assertRaises(server.HTTPError) as caught:
+                            await db.execute(sql)
+                        self.assertEqual((caught.exception.status, caught.exception.headers),
+                                         (503, {'Retry-After': str(server.PG_RETRY_AFTER_S)}))
+                        self.assertIsInstance(caught.exception.__cause__, server.PostgresUnavailable)
+                        self.assertLess(time.monotonic() - started, 3)
+                finally:
+                    self.pg.start()
+                await db.execute('INSERT INTO hits VALUES (?)', (4,))
+                # Connections the server ends (pg_terminate_backend) between calls: the next
+                # call sees its own ended, as after a restart, and opens another -- no 503.
+                ended = await db.run(pid)
+                self.assertIn('t', self.psql(url, 'SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity '
+                                                  "WHERE application_name = 'server.py'").split())
+                self.assertNotEqual(await db.run(pid), ended)
+                # Ended in the middle of a call's transaction: that call is a 503, the next works.
+                def cut_midway(conn):
+                    conn.execute('BEGIN')
+                    conn.execute('INSERT INTO hits VALUES (5)')
+                    self.psql(url, f'SELECT pg_terminate_backend({pid(conn)}, 10000)')
+                    conn.execute('INSERT INTO hits VALUES (6)')
+                with self.assertRaises(server.HTTPError) as caught:
+                    await db.run(cut_midway)
+                self.assertEqual(caught.exception.status, 503)
+                return await db.fetchall('SELECT n FROM hits ORDER BY n')
+            finally:
+                await db.close()
+        with self.assertLogs('server', 'WARNING') as logs:
+            self.assertEqual(asyncio.run(go()), [{'n': 1}, {'n': 2}, {'n': 4}])
+        self.assertEqual(len(logs.records), 3, logs.output)      # the three 503s, and nothing else
+        self.assertIn('database unavailable: cannot reach PostgreSQL at 127.0.0.1', logs.output[0])
+        self.assertIn('database unavailable: lost the connection', logs.output[2])
+
 
 if __name__ == '__main__':
     unittest.main()
