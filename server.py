@@ -3573,7 +3573,8 @@ class Database:
                 conn.rollback()     # what a call left open (it raised) is undone, not kept
         except PostgresUnavailable as exc:
             self._drop(conn)
-            log.warning('database unavailable: %s', exc)
+            if self._migrated:      # before, it is the start that fails: open() says why, once
+                log.warning('database unavailable: %s', exc)
             raise HTTPError(503, 'the database is unavailable; try again',
                             {'Retry-After': str(PG_RETRY_AFTER_S)}) from exc
         except PostgresError as exc:

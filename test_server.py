@@ -9975,12 +9975,17 @@ class PostgresPureTest(unittest.TestCase):
                     scram.send(server_first.encode())
 
 
+#: These classes' servers skip fsync: CREATE DATABASE (one per test) takes a fraction of the
+#: time, and none of them crashes its server (a clean stop writes everything out).
+_PG_FAST = {'fsync': False}
+
+
 class PostgresClientTest(unittest.TestCase):
     """PgConnection against a real PostgreSQL: logins, TLS, types, errors, the write lock, timeouts."""
 
     @classmethod
     def setUpClass(cls):
-        cls.pg = PostgresServer()
+        cls.pg = PostgresServer(_PG_FAST)
         cls.addClassCleanup(cls.pg.cleanup)
         cls.url = cls.pg.new_database()
 
@@ -10261,7 +10266,7 @@ class PostgresDatabaseTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.pg = PostgresServer()
+        cls.pg = PostgresServer(_PG_FAST)
         cls.addClassCleanup(cls.pg.cleanup)
 
     def setUp(self):
@@ -10442,6 +10447,164 @@ class PostgresDatabaseTest(unittest.TestCase):
         self.assertEqual(len(logs.records), 3, logs.output)      # the three 503s, and nothing else
         self.assertIn('database unavailable: cannot reach PostgreSQL at 127.0.0.1', logs.output[0])
         self.assertIn('database unavailable: lost the connection', logs.output[2])
+
+
+class PostgresCommandTest(unittest.TestCase):
+    """server.py on PostgreSQL from the command line: start failures, and the owner commands."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = PostgresServer(_PG_FAST)
+        cls.addClassCleanup(cls.pg.cleanup)
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.data = os.path.join(self.tmp, 'data')
+        # The owner commands and server.py see only the URL given, never this machine's PG*.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(('PG', 'SERVER_'))}
+
+    def run_server(self, *args, env=None):
+        return subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), *args],
+                              capture_output=True, text=True, timeout=60, env=dict(self.env, **(env or {})))
+
+    def command(self, *args):
+        """An owner command run in this process -> (exit code, stdout, stderr)."""
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = server.main([*args, '--data', self.data])
+        return code, out.getvalue(), err.getvalue()
+
+    def site_database(self):
+        """A new database with the site's tables, two messages and two uploads (chunks too)."""
+        url = self.pg.new_database()
+
+        async def migrate():
+            db = server.Database(url, server.SITE_MIGRATIONS, name='site')
+            try:
+                await db.open()
+            finally:
+                await db.close()
+        asyncio.run(migrate())
+        conn = server.PgConnection(server.parse_database_url(url, '')[1])
+        try:
+            with conn:
+                conn.execute('BEGIN')
+                for name, body, created in [('Ann', 'Hello,\nsecond line', 1700000000.0),
+                                            ('=Bob', 'Later', 1700000600.0)]:
+                    conn.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
+                                 (name, 'a@example.com', body, '192.0.2.1', created))
+                for stored, size in [('u1', 3), ('u2', 300000)]:
+                    conn.execute('INSERT INTO uploads (owner, name, stored, size, content_type, created) '
+                                 'VALUES (?, ?, ?, ?, ?, ?)', ('o', stored + '.txt', stored, size, 'text/plain', 1700000000.0))
+                    for seq in range(2):
+                        conn.execute('INSERT INTO upload_chunks VALUES (?, ?, ?, ?)', (stored, seq, b'x', 1700000000.0))
+            ids = [row[0] for row in conn.execute('SELECT id FROM messages ORDER BY id')]
+            uploads = [row[0] for row in conn.execute('SELECT id FROM uploads ORDER BY id')]
+        finally:
+            conn.close()
+        return url, ids, uploads
+
+    def psql(self, url, sql):
+        return self.pg.psql(sql, db=urllib.parse.urlsplit(url).path[1:])
+
+    def test_start_failures_are_one_line_without_the_password(self):
+        wrong = self.pg.test_url(sslmode='disable').replace(self.pg.password, 'Wr0ngPassw0rd')
+        nowhere = f'postgresql://app:Wr0ngPassw0rd@127.0.0.1:{free_port()}/app'
+        hidden = f'postgresql://app@127.0.0.1:{free_port()}/app?password=Wr0ngPassw0rd'
+        for url, code, says in [
+                (wrong, 1, 'password authentication failed for user "app_scram": fix --database (SERVER_DATABASE)'),
+                (nowhere, 1, 'Connection refused: start it, or fix --database (SERVER_DATABASE)'),
+                (hidden, 1, 'Connection refused: start it, or fix --database (SERVER_DATABASE)'),
+                ('mysql://app:Wr0ngPassw0rd@h/app', 2, "--database: 'mysql://app:***@h/app' is neither")]:
+            with self.subTest(url=url):
+                result = self.run_server('--port', '0', '--data', self.data, '--root', WWW, '--database', url)
+                self.assertEqual(result.returncode, code, result.stderr)
+                self.assertEqual(result.stdout, '')
+                self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+                self.assertIn(says, result.stderr)
+                if code == 1:
+                    self.assertIn(':***@' if 'password=' not in url else 'password=***', result.stderr)
+                    self.assertNotIn('Wr0ngPassw0rd', result.stderr)
+        # The same from SERVER_DATABASE.
+        result = self.run_server('--port', '0', '--data', self.data, '--root', WWW, env={'SERVER_DATABASE': wrong})
+        self.assertEqual(result.returncode, 1)
+        self.assertIn('password authentication failed', result.stderr)
+        self.assertNotIn('Wr0ngPassw0rd', result.stderr)
+
+    def test_messages(self):
+        url, ids, _ = self.site_database()
+        code, out, err = self.command('messages', '--database', url)
+        self.assertEqual((code, err), (0, ''))
+        self.assertEqual(out, f'#{ids[1]}  2023-11-14 22:23 UTC  =Bob <a@example.com>  from 192.0.2.1\n'
+                              f'    Later\n\n'
+                              f'#{ids[0]}  2023-11-14 22:13 UTC  Ann <a@example.com>  from 192.0.2.1\n'
+                              f'    Hello,\n    second line\n\n')
+        code, out, err = self.command('messages', '--csv', '--database', url)
+        self.assertEqual(code, 0)
+        self.assertEqual(list(csv.reader(io.StringIO(out))), [
+            ['id', 'created_utc', 'name', 'email', 'ip', 'message'],
+            [str(ids[1]), '2023-11-14 22:23 UTC', "'=Bob", 'a@example.com', '192.0.2.1', 'Later'],
+            [str(ids[0]), '2023-11-14 22:13 UTC', 'Ann', 'a@example.com', '192.0.2.1', 'Hello,\nsecond line']])
+        code, out, err = self.command('messages', '--delete', str(ids[0]), '999', '--database', url)
+        self.assertEqual((code, out), (1, f'deleted 1 message: #{ids[0]}\n'))
+        self.assertIn('no message #999', err)
+        self.assertEqual(self.psql(url, 'SELECT id FROM messages').split(), [str(ids[1])])
+        # SERVER_DATABASE instead of the flag, in a process of its own.
+        result = self.run_server('messages', '--data', self.data, env={'SERVER_DATABASE': url})
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn('Later', result.stdout)
+        self.assertNotIn('Hello', result.stdout)
+
+    def test_uploads(self):
+        url, _, ids = self.site_database()
+        code, out, err = self.command('uploads', '--database', url)
+        self.assertEqual((code, err), (0, ''))
+        self.assertEqual(out.splitlines(), [f'#{ids[0]}  2023-11-14 22:13 UTC     3 bytes  u1.txt',
+                                            f'#{ids[1]}  2023-11-14 22:13 UTC    293.0 KB  u2.txt'][::-1])
+        code, out, err = self.command('uploads', '--delete', str(ids[1]), '--database', url)
+        self.assertEqual((code, out, err), (0, f'deleted 1 upload: #{ids[1]}\n', ''))
+        self.assertEqual(self.psql(url, 'SELECT stored FROM uploads').split(), ['u1'])
+        self.assertEqual(self.psql(url, 'SELECT DISTINCT stored FROM upload_chunks').split(), ['u1'])
+        result = self.run_server('uploads', '--data', self.data, env={'SERVER_DATABASE': url})
+        self.assertEqual((result.returncode, result.stdout.count('\n')), (0, 1), result.stderr)
+
+    def test_commands_on_a_database_they_cannot_open(self):
+        wrong = self.pg.test_url(sslmode='disable').replace(self.pg.password, 'Wr0ngPassw0rd')
+        for args in (['messages'], ['uploads'], ['messages', '--delete', '1'], ['uploads', '--delete', '1']):
+            with self.subTest(args=args):
+                code, out, err = self.command(*args, '--database', wrong)
+                self.assertEqual((code, out), (1, ''))
+                self.assertIn('password authentication failed', err)
+                self.assertNotIn('Wr0ngPassw0rd', err)
+                self.assertEqual(len(err.splitlines()), 1, err)
+
+    def test_backup_is_a_private_dump_that_pg_restore_restores(self):
+        url, ids, uploads = self.site_database()
+        dest = os.path.join(self.tmp, 'backup')
+        code, out, err = self.command('backup', dest, '--database', url)
+        self.assertEqual((code, err), (0, ''), err)
+        dump = os.path.join(dest, 'database.dump')
+        self.assertIn(f'backup written to {dump}', out)
+        self.assertNotIn(self.pg.password, out)
+        self.assertEqual(os.stat(dump).st_mode & 0o777, 0o600)
+        self.assertEqual(os.listdir(self.tmp), ['backup'])       # no partial folder left
+        copy = self.pg.new_database()
+        restored = subprocess.run([self.pg.program('pg_restore'), '--no-owner', '--dbname', copy, dump],
+                                  capture_output=True, text=True, timeout=60, env=self.env)
+        self.assertEqual(restored.returncode, 0, restored.stderr)
+        self.assertEqual(self.psql(copy, 'SELECT id FROM messages ORDER BY id').split(), [str(i) for i in ids])
+        self.assertEqual(self.psql(copy, 'SELECT count(*) FROM upload_chunks').strip(), '4')
+        # A second backup into the same folder is refused; a wrong password is said without it.
+        code, out, err = self.command('backup', dest, '--database', url)
+        self.assertEqual(code, 1)
+        self.assertIn('is not an empty folder', err)
+        wrong = url.replace(self.pg.password, 'Wr0ngPassw0rd')
+        code, out, err = self.command('backup', os.path.join(self.tmp, 'other'), '--database', wrong)
+        self.assertEqual(code, 1)
+        self.assertIn('pg_dump failed', err)
+        self.assertNotIn('Wr0ngPassw0rd', err + out)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, 'other')))
 
 
 if __name__ == '__main__':
