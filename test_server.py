@@ -10033,6 +10033,13 @@ class PostgresClientTest(unittest.TestCase):
                 self.assertIsInstance(conn._sock, ssl.SSLSocket)
                 self.assertEqual(conn.execute('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')
                                  .fetchone()[0], True)
+        # 127.1 reaches 127.0.0.1, by a name the certificate does not hold: verify-ca trusts
+        # the signature alone, verify-full wants the name too.
+        conn = self.connect(self.pg.test_url('app_tls', host='127.1', sslmode='verify-ca', sslrootcert=self.pg.ca_file))
+        self.assertIsInstance(conn._sock, ssl.SSLSocket)
+        with self.assertRaises(server.PostgresError) as caught:
+            self.connect(self.pg.test_url('app_tls', host='127.1', sslmode='verify-full', sslrootcert=self.pg.ca_file))
+        self.assertIn("certificate of PostgreSQL at 127.1 is not trusted (Hostname mismatch", str(caught.exception))
         conn = self.connect(self.pg.test_url('app_tls', sslmode='require'))    # encrypted, not verified
         self.assertIsInstance(conn._sock, ssl.SSLSocket)
         conn = self.connect(self.pg.test_url('app_scram'))                      # prefer: TLS when offered
