@@ -2864,7 +2864,9 @@ def parse_database_url(url, data):
     query = dict(urllib.parse.parse_qsl(parts.query))
     userinfo, _, hostport = parts.netloc.rpartition('@')
     user, _, password = userinfo.partition(':')
-    host = urllib.parse.unquote(hostport) if hostport.lower().startswith('%2f') else parts.hostname
+    # A unix socket folder is a percent-encoded path, maybe with its :port after it.
+    host = (urllib.parse.unquote(hostport.partition(':')[0]) if hostport.lower().startswith('%2f')
+            else parts.hostname)
     try:
         port = parts.port or int(query.get('port', 5432))
     except ValueError:
@@ -2894,6 +2896,7 @@ def database_path(url, data):
 
 def redact_url(url):
     """The URL with its password, if any, replaced by ***: for banners and messages."""
+    url = re.sub(r'([?&]password=)[^&#]*', r'\1***', url)       # libpq's ?password=, too
     return re.sub(r'(//[^:/@]*:)[^@/]*@', r'\1***@', url)
 
 
@@ -3039,13 +3042,14 @@ class PgRow(tuple):
 
 class PgCursor:
     """The result of ``PgConnection.execute``: its rows, ``rowcount`` (rows changed, -1
-    for a SELECT) and ``lastrowid`` (the first column RETURNING gave, else None)."""
+    for a SELECT) and ``lastrowid`` (the first column of the last row RETURNING gave, as
+    sqlite3's is the last row inserted; else None)."""
 
     def __init__(self, rows, rowcount, description):
         self._rows = rows
         self.rowcount = rowcount
         self.description = description
-        self.lastrowid = rows[0][0] if rows and rowcount >= 0 else None
+        self.lastrowid = rows[-1][0] if rows and rowcount >= 0 else None
         self._at = 0
 
     def fetchone(self):
@@ -3224,6 +3228,8 @@ class PgConnection:
 
     def _exchange(self, messages):
         """Send ``messages``, then read until ReadyForQuery: (rows, rowcount, names)."""
+        if self._sock is None:
+            raise PostgresUnavailable('the connection to PostgreSQL is closed')
         try:
             self._sock.sendall(messages)
             rows, rowcount, names, types, failure = [], -1, None, (), None
@@ -3339,7 +3345,8 @@ class PgConnection:
             self._exchange(self._query('COMMIT'))
 
     def rollback(self):
-        if self.in_transaction:
+        # A connection lost in a transaction has nothing left to roll back: the server did.
+        if self.in_transaction and self._sock is not None:
             self._exchange(self._query('ROLLBACK'))
 
     def __enter__(self):
@@ -3570,7 +3577,8 @@ class Database:
                 conn.rollback()     # what a call left open (it raised) is undone, not kept
         except PostgresUnavailable as exc:
             self._drop(conn)
-            log.warning('database unavailable: %s', exc)
+            if self._migrated:      # before, it is the start that fails: open() says why, once
+                log.warning('database unavailable: %s', exc)
             raise HTTPError(503, 'the database is unavailable; try again',
                             {'Retry-After': str(PG_RETRY_AFTER_S)}) from exc
         except PostgresError as exc:
@@ -3794,6 +3802,7 @@ def _shared_secret(conn):
 
 def _db_execute(conn, sql, params):
     cursor = conn.execute(sql, params)
+    cursor.fetchall()       # sqlite3 counts the rows of an INSERT ... RETURNING once they are read
     return Executed(cursor.lastrowid, cursor.rowcount)
 
 
