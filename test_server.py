@@ -9581,6 +9581,210 @@ class BenchHarnessTest(unittest.TestCase):
         self.assertEqual((args.harness, args.requests), (['hello'], 1000))
 
 
+
+# === PostgreSQL: several app hosts ===
+
+class AppHost(ServerProcess):
+    """One app host of the site: python3 server.py --database URL as a subprocess, its log
+    read as it comes (an outage makes it write a line a request, which a full pipe would
+    turn into a hung server)."""
+
+    def __init__(self, url, data, env):
+        super().__init__('--database', url, '--no-access-log', data=data, env=env)
+        self.log = []
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+
+    def _read_log(self):
+        for line in self.proc.stderr:
+            self.log.append(line.decode(errors='replace'))
+
+    def log_tail(self):
+        return ''.join(self.log[-20:])
+
+    def cleanup(self):
+        self.kill_all()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self._reader.join(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            pipe.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def start_hosts(cls, count, admin_password='hosts-admin-secret'):
+    """A throwaway PostgreSQL (``cls.pg``, its database ``cls.url``) and ``count`` app hosts
+    on it (``cls.hosts``), started together as a deployment's would: the first two share one
+    data folder, which PostgreSQL allows (the database holds every shared thing), the others
+    have one each. Everything stops after the class."""
+    cls.pg = PostgresServer()
+    cls.addClassCleanup(cls.pg.cleanup)
+    cls.url = cls.pg.new_database()
+    cls.admin_password = admin_password
+    shared = os.path.join(fresh_dir(cls, 'server-hosts-'), 'data')
+    folders = [shared, shared] + [None] * (count - 2)
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        cls.hosts = list(pool.map(lambda data: AppHost(cls.url, data, {'ADMIN_PASSWORD': admin_password}),
+                                  folders[:count]))
+    for host in cls.hosts:
+        cls.addClassCleanup(host.cleanup)
+    for host in cls.hosts:
+        if host.port is None:
+            host.proc.wait(10)
+            raise AssertionError(f'an app host did not start: {host.banner!r} {host.log_tail()}')
+
+
+def pg_column(pg, db_url, sql):
+    """The first column of ``sql``'s rows, as psql prints them, in the database of ``db_url``."""
+    db = urllib.parse.urlsplit(db_url).path[1:]
+    return pg.psql(sql, db=db).splitlines()
+
+
+def visit_number(text):
+    return int(re.search(r'viewed (\d+) times?\.', text).group(1))
+
+
+class PostgresHostsTest(unittest.TestCase):
+    """Three app hosts on one PostgreSQL: whichever answers, a visitor sees one site."""
+
+    @classmethod
+    def setUpClass(cls):
+        start_hosts(cls, 3)
+
+    def ports(self):
+        return [host.port for host in self.hosts]
+
+    def test_the_hosts_start_together_and_two_share_a_data_folder(self):
+        a, b, c = self.hosts
+        self.assertEqual(a.data, b.data)
+        self.assertNotEqual(a.data, c.data)
+        for host in self.hosts:
+            self.assertIsNone(host.proc.poll(), host.log_tail())
+            self.assertEqual(fetch(host.port, '/healthz'), (200, 'ok\n'))
+        # Each migration ran once, though the three hosts started at the same moment.
+        self.assertEqual(pg_column(self.pg, self.url, "SELECT COUNT(*) FROM server_migrations WHERE app = 'site'"),
+                         [str(len(server.SITE_MIGRATIONS))])
+
+    def test_a_session_begun_on_one_host_goes_on_on_another(self):
+        a, b, c = self.ports()
+        visitor = WebClient(a, forwarded_for='10.1.0.1')
+        token = visitor.csrf('/contact')                  # the session and its token: minted on A
+        visitor.port = c                                  # C has a data folder of its own
+        resp = visitor.post_form('/contact', {'csrf_token': token, 'name': 'Ann', 'email': 'ann@example.com',
+                                              'message': 'token from host A, sent to host C'})
+        self.assertEqual(resp.status, 303, resp.text[:300])
+        # The token is checked, not waved through: without A's session it is refused on C.
+        stranger = WebClient(c, forwarded_for='10.1.0.2')
+        resp = stranger.post_form('/contact', {'csrf_token': token, 'name': 'Eve', 'email': 'eve@example.com',
+                                               'message': 'a token that is not mine'})
+        self.assertEqual(resp.status, 403)
+        # Signed in on A, the owner is the owner on B and C; signed out on C, on A no more.
+        admin = signed_in_admin(a, self.admin_password, '10.1.0.3')
+        for port in (b, c):
+            admin.port = port
+            resp = admin.get('/admin')
+            self.assertEqual(resp.status, 200)
+            self.assertIn('token from host A, sent to host C', resp.text)
+        resp = admin.post_form('/admin/logout', {'csrf_token': admin.csrf('/admin')})
+        self.assertEqual(resp.status, 303)
+        admin.port = a
+        self.assertNotIn('token from host A, sent to host C', admin.get('/admin').text)
+
+    def test_messages_sent_through_one_host_are_read_through_another(self):
+        a, b, c = self.ports()
+        send_message(a, '10.2.0.1', 'posted on host A, read on host C')
+        admin = signed_in_admin(c, self.admin_password, '10.2.0.2')
+        self.assertIn('posted on host A, read on host C', admin.get('/admin').text)
+        result = run_owner_command('messages', '--database', self.url)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn('    posted on host A, read on host C\n', result.stdout)
+        self.assertIn('from 10.2.0.1', result.stdout)
+
+    def test_an_upload_made_through_one_host_downloads_through_the_others(self):
+        a, b, c = self.ports()
+        content = random.Random(23).randbytes(5 * server.UPLOAD_CHUNK_BYTES // 2 + 1001)
+        visitor = WebClient(a, forwarded_for='10.3.0.1')
+        resp = visitor.post_multipart('/upload', {'csrf_token': visitor.csrf('/upload')},
+                                      {'file': ('photos.bin', content, 'application/octet-stream')})
+        self.assertEqual(resp.status, 303, resp.text[:300])
+        for port in (b, c):           # B shares A's data folder, C does not: neither matters
+            visitor.port = port
+            page = visitor.get('/upload')
+            self.assertEqual(page.status, 200)
+            m = re.search(r'href="/upload/(\d+)" download>photos\.bin<', page.text)
+            self.assertIsNotNone(m, page.text[:2000])
+            resp = visitor.get(f'/upload/{m.group(1)}')
+            self.assertEqual(resp.status, 200)
+            self.assertTrue(resp.body == content, 'the download differs from the upload')
+            # Another visitor's session does not reach it, on any host.
+            self.assertEqual(WebClient(port, forwarded_for='10.3.0.2').get(f'/upload/{m.group(1)}').status, 404)
+        # The bytes are in PostgreSQL, in chunks, and in no host's data folder.
+        chunks = pg_column(self.pg, self.url, 'SELECT COUNT(*), SUM(LENGTH(data)) FROM upload_chunks '
+                           f'WHERE stored = (SELECT stored FROM uploads WHERE id = {int(m.group(1))})')
+        self.assertEqual(chunks, [f'3|{len(content)}'])
+        for host in self.hosts:
+            folder = os.path.join(host.data, 'uploads')
+            self.assertEqual(os.listdir(folder) if os.path.isdir(folder) else [], [])
+
+    def test_the_visit_counter_never_repeats_across_hosts(self):
+        ports = self.ports()
+        before = int(pg_column(self.pg, self.url, "SELECT value FROM counters WHERE name = 'visits'")[0])
+        views = 60
+
+        def view(i):
+            resp = WebClient(ports[i % len(ports)]).get('/')
+            self.assertEqual(resp.status, 200)
+            return visit_number(resp.text)
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            numbers = list(pool.map(view, range(views)))
+        self.assertEqual(sorted(numbers), list(range(before + 1, before + views + 1)))
+        self.assertEqual(pg_column(self.pg, self.url, "SELECT value FROM counters WHERE name = 'visits'"),
+                         [str(before + views)])
+
+    def concurrently(self, requests):
+        """Send the prepared ``requests`` (callables) at one moment -> their statuses."""
+        start = threading.Barrier(len(requests))
+
+        def send(request):
+            start.wait(10)
+            return request()
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+            return list(pool.map(send, requests))
+
+    def test_the_contact_limit_holds_across_hosts(self):
+        ports, address = self.ports(), '10.5.0.1'
+        sends = []
+        for i in range(server.CONTACT_LIMIT + 3):
+            visitor = WebClient(ports[i % 3], forwarded_for=address)
+            fields = {'csrf_token': visitor.csrf('/contact'), 'name': 'Ann', 'email': 'ann@example.com',
+                      'message': f'limit {i}'}
+            visitor.port = ports[(i + 1) % 3]
+            sends.append(functools.partial(lambda v, f: v.post_form('/contact', f).status, visitor, fields))
+        statuses = self.concurrently(sends)
+        self.assertEqual(sorted(statuses), [303] * server.CONTACT_LIMIT + [429] * 3)
+        self.assertEqual(pg_column(self.pg, self.url, f"SELECT COUNT(*) FROM messages WHERE ip = '{address}'"),
+                         [str(server.CONTACT_LIMIT)])
+
+    def test_the_admin_lockout_holds_across_hosts(self):
+        ports, address = self.ports(), '10.6.0.1'
+        sends = []
+        for i in range(server.ADMIN_MAX_FAILURES + 3):
+            visitor = WebClient(ports[i % 3], forwarded_for=address)
+            fields = {'csrf_token': visitor.csrf('/admin'), 'password': 'wrong'}
+            visitor.port = ports[(i + 1) % 3]
+            sends.append(functools.partial(lambda v, f: v.post_form('/admin/login', f).status, visitor, fields))
+        statuses = self.concurrently(sends)
+        self.assertEqual(sorted(statuses), [403] * server.ADMIN_MAX_FAILURES + [429] * 3)
+        # Locked out everywhere, the right password too; another address is not.
+        for port in ports:
+            visitor = WebClient(port, forwarded_for=address)
+            resp = visitor.post_form('/admin/login', {'csrf_token': visitor.csrf('/admin'),
+                                                      'password': self.admin_password})
+            self.assertEqual(resp.status, 429)
+            self.assertIn('retry-after', resp.headers)
+        signed_in_admin(ports[2], self.admin_password, '10.6.0.2')
+
+
 # --- Running the suite: the test classes shared between two processes -----------------------------
 
 class _RemoteError(Exception):
