@@ -9644,8 +9644,79 @@ def visit_number(text):
     return int(re.search(r'viewed (\d+) times?\.', text).group(1))
 
 
+class HostTraffic:
+    """Visitors in a few threads, each in turn viewing the home page and sending a contact
+    message with a body of its own, until stopped; every answer is recorded with when its
+    request began and ended, and the bodies the site acknowledged are kept.
+
+    ``visit(traffic, thread, n)`` makes one visitor's requests through ``traffic.ask``, which
+    records them. A visit that raises ends the traffic, and ``stop`` raises it again.
+    """
+
+    def __init__(self, visit, threads=3):
+        self.visit = visit
+        self.answers = []              # (began, ended, what, status or exception, Retry-After)
+        self.acknowledged = set()
+        self.stopping = threading.Event()
+        self.changed = threading.Condition()
+        self.error = None
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, i):
+        try:
+            for n in itertools.count():
+                if self.stopping.is_set():
+                    return
+                self.visit(self, i, n)
+        except BaseException as exc:
+            with self.changed:
+                self.error = exc
+                self.stopping.set()
+                self.changed.notify_all()
+
+    def ask(self, what, send):
+        """Record ``send()``'s answer (a WebResponse) -> it, or None if it raised."""
+        began = time.monotonic()
+        try:
+            resp = send()
+        except (OSError, http.client.HTTPException) as exc:
+            resp, outcome, retry = None, type(exc).__name__, None
+        else:
+            outcome, retry = resp.status, resp.headers.get('retry-after')
+        with self.changed:
+            self.answers.append((began, time.monotonic(), what, outcome, retry))
+            self.changed.notify_all()
+        return resp
+
+    def acknowledge(self, body):
+        with self.changed:
+            self.acknowledged.add(body)
+            self.changed.notify_all()
+
+    def wait_for_more(self, count, timeout=20):
+        """Wait until ``count`` more messages are acknowledged than now."""
+        with self.changed:
+            goal = len(self.acknowledged) + count
+            if not self.changed.wait_for(lambda: len(self.acknowledged) >= goal or self.error, timeout):
+                raise AssertionError(f'traffic stalled: {self.answers[-10:]}')
+            if self.error:
+                raise self.error
+
+    def stop(self):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+        if any(thread.is_alive() for thread in self.threads):
+            raise AssertionError('a visitor hangs')
+        if self.error:
+            raise self.error
+
+
 class PostgresHostsTest(unittest.TestCase):
-    """Three app hosts on one PostgreSQL: whichever answers, a visitor sees one site."""
+    """Three app hosts on one PostgreSQL: whichever answers, a visitor sees one site, and
+    PostgreSQL restarted or down a while under traffic costs no acknowledged write."""
 
     @classmethod
     def setUpClass(cls):
@@ -9783,6 +9854,105 @@ class PostgresHostsTest(unittest.TestCase):
             self.assertEqual(resp.status, 429)
             self.assertIn('retry-after', resp.headers)
         signed_in_admin(ports[2], self.admin_password, '10.6.0.2')
+
+
+    def visit(self, traffic, i, n):
+        """Thread ``i``'s visitor ``n``: the home page on one host, the contact form from
+        the next, the message sent through the one after (a new client address each time,
+        so the contact limit stays out of it)."""
+        ports = [host.port for host in self.hosts]
+        port = ports[(i + n) % len(ports)]
+        traffic.ask('home', lambda: WebClient(port).get('/'))
+        visitor = WebClient(ports[(i + n + 1) % len(ports)], forwarded_for=f'10.{i}.{n // 256 % 256}.{n % 256}')
+        page = traffic.ask('form', lambda: visitor.get('/contact'))
+        if page is None or page.status != 200:
+            return
+        body = f'restart {i}-{n}'
+        visitor.port = ports[(i + n + 2) % len(ports)]
+        resp = traffic.ask('message', lambda: visitor.post_form('/contact', {
+            'csrf_token': WebClient.CSRF_RE.search(page.text).group(1), 'name': 'Ann',
+            'email': 'ann@example.com', 'message': body}))
+        if resp is not None and resp.status == 303:
+            traffic.acknowledge(body)
+
+    def test_a_transaction_the_server_cuts_off_is_a_503_and_the_next_call_reconnects(self):
+        # PostgreSQL ends a connection in a transaction (a restart, an administrator): the
+        # call is unavailable (503), never an error about the closed connection (500).
+        db = server.Database(self.pg.new_database())
+
+        def cut_off(conn):
+            conn.execute('BEGIN')
+            pid = conn.execute('SELECT pg_backend_pid()').fetchone()[0]
+            self.pg.psql(f'SELECT pg_terminate_backend({int(pid)})', db='postgres')
+            conn.execute('SELECT 1')
+
+        async def calls():
+            try:
+                with quiet_logs(), self.assertRaises(server.HTTPError) as caught:
+                    await db.run(cut_off)
+                self.assertEqual(caught.exception.status, 503)
+                self.assertEqual(await db.fetchone('SELECT 2 AS two'), {'two': 2})
+            finally:
+                await db.close()
+        asyncio.run(calls())
+
+    def test_after_a_postgresql_restart_the_first_requests_succeed(self):
+        # Each host's every database thread holds a connection, which the restart ends while
+        # idle: each is found closed and replaced before use, so no visitor meets it.
+        def views(port):
+            with concurrent.futures.ThreadPoolExecutor(3 * server.PG_POOL_SIZE) as pool:
+                return list(pool.map(lambda _: WebClient(port).get('/').status, range(3 * server.PG_POOL_SIZE)))
+        for host in self.hosts:
+            self.assertEqual(set(views(host.port)), {200})
+        self.pg.restart()
+        for host in self.hosts:
+            self.assertEqual(set(views(host.port)), {200}, host.log_tail())
+
+    def test_a_postgresql_restart_and_outage_under_traffic_loses_nothing_acknowledged(self):
+        # A form fetched before the outage, to send during it.
+        held = WebClient(self.hosts[0].port, forwarded_for='10.200.0.1')
+        token = held.csrf('/contact')
+        traffic = HostTraffic(self.visit)
+        self.addCleanup(traffic.stop)
+        traffic.wait_for_more(6)
+        self.pg.restart()                   # 'fast': PostgreSQL ends every connection
+        traffic.wait_for_more(6)
+        self.pg.stop()
+        outage = time.monotonic()
+        # While it is down: each host answers at once, 503 with Retry-After, never a 500.
+        for host in self.hosts:
+            for path in ('/', '/healthz'):
+                resp = WebClient(host.port).get(path)
+                self.assertEqual((path, resp.status), (path, 503), resp.text[:300])
+                self.assertIn('retry-after', resp.headers)
+            held.port = host.port
+            resp = held.post_form('/contact', {'csrf_token': token, 'name': 'Ann', 'email': 'ann@example.com',
+                                               'message': 'sent during the outage'})
+            self.assertEqual(resp.status, 503)
+            self.assertIn('retry-after', resp.headers)
+        back = time.monotonic()
+        self.pg.start()
+        # Back: every host answers again at once, none restarted.
+        for host in self.hosts:
+            for _ in range(server.PG_POOL_SIZE + 1):
+                resp = WebClient(host.port).get('/')
+                self.assertEqual(resp.status, 200, resp.text[:300])
+        traffic.wait_for_more(6)
+        traffic.stop()
+        for host in self.hosts:
+            self.assertIsNone(host.proc.poll(), host.log_tail())
+        # Every answer was one a client can act on: never a 500, a dropped connection or a
+        # hang; each 503 says when to try again; a request made wholly within the outage got one.
+        for began, ended, what, outcome, retry in traffic.answers:
+            self.assertIn(outcome, (200, 303, 503), (what, outcome, [h.log_tail() for h in self.hosts]))
+            if outcome == 503:
+                self.assertIsNotNone(retry, what)
+            if outage <= began and ended <= back and what != 'form':
+                self.assertEqual(outcome, 503, what)
+        self.assertIn(503, [answer[3] for answer in traffic.answers])
+        stored = set(pg_column(self.pg, self.url, "SELECT body FROM messages WHERE body LIKE 'restart %'"))
+        self.assertEqual(traffic.acknowledged - stored, set())
+        self.assertNotIn('sent during the outage', stored)
 
 
 # --- Running the suite: the test classes shared between two processes -----------------------------
