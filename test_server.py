@@ -9955,6 +9955,149 @@ class PostgresHostsTest(unittest.TestCase):
         self.assertNotIn('sent during the outage', stored)
 
 
+def nginx_program():
+    return shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
+
+
+def nginx_in_front(test, ports):
+    """The shipped nginx.conf, made local as NginxTest makes it, its ``upstream`` serving the
+    app hosts on ``ports`` -> (its HTTPS port, an SSL context trusting it); skipped without
+    nginx or openssl. The POST rate limit stays as shipped."""
+    nginx = nginx_program()
+    if nginx is None:
+        test.skipTest('nginx is not installed')
+    tmp = fresh_dir(test, 'server-nginx-')
+    os.chmod(tmp, 0o755)            # its workers (another user when started as root) read the copy
+    www = os.path.join(tmp, 'www')
+    shutil.copytree(WWW, www)
+    for folder, _, files in os.walk(www):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    pair = make_certificate(tmp)
+    if pair is None:
+        test.skipTest('openssl is not installed')
+    https_port = free_port()
+    with open(os.path.join(HERE, 'nginx.conf')) as f:
+        conf = f.read()
+    for old, new in [
+        ('user www-data;', ''),
+        ('pid /run/nginx.pid;', f'pid {tmp}/nginx.pid;'),
+        ('/var/log/nginx/', f'{tmp}/'),
+        ('listen [::]:80;', ''), ('listen [::]:443 ssl;', ''),
+        ('listen 80;', f'listen 127.0.0.1:{free_port()};'),
+        ('listen 443 ssl;', f'listen 127.0.0.1:{https_port} ssl;'),
+        ('/etc/letsencrypt/live/example.com/fullchain.pem', pair[0]),
+        ('/etc/letsencrypt/live/example.com/privkey.pem', pair[1]),
+        ('/srv/portfolio/www', www),
+        ('server 127.0.0.1:8000;', ' '.join(f'server 127.0.0.1:{port};' for port in ports)),
+        ('http {', f'http {{\n    client_body_temp_path {tmp}/body;\n    proxy_temp_path {tmp}/proxy;\n'
+                   f'    fastcgi_temp_path {tmp}/fastcgi;\n    uwsgi_temp_path {tmp}/uwsgi;\n'
+                   f'    scgi_temp_path {tmp}/scgi;'),
+    ]:
+        test.assertIn(old, conf)
+        conf = conf.replace(old, new)
+    path = os.path.join(tmp, 'nginx.conf')
+    with open(path, 'w') as f:
+        f.write(conf)
+    check = subprocess.run([nginx, '-t', '-c', path, '-p', tmp], capture_output=True, text=True, timeout=30)
+    test.assertEqual(check.returncode, 0, check.stderr)
+    proc = subprocess.Popen([nginx, '-c', path, '-p', tmp, '-g', 'daemon off;'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    test.addCleanup(lambda: (proc.terminate(), proc.wait(10), proc.stderr.close()))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(('127.0.0.1', https_port), timeout=1).close()
+            return https_port, ssl.create_default_context(cafile=pair[0])
+        except OSError:
+            if time.monotonic() > deadline:
+                test.fail('nginx did not start: ' + proc.stderr.read1().decode())
+            time.sleep(0.05)
+
+
+class PostgresNginxTest(unittest.TestCase):
+    """nginx in front of three app hosts on one PostgreSQL; one host is killed under load."""
+
+    @classmethod
+    def setUpClass(cls):
+        if nginx_program() is None:
+            raise unittest.SkipTest('nginx is not installed')
+        start_hosts(cls, 3)
+
+    def visit(self, traffic, i, n):
+        """A visitor through nginx: the home page, the contact form, a message of its own.
+        Each comes from a loopback address of its own, as distinct visitors do: nginx passes
+        it on as the client's, so neither nginx's POST limit nor the site's contact limit
+        (both per address, both left as they are) refuses a visitor."""
+        address = next(self.addresses, None)
+        if address is None:
+            traffic.stopping.set()
+            return
+        conn = http.client.HTTPSConnection('127.0.0.1', self.https_port, context=self.context, timeout=10,
+                                           source_address=(address, 0))
+        with contextlib.closing(conn):
+            visitor = NginxVisitor(conn)
+            traffic.ask('home', lambda: visitor.request('GET', '/'))
+            page = traffic.ask('form', lambda: visitor.request('GET', '/contact'))
+            if page is None or page.status != 200:
+                return
+            body = f'nginx {i}-{n} from {address}'
+            fields = {'csrf_token': WebClient.CSRF_RE.search(page.text).group(1), 'name': 'Ann',
+                      'email': 'ann@example.com', 'message': body}
+            resp = traffic.ask('message', lambda: visitor.request(
+                'POST', '/contact', urllib.parse.urlencode(fields),
+                {'Content-Type': 'application/x-www-form-urlencoded'}))
+            if resp is not None and resp.status == 303 and resp.headers.get('location', '').endswith('/contact/thanks'):
+                traffic.acknowledge(body)
+
+    def test_a_host_killed_under_load_loses_no_acknowledged_write(self):
+        self.https_port, self.context = nginx_in_front(self, [host.port for host in self.hosts])
+        self.addresses = iter([f'127.0.0.{n}' for n in range(2, 255)])
+        victim = self.hosts[1]
+        traffic = HostTraffic(self.visit, threads=4)
+        self.addCleanup(traffic.stop)
+        traffic.wait_for_more(8)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait(10)
+        dead = time.monotonic()
+        traffic.wait_for_more(12)
+        traffic.stop()
+        for host in self.hosts:
+            if host is not victim:
+                self.assertIsNone(host.proc.poll(), host.log_tail())
+        # Only a request in flight when the host died may fail, as nginx's 502 (a POST sent is
+        # never sent again: it may have been stored); every one made after succeeds.
+        failed = [answer for answer in traffic.answers if answer[3] not in (200, 303)]
+        for began, ended, what, outcome, retry in failed:
+            self.assertEqual(outcome, 502, (what, outcome))
+            self.assertLess(began, dead, (what, outcome))
+        self.assertLessEqual(len(failed), 4, failed)
+        self.assertTrue(any(began > dead and outcome == 303 for began, _, what, outcome, _ in traffic.answers))
+        stored = set(pg_column(self.pg, self.url, "SELECT body FROM messages WHERE body LIKE 'nginx %'"))
+        self.assertEqual(traffic.acknowledged - stored, set())
+
+
+class NginxVisitor:
+    """One visitor's keep-alive HTTPS connection to nginx, with its cookies."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.cookies = {}
+
+    def request(self, method, path, body=None, headers=None):
+        headers = dict(headers or {})
+        if self.cookies:
+            headers['Cookie'] = '; '.join(f'{k}={v}' for k, v in self.cookies.items())
+        self.conn.request(method, path, body=body, headers=headers)
+        resp = self.conn.getresponse()
+        data = resp.read()
+        for value in resp.msg.get_all('Set-Cookie') or []:
+            name, _, val = value.split(';', 1)[0].partition('=')
+            self.cookies[name.strip()] = val.strip()
+        return WebResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, [])
+
+
 # --- Running the suite: the test classes shared between two processes -----------------------------
 
 class _RemoteError(Exception):
