@@ -3363,6 +3363,8 @@ class PgConnection:
 
     def close(self):
         sock, self._sock = self._sock, None
+        # A transaction ends with its connection (the server rolls it back): none is left to end.
+        self.status = b'I'
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.sendall(b'X\0\0\0\x04')        # Terminate

@@ -9584,6 +9584,523 @@ class BenchHarnessTest(unittest.TestCase):
         self.assertEqual((args.harness, args.requests), (['hello'], 1000))
 
 
+
+# === PostgreSQL: several app hosts ===
+
+class AppHost(ServerProcess):
+    """One app host of the site: python3 server.py --database URL as a subprocess, its log
+    read as it comes (an outage makes it write a line a request, which a full pipe would
+    turn into a hung server)."""
+
+    def __init__(self, url, data, env):
+        super().__init__('--database', url, '--no-access-log', data=data, env=env)
+        self.log = []
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+
+    def _read_log(self):
+        for line in self.proc.stderr:
+            self.log.append(line.decode(errors='replace'))
+
+    def log_tail(self):
+        return ''.join(self.log[-20:])
+
+    def cleanup(self):
+        self.kill_all()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self._reader.join(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            pipe.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def start_hosts(cls, count, admin_password='hosts-admin-secret'):
+    """A throwaway PostgreSQL (``cls.pg``, its database ``cls.url``) and ``count`` app hosts
+    on it (``cls.hosts``), started together as a deployment's would: the first two share one
+    data folder, which PostgreSQL allows (the database holds every shared thing), the others
+    have one each. Everything stops after the class."""
+    cls.pg = PostgresServer()
+    cls.addClassCleanup(cls.pg.cleanup)
+    cls.url = cls.pg.new_database()
+    cls.admin_password = admin_password
+    shared = os.path.join(fresh_dir(cls, 'server-hosts-'), 'data')
+    folders = [shared, shared] + [None] * (count - 2)
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        cls.hosts = list(pool.map(lambda data: AppHost(cls.url, data, {'ADMIN_PASSWORD': admin_password}),
+                                  folders[:count]))
+    for host in cls.hosts:
+        cls.addClassCleanup(host.cleanup)
+    for host in cls.hosts:
+        if host.port is None:
+            host.proc.wait(10)
+            raise AssertionError(f'an app host did not start: {host.banner!r} {host.log_tail()}')
+
+
+def pg_column(pg, db_url, sql):
+    """The first column of ``sql``'s rows, as psql prints them, in the database of ``db_url``."""
+    db = urllib.parse.urlsplit(db_url).path[1:]
+    return pg.psql(sql, db=db).splitlines()
+
+
+def visit_number(text):
+    return int(re.search(r'viewed (\d+) times?\.', text).group(1))
+
+
+class HostTraffic:
+    """Visitors in a few threads, each in turn viewing the home page and sending a contact
+    message with a body of its own, until stopped; every answer is recorded with when its
+    request began and ended, and the bodies the site acknowledged are kept.
+
+    ``visit(traffic, thread, n)`` makes one visitor's requests through ``traffic.ask``, which
+    records them. A visit that raises ends the traffic, and ``stop`` raises it again.
+    """
+
+    def __init__(self, visit, threads=3):
+        self.visit = visit
+        self.answers = []              # (began, ended, what, status or exception, Retry-After)
+        self.acknowledged = set()
+        self.stopping = threading.Event()
+        self.changed = threading.Condition()
+        self.error = None
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, i):
+        try:
+            for n in itertools.count():
+                if self.stopping.is_set():
+                    return
+                self.visit(self, i, n)
+        except BaseException as exc:
+            with self.changed:
+                self.error = exc
+                self.stopping.set()
+                self.changed.notify_all()
+
+    def ask(self, what, send):
+        """Record ``send()``'s answer (a WebResponse) -> it, or None if it raised."""
+        began = time.monotonic()
+        try:
+            resp = send()
+        except (OSError, http.client.HTTPException) as exc:
+            resp, outcome, retry = None, type(exc).__name__, None
+        else:
+            outcome, retry = resp.status, resp.headers.get('retry-after')
+        with self.changed:
+            self.answers.append((began, time.monotonic(), what, outcome, retry))
+            self.changed.notify_all()
+        return resp
+
+    def acknowledge(self, body):
+        with self.changed:
+            self.acknowledged.add(body)
+            self.changed.notify_all()
+
+    def wait_for_more(self, count, timeout=20):
+        """Wait until ``count`` more messages are acknowledged than now."""
+        with self.changed:
+            goal = len(self.acknowledged) + count
+            if not self.changed.wait_for(lambda: len(self.acknowledged) >= goal or self.error, timeout):
+                raise AssertionError(f'traffic stalled: {self.answers[-10:]}')
+            if self.error:
+                raise self.error
+
+    def stop(self):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+        if any(thread.is_alive() for thread in self.threads):
+            raise AssertionError('a visitor hangs')
+        if self.error:
+            raise self.error
+
+
+class PostgresHostsTest(unittest.TestCase):
+    """Three app hosts on one PostgreSQL: whichever answers, a visitor sees one site, and
+    PostgreSQL restarted or down a while under traffic costs no acknowledged write."""
+
+    @classmethod
+    def setUpClass(cls):
+        start_hosts(cls, 3)
+
+    def ports(self):
+        return [host.port for host in self.hosts]
+
+    def test_the_hosts_start_together_and_two_share_a_data_folder(self):
+        a, b, c = self.hosts
+        self.assertEqual(a.data, b.data)
+        self.assertNotEqual(a.data, c.data)
+        for host in self.hosts:
+            self.assertIsNone(host.proc.poll(), host.log_tail())
+            self.assertEqual(fetch(host.port, '/healthz'), (200, 'ok\n'))
+        # Each migration ran once, though the three hosts started at the same moment.
+        self.assertEqual(pg_column(self.pg, self.url, "SELECT COUNT(*) FROM server_migrations WHERE app = 'site'"),
+                         [str(len(server.SITE_MIGRATIONS))])
+
+    def test_a_session_begun_on_one_host_goes_on_on_another(self):
+        a, b, c = self.ports()
+        visitor = WebClient(a, forwarded_for='10.1.0.1')
+        token = visitor.csrf('/contact')                  # the session and its token: minted on A
+        visitor.port = c                                  # C has a data folder of its own
+        resp = visitor.post_form('/contact', {'csrf_token': token, 'name': 'Ann', 'email': 'ann@example.com',
+                                              'message': 'token from host A, sent to host C'})
+        self.assertEqual(resp.status, 303, resp.text[:300])
+        # The token is checked, not waved through: without A's session it is refused on C.
+        stranger = WebClient(c, forwarded_for='10.1.0.2')
+        resp = stranger.post_form('/contact', {'csrf_token': token, 'name': 'Eve', 'email': 'eve@example.com',
+                                               'message': 'a token that is not mine'})
+        self.assertEqual(resp.status, 403)
+        # Signed in on A, the owner is the owner on B and C; signed out on C, on A no more.
+        admin = signed_in_admin(a, self.admin_password, '10.1.0.3')
+        for port in (b, c):
+            admin.port = port
+            resp = admin.get('/admin')
+            self.assertEqual(resp.status, 200)
+            self.assertIn('token from host A, sent to host C', resp.text)
+        resp = admin.post_form('/admin/logout', {'csrf_token': admin.csrf('/admin')})
+        self.assertEqual(resp.status, 303)
+        admin.port = a
+        self.assertNotIn('token from host A, sent to host C', admin.get('/admin').text)
+
+    def test_messages_sent_through_one_host_are_read_through_another(self):
+        a, b, c = self.ports()
+        send_message(a, '10.2.0.1', 'posted on host A, read on host C')
+        admin = signed_in_admin(c, self.admin_password, '10.2.0.2')
+        self.assertIn('posted on host A, read on host C', admin.get('/admin').text)
+        result = run_owner_command('messages', '--database', self.url)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn('    posted on host A, read on host C\n', result.stdout)
+        self.assertIn('from 10.2.0.1', result.stdout)
+
+    def test_an_upload_made_through_one_host_downloads_through_the_others(self):
+        a, b, c = self.ports()
+        content = random.Random(23).randbytes(5 * server.UPLOAD_CHUNK_BYTES // 2 + 1001)
+        visitor = WebClient(a, forwarded_for='10.3.0.1')
+        resp = visitor.post_multipart('/upload', {'csrf_token': visitor.csrf('/upload')},
+                                      {'file': ('photos.bin', content, 'application/octet-stream')})
+        self.assertEqual(resp.status, 303, resp.text[:300])
+        for port in (b, c):           # B shares A's data folder, C does not: neither matters
+            visitor.port = port
+            page = visitor.get('/upload')
+            self.assertEqual(page.status, 200)
+            m = re.search(r'href="/upload/(\d+)" download>photos\.bin<', page.text)
+            self.assertIsNotNone(m, page.text[:2000])
+            resp = visitor.get(f'/upload/{m.group(1)}')
+            self.assertEqual(resp.status, 200)
+            self.assertTrue(resp.body == content, 'the download differs from the upload')
+            # Another visitor's session does not reach it, on any host.
+            self.assertEqual(WebClient(port, forwarded_for='10.3.0.2').get(f'/upload/{m.group(1)}').status, 404)
+        # The bytes are in PostgreSQL, in chunks, and in no host's data folder.
+        chunks = pg_column(self.pg, self.url, 'SELECT COUNT(*), SUM(LENGTH(data)) FROM upload_chunks '
+                           f'WHERE stored = (SELECT stored FROM uploads WHERE id = {int(m.group(1))})')
+        self.assertEqual(chunks, [f'3|{len(content)}'])
+        for host in self.hosts:
+            folder = os.path.join(host.data, 'uploads')
+            self.assertEqual(os.listdir(folder) if os.path.isdir(folder) else [], [])
+
+    def test_the_visit_counter_never_repeats_across_hosts(self):
+        ports = self.ports()
+        before = int(pg_column(self.pg, self.url, "SELECT value FROM counters WHERE name = 'visits'")[0])
+        views = 60
+
+        def view(i):
+            resp = WebClient(ports[i % len(ports)]).get('/')
+            self.assertEqual(resp.status, 200)
+            return visit_number(resp.text)
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            numbers = list(pool.map(view, range(views)))
+        self.assertEqual(sorted(numbers), list(range(before + 1, before + views + 1)))
+        self.assertEqual(pg_column(self.pg, self.url, "SELECT value FROM counters WHERE name = 'visits'"),
+                         [str(before + views)])
+
+    def concurrently(self, requests):
+        """Send the prepared ``requests`` (callables) at one moment -> their statuses."""
+        start = threading.Barrier(len(requests))
+
+        def send(request):
+            start.wait(10)
+            return request()
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+            return list(pool.map(send, requests))
+
+    def test_the_contact_limit_holds_across_hosts(self):
+        ports, address = self.ports(), '10.5.0.1'
+        sends = []
+        for i in range(server.CONTACT_LIMIT + 3):
+            visitor = WebClient(ports[i % 3], forwarded_for=address)
+            fields = {'csrf_token': visitor.csrf('/contact'), 'name': 'Ann', 'email': 'ann@example.com',
+                      'message': f'limit {i}'}
+            visitor.port = ports[(i + 1) % 3]
+            sends.append(functools.partial(lambda v, f: v.post_form('/contact', f).status, visitor, fields))
+        statuses = self.concurrently(sends)
+        self.assertEqual(sorted(statuses), [303] * server.CONTACT_LIMIT + [429] * 3)
+        self.assertEqual(pg_column(self.pg, self.url, f"SELECT COUNT(*) FROM messages WHERE ip = '{address}'"),
+                         [str(server.CONTACT_LIMIT)])
+
+    def test_the_admin_lockout_holds_across_hosts(self):
+        ports, address = self.ports(), '10.6.0.1'
+        sends = []
+        for i in range(server.ADMIN_MAX_FAILURES + 3):
+            visitor = WebClient(ports[i % 3], forwarded_for=address)
+            fields = {'csrf_token': visitor.csrf('/admin'), 'password': 'wrong'}
+            visitor.port = ports[(i + 1) % 3]
+            sends.append(functools.partial(lambda v, f: v.post_form('/admin/login', f).status, visitor, fields))
+        statuses = self.concurrently(sends)
+        self.assertEqual(sorted(statuses), [403] * server.ADMIN_MAX_FAILURES + [429] * 3)
+        # Locked out everywhere, the right password too; another address is not.
+        for port in ports:
+            visitor = WebClient(port, forwarded_for=address)
+            resp = visitor.post_form('/admin/login', {'csrf_token': visitor.csrf('/admin'),
+                                                      'password': self.admin_password})
+            self.assertEqual(resp.status, 429)
+            self.assertIn('retry-after', resp.headers)
+        signed_in_admin(ports[2], self.admin_password, '10.6.0.2')
+
+
+    def visit(self, traffic, i, n):
+        """Thread ``i``'s visitor ``n``: the home page on one host, the contact form from
+        the next, the message sent through the one after (a new client address each time,
+        so the contact limit stays out of it)."""
+        ports = [host.port for host in self.hosts]
+        port = ports[(i + n) % len(ports)]
+        traffic.ask('home', lambda: WebClient(port).get('/'))
+        visitor = WebClient(ports[(i + n + 1) % len(ports)], forwarded_for=f'10.{i}.{n // 256 % 256}.{n % 256}')
+        page = traffic.ask('form', lambda: visitor.get('/contact'))
+        if page is None or page.status != 200:
+            return
+        body = f'restart {i}-{n}'
+        visitor.port = ports[(i + n + 2) % len(ports)]
+        resp = traffic.ask('message', lambda: visitor.post_form('/contact', {
+            'csrf_token': WebClient.CSRF_RE.search(page.text).group(1), 'name': 'Ann',
+            'email': 'ann@example.com', 'message': body}))
+        if resp is not None and resp.status == 303:
+            traffic.acknowledge(body)
+
+    def test_a_transaction_the_server_cuts_off_is_a_503_and_the_next_call_reconnects(self):
+        # PostgreSQL ends a connection in a transaction (a restart, an administrator): the
+        # call is unavailable (503), never an error about the closed connection (500).
+        db = server.Database(self.pg.new_database())
+
+        def cut_off(conn):
+            conn.execute('BEGIN')
+            pid = conn.execute('SELECT pg_backend_pid()').fetchone()[0]
+            self.pg.psql(f'SELECT pg_terminate_backend({int(pid)})', db='postgres')
+            conn.execute('SELECT 1')
+
+        async def calls():
+            try:
+                with quiet_logs(), self.assertRaises(server.HTTPError) as caught:
+                    await db.run(cut_off)
+                self.assertEqual(caught.exception.status, 503)
+                self.assertEqual(await db.fetchone('SELECT 2 AS two'), {'two': 2})
+            finally:
+                await db.close()
+        asyncio.run(calls())
+
+    def test_after_a_postgresql_restart_the_first_requests_succeed(self):
+        # Each host's every database thread holds a connection, which the restart ends while
+        # idle: each is found closed and replaced before use, so no visitor meets it.
+        def views(port):
+            with concurrent.futures.ThreadPoolExecutor(3 * server.PG_POOL_SIZE) as pool:
+                return list(pool.map(lambda _: WebClient(port).get('/').status, range(3 * server.PG_POOL_SIZE)))
+        for host in self.hosts:
+            self.assertEqual(set(views(host.port)), {200})
+        self.pg.restart()
+        for host in self.hosts:
+            self.assertEqual(set(views(host.port)), {200}, host.log_tail())
+
+    def test_a_postgresql_restart_and_outage_under_traffic_loses_nothing_acknowledged(self):
+        # A form fetched before the outage, to send during it.
+        held = WebClient(self.hosts[0].port, forwarded_for='10.200.0.1')
+        token = held.csrf('/contact')
+        traffic = HostTraffic(self.visit)
+        self.addCleanup(traffic.stop)
+        traffic.wait_for_more(6)
+        self.pg.restart()                   # 'fast': PostgreSQL ends every connection
+        traffic.wait_for_more(6)
+        self.pg.stop()
+        outage = time.monotonic()
+        # While it is down: each host answers at once, 503 with Retry-After, never a 500.
+        for host in self.hosts:
+            for path in ('/', '/healthz'):
+                resp = WebClient(host.port).get(path)
+                self.assertEqual((path, resp.status), (path, 503), resp.text[:300])
+                self.assertIn('retry-after', resp.headers)
+            held.port = host.port
+            resp = held.post_form('/contact', {'csrf_token': token, 'name': 'Ann', 'email': 'ann@example.com',
+                                               'message': 'sent during the outage'})
+            self.assertEqual(resp.status, 503)
+            self.assertIn('retry-after', resp.headers)
+        back = time.monotonic()
+        self.pg.start()
+        # Back: every host answers again at once, none restarted.
+        for host in self.hosts:
+            for _ in range(server.PG_POOL_SIZE + 1):
+                resp = WebClient(host.port).get('/')
+                self.assertEqual(resp.status, 200, resp.text[:300])
+        traffic.wait_for_more(6)
+        traffic.stop()
+        for host in self.hosts:
+            self.assertIsNone(host.proc.poll(), host.log_tail())
+        # Every answer was one a client can act on: never a 500, a dropped connection or a
+        # hang; each 503 says when to try again; a request made wholly within the outage got
+        # one, but the contact form, which needs no database until it is sent.
+        for began, ended, what, outcome, retry in traffic.answers:
+            self.assertIn(outcome, (200, 303, 503), (what, outcome, [h.log_tail() for h in self.hosts]))
+            if outcome == 503:
+                self.assertIsNotNone(retry, what)
+            if outage <= began and ended <= back and what != 'form':
+                self.assertEqual(outcome, 503, what)
+        self.assertIn(503, [answer[3] for answer in traffic.answers])
+        stored = set(pg_column(self.pg, self.url, "SELECT body FROM messages WHERE body LIKE 'restart %'"))
+        self.assertEqual(traffic.acknowledged - stored, set())
+        self.assertNotIn('sent during the outage', stored)
+
+
+def nginx_program():
+    return shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
+
+
+def nginx_in_front(test, ports):
+    """The shipped nginx.conf, made local as NginxTest makes it, its ``upstream`` serving the
+    app hosts on ``ports`` -> (its HTTPS port, an SSL context trusting it); skipped without
+    nginx or openssl. The POST rate limit stays as shipped."""
+    nginx = nginx_program()
+    if nginx is None:
+        test.skipTest('nginx is not installed')
+    tmp = fresh_dir(test, 'server-nginx-')
+    os.chmod(tmp, 0o755)            # its workers (another user when started as root) read the copy
+    www = os.path.join(tmp, 'www')
+    shutil.copytree(WWW, www)
+    for folder, _, files in os.walk(www):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    pair = make_certificate(tmp)
+    if pair is None:
+        test.skipTest('openssl is not installed')
+    https_port = free_port()
+    with open(os.path.join(HERE, 'nginx.conf')) as f:
+        conf = f.read()
+    for old, new in [
+        ('user www-data;', ''),
+        ('pid /run/nginx.pid;', f'pid {tmp}/nginx.pid;'),
+        ('/var/log/nginx/', f'{tmp}/'),
+        ('listen [::]:80;', ''), ('listen [::]:443 ssl;', ''),
+        ('listen 80;', f'listen 127.0.0.1:{free_port()};'),
+        ('listen 443 ssl;', f'listen 127.0.0.1:{https_port} ssl;'),
+        ('/etc/letsencrypt/live/example.com/fullchain.pem', pair[0]),
+        ('/etc/letsencrypt/live/example.com/privkey.pem', pair[1]),
+        ('/srv/portfolio/www', www),
+        ('server 127.0.0.1:8000;', ' '.join(f'server 127.0.0.1:{port};' for port in ports)),
+        ('http {', f'http {{\n    client_body_temp_path {tmp}/body;\n    proxy_temp_path {tmp}/proxy;\n'
+                   f'    fastcgi_temp_path {tmp}/fastcgi;\n    uwsgi_temp_path {tmp}/uwsgi;\n'
+                   f'    scgi_temp_path {tmp}/scgi;'),
+    ]:
+        test.assertIn(old, conf)
+        conf = conf.replace(old, new)
+    path = os.path.join(tmp, 'nginx.conf')
+    with open(path, 'w') as f:
+        f.write(conf)
+    check = subprocess.run([nginx, '-t', '-c', path, '-p', tmp], capture_output=True, text=True, timeout=30)
+    test.assertEqual(check.returncode, 0, check.stderr)
+    proc = subprocess.Popen([nginx, '-c', path, '-p', tmp, '-g', 'daemon off;'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    test.addCleanup(lambda: (proc.terminate(), proc.wait(10), proc.stderr.close()))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(('127.0.0.1', https_port), timeout=1).close()
+            return https_port, ssl.create_default_context(cafile=pair[0])
+        except OSError:
+            if time.monotonic() > deadline:
+                test.fail('nginx did not start: ' + proc.stderr.read1().decode())
+            time.sleep(0.05)
+
+
+class PostgresNginxTest(unittest.TestCase):
+    """nginx in front of three app hosts on one PostgreSQL; one host is killed under load."""
+
+    @classmethod
+    def setUpClass(cls):
+        if nginx_program() is None:
+            raise unittest.SkipTest('nginx is not installed')
+        start_hosts(cls, 3)
+
+    def visit(self, traffic, i, n):
+        """A visitor through nginx: the home page, the contact form, a message of its own.
+        Each comes from a loopback address of its own, as distinct visitors do: nginx passes
+        it on as the client's, so neither nginx's POST limit nor the site's contact limit
+        (both per address, both left as they are) refuses a visitor."""
+        address = next(self.addresses, None)
+        if address is None:
+            raise AssertionError('the visitors used every loopback address before the traffic was done')
+        conn = http.client.HTTPSConnection('127.0.0.1', self.https_port, context=self.context, timeout=10,
+                                           source_address=(address, 0))
+        with contextlib.closing(conn):
+            visitor = NginxVisitor(conn)
+            traffic.ask('home', lambda: visitor.request('GET', '/'))
+            page = traffic.ask('form', lambda: visitor.request('GET', '/contact'))
+            if page is None or page.status != 200:
+                return
+            body = f'nginx {i}-{n} from {address}'
+            fields = {'csrf_token': WebClient.CSRF_RE.search(page.text).group(1), 'name': 'Ann',
+                      'email': 'ann@example.com', 'message': body}
+            resp = traffic.ask('message', lambda: visitor.request(
+                'POST', '/contact', urllib.parse.urlencode(fields),
+                {'Content-Type': 'application/x-www-form-urlencoded'}))
+            if resp is not None and resp.status == 303 and resp.headers.get('location', '').endswith('/contact/thanks'):
+                traffic.acknowledge(body)
+
+    def test_a_host_killed_under_load_loses_no_acknowledged_write(self):
+        self.https_port, self.context = nginx_in_front(self, [host.port for host in self.hosts])
+        self.addresses = iter([f'127.0.0.{n}' for n in range(2, 255)])
+        victim = self.hosts[1]
+        traffic = HostTraffic(self.visit, threads=4)
+        self.addCleanup(traffic.stop)
+        traffic.wait_for_more(8)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait(10)
+        dead = time.monotonic()
+        traffic.wait_for_more(12)
+        traffic.stop()
+        for host in self.hosts:
+            if host is not victim:
+                self.assertIsNone(host.proc.poll(), host.log_tail())
+        # Only a request in flight when the host died may fail, as nginx's 502 (a POST sent is
+        # never sent again: it may have been stored); every one made after succeeds.
+        failed = [answer for answer in traffic.answers if answer[3] not in (200, 303)]
+        for began, ended, what, outcome, retry in failed:
+            self.assertEqual(outcome, 502, (what, outcome))
+            self.assertLess(began, dead, (what, outcome))
+        self.assertLessEqual(len(failed), 4, failed)
+        self.assertTrue(any(began > dead and outcome == 303 for began, _, what, outcome, _ in traffic.answers))
+        stored = set(pg_column(self.pg, self.url, "SELECT body FROM messages WHERE body LIKE 'nginx %'"))
+        self.assertEqual(traffic.acknowledged - stored, set())
+
+
+class NginxVisitor:
+    """One visitor's keep-alive HTTPS connection to nginx, with its cookies."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.cookies = {}
+
+    def request(self, method, path, body=None, headers=None):
+        headers = dict(headers or {})
+        if self.cookies:
+            headers['Cookie'] = '; '.join(f'{k}={v}' for k, v in self.cookies.items())
+        self.conn.request(method, path, body=body, headers=headers)
+        resp = self.conn.getresponse()
+        data = resp.read()
+        for value in resp.msg.get_all('Set-Cookie') or []:
+            name, _, val = value.split(';', 1)[0].partition('=')
+            self.cookies[name.strip()] = val.strip()
+        return WebResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, [])
+
+
 # --- Running the suite: the test classes shared between two processes -----------------------------
 
 class _RemoteError(Exception):
