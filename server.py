@@ -3363,8 +3363,6 @@ class PgConnection:
 
     def close(self):
         sock, self._sock = self._sock, None
-        # A transaction ends with its connection (the server rolls it back): none is left to end.
-        self.status = b'I'
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.sendall(b'X\0\0\0\x04')        # Terminate
@@ -7143,7 +7141,7 @@ async def _drop_upload(app, stored):
 
 def _upload_response(app, row):
     """An upload (its row: name, stored, size) as a download: the file on SQLite, its chunks
-    read one at a time on PostgreSQL."""
+    read one at a time on PostgreSQL (Range is a file's alone)."""
     if app.db.kind == 'sqlite':
         return _attachment(os.path.join(app.upload_dir, row['stored']), row['name'])
 
@@ -7154,9 +7152,7 @@ def _upload_response(app, row):
             if chunk is None:
                 return
             yield chunk['data']
-    resp = _attachment(None, row['name'], chunks())
-    resp.headers['Content-Length'] = str(row['size'])
-    return resp
+    return _attachment(None, row['name'], chunks())     # sent chunked: a stream's length is not framed
 
 
 def _delete_by_ids(conn, upload_dir, kind, ids):
