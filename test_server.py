@@ -4,6 +4,7 @@ Pure functions are fed real inputs; the server is started on an ephemeral port a
 over real sockets. Every test gets a fresh temporary data folder and leaves nothing running.
 """
 
+import atexit
 import ast
 import asyncio
 import base64
@@ -5535,6 +5536,7 @@ class ClientMethodsTest(unittest.TestCase):
 # --- 11. Connection and server --------------------------------------------------------------------
 
 class ProtocolTest(unittest.TestCase):
+    starts_early = True
 
     @classmethod
     def setUpClass(cls):
@@ -6223,6 +6225,8 @@ class ProtocolTest(unittest.TestCase):
 class TimeoutTest(unittest.TestCase):
     """The four timeouts, with the limits lowered so the suite stays fast."""
 
+    starts_early = True
+
     def setUp(self):
         self.patch = patched(HEADER_TIMEOUT_S=0.5, BODY_TIMEOUT_S=0.5, KEEPALIVE_TIMEOUT_S=0.5,
                              WRITE_TIMEOUT_S=0.5, REAPER_INTERVAL_S=0.1)
@@ -6904,6 +6908,8 @@ class NginxTest(unittest.TestCase):
 
 class PostgresFixtureTest(unittest.TestCase):
     """The throwaway PostgreSQL the storage tests start: its roles, TLS, restarts and cleanup."""
+
+    starts_early = True
 
     @classmethod
     def setUpClass(cls):
@@ -8731,6 +8737,8 @@ class SiteSessionTest(unittest.TestCase):
 # --- 13. CLI and main -----------------------------------------------------------------------------
 
 class CommandLineTest(unittest.TestCase):
+    starts_early = True
+
 
     def run_cli(self, *args, env=None):
         return subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), *args],
@@ -9721,6 +9729,8 @@ class PostgresHostsTest(unittest.TestCase):
     """Three app hosts on one PostgreSQL: whichever answers, a visitor sees one site, and
     PostgreSQL restarted or down a while under traffic costs no acknowledged write."""
 
+    starts_early = True
+
     @classmethod
     def setUpClass(cls):
         start_hosts(cls, 3)
@@ -10023,6 +10033,8 @@ def nginx_in_front(test, ports):
 class PostgresNginxTest(unittest.TestCase):
     """nginx in front of three app hosts on one PostgreSQL; one host is killed under load."""
 
+    starts_early = True
+
     @classmethod
     def setUpClass(cls):
         if nginx_program() is None:
@@ -10183,6 +10195,9 @@ class ParallelSuite(unittest.TestSuite):
             if not self.groups or self.groups[-1][0] is not type(test):
                 self.groups.append((type(test), []))
             self.groups[-1][1].append(test)
+        # The longest classes (``starts_early``) go first, so that no worker is left with
+        # one of them at the end while the other has finished.
+        self.groups.sort(key=lambda group: not getattr(group[0], 'starts_early', False))
         self.processes = processes
 
     def countTestCases(self):
@@ -10497,13 +10512,28 @@ class PostgresPureTest(unittest.TestCase):
 _PG_FAST = {'fsync': False}
 
 
+_shared_pg = {}      # pid -> the PostgresServer this process's classes share
+
+
+def shared_postgres():
+    """One PostgresServer per test process, for classes that never stop or restart it (each
+    uses databases of its own): a cluster costs seconds to make. Removed when the process
+    exits (its guard stops it even when the process is killed)."""
+    pg = _shared_pg.get(os.getpid())
+    if pg is None:
+        pg = _shared_pg[os.getpid()] = PostgresServer(_PG_FAST)
+        atexit.register(pg.cleanup)
+    return pg
+
+
 class PostgresClientTest(unittest.TestCase):
     """PgConnection against a real PostgreSQL: logins, TLS, types, errors, the write lock, timeouts."""
 
+    starts_early = True
+
     @classmethod
     def setUpClass(cls):
-        cls.pg = PostgresServer(_PG_FAST)
-        cls.addClassCleanup(cls.pg.cleanup)
+        cls.pg = shared_postgres()
         cls.url = cls.pg.new_database()
 
     def connect(self, url=None, **options):
@@ -10788,6 +10818,8 @@ async def _same_calls(db):
 class PostgresDatabaseTest(unittest.TestCase):
     """Database on PostgreSQL: the API as on SQLite, migrations across hosts, 503s, reconnection."""
 
+    starts_early = True
+
     @classmethod
     def setUpClass(cls):
         cls.pg = PostgresServer(_PG_FAST)
@@ -10976,10 +11008,11 @@ class PostgresDatabaseTest(unittest.TestCase):
 class PostgresCommandTest(unittest.TestCase):
     """server.py on PostgreSQL from the command line: start failures, and the owner commands."""
 
+    starts_early = True
+
     @classmethod
     def setUpClass(cls):
-        cls.pg = PostgresServer(_PG_FAST)
-        cls.addClassCleanup(cls.pg.cleanup)
+        cls.pg = shared_postgres()
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp()
