@@ -1820,11 +1820,11 @@ class Balanced:
         self.prefix = os.path.join(bench.tmp, 'nginx-' + re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-'))
         self.nginx = Server(f'{label}: nginx', self._nginx_command, bench.tmp, cwd=bench.tmp)
         self.failure = None
-        self.chmod = bench.tmp
+        self.tmp = bench.tmp
 
     def _nginx_command(self, port):
         os.makedirs(self.prefix, exist_ok=True)
-        os.chmod(self.chmod, 0o755)     # nginx started as root runs its worker as nobody
+        os.chmod(self.tmp, 0o755)       # nginx started as root runs its worker as nobody
         path = os.path.join(self.prefix, 'nginx.conf')
         with open(path, 'w') as f:
             f.write(balancer_conf(self.prefix, port, [app.port for app in self.apps]))
