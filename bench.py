@@ -11,6 +11,7 @@ Usage::
     python3 bench.py --quick                  # smoke test: 1 run of 2 s each
     python3 bench.py --scenarios hello,static-1m --runs 5 --duration 10
     python3 bench.py --compare 'python3 my_aiohttp_app.py --port {port}'
+    python3 bench.py --scenarios hosts --database postgresql://bench:PASSWORD@db:5432/bench
     python3 bench.py --harness hello,browser,static,hello-log                  # µs per request
     python3 bench.py --harness hello,browser --instructions    # valgrind: instructions/request
 
@@ -44,6 +45,19 @@ Scenarios (``--scenarios``, comma-separated; default all):
     synchronous=FULL, answered 303, which counts as success). wrk runs a Lua script that sends
     a new ``X-Real-IP`` (10.x.y.z) per request: the site allows 5 messages per 10 minutes per
     client address and believes X-Real-IP from 127.0.0.1. Needs wrk.
+``hosts``
+    ``home`` and ``contact`` (the same requests, the same Lua script) against the site on
+    SQLite (one process, straight and behind nginx) and on PostgreSQL with 1, 2 and 3 app
+    processes, each ``python3 server.py --port P --database URL --data <a folder of its own>``,
+    behind one nginx (``upstream`` of their ports, round robin, keep-alive connections to
+    them, one worker) so wrk sees one address, as clients see a site's. nginx passes wrk's
+    ``X-Real-IP`` on, as a front proxy's would reach the app. PostgreSQL is ``--database
+    URL`` (every process of the scenario uses it; bench.py writes messages, sessions and
+    counts into it: give it a throwaway database), else a throwaway cluster bench.py makes
+    with the installed server programs (``/usr/lib/postgresql/*/bin/initdb``, as the
+    ``postgres`` user when run as root; PostgreSQL's default settings, so each commit is
+    fsynced as SQLite's are), a fresh database for each row, removed at the end. Without
+    either the scenario is skipped, saying why. Needs nginx and wrk.
 ``upload-20m``
     15 (``--quick``: 5) sequential multipart uploads of a 20 MiB file to ``/upload`` with
     http.client (session and CSRF token fetched first; the body is built once): uploads/s,
@@ -119,7 +133,7 @@ NGINX = '/usr/sbin/nginx'
 PYTHON = sys.executable or 'python3'
 
 SCENARIOS = ('hello', 'pipeline', 'home', 'static-10k', 'static-1m', 'concurrency',
-             'contact', 'upload-20m', 'idle-10k', 'loop-block', 'workers')
+             'contact', 'hosts', 'upload-20m', 'idle-10k', 'loop-block', 'workers')
 CONCURRENCY_LEVELS = (1, 50, 1000)
 HELLO_BODY = b'Hello, world!'
 STATIC_FILES = {'static-10k': ('bench-10k.bin', 10 * 1024), 'static-1m': ('bench-1m.bin', 1024 * 1024)}
@@ -145,6 +159,9 @@ PACED_RATE = 100                  # loop-block: contact POSTs per second
 PACED_MAX_INFLIGHT = 200          # loop-block: POSTs past this many unanswered are dropped (counted)
 WORKERS_CONNECTIONS = 100         # workers: wrk -t 1 -c this
 PIPELINE_DEPTH = 16               # pipeline and workers: requests per write of the pipelining script
+HOSTS_PROCESSES = (1, 2, 3)       # hosts: app processes on PostgreSQL, behind one nginx
+HOSTS_KEEPALIVE = 64              # hosts: idle connections to the app processes nginx keeps open
+PG_START_TIMEOUT_S = 60.0         # hosts: the throwaway PostgreSQL must answer within this long
 
 # pipeline (and the second workers case): each write carries PIPELINE_DEPTH requests, as in
 # the TechEmpower plaintext test; wrk counts each response.
@@ -303,17 +320,20 @@ class ServerError(Exception):
 class Server:
     """One server under test. ``command(port)`` gives its argv (or a shell string)."""
 
-    def __init__(self, label, command, workdir, *, cwd=None, shell=False):
+    def __init__(self, label, command, workdir, *, cwd=None, shell=False, popen=None):
         self.label = label
         self.command = command
         self.workdir = workdir
         self.cwd = cwd
         self.shell = shell
+        self.popen = popen or {}     # more arguments of Popen (user=, group=: PostgreSQL's)
+        self.stop_signal = signal.SIGTERM
         self.port = None
         self.proc = None
         self.log_path = os.path.join(workdir, re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-') + '.log')
         self.argv = None
         self.failure = None          # why it cannot be measured any more, or None
+        self.data = None             # the site's data folder, where it is the site on SQLite
 
     def start(self):
         self.port = free_port()
@@ -323,7 +343,7 @@ class Server:
             # A session of its own, so stop() reaches its children (nginx workers, shells).
             self.proc = subprocess.Popen(self.argv, cwd=self.cwd, shell=self.shell,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=log, start_new_session=True)
+                                         stderr=log, start_new_session=True, **self.popen)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
@@ -346,11 +366,11 @@ class Server:
         if proc is None:
             return
         if proc.poll() is None:
-            self._signal_group(proc, signal.SIGTERM)
+            self._signal_group(proc, self.stop_signal)
             try:
                 proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                print(f'  {self.label} ignored SIGTERM for {STOP_TIMEOUT_S:.0f} s: killing it')
+                print(f'  {self.label} ignored {self.stop_signal.name} for {STOP_TIMEOUT_S:.0f} s: killing it')
                 self._signal_group(proc, signal.SIGKILL)
                 proc.wait(5)
         # Children left in the group (workers of a crashed master, a compare command's
@@ -375,6 +395,10 @@ class Server:
 
     def describe(self):
         return self.argv if isinstance(self.argv, str) else shlex.join(self.argv)
+
+    def count_messages(self, message):
+        """How many contact messages with this text the site stores (the site on SQLite)."""
+        return sqlite_messages(os.path.join(self.data, 'app.db'), message)
 
 
 # === Load generators ===
@@ -571,6 +595,7 @@ class Case:
     after_run: object = None   # after_run(bench, case, srv, result or None): bookkeeping
     finish: object = None      # finish(bench, case, srv) -> note for the table, after the runs
     note: str = ''             # the notes column of every row of the case
+    state: dict = dataclasses.field(default_factory=dict)   # what prepare, after_run and finish keep
     track_cpu: bool = False    # also measure the CPU time the server's processes used
     latency: bool = True       # False: wrk's latencies mean nothing here (pipelined requests)
     results: dict = dataclasses.field(default_factory=dict)    # label -> [Result]
@@ -663,6 +688,8 @@ def build_cases(args):
             cases += contact_cases(args)
         elif scenario == 'workers':
             cases += workers_cases(args)
+        elif scenario == 'hosts':
+            cases += hosts_cases(args)
         else:
             cases += custom_cases(args, scenario)
     return cases
@@ -679,6 +706,7 @@ class Bench:
         self.root = None
         self.nginx_version = None
         self.upload_payload = None     # (boundary, head, 20 MiB, tail) of the upload scenarios
+        self.postgres = None           # the hosts scenario's PostgreSQL, started on first use
 
     # -- setup of what the servers need --
     def web_root(self):
@@ -729,11 +757,15 @@ class Bench:
         if key in ('bare', 'bare-idle'):
             return Server('bare asyncio.Protocol',
                           lambda port: [py, os.path.abspath(__file__), '--bare-server', str(port)], tmp, cwd=tmp)
-        if key in ('site-contact', 'site-upload', 'site-loop'):
+        if key in ('site-contact', 'site-upload', 'site-loop', 'hosts-sqlite'):
             data = self.data_dir(key)
-            return Server(f'server.py site ({key})',
-                          lambda port: [py, SERVER_PY, '--port', str(port), '--data', data, '--no-access-log'],
-                          tmp, cwd=HERE)
+            srv = Server(f'server.py site ({key})',
+                         lambda port: [py, SERVER_PY, '--port', str(port), '--data', data, '--no-access-log'],
+                         tmp, cwd=HERE)
+            srv.data = data
+            return srv
+        if key.startswith('hosts-'):
+            return hosts_server(self, key)
         if key == 'site-idle':
             data = self.data_dir(key)
             code = IDLE_WRAPPER.format(here=HERE, t=IDLE_KEEPALIVE_S)
@@ -896,10 +928,12 @@ def site_session(port, path):
     return sid, html.unescape(m.group(1))
 
 
-def contact_body(token):
+CONTACT_MESSAGE = 'Hello from bench.py: a contact message of a load test.'
+
+
+def contact_body(token, message=CONTACT_MESSAGE):
     return urllib.parse.urlencode({'name': 'Bench Mark', 'email': 'bench@example.com',
-                                   'message': 'Hello from bench.py: a contact message of a load test.',
-                                   'csrf_token': token})
+                                   'message': message, 'csrf_token': token})
 
 
 def ip_for(n):
@@ -908,11 +942,11 @@ def ip_for(n):
     return f'10.{n >> 16}.{(n >> 8) & 255}.{n & 255}'
 
 
-def contact_post(port, sid, token, ip):
+def contact_post(port, sid, token, ip, message=CONTACT_MESSAGE):
     """One contact POST with http.client: its status."""
     conn = http.client.HTTPConnection('127.0.0.1', port, timeout=REQUEST_TIMEOUT_S)
     try:
-        conn.request('POST', '/contact', body=contact_body(token),
+        conn.request('POST', '/contact', body=contact_body(token, message),
                      headers={'Content-Type': 'application/x-www-form-urlencoded',
                               'Cookie': f'sid={sid}', 'X-Real-IP': ip})
         resp = conn.getresponse()
@@ -952,52 +986,79 @@ end
 '''
 
 
+@dataclasses.dataclass
+class ContactRun:
+    """What the contact scenario keeps for one server: its wrk script, the text of its
+    messages (its own, so they can be counted in a database other servers write to), and
+    the responses wrk counted."""
+    script: str
+    message: str
+    sent: int = 0
+
+
+def contact_first_ip(bench):
+    """The first client address number of a contact case. On a database of the caller's
+    (--database), one a second run, minutes later, would not have used: its rate limit
+    remembers the addresses of the last 10 minutes."""
+    return int(time.time()) * 4096 % (1 << 24) if bench.args.database else 0
+
+
+def sqlite_messages(path, message):
+    """How many messages with this text the SQLite database at ``path`` holds (read-only)."""
+    conn = sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=5)
+    try:
+        return conn.execute('SELECT COUNT(*) FROM messages WHERE body = ?', (message,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
 def contact_prepare(bench, case, srv):
+    # Every server of the case takes addresses from one sequence: servers that share a
+    # database share its rate limit.
+    case.state.setdefault('next_ip', contact_first_ip(bench))
+    message = f'{CONTACT_MESSAGE} ({srv.label}, port {srv.port}, {os.urandom(4).hex()})'
     try:
         sid, token = site_session(srv.port, '/contact')
-        status = contact_post(srv.port, sid, token, '192.0.2.1')     # TEST-NET-1: not in 10/8
-    except (RuntimeError, OSError, http.client.HTTPException) as exc:
+        status = contact_post(srv.port, sid, token, ip_for(case.state['next_ip']), message)
+        case.state['next_ip'] += 1
+    except (RuntimeError, OSError, http.client.HTTPException, sqlite3.Error) as exc:
         return f'contact setup failed: {exc}'
     if status != 303:
         return f'POST /contact answered {status}, not 303'
-    body = contact_body(token)
+    body = contact_body(token, message)
     if re.search(r'["\\\n]', body + sid):
         return 'the form body or cookie cannot be put in a Lua string'
-    case.script = os.path.join(bench.tmp, 'contact.lua')
-    with open(case.script, 'w') as f:
+    script = os.path.join(bench.tmp, f'contact-{srv.port}.lua')
+    with open(script, 'w') as f:
         f.write(CONTACT_LUA.format(sid=sid, body=body))
-    case.next_ip = 0
-    case.sent = 0
+    case.state[srv.label] = ContactRun(script, message)
     return None
 
 
 def contact_wrk_options(bench, case, srv):
-    case.threads_used = min(2, case.connections)
-    return {'script': case.script, 'script_args': (case.next_ip, case.threads_used)}
+    case.state['threads'] = min(2, case.connections)
+    return {'script': case.state[srv.label].script,
+            'script_args': (case.state['next_ip'], case.state['threads'])}
 
 
 def contact_after_run(bench, case, srv, result):
     # Addresses used: at most (completed + in flight) * threads past the offset. Each address
     # may send 5 messages, so a generous bound is enough; an unknown count skips far ahead.
     if result is None:
-        case.next_ip += 1 << 20
+        case.state['next_ip'] += 1 << 20
     else:
-        case.sent += result.requests
-        case.next_ip += (result.requests + case.connections + 16) * case.threads_used
+        case.state[srv.label].sent += result.requests
+        case.state['next_ip'] += (result.requests + case.connections + 16) * case.state['threads']
 
 
 def contact_finish(bench, case, srv):
-    db = os.path.join(bench.data_dir('site-contact'), 'app.db')
+    run = case.state[srv.label]
     try:
-        conn = sqlite3.connect(f'file:{db}?mode=ro', uri=True, timeout=5)
-        try:
-            stored = conn.execute('SELECT COUNT(*) FROM messages').fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
+        stored = srv.count_messages(run.message)
+    except (RuntimeError, OSError, sqlite3.Error) as exc:
         return f'could not count the stored messages: {exc}'
-    missing = case.sent + 1 - stored
-    return (f'{stored:,} messages stored, wrk counted {case.sent:,} responses incl. warm-up'
+    missing = run.sent + 1 - stored
+    return (f'{stored:,} messages stored, wrk counted {run.sent:,} responses incl. warm-up'
             + (f' ({-missing} more stored: the check POST, and requests in flight when wrk stopped)'
                if missing <= 0 else f' (MISSING {missing} messages)'))
 
@@ -1583,6 +1644,306 @@ def run_loop_block(bench, case):
                              f'{spread * 100:.0f}%' if spread is not None else '—', '', note))
 
 
+# === The hosts scenario: several app processes on one PostgreSQL, behind one nginx ===
+
+def postgres_programs():
+    """The folder of the newest installed PostgreSQL's initdb and postgres (Debian keeps them
+    in /usr/lib/postgresql/<major>/bin, off PATH), else the one on PATH; None without them."""
+    base = '/usr/lib/postgresql'
+    with contextlib.suppress(OSError):
+        for major in sorted((name for name in os.listdir(base) if name.isdigit()), key=int, reverse=True):
+            folder = os.path.join(base, major, 'bin')
+            if all(os.access(os.path.join(folder, name), os.X_OK) for name in ('initdb', 'postgres')):
+                return folder
+    initdb = shutil.which('initdb')
+    if initdb:
+        folder = os.path.dirname(os.path.realpath(initdb))
+        if os.access(os.path.join(folder, 'postgres'), os.X_OK):
+            return folder
+    return None
+
+
+def postgres_owner():
+    """Popen's user and group for PostgreSQL's programs: the postgres user's when run as root
+    (initdb and postgres refuse root), none otherwise. KeyError without such a user."""
+    if os.geteuid() != 0:
+        return {}
+    import pwd
+    owner = pwd.getpwnam('postgres')
+    return {'user': owner.pw_uid, 'group': owner.pw_gid, 'extra_groups': []}
+
+
+def pg_connect(url):
+    """A connection of server.py's own PostgreSQL client to ``url``."""
+    import server
+    return server.PgConnection(server.parse_database_url(url, '')[1])
+
+
+def redact(url):
+    import server
+    return server.redact_url(url)
+
+
+class Postgres:
+    """The hosts scenario's PostgreSQL: --database's, or a throwaway cluster made here (initdb
+    in a temporary folder, the server on a free port of 127.0.0.1, a password for SCRAM), with a
+    fresh database for each server of the scenario; stop() stops and removes it."""
+
+    def __init__(self, bench):
+        self.bench = bench
+        self.given = bench.args.database
+        self.server = None       # the throwaway cluster's postmaster, a Server
+        self.folder = None
+        self.password = None
+        self.version = None
+        self.failure = None      # why it could not start: not tried again for the next row
+
+    def url(self, key):
+        """The URL the app processes of ``key`` use: --database's, or a new database."""
+        if self.failure:
+            raise ServerError(self.failure)
+        try:
+            if self.given:
+                if self.version is None:
+                    self.version = self._wait(self.given)
+                return self.given
+            if self.server is None:
+                self._start()
+        except ServerError as exc:
+            self.failure = str(exc)
+            raise
+        name = key.replace('-', '_')
+        conn = pg_connect(self._url('postgres'))
+        try:
+            conn.executescript(f'CREATE DATABASE {name}')
+        finally:
+            conn.close()
+        return self._url(name)
+
+    def _url(self, dbname):
+        return f'postgresql://bench:{self.password}@127.0.0.1:{self.server.port}/{dbname}?sslmode=disable'
+
+    def _start(self):
+        import secrets
+        programs = postgres_programs()
+        owner = postgres_owner()
+        # Under /tmp when root: the postgres user must be able to enter the cluster's folder.
+        self.folder = tempfile.mkdtemp(prefix='bench-pg-', dir='/tmp' if owner else self.bench.tmp)
+        self.password = secrets.token_hex(16)
+        secret = os.path.join(self.folder, 'password')
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 'w') as f:
+            f.write(self.password + '\n')
+        if owner:
+            for path in (self.folder, secret):
+                os.chown(path, owner['user'], owner['group'])
+        data = os.path.join(self.folder, 'data')
+        env = {k: v for k, v in os.environ.items() if not k.startswith('PG')}
+        env['LC_ALL'] = 'C'
+        done = subprocess.run([os.path.join(programs, 'initdb'), '-D', data, '-U', 'bench', '--pwfile', secret,
+                               '-E', 'UTF8', '--locale=C', '--auth=scram-sha-256', '--no-sync'],
+                              cwd=self.folder, env=env, capture_output=True, text=True, timeout=120, **owner)
+        os.unlink(secret)
+        if done.returncode != 0:
+            raise ServerError(f'initdb failed: {(done.stderr or done.stdout).strip()[-500:]}')
+        # PostgreSQL's defaults otherwise (fsync and synchronous_commit on: a commit is on disk
+        # when answered, as SQLite's with synchronous=FULL). TCP only, as other hosts would reach it.
+        self.server = Server('PostgreSQL', lambda port: [
+            os.path.join(programs, 'postgres'), '-D', data, '-p', str(port),
+            '-c', 'listen_addresses=127.0.0.1', '-c', f'unix_socket_directories={self.folder}'],
+            self.bench.tmp, cwd=self.folder, popen=owner)
+        # Its fast shutdown: SIGTERM would wait for every client to leave (its backends are
+        # in sessions of their own, out of reach of the signal to its group).
+        self.server.stop_signal = signal.SIGINT
+        self.server.start()
+        self.version = self._wait(self._url('postgres'))
+        print(f'  started a throwaway PostgreSQL {self.version} cluster in {self.folder} on port '
+              f'{self.server.port}: {self.server.describe()}')
+
+    def _wait(self, url):
+        """PostgreSQL's version once it takes connections (it accepts them before that)."""
+        deadline = time.monotonic() + PG_START_TIMEOUT_S
+        while True:
+            try:
+                conn = pg_connect(url)
+            except sqlite3.OperationalError as exc:     # server.PostgresUnavailable: starting up
+                if time.monotonic() > deadline:
+                    raise ServerError(f'PostgreSQL at {redact(url)} did not answer: {exc}') from None
+                time.sleep(0.1)
+                continue
+            except sqlite3.Error as exc:
+                raise ServerError(f'PostgreSQL at {redact(url)}: {exc}') from None
+            conn.close()
+            return conn.parameters.get('server_version', '?')
+
+    def describe(self):
+        if self.given:
+            return f'PostgreSQL {self.version or "?"} at {redact(self.given)} (--database), every row'
+        if self.server is None:
+            return 'PostgreSQL: not started'
+        return (f'a throwaway PostgreSQL {self.version} cluster (its default settings, SCRAM over TCP '
+                f'on 127.0.0.1, no TLS), a fresh database per row')
+
+    def stop(self):
+        if self.server is not None:
+            self.server.stop()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+def balancer_conf(prefix, port, app_ports):
+    """nginx in front of the app processes: round robin over their ports, keep-alive
+    connections to them. wrk's X-Real-IP goes on untouched (nginx passes a client's fields),
+    as the front proxy's would reach the app: the site's rate limit is per address."""
+    temp_paths = ''.join(f'    {kind}_temp_path {prefix}/{kind}_temp;\n'
+                         for kind in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'))
+    servers = ''.join(f'        server 127.0.0.1:{p};\n' for p in app_ports)
+    return (f'daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n'
+            f'events {{ worker_connections 4096; }}\n'
+            f'http {{\n    access_log off;\n    keepalive_requests 1000000;\n{temp_paths}'
+            f'    upstream apps {{\n{servers}        keepalive {HOSTS_KEEPALIVE};\n    }}\n'
+            f'    server {{\n        listen 127.0.0.1:{port};\n'
+            f'        location / {{\n            proxy_pass http://apps;\n'
+            f'            proxy_http_version 1.1;\n            proxy_set_header Connection "";\n'
+            f'            proxy_set_header Host $http_host;\n        }}\n    }}\n}}\n')
+
+
+class Balanced:
+    """App processes behind one nginx, started, watched and stopped as one Server: the load
+    generator sees nginx's address only."""
+
+    def __init__(self, label, bench, make_apps):
+        self.label = label
+        self.make_apps = make_apps      # () -> (the app Servers, count_messages(text)), at start
+        self.apps = []
+        self.count_messages = None
+        self.prefix = os.path.join(bench.tmp, 'nginx-' + re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-'))
+        self.nginx = Server(f'{label}: nginx', self._nginx_command, bench.tmp, cwd=bench.tmp)
+        self.failure = None
+        self.tmp = bench.tmp
+
+    def _nginx_command(self, port):
+        os.makedirs(self.prefix, exist_ok=True)
+        os.chmod(self.tmp, 0o755)       # nginx started as root runs its worker as nobody
+        path = os.path.join(self.prefix, 'nginx.conf')
+        with open(path, 'w') as f:
+            f.write(balancer_conf(self.prefix, port, [app.port for app in self.apps]))
+        return [NGINX, '-e', f'{self.prefix}/error.log', '-c', path, '-p', self.prefix]
+
+    @property
+    def port(self):
+        return self.nginx.port
+
+    @property
+    def proc(self):
+        """The first process of the group that has exited, else nginx's."""
+        for srv in self.apps + [self.nginx]:
+            if srv.proc is not None and srv.proc.poll() is not None:
+                return srv.proc
+        return self.nginx.proc
+
+    def start(self):
+        try:
+            self.apps, self.count_messages = self.make_apps()
+        except (OSError, KeyError, subprocess.SubprocessError, sqlite3.Error) as exc:
+            raise ServerError(f'{self.label}: {exc}') from None
+        for app in self.apps:
+            app.start()
+        self.nginx.start()
+
+    def alive(self):
+        return all(srv.alive() for srv in self.apps + [self.nginx])
+
+    def stop(self):
+        for srv in [self.nginx] + self.apps:
+            srv.stop()
+
+    def log_tail(self, lines=15):
+        dead = [srv for srv in self.apps + [self.nginx] if not srv.alive()] or self.apps
+        return '\n'.join(f'    {srv.label}:\n{srv.log_tail(lines)}' for srv in dead)
+
+    def describe(self):
+        app = self.apps[0].argv or []
+        if '--database' in app:
+            app = app[:]
+            app[app.index('--database') + 1] = redact(app[app.index('--database') + 1])
+        return (f'nginx (1 worker, upstream of {len(self.apps)} port{"s" * (len(self.apps) > 1)}: '
+                f'{", ".join(str(a.port) for a in self.apps)}) in front of {len(self.apps)} × '
+                f'{shlex.join(app)} (each its own --port and --data)')
+
+
+def hosts_server(bench, key):
+    """``hosts-sqlite-nginx``: the site on SQLite behind nginx; ``hosts-pg-N``: N app
+    processes on one PostgreSQL database behind nginx."""
+    if key == 'hosts-sqlite-nginx':
+        count, label = 1, 'server.py on SQLite, 1 process'
+    else:
+        count = int(key.rsplit('-', 1)[1])
+        label = f'server.py on PostgreSQL, {count} process{"es" * (count > 1)}'
+
+    def make_apps():
+        url = None
+        if key != 'hosts-sqlite-nginx':
+            if bench.postgres is None:
+                bench.postgres = Postgres(bench)
+            url = bench.postgres.url(key)
+        apps = []
+        for i in range(count):
+            data = bench.data_dir(f'{key}-{i}')
+            extra = ['--database', url] if url else []
+            apps.append(Server(f'{label} #{i + 1}', lambda port, data=data, extra=extra: [
+                PYTHON, SERVER_PY, '--port', str(port), '--data', data, '--no-access-log'] + extra,
+                bench.tmp, cwd=HERE))
+        if url is None:
+            db = os.path.join(bench.data_dir(f'{key}-0'), 'app.db')
+            return apps, lambda message: sqlite_messages(db, message)
+
+        def count_messages(message):
+            conn = pg_connect(url)
+            try:
+                return conn.execute('SELECT COUNT(*) FROM messages WHERE body = ?', (message,)).fetchone()[0]
+            finally:
+                conn.close()
+        return apps, count_messages
+    return Balanced(label, bench, make_apps)
+
+
+def hosts_unavailable(args):
+    """Why the hosts scenario cannot run here, or None."""
+    if not os.path.exists(NGINX):
+        return f'nginx is not installed ({NGINX}): the app processes need one address in front'
+    if args.database:
+        return None
+    if postgres_programs() is None:
+        return ('no --database URL, and no PostgreSQL server programs to make a throwaway cluster '
+                '(/usr/lib/postgresql/*/bin/initdb)')
+    try:
+        postgres_owner()
+    except KeyError:
+        return 'no --database URL, and no postgres user to run a throwaway cluster as (run as root)'
+    return None
+
+
+def hosts_cases(args):
+    why = hosts_unavailable(args)
+    if why:
+        def skipped(bench, case):
+            print(f'  skipped: {why}')
+            case.rows.append(row('hosts', '', '', 'skipped: ' + why))
+        return [CustomCase('hosts', skipped)]
+    entries = [Entry('SQLite, 1 process, no nginx', 'hosts-sqlite'),
+               Entry('SQLite, 1 process', 'hosts-sqlite-nginx', subject=True)]
+    entries += [Entry(f'PostgreSQL, {n} process{"es" * (n > 1)}', f'hosts-pg-{n}') for n in HOSTS_PROCESSES]
+    note = 'behind one nginx but the first; ratio = SQLite 1 process ÷ this'
+    return [Case('hosts home', '/', args.connections, entries, note=note,
+                 title='GET / (the home page: template, visit counter), SQLite and PostgreSQL'),
+            Case('hosts contact', '/contact', args.connections, entries,
+                 title='POST /contact (urlencoded, CSRF, a committed insert, 303), X-Real-IP 10.x.y.z per '
+                       'request, SQLite and PostgreSQL',
+                 prepare=contact_prepare, wrk_options=contact_wrk_options, after_run=contact_after_run,
+                 finish=contact_finish, note='303 counted as success; ' + note)]
+
+
 def custom_cases(args, scenario):
     if scenario == 'upload-20m':
         return [CustomCase('upload-20m', run_upload)]
@@ -1899,6 +2260,10 @@ def parse_args(argv):
                         help='--harness: requests per kind (default 20000, 1000 with --instructions)')
     parser.add_argument('--instructions', action='store_true',
                         help='--harness: count instructions per request with valgrind instead')
+    parser.add_argument('--database', metavar='URL',
+                        help='hosts: a postgresql:// URL every app process uses (a throwaway database: '
+                             'bench.py writes into it); default: a throwaway cluster of the installed '
+                             'PostgreSQL, if any')
     parser.add_argument('--bare-server', type=int, metavar='PORT', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.harness is not None:
@@ -1922,6 +2287,8 @@ def parse_args(argv):
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown or not args.scenarios:
         parser.error(f'unknown scenario {", ".join(unknown) or "(none)"}; choose from {", ".join(SCENARIOS)}')
+    if args.database is not None and not args.database.startswith(('postgresql://', 'postgres://')):
+        parser.error('--database must be a postgresql:// URL (the hosts scenario\'s SQLite rows need none)')
     for cmd in args.compare:
         if '{port}' not in cmd:
             parser.error(f'--compare needs {{port}} in the command: {cmd!r}')
@@ -1983,15 +2350,20 @@ def main(argv=None):
     print(f'load:        {client.describe()}')
     print(f'references:  bare asyncio.Protocol (hello, idle-10k), http.server (static), '
           + (f'{nginx}, 1 worker (static)' if nginx else 'nginx not installed (no nginx rows)'))
-    if {'contact', 'upload-20m', 'loop-block', 'idle-10k'} & set(args.scenarios):
+    if {'contact', 'hosts', 'upload-20m', 'loop-block', 'idle-10k'} & set(args.scenarios):
         print(f'site data:   a fresh data folder per scenario under {tempfile.gettempdir()} '
               f'({filesystem_of(tempfile.gettempdir())}): SQLite fsyncs land there')
     print(f'method:      {args.runs} run(s) of {args.duration} s per server, interleaved, median; '
           f'{WARMUP_S} s warm-up each; client and server share the {os.cpu_count()} CPUs')
+    if 'hosts' in args.scenarios:
+        print(f'hosts:       the site on SQLite (1 process, straight and behind nginx) and on PostgreSQL '
+              f'({", ".join(map(str, HOSTS_PROCESSES))} app processes behind nginx, 1 worker, round robin); '
+              f'wrk, nginx, the app processes and PostgreSQL share the {os.cpu_count()} CPUs')
     for i, cmd in enumerate(args.compare, 1):
         print(f'compare {i}:   {cmd}')
 
     interrupted = False
+    postgres = None
     with tempfile.TemporaryDirectory(prefix='bench-', ignore_cleanup_errors=True) as tmp:
         bench = Bench(args, client, tmp)
         try:
@@ -2006,6 +2378,9 @@ def main(argv=None):
             print('\ninterrupted: stopping the servers')
         finally:
             bench.stop_all()
+            if bench.postgres is not None:
+                postgres = bench.postgres.describe()
+                bench.postgres.stop()
 
     elapsed = time.monotonic() - started
     print(f'\n## Results ({args.runs} run(s) of {args.duration} s, median; '
@@ -2021,6 +2396,8 @@ def main(argv=None):
            if 'upload-20m' in args.scenarios else '')
         + (' idle-10k: p50 and p99 are the median and the max of the requests on new connections.'
            if 'idle-10k' in args.scenarios else ''), 92))
+    if postgres:
+        print(f'hosts: {postgres}')
     for i, cmd in enumerate(args.compare, 1):
         print(f'compare {i}: {cmd}')
     load = ' '.join(f'{x:.2f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else '?'

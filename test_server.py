@@ -11164,5 +11164,76 @@ class PostgresCommandTest(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.tmp, 'other')))
 
 
+# === Beyond one machine: README and bench ===
+
+def readme_blocks(language):
+    """The text of every ```language block of README.md."""
+    with open(os.path.join(HERE, 'README.md'), encoding='utf-8') as f:
+        return re.findall(rf'^```{language}\n(.*?)^```[ \t]*$', f.read(), re.M | re.S)
+
+
+def nginx_check(test, http_block):
+    """Run ``nginx -t`` on a configuration whose http block is ``http_block``."""
+    nginx = shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
+    if nginx is None:
+        test.skipTest('nginx is not installed')
+    tmp = fresh_dir(test, 'server-nginx-t-')
+    temp_paths = ''.join(f'    {kind}_temp_path {tmp}/{kind};\n'
+                         for kind in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'))
+    path = os.path.join(tmp, 'nginx.conf')
+    with open(path, 'w') as f:
+        f.write(f'pid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\nevents {{}}\n'
+                f'http {{\n{temp_paths}{http_block}\n}}\n')
+    check = subprocess.run([nginx, '-t', '-e', f'{tmp}/error.log', '-c', path, '-p', tmp],
+                           capture_output=True, text=True, timeout=30)
+    test.assertEqual(check.returncode, 0, check.stderr)
+
+
+class BeyondOneMachineTest(unittest.TestCase):
+    """README's "Beyond one machine" and bench.py's hosts scenario: what they give to nginx
+    and PostgreSQL is accepted as written."""
+
+    def test_readme_upstream_block_passes_nginx_t(self):
+        blocks = [b for b in readme_blocks('nginx') if 'upstream portfolio' in b]
+        self.assertTrue(blocks, 'README.md has no ```nginx block with the upstream of several hosts')
+        for block in blocks:
+            self.assertGreaterEqual(block.count('server '), 2, block)
+            self.assertNotIn('non_idempotent', block)
+            nginx_check(self, block + f'server {{ listen 127.0.0.1:{free_port()}; '
+                                      f'location / {{ proxy_pass http://portfolio; }} }}')
+
+    def test_bench_balancer_conf_passes_nginx_t(self):
+        import bench
+        conf = bench.balancer_conf('/tmp', 8080, [8001, 8002, 8003])
+        http_block = conf[conf.index('http {') + len('http {'):conf.rindex('}')]
+        self.assertEqual(http_block.count('server 127.0.0.1:800'), 3)
+        # wrk's X-Real-IP must reach the apps as sent: the contact form's limit is per address.
+        self.assertNotIn('X-Real-IP', http_block)
+        nginx_check(self, re.sub(r'^\s*\w+_temp_path .*$', '', http_block, flags=re.M))
+
+    def test_bench_database_flag_takes_postgresql_urls_only(self):
+        import bench
+        args = bench.parse_args(['--scenarios', 'hosts', '--database', 'postgresql://u:p@db/bench'])
+        self.assertEqual((args.scenarios, args.database), (['hosts'], 'postgresql://u:p@db/bench'))
+        if os.path.exists(bench.NGINX):     # given a URL, it needs no PostgreSQL programs here
+            self.assertIsNone(bench.hosts_unavailable(args))
+        for bad in ('sqlite:', 'mysql://u:p@db/bench', ''):
+            with self.subTest(url=bad), contextlib.redirect_stderr(io.StringIO()), \
+                    self.assertRaises(SystemExit):
+                bench.parse_args(['--database', bad])
+
+    def test_readme_example_for_both_databases_runs_on_postgresql(self):
+        block = [b for b in readme_python_blocks() if "database='sqlite:'" in b[1]]
+        self.assertEqual(len(block), 1, 'README.md: the example for both databases is not there once')
+        pg = shared_postgres()
+        folder = fresh_dir(self, 'server-readme-pg-')
+        shutil.copy(os.path.join(HERE, 'server.py'), folder)
+        script = os.path.join(folder, 'app.py')
+        with open(script, 'w', encoding='utf-8') as f:
+            f.write(block[0][1].replace("database='sqlite:'", f'database={pg.new_database()!r}'))
+        done = subprocess.run([sys.executable, script], cwd=folder, capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+
+
 if __name__ == '__main__':
     unittest.main()
