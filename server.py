@@ -3083,6 +3083,7 @@ class PgConnection:
         self.status = b'I'          # the last ReadyForQuery's: Idle, in Transaction, Error
         self.parameters = {}        # ParameterStatus: server_version and the like
         self._buffer = bytearray()
+        self._deferred = []         # statements to send with the next one (defer)
         self._sock = None
         timeout = PG_STATEMENT_TIMEOUT_MS if statement_timeout_ms is None else statement_timeout_ms
         try:
@@ -3230,6 +3231,10 @@ class PgConnection:
         """Send ``messages``, then read until ReadyForQuery: (rows, rowcount, names)."""
         if self._sock is None:
             raise PostgresUnavailable('the connection to PostgreSQL is closed')
+        waits = 1 + len(self._deferred)         # a ReadyForQuery ends each Query, and the Sync
+        if self._deferred:
+            messages = b''.join(self._query(sql) for sql in self._deferred) + messages
+            self._deferred = []
         try:
             self._sock.sendall(messages)
             rows, rowcount, names, types, failure = [], -1, None, (), None
@@ -3245,11 +3250,16 @@ class PgConnection:
                         rowcount = int(tag[-1])
                 elif kind == b'Z':
                     self.status = payload[:1]
+                    waits -= 1
+                    if waits:
+                        continue
                     if failure is not None:
                         raise failure
                     return rows, rowcount, names
                 elif kind == b'E':
-                    failure = self._error(payload)      # then read on to ReadyForQuery
+                    # The first error is the one to tell (a deferred statement's, then the
+                    # aborted transaction's); read on to the last ReadyForQuery.
+                    failure = failure or self._error(payload)
                 elif kind not in b'123nIs':             # *Complete, NoData, EmptyQuery, Suspended
                     self._other(kind, payload)
         except (OSError, EOFError, struct.error) as exc:
@@ -3308,6 +3318,11 @@ class PgConnection:
         rows, rowcount, names = self._exchange(messages)
         return PgCursor(rows, rowcount, names)
 
+    def defer(self, sql):
+        """Send ``sql`` (no parameters, no rows: a SAVEPOINT, a RELEASE) in the same write
+        as the next statement, a round trip saved; an error it meets is raised there."""
+        self._deferred.append(sql)
+
     def executemany(self, sql, seq_of_params):
         total = 0
         for params in seq_of_params:
@@ -3327,7 +3342,7 @@ class PgConnection:
 
     @property
     def in_transaction(self):
-        return self.status != b'I'
+        return self.status != b'I' or bool(self._deferred)
 
     def usable(self):
         """Idle and not closed by the server meanwhile (a restart ends idle connections with
@@ -3363,6 +3378,7 @@ class PgConnection:
 
     def close(self):
         sock, self._sock = self._sock, None
+        self._deferred = []
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.sendall(b'X\0\0\0\x04')        # Terminate
@@ -3750,10 +3766,12 @@ class _Group:
 def _run_group(conn, calls):
     """Database.grouped's transaction: each call in a savepoint; [(ok, result or exception)]."""
     outcomes = []
+    # PostgreSQL sends a savepoint's statements with the call's next one: a round trip each.
+    quietly = getattr(conn, 'defer', conn.execute)
     conn.execute('BEGIN IMMEDIATE')
     try:
         for fn, args in calls:
-            conn.execute('SAVEPOINT call')
+            quietly('SAVEPOINT call')
             try:
                 value = fn(conn, *args)
             except Exception as exc:
@@ -3763,7 +3781,7 @@ def _run_group(conn, calls):
                 outcomes.append((False, exc))
             else:
                 outcomes.append((True, value))
-            conn.execute('RELEASE call')
+            quietly('RELEASE call')
         conn.execute('COMMIT')
     except BaseException:
         if conn.in_transaction:
@@ -6981,10 +6999,11 @@ class VisitCounter:
     """Counts page views in memory and adds them to the database once a second.
 
     A count is not an acknowledged write, so batching it costs nothing the user relies on
-    and keeps an fsync off every home-page view. Workers (``shared``) each have a memory
-    of their own, where two would hand out the same numbers: there each view is counted
-    in the database, with the other writes of its moment (Database.grouped), and each
-    visitor gets the next number.
+    and keeps an fsync off every home-page view. Processes that share the count (workers,
+    hosts on one PostgreSQL: ``shared``) each have a memory of their own, where two would
+    hand out the same numbers: there the views of one moment are added to the database
+    together, in one statement whose total no other process can also see, and each visitor
+    gets the next number of that batch.
     """
 
     def __init__(self, db, shared=False):
@@ -6993,16 +7012,46 @@ class VisitCounter:
         self.stored = 0
         self.pending = 0
         self.flushing = 0
+        self.waiting = []           # shared: the views still to count, each a future
+        self.counting = None        # shared: the task adding them
 
     async def load(self):
         self.stored = await self.db.run(_visits)
 
     async def hit(self):
         """Count a view; the count with it."""
-        if self.shared:
-            return await self.db.grouped(_count_visit)
-        self.pending += 1
-        return self.stored + self.flushing + self.pending
+        if not self.shared:
+            self.pending += 1
+            return self.stored + self.flushing + self.pending
+        loop = asyncio.get_running_loop()
+        view = loop.create_future()
+        self.waiting.append(view)
+        if self.counting is None:
+            self.counting = loop.create_task(self._count_waiting())
+        return await view
+
+    async def _count_waiting(self):
+        """Add the waiting views in batches: those of one turn of the loop, and those that
+        came while the batch before was in the database, go together."""
+        try:
+            while self.waiting:
+                await asyncio.sleep(0)
+                views, self.waiting = self.waiting, []
+                try:
+                    total = await self.db.run(_add_visits, len(views))
+                except Exception as exc:        # the database is busy or away: each view says so
+                    for view in views:
+                        if not view.done():
+                            view.set_exception(exc)
+                    continue
+                for number, view in enumerate(views, total - len(views) + 1):
+                    if not view.done():
+                        view.set_result(number)
+        finally:
+            self.counting = None
+            for view in self.waiting:           # cancelled: the loop is being shut down
+                view.cancel()
+            self.waiting = []
 
     async def current(self):
         """The count, without a view."""
@@ -7046,16 +7095,16 @@ def _store_message(conn, values, client, now, notify=False):
 
 
 def _add_visits(conn, count):
+    """Add ``count`` views; the total after them, which this call alone sees (RETURNING, in
+    the write lock's transaction)."""
     with conn:
-        return _count_visit(conn, count)
-
-
-def _count_visit(conn, count=1):
-    conn.execute("UPDATE counters SET value = value + ? WHERE name = 'visits'", (count,))
-    # The day's total alone: nothing about the visitor is kept.
-    conn.execute('INSERT INTO page_views (day, views) VALUES (?, ?) '
-                 'ON CONFLICT (day) DO UPDATE SET views = page_views.views + excluded.views', (_utc_day(time.time()), count))
-    return _visits(conn)
+        conn.execute('BEGIN IMMEDIATE')
+        total = conn.execute("UPDATE counters SET value = value + ? WHERE name = 'visits' RETURNING value",
+                             (count,)).fetchone()[0]
+        # The day's total alone: nothing about the visitor is kept.
+        conn.execute('INSERT INTO page_views (day, views) VALUES (?, ?) ON CONFLICT (day) '
+                     'DO UPDATE SET views = page_views.views + excluded.views', (_utc_day(time.time()), count))
+    return total
 
 
 def _utc_day(ts):

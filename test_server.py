@@ -8473,7 +8473,7 @@ class AdminChartTest(unittest.TestCase):
         db = server.Database(os.path.join(data, 'app.db'), server.SITE_MIGRATIONS)
         self.addCleanup(lambda: db.run_sync(lambda conn: conn.close()))
         db.run_sync(server._add_visits, 3)                      # the batched counter's flush
-        db.run_sync(lambda conn: conn.execute('BEGIN') and server._count_visit(conn) and conn.execute('COMMIT'))
+        db.run_sync(server._add_visits, 1)                      # a shared counter's batch of one
         now = time.time()
         days = db.run_sync(server._daily_counts, now)
         self.assertEqual(len(days), server.CHART_DAYS)
@@ -10744,6 +10744,32 @@ class PostgresClientTest(unittest.TestCase):
         self.assertEqual(conn.execute('SELECT 1').fetchone()[0], 1)
         self.assertEqual(self.connect().execute('SHOW statement_timeout').fetchone()[0],
                          f'{server.PG_STATEMENT_TIMEOUT_MS // 1000}s')
+
+    def test_a_deferred_statement_goes_with_the_next_and_its_error_is_raised_there(self):
+        conn = self.connect()
+        conn.execute('CREATE TABLE deferred (n INTEGER)')
+        conn.execute('BEGIN')
+        conn.defer('SAVEPOINT s')
+        conn.execute('INSERT INTO deferred VALUES (?)', (1,))
+        conn.defer('ROLLBACK TO s')
+        conn.defer('RELEASE s')
+        conn.execute('INSERT INTO deferred VALUES (?)', (2,))
+        conn.commit()
+        self.assertFalse(conn.in_transaction)
+        self.assertEqual(conn.execute('SELECT n FROM deferred').fetchall(), [(2,)])
+        # Outside a transaction PostgreSQL refuses a savepoint: the next statement says so.
+        conn.defer('SAVEPOINT nowhere')
+        with self.assertRaises(server.PostgresError) as caught:
+            conn.execute('SELECT 1')
+        self.assertEqual(caught.exception.sqlstate, '25P01')
+        self.assertEqual(conn.execute('SELECT 2').fetchone()[0], 2)
+        # In a transaction its error aborts it: the error told is the cause, not the abort.
+        conn.execute('BEGIN')
+        conn.defer('ROLLBACK TO no_such_savepoint')
+        with self.assertRaises(server.PostgresError) as caught:
+            conn.execute('SELECT 3')
+        self.assertEqual(caught.exception.sqlstate, '3B001')
+        conn.rollback()
 
     def test_a_connection_lost_inside_a_transaction_is_unavailable_then_closed(self):
         conn = self.connect()
