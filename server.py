@@ -3072,7 +3072,7 @@ class PgConnection:
     travel apart from the SQL, in the extended query protocol: never spliced into it),
     ``executemany``, ``executescript``, ``in_transaction``, and ``with conn:`` committing
     an open transaction (rolling it back on an exception). ``BEGIN IMMEDIATE`` begins a
-    transaction that holds the one write lock, as on SQLite.
+    transaction that holds the one write lock, as on SQLite (taken with the next statement).
 
     ``settings`` is what parse_database_url gives. Raises PostgresUnavailable when the
     server cannot be reached, PostgresError for what the server refuses.
@@ -3240,6 +3240,8 @@ class PgConnection:
             rows, rowcount, names, types, failure = [], -1, None, (), None
             while True:
                 kind, payload = self._read_message()
+                if kind in b'DTC' and waits > 1:      # a deferred statement's rows: not ours
+                    continue
                 if kind == b'D':
                     rows.append(self._row(payload, types, names))
                 elif kind == b'T':
@@ -3298,7 +3300,8 @@ class PgConnection:
         if self._sock is None:
             raise PostgresUnavailable('the connection to PostgreSQL is closed')
         if ' '.join(sql.split()).upper() == 'BEGIN IMMEDIATE':
-            self._exchange(self._query(f'BEGIN; SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})'))
+            # Sent with the next statement, which runs once the lock is this transaction's.
+            self.defer(f'BEGIN; SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})')
             return PgCursor([], -1, None)
         text, count = _pg_sql(sql)
         params = tuple(params)
@@ -3452,7 +3455,7 @@ class Database:
     @property
     def kind(self):
         """'postgresql' or 'sqlite': which backend ``path`` names."""
-        return 'postgresql' if self.path.startswith(('postgresql:', 'postgres:')) else 'sqlite'
+        return 'postgresql' if self.path.lower().startswith(('postgresql:', 'postgres:')) else 'sqlite'
 
     @property
     def where(self):

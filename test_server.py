@@ -10684,12 +10684,14 @@ class PostgresClientTest(unittest.TestCase):
         first, second, watcher = self.connect(), self.connect(), self.connect()
         second_pid = second.execute('SELECT pg_backend_pid()').fetchone()[0]
         first.execute('BEGIN IMMEDIATE')
+        first.execute('SELECT 1')       # the lock is taken with the first statement
         began = threading.Event()
         outcome = []
 
         def begin():
             try:
-                second.execute('BEGIN IMMEDIATE')
+                second.execute('BEGIN IMMEDIATE')       # sent with the next statement
+                second.execute('SELECT 1')
                 outcome.append('began')
             except BaseException as exc:
                 outcome.append(exc)
