@@ -7084,16 +7084,19 @@ def _mailto(address):
 def _store_message(conn, values, client, now, notify=False):
     """Store a contact message, and with ``notify`` its notification in the outbox (one
     transaction: neither exists without the other), unless ``client`` sent CONTACT_LIMIT in
-    the window: then the time of its first one there, and nothing is stored."""
-    count, first = conn.execute('SELECT COUNT(*), MIN(created) FROM messages WHERE ip = ? AND created > ?',
-                                (client, now - CONTACT_WINDOW_S)).fetchone()
-    if count >= CONTACT_LIMIT:
-        return first
-    message = conn.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?) '
-                           'RETURNING id', (values['name'], values['email'], values['message'], client, now)).fetchone()[0]
+    the window: then the time of its first one there, and nothing is stored. The check and
+    the insert are one statement (a round trip to PostgreSQL), run under the write lock."""
+    since = now - CONTACT_WINDOW_S
+    row = conn.execute('INSERT INTO messages (name, email, body, ip, created) SELECT ?, ?, ?, ?, ? '
+                       'WHERE (SELECT COUNT(*) FROM messages WHERE ip = ? AND created > ?) < ? RETURNING id',
+                       (values['name'], values['email'], values['message'], client, now,
+                        client, since, CONTACT_LIMIT)).fetchone()
+    if row is None:
+        return conn.execute('SELECT MIN(created) FROM messages WHERE ip = ? AND created > ?',
+                            (client, since)).fetchone()[0]
     if notify:
         conn.execute('INSERT INTO outbox (message, created, next_attempt) VALUES (?, ?, ?)',
-                     (message, now, now))
+                     (row[0], now, now))
     return None
 
 
