@@ -177,6 +177,9 @@ PG_CONNECT_TIMEOUT_S = 5.0
 PG_STATEMENT_TIMEOUT_MS = 30000
 #: Connections to PostgreSQL each process keeps, one per database thread.
 PG_POOL_SIZE = 4
+#: Statements each PostgreSQL connection prepares once and keeps (its server parses and plans
+#: them once); any others are parsed each time they run.
+PG_STATEMENTS_KEPT = 200
 #: While PostgreSQL cannot be reached, requests get 503 with this Retry-After.
 PG_RETRY_AFTER_S = 2
 
@@ -3084,6 +3087,9 @@ class PgConnection:
         self.parameters = {}        # ParameterStatus: server_version and the like
         self._buffer = bytearray()
         self._deferred = []         # statements to send with the next one (defer)
+        self._statements = {}       # (SQL, parameter types) -> the name it was prepared as
+        self._names = itertools.count()
+        self._parsing = None        # the (key, name) of the statement being prepared
         self._sock = None
         timeout = PG_STATEMENT_TIMEOUT_MS if statement_timeout_ms is None else statement_timeout_ms
         try:
@@ -3250,6 +3256,8 @@ class PgConnection:
                     tag = payload.rstrip(b'\0').split()
                     if tag[0] in (b'INSERT', b'UPDATE', b'DELETE', b'MERGE', b'COPY') and tag[-1].isdigit():
                         rowcount = int(tag[-1])
+                elif kind == b'1' and self._parsing:    # ParseComplete: the name exists now
+                    self._statements[self._parsing[0]] = self._parsing[1]
                 elif kind == b'Z':
                     self.status = payload[:1]
                     waits -= 1
@@ -3309,16 +3317,34 @@ class PgConnection:
             raise sqlite3.ProgrammingError(f'the statement has {count} placeholders, '
                                            f'and {len(params)} values were given')
         encoded = [_pg_param(value) for value in params]
-        parse = b'\0' + text.encode() + b'\0' + struct.pack(f'!h{count}i', count, *(p[0] for p in encoded))
-        bind = [b'\0\0', struct.pack(f'!h{count}h', count, *(p[1] for p in encoded)),
+        types = tuple(p[0] for p in encoded)
+        # A statement met before (with these parameter types) was parsed and planned once,
+        # under its name; a new one is parsed now, named if there is room.
+        name = self._statements.get((text, types))
+        parse = b''
+        if name is None:
+            name = b''
+            if len(self._statements) < PG_STATEMENTS_KEPT:
+                name = b's%d' % next(self._names)
+            parse = self._message(b'P', name + b'\0' + text.encode() + b'\0'
+                                  + struct.pack(f'!h{count}i', count, *types))
+            self._parsing = ((text, types), name) if name else None
+        bind = [b'\0', name, b'\0', struct.pack(f'!h{count}h', count, *(p[1] for p in encoded)),
                 struct.pack('!h', count)]
         for _, _, data in encoded:
             bind.append(struct.pack('!i', -1) if data is None else struct.pack('!i', len(data)) + data)
         bind.append(b'\0\0')        # results: every column in text form
-        messages = b''.join((self._message(b'P', parse), self._message(b'B', b''.join(bind)),
+        messages = b''.join((parse, self._message(b'B', b''.join(bind)),
                              self._message(b'D', b'P\0'), self._message(b'E', b'\0\0\0\0\0'),
                              b'S\0\0\0\x04'))
-        rows, rowcount, names = self._exchange(messages)
+        try:
+            rows, rowcount, names = self._exchange(messages)
+        except PostgresError as exc:
+            if exc.sqlstate == '0A000':     # its table changed under the kept plan: prepare anew
+                self._statements.pop((text, types), None)
+            raise
+        finally:
+            self._parsing = None
         return PgCursor(rows, rowcount, names)
 
     def defer(self, sql):

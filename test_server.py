@@ -10747,6 +10747,36 @@ class PostgresClientTest(unittest.TestCase):
         self.assertEqual(self.connect().execute('SHOW statement_timeout').fetchone()[0],
                          f'{server.PG_STATEMENT_TIMEOUT_MS // 1000}s')
 
+    def test_statements_are_prepared_once_per_connection_and_parameter_types(self):
+        conn = self.connect(self.pg.new_database())
+        kept = "SELECT statement, parameter_types::text FROM pg_prepared_statements ORDER BY prepare_time"
+        for value, answer in [(1, 2), (41, 42), (1.5, 2.5)]:
+            self.assertEqual(conn.execute('SELECT ? + 1 AS n', (value,)).fetchone()['n'], answer)
+        self.assertEqual(conn.execute(kept).fetchall()[:2], [('SELECT $1 + 1 AS n', '{bigint}'),
+                                                             ('SELECT $1 + 1 AS n', '{"double precision"}')])
+        # A statement that fails to parse is not kept; one that fails when it runs is, and
+        # both fail the same way again, never over a name taken or missing.
+        conn.execute('CREATE TABLE once (n INTEGER PRIMARY KEY)')
+        conn.execute('INSERT INTO once VALUES (?)', (1,))
+        for _ in range(2):
+            with self.assertRaises(server.PostgresError) as caught:
+                conn.execute('SELEC ?', (1,))
+            self.assertEqual(caught.exception.sqlstate, '42601')
+            with self.assertRaises(server.PostgresIntegrityError):
+                conn.execute('INSERT INTO once VALUES (?)', (1,))
+        # A table changed under a kept plan: that run fails, the next prepares it anew.
+        self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1,)])
+        conn.execute('ALTER TABLE once ADD COLUMN m INTEGER')
+        with self.assertRaises(server.PostgresError) as caught:
+            conn.execute('SELECT * FROM once')
+        self.assertEqual(caught.exception.sqlstate, '0A000')
+        self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1, None)])
+        # Past PG_STATEMENTS_KEPT, statements still run, parsed each time.
+        with patched(PG_STATEMENTS_KEPT=len(conn._statements)):
+            for n in range(3):
+                self.assertEqual(conn.execute(f'SELECT {n} + ?', (1,)).fetchone()[0], n + 1)
+        self.assertNotIn('SELECT 0 + $1', [row[0] for row in conn.execute(kept)])
+
     def test_a_deferred_statement_goes_with_the_next_and_its_error_is_raised_there(self):
         conn = self.connect()
         conn.execute('CREATE TABLE deferred (n INTEGER)')
