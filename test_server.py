@@ -465,21 +465,8 @@ class ServerProcess:
 PG_WAIT_S = 60
 
 
-def postgres_programs():
-    """The folder holding initdb and postgres: Debian's newest versioned one
-    (/usr/lib/postgresql/<major>/bin, not on PATH), else the one on PATH; None without them."""
-    base = '/usr/lib/postgresql'
-    with contextlib.suppress(OSError):
-        for major in sorted((name for name in os.listdir(base) if name.isdigit()), key=int, reverse=True):
-            folder = os.path.join(base, major, 'bin')
-            if all(os.access(os.path.join(folder, name), os.X_OK) for name in ('initdb', 'postgres')):
-                return folder
-    initdb = shutil.which('initdb')
-    if initdb:
-        folder = os.path.dirname(os.path.realpath(initdb))
-        if os.access(os.path.join(folder, 'postgres'), os.X_OK):
-            return folder
-    return None
+# The folder of PostgreSQL's server programs: bench.py finds them the same way.
+postgres_programs = bench.postgres_programs
 
 
 class PostgresServer:
@@ -1033,6 +1020,69 @@ def send_upload(port, ip, name, content):
     resp = b.post_multipart('/upload', {'csrf_token': b.csrf('/upload')}, {'file': (name, content, 'text/plain')})
     if resp.status != 303:
         raise AssertionError(f'upload failed: {resp.status}')
+
+
+def nginx_program():
+    return shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
+
+
+def nginx_in_front(test, ports):
+    """The shipped nginx.conf, made local, its ``upstream`` serving the app on ``ports`` ->
+    (its HTTP port, its HTTPS port, its certificate file); skipped without nginx or
+    openssl. nginx's workers run as an unprivileged user when it starts as root: they read
+    the static files from a copy they can reach, wherever this checkout lives. The POST rate
+    limit stays as shipped."""
+    nginx = nginx_program()
+    if nginx is None:
+        test.skipTest('nginx is not installed')
+    tmp = fresh_dir(test, 'server-nginx-')
+    os.chmod(tmp, 0o755)            # its workers (another user when started as root) read the copy
+    www = os.path.join(tmp, 'www')
+    shutil.copytree(WWW, www)
+    for folder, _, files in os.walk(www):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    pair = make_certificate(tmp)
+    if pair is None:
+        test.skipTest('openssl is not installed')
+    http_port, https_port = free_port(), free_port()
+    with open(os.path.join(HERE, 'nginx.conf')) as f:
+        conf = f.read()
+    for old, new in [
+        ('user www-data;', ''),
+        ('pid /run/nginx.pid;', f'pid {tmp}/nginx.pid;'),
+        ('/var/log/nginx/', f'{tmp}/'),
+        ('listen [::]:80;', ''), ('listen [::]:443 ssl;', ''),
+        ('listen 80;', f'listen 127.0.0.1:{http_port};'),
+        ('listen 443 ssl;', f'listen 127.0.0.1:{https_port} ssl;'),
+        ('/etc/letsencrypt/live/example.com/fullchain.pem', pair[0]),
+        ('/etc/letsencrypt/live/example.com/privkey.pem', pair[1]),
+        ('/srv/portfolio/www', www),
+        ('server 127.0.0.1:8000;', ' '.join(f'server 127.0.0.1:{port};' for port in ports)),
+        ('http {', f'http {{\n    client_body_temp_path {tmp}/body;\n    proxy_temp_path {tmp}/proxy;\n'
+                   f'    fastcgi_temp_path {tmp}/fastcgi;\n    uwsgi_temp_path {tmp}/uwsgi;\n'
+                   f'    scgi_temp_path {tmp}/scgi;'),
+    ]:
+        test.assertIn(old, conf)
+        conf = conf.replace(old, new)
+    path = os.path.join(tmp, 'nginx.conf')
+    with open(path, 'w') as f:
+        f.write(conf)
+    check = subprocess.run([nginx, '-t', '-c', path, '-p', tmp], capture_output=True, text=True, timeout=30)
+    test.assertEqual(check.returncode, 0, check.stderr)
+    proc = subprocess.Popen([nginx, '-c', path, '-p', tmp, '-g', 'daemon off;'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    test.addCleanup(lambda: (proc.terminate(), proc.wait(10), proc.stderr.close()))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(('127.0.0.1', https_port), timeout=1).close()
+            return http_port, https_port, pair[0]
+        except OSError:
+            if time.monotonic() > deadline:
+                test.fail('nginx did not start: ' + proc.stderr.read1().decode())
+            time.sleep(0.05)
 
 
 # --- The shape of server.py -----------------------------------------------------------------------
@@ -4267,6 +4317,862 @@ class DataFolderTest(unittest.TestCase):
                 self.assertIn(f'the data folder {data} is open to other users (mode 755)', warnings[0])
 
 
+# PostgreSQL: the client, the Database on it, and the owner commands against it.
+
+def _scram_expected(password, salt, iterations, client_first_bare, server_first, client_final_bare):
+    """RFC 5802 section 3, written out apart from server.py: (ClientProof, ServerSignature) base64."""
+    salted = hashlib.pbkdf2_hmac('sha256', password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b'Client Key', hashlib.sha256).digest()
+    auth = f'{client_first_bare},{server_first},{client_final_bare}'.encode()
+    signature = hmac.new(hashlib.sha256(client_key).digest(), auth, hashlib.sha256).digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature))
+    server_key = hmac.new(salted, b'Server Key', hashlib.sha256).digest()
+    return (base64.b64encode(proof).decode(),
+            base64.b64encode(hmac.new(server_key, auth, hashlib.sha256).digest()).decode())
+
+
+class PostgresPureTest(unittest.TestCase):
+    """The PostgreSQL client's pure parts, fed real inputs: no server needed, never skipped."""
+
+    def test_parse_database_url_sqlite(self):
+        self.assertEqual(server.parse_database_url('sqlite:', '/d'), ('sqlite', '/d/app.db'))
+        self.assertEqual(server.parse_database_url('sqlite:other.db', '/d'), ('sqlite', '/d/other.db'))
+        self.assertEqual(server.parse_database_url('sqlite:/abs/x.db', '/d'), ('sqlite', '/abs/x.db'))
+        self.assertEqual(server.parse_database_url('SQLite:', '/d'), ('sqlite', '/d/app.db'))
+
+    def test_parse_database_url_postgresql(self):
+        kind, s = server.parse_database_url(
+            'postgresql://us%40er:p%40ss%3Aw%2Frd@db.example:6543/my%20db?sslmode=verify-full'
+            '&sslrootcert=/etc/ca.pem&connect_timeout=3', '/d')
+        self.assertEqual(kind, 'postgresql')
+        self.assertEqual((s['user'], s['password'], s['host'], s['port'], s['dbname']),
+                         ('us@er', 'p@ss:w/rd', 'db.example', 6543, 'my db'))
+        self.assertEqual((s['sslmode'], s['sslrootcert'], s['connect_timeout']), ('verify-full', '/etc/ca.pem', 3.0))
+        _, s = server.parse_database_url('postgres://app:pw@127.0.0.1/app', '/d')
+        self.assertEqual((s['port'], s['sslmode'], s['sslrootcert']), (5432, 'prefer', None))
+        self.assertEqual(s['connect_timeout'], server.PG_CONNECT_TIMEOUT_S)
+        _, s = server.parse_database_url('postgresql://app:pw@[::1]:5433/app', '/d')
+        self.assertEqual((s['host'], s['port']), ('::1', 5433))
+        _, s = server.parse_database_url('postgresql://app@/app?host=/run/pg', '/d')
+        self.assertEqual((s['host'], s['password']), ('/run/pg', os.environ.get('PGPASSWORD')))
+        for url, port in [('postgresql://app:pw@%2Ftmp%2Fsock/app', 5432),
+                          ('postgresql://app:pw@%2Ftmp%2Fsock:5433/app', 5433)]:
+            with self.subTest(url=url):
+                _, s = server.parse_database_url(url, '/d')
+                self.assertEqual((s['host'], s['port'], s['dbname']), ('/tmp/sock', port, 'app'))
+
+    def test_parse_database_url_refuses(self):
+        for url, says in [('mysql://x', 'neither'), ('postgresql:x', 'neither'),
+                          ('postgresql://app:pw@h:abc/app', 'port'), ('postgresql://app:pw@h:99999/app', 'port'),
+                          ('postgresql://app:pw@h/app?port=x', 'port'),
+                          ('postgresql://app:pw@h/app?sslmode=maybe', 'sslmode=maybe')]:
+            with self.subTest(url=url):
+                with self.assertRaises(ValueError) as caught:
+                    server.parse_database_url(url, '/d')
+                self.assertIn(says, str(caught.exception))
+                self.assertNotIn(':pw@', str(caught.exception))
+
+    def test_redact_url(self):
+        for url, shown in [
+                ('postgresql://app:s3cr%40t@h:5432/db', 'postgresql://app:***@h:5432/db'),
+                ('postgresql://app@h:5432/db', 'postgresql://app@h:5432/db'),
+                ('postgresql://h:5432/db', 'postgresql://h:5432/db'),
+                ('postgresql://app@h/db?sslmode=require&password=s3cret', 'postgresql://app@h/db?sslmode=require&password=***'),
+                ('postgresql://app@h/db?password=s3cret&sslmode=require', 'postgresql://app@h/db?password=***&sslmode=require'),
+                ('sqlite:', 'sqlite:')]:
+            with self.subTest(url=url):
+                self.assertEqual(server.redact_url(url), shown)
+
+    def test_placeholders_become_numbered_outside_quotes_and_comments(self):
+        sql = ("SELECT ?, '?', 'it''s ?', \"odd?name\", x -- why?\n"
+               "FROM t /* a ? here\n and ? there */ WHERE a = ? AND b = '?'")
+        self.assertEqual(server._pg_sql(sql), (
+            "SELECT $1, '?', 'it''s ?', \"odd?name\", x -- why?\n"
+            "FROM t /* a ? here\n and ? there */ WHERE a = $2 AND b = '?'", 2))
+        self.assertEqual(server._pg_sql('SELECT 1'), ('SELECT 1', 0))
+        self.assertEqual(server._pg_sql('VALUES (?,?,?)'), ('VALUES ($1,$2,$3)', 3))
+
+    def test_postgres_schema_reads_sqlite_types_as_sqlite_does(self):
+        script = ('CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, n integer NOT NULL, r REAL,\n'
+                  '  b BLOB, t TEXT, integer_count TEXT);\n'
+                  'CREATE TABLE b (id integer  primary   key, at real);')
+        self.assertEqual(server.postgres_schema(script), (
+            'CREATE TABLE a (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, n BIGINT NOT NULL, '
+            'r DOUBLE PRECISION,\n  b BYTEA, t TEXT, integer_count TEXT);\n'
+            'CREATE TABLE b (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, at DOUBLE PRECISION);'))
+
+    def test_timestamps_as_postgresql_prints_them(self):
+        utc = datetime.timezone.utc
+        for text, value in [
+                ('2024-02-29 13:14:15', datetime.datetime(2024, 2, 29, 13, 14, 15)),
+                ('2024-02-29 13:14:15.5', datetime.datetime(2024, 2, 29, 13, 14, 15, 500000)),
+                ('2024-02-29 13:14:15.000001', datetime.datetime(2024, 2, 29, 13, 14, 15, 1)),
+                ('2024-02-29 13:14:15.123+00', datetime.datetime(2024, 2, 29, 13, 14, 15, 123000, utc)),
+                ('2024-02-29 13:14:15+05:30', datetime.datetime(
+                    2024, 2, 29, 13, 14, 15, tzinfo=datetime.timezone(datetime.timedelta(hours=5, minutes=30)))),
+                ('1900-01-01 00:00:00-03', datetime.datetime(
+                    1900, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=-3)))),
+                ('1900-01-01 00:00:00+00:09:21', datetime.datetime(
+                    1900, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(minutes=9, seconds=21)))),
+                ('infinity', 'infinity'), ('-infinity', '-infinity'),
+                ('0044-03-15 00:00:00 BC', '0044-03-15 00:00:00 BC')]:
+            with self.subTest(text=text):
+                got = server._pg_timestamp(text)
+                self.assertEqual(got, value)
+                self.assertEqual(getattr(got, 'tzinfo', None), getattr(value, 'tzinfo', None))
+
+    def test_scram_reproduces_rfc_7677_computed_apart(self):
+        # RFC 7677 section 3's exchange. Its client sends n=user; PostgreSQL's sends n= (the
+        # user is in the startup message), which changes the AuthMessage and so the proofs:
+        # the expected ones are computed apart, by RFC 5802's formulas, which first must
+        # give the RFC's own proofs for its n=user.
+        nonce = 'rOprNGfwEbeRWgbNEkqO'
+        server_first = 'r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096'
+        final_bare = 'c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0'
+        salt = base64.b64decode('W22ZaJ0SNY7soEsUEjb6gQ==')
+        self.assertEqual(_scram_expected('pencil', salt, 4096, f'n=user,r={nonce}', server_first, final_bare),
+                         ('dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=', '6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4='))
+        proof, verifier = _scram_expected('pencil', salt, 4096, f'n=,r={nonce}', server_first, final_bare)
+        scram = server._scram_client('pencil', nonce)
+        self.assertEqual(next(scram), f'n,,n=,r={nonce}'.encode())
+        self.assertEqual(scram.send(server_first.encode()), f'{final_bare},p={proof}'.encode())
+        with self.assertRaises(StopIteration):
+            scram.send(f'v={verifier}'.encode())
+        # A server that does not know the password cannot give the signature.
+        for answer in ('v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=', 'v=', 'e=invalid-proof'):
+            with self.subTest(answer=answer):
+                scram = server._scram_client('pencil', nonce)
+                next(scram)
+                scram.send(server_first.encode())
+                with self.assertRaises(server.PostgresError) as caught:
+                    scram.send(answer.encode())
+                self.assertIn('could not prove', str(caught.exception))
+
+    def test_scram_refuses_a_nonce_that_is_not_ours(self):
+        for server_first in ('r=someoneelse,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096',
+                             'r=rOprNGfwEbeRWgbNEkqO,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096'):
+            with self.subTest(server_first=server_first):
+                scram = server._scram_client('pencil', 'rOprNGfwEbeRWgbNEkqO')
+                next(scram)
+                with self.assertRaises(server.PostgresError):
+                    scram.send(server_first.encode())
+
+
+#: These classes' servers skip fsync: CREATE DATABASE (one per test) takes a fraction of the
+#: time, and none of them crashes its server (a clean stop writes everything out).
+_PG_FAST = {'fsync': False}
+
+
+_shared_pg = {}      # pid -> the PostgresServer this process's classes share
+
+
+def shared_postgres():
+    """One PostgresServer per test process, for classes that never stop or restart it (each
+    uses databases of its own): a cluster costs seconds to make. Removed when the process
+    exits (its guard stops it even when the process is killed)."""
+    pg = _shared_pg.get(os.getpid())
+    if pg is None:
+        pg = _shared_pg[os.getpid()] = PostgresServer(_PG_FAST)
+        atexit.register(pg.cleanup)
+    return pg
+
+
+class PostgresClientTest(unittest.TestCase):
+    """PgConnection against a real PostgreSQL: logins, TLS, types, errors, the write lock, timeouts."""
+
+    starts_early = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = shared_postgres()
+        cls.url = cls.pg.new_database()
+
+    def connect(self, url=None, **options):
+        conn = server.PgConnection(server.parse_database_url(url or self.url, '')[1], **options)
+        self.addCleanup(conn.close)
+        return conn
+
+    def needs_tls(self):
+        if self.pg.ca_file is None:
+            self.skipTest('openssl is not installed: the fixture has no TLS')
+
+    def test_scram_and_md5_logins(self):
+        for user in ('app_scram', 'app_md5'):
+            with self.subTest(user=user):
+                conn = self.connect(self.pg.test_url(user, sslmode='disable'))
+                self.assertEqual(conn.execute('SELECT current_user').fetchone()[0], user)
+                self.assertFalse(isinstance(conn._sock, ssl.SSLSocket))
+        # What each role's password is checked by: the server's own record of the login.
+        methods = self.pg.psql("SELECT rolname, substr(rolpassword, 1, 6) FROM pg_authid "
+                               "WHERE rolname IN ('app_scram', 'app_md5') ORDER BY 1")
+        self.assertIn('app_scram|SCRAM-', methods)
+        self.assertIn('app_md5|md5', methods)
+
+    def test_a_wrong_password_is_refused_with_its_sqlstate(self):
+        for user in ('app_scram', 'app_md5'):
+            with self.subTest(user=user):
+                url = self.pg.test_url(user, sslmode='disable').replace(self.pg.password, 'wrong-pw')
+                with self.assertRaises(server.PostgresError) as caught:
+                    self.connect(url)
+                self.assertNotIsInstance(caught.exception, server.PostgresUnavailable)
+                self.assertEqual(caught.exception.sqlstate, '28P01')
+                self.assertIn(f'password authentication failed for user "{user}"', caught.exception.message)
+        settings = dict(server.parse_database_url(self.url, '')[1], password=None)
+        with self.assertRaises(server.PostgresError) as caught:
+            server.PgConnection(settings)
+        self.assertIn('put it in the --database URL', str(caught.exception))
+
+    def test_tls_verify_full_with_the_ca(self):
+        self.needs_tls()
+        for host in ('localhost', '127.0.0.1'):
+            with self.subTest(host=host):
+                conn = self.connect(self.pg.test_url('app_tls', host=host, sslmode='verify-full',
+                                                     sslrootcert=self.pg.ca_file))
+                self.assertIsInstance(conn._sock, ssl.SSLSocket)
+                self.assertEqual(conn.execute('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')
+                                 .fetchone()[0], True)
+        # 127.1 reaches 127.0.0.1, by a name the certificate does not hold: verify-ca trusts
+        # the signature alone, verify-full wants the name too.
+        conn = self.connect(self.pg.test_url('app_tls', host='127.1', sslmode='verify-ca', sslrootcert=self.pg.ca_file))
+        self.assertIsInstance(conn._sock, ssl.SSLSocket)
+        with self.assertRaises(server.PostgresError) as caught:
+            self.connect(self.pg.test_url('app_tls', host='127.1', sslmode='verify-full', sslrootcert=self.pg.ca_file))
+        self.assertIn("certificate of PostgreSQL at 127.1 is not trusted (Hostname mismatch", str(caught.exception))
+        conn = self.connect(self.pg.test_url('app_tls', sslmode='require'))    # encrypted, not verified
+        self.assertIsInstance(conn._sock, ssl.SSLSocket)
+        conn = self.connect(self.pg.test_url('app_scram'))                      # prefer: TLS when offered
+        self.assertIsInstance(conn._sock, ssl.SSLSocket)
+
+    def test_tls_refusals(self):
+        self.needs_tls()
+        with self.assertRaises(server.PostgresError) as caught:
+            self.connect(self.pg.test_url('app_tls', sslmode='disable'))
+        self.assertIn('no encryption', caught.exception.message)
+        # A CA that did not sign the server's certificate: a self-signed one of our own, and
+        # the system's store.
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp, True)
+        other_ca = os.path.join(tmp, 'other.pem')
+        subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+                        '-nodes', '-days', '2', '-subj', '/CN=not the signer', '-keyout', os.path.join(tmp, 'k'),
+                        '-out', other_ca], check=True, capture_output=True, timeout=60)
+        for query in ({'sslrootcert': other_ca}, {}):
+            for mode in ('verify-full', 'verify-ca'):
+                with self.subTest(mode=mode, query=query):
+                    with self.assertRaises(server.PostgresError) as caught:
+                        self.connect(self.pg.test_url('app_tls', sslmode=mode, **query))
+                    self.assertNotIsInstance(caught.exception, server.PostgresUnavailable)
+                    self.assertIn('certificate of PostgreSQL at 127.0.0.1 is not trusted', str(caught.exception))
+                    self.assertIn('check sslrootcert', str(caught.exception))
+
+    def test_types_round_trip(self):
+        conn = self.connect()
+        conn.execute('CREATE TEMP TABLE kinds (i BIGINT, f DOUBLE PRECISION, n NUMERIC, b BOOLEAN, '
+                     't TEXT, y BYTEA, ts TIMESTAMP, tz TIMESTAMPTZ, d DATE)')
+        plus2 = datetime.timezone(datetime.timedelta(hours=2))
+        big = random.Random(7).randbytes(1024 * 1024 + 3)
+        rows = [
+            (2 ** 62, 0.1, decimal.Decimal('12345678901234567890.123456789'), True, 'héllo ✓ 😀\n\ttab',
+             bytes(range(256)), datetime.datetime(2024, 2, 29, 13, 14, 15, 123456),
+             datetime.datetime(2024, 2, 29, 13, 14, 15, 5, plus2), datetime.date(1999, 12, 31)),
+            (-2 ** 63, -1e300, decimal.Decimal('-0.000001'), False, '', b'', datetime.datetime(1, 1, 1),
+             datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc), datetime.date(1, 1, 1)),
+            (0, float('inf'), decimal.Decimal(0), None, None, big, None, None, None),
+            (None, None, None, None, "x'); DROP TABLE kinds; --", b'\0' * 10, None, None, None),
+            (None, None, None, None, 'what? $1 ?', b'\xff\x00?', None, None, None),
+        ]
+        for number, row in enumerate(rows):
+            conn.execute('INSERT INTO kinds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', row)
+            got = conn.execute('SELECT * FROM kinds').fetchall()[-1]
+            with self.subTest(row=number):
+                self.assertEqual(tuple(got), row)
+                self.assertEqual([type(v) for v in got], [type(v) for v in row])
+                if row[7] is not None:
+                    self.assertEqual(got[7].utcoffset(), datetime.timedelta(0))   # TimeZone=UTC
+        self.assertEqual(conn.execute('SELECT count(*) FROM kinds').fetchone()[0], len(rows))
+        row = conn.execute('SELECT 1 AS one, ?::text AS two, NULL AS three', ('2',)).fetchone()
+        self.assertEqual((row[0], row['two'], row['three'], row.keys()), (1, '2', None, ['one', 'two', 'three']))
+        self.assertEqual(dict(row), {'one': 1, 'two': '2', 'three': None})
+        self.assertEqual(conn.execute("SELECT 'nan'::float8, '-infinity'::float8, 1.5::real, 7::smallint").fetchone()[1:],
+                         (float('-inf'), 1.5, 7))
+        self.assertNotEqual(conn.execute("SELECT 'nan'::float8").fetchone()[0], 0.0)
+
+    def test_errors_carry_their_sqlstate_and_leave_the_connection_usable(self):
+        conn = self.connect()
+        with self.assertRaises(server.PostgresError) as caught:
+            conn.execute('SELEC 1')
+        self.assertEqual(caught.exception.sqlstate, '42601')
+        self.assertIn('syntax error', caught.exception.message)
+        self.assertEqual(conn.execute('SELECT 2').fetchone()[0], 2)
+        conn.execute('CREATE TEMP TABLE uniq (k TEXT PRIMARY KEY)')
+        conn.execute('INSERT INTO uniq VALUES (?)', ('a',))
+        with self.assertRaises(sqlite3.IntegrityError) as caught:
+            conn.execute('INSERT INTO uniq VALUES (?)', ('a',))
+        self.assertIsInstance(caught.exception, server.PostgresIntegrityError)
+        self.assertEqual(caught.exception.sqlstate, '23505')
+        self.assertIn('Key (k)=(a) already exists', caught.exception.detail)
+        self.assertFalse(conn.in_transaction)
+        with self.assertRaises(sqlite3.ProgrammingError):
+            conn.execute('SELECT ?', (1, 2))
+        # An error inside a transaction: `with conn` rolls it all back.
+        with self.assertRaises(server.PostgresIntegrityError):
+            with conn:
+                conn.execute('BEGIN')
+                conn.execute('INSERT INTO uniq VALUES (?)', ('b',))
+                self.assertTrue(conn.in_transaction)
+                conn.execute('INSERT INTO uniq VALUES (?)', ('a',))
+        self.assertFalse(conn.in_transaction)
+        self.assertEqual([r[0] for r in conn.execute('SELECT k FROM uniq')], ['a'])
+        with conn:
+            conn.execute('BEGIN')
+            conn.execute('INSERT INTO uniq VALUES (?)', ('c',))
+        self.assertEqual([r[0] for r in conn.execute('SELECT k FROM uniq ORDER BY k')], ['a', 'c'])
+        self.assertEqual(conn.executemany('INSERT INTO uniq VALUES (?)', [('d',), ('e',)]).rowcount, 2)
+        cursor = conn.execute('UPDATE uniq SET k = k || ? WHERE k > ?', ('!', 'c'))
+        self.assertEqual((cursor.rowcount, cursor.lastrowid), (2, None))
+
+    def test_begin_immediate_waits_for_the_writer_on_another_connection(self):
+        first, second, watcher = self.connect(), self.connect(), self.connect()
+        second_pid = second.execute('SELECT pg_backend_pid()').fetchone()[0]
+        first.execute('BEGIN IMMEDIATE')
+        first.execute('SELECT 1')       # the lock is taken with the first statement
+        began = threading.Event()
+        outcome = []
+
+        def begin():
+            try:
+                second.execute('BEGIN IMMEDIATE')       # sent with the next statement
+                second.execute('SELECT 1')
+                outcome.append('began')
+            except BaseException as exc:
+                outcome.append(exc)
+            began.set()
+        thread = threading.Thread(target=begin)
+        thread.start()
+        self.addCleanup(thread.join, 10)
+        try:
+            # The second waits on the lock the first holds: the server says so.
+            deadline = time.monotonic() + 10
+            while not watcher.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = ? "
+                                      "AND NOT granted", (second_pid,)).fetchone():
+                self.assertFalse(began.is_set(), outcome)
+                self.assertLess(time.monotonic(), deadline, 'the second BEGIN IMMEDIATE never waited')
+                time.sleep(0.01)
+            self.assertFalse(began.is_set())
+        finally:
+            first.commit()
+        self.assertTrue(began.wait(10))
+        self.assertEqual(outcome, ['began'])
+        self.assertTrue(second.in_transaction)
+        second.rollback()
+
+    def test_check_then_act_under_begin_immediate_holds_across_connections(self):
+        url = self.pg.new_database()
+        setup = self.connect(url)
+        setup.execute('CREATE TABLE seats (who BIGINT)')
+        limit, workers = 3, 6
+        conns = [self.connect(url) for _ in range(workers)]
+        start = threading.Barrier(workers)
+
+        def claim(conn, who):
+            start.wait(10)
+            with conn:
+                conn.execute('BEGIN IMMEDIATE')
+                taken = conn.execute('SELECT count(*) FROM seats').fetchone()[0]
+                conn.execute('SELECT pg_sleep(0.05)')   # a wide window between the check and the act
+                if taken < limit:
+                    conn.execute('INSERT INTO seats VALUES (?)', (who,))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for future in [pool.submit(claim, conn, i) for i, conn in enumerate(conns)]:
+                future.result(30)
+        self.assertEqual(setup.execute('SELECT count(*) FROM seats').fetchone()[0], limit)
+
+    def test_statement_timeout(self):
+        conn = self.connect(statement_timeout_ms=100)
+        started = time.monotonic()
+        with self.assertRaises(server.PostgresError) as caught:
+            conn.execute('SELECT pg_sleep(5)')
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertEqual(caught.exception.sqlstate, '57014')
+        self.assertEqual(conn.execute('SELECT 1').fetchone()[0], 1)
+        self.assertEqual(self.connect().execute('SHOW statement_timeout').fetchone()[0],
+                         f'{server.PG_STATEMENT_TIMEOUT_MS // 1000}s')
+
+    def test_statements_are_prepared_once_per_connection_and_parameter_types(self):
+        conn = self.connect(self.pg.new_database())
+        kept = "SELECT statement, parameter_types::text FROM pg_prepared_statements ORDER BY prepare_time"
+        for value, answer in [(1, 2), (41, 42), (1.5, 2.5)]:
+            self.assertEqual(conn.execute('SELECT ? + 1 AS n', (value,)).fetchone()['n'], answer)
+        self.assertEqual(conn.execute(kept).fetchall()[:2], [('SELECT $1 + 1 AS n', '{bigint}'),
+                                                             ('SELECT $1 + 1 AS n', '{"double precision"}')])
+        # A statement that fails to parse is not kept; one that fails when it runs is, and
+        # both fail the same way again, never over a name taken or missing.
+        conn.execute('CREATE TABLE once (n INTEGER PRIMARY KEY)')
+        conn.execute('INSERT INTO once VALUES (?)', (1,))
+        for _ in range(2):
+            with self.assertRaises(server.PostgresError) as caught:
+                conn.execute('SELEC ?', (1,))
+            self.assertEqual(caught.exception.sqlstate, '42601')
+            with self.assertRaises(server.PostgresIntegrityError):
+                conn.execute('INSERT INTO once VALUES (?)', (1,))
+        # A table changed under a kept plan: that run fails, the next prepares it anew.
+        self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1,)])
+        conn.execute('ALTER TABLE once ADD COLUMN m INTEGER')
+        with self.assertRaises(server.PostgresError) as caught:
+            conn.execute('SELECT * FROM once')
+        self.assertEqual(caught.exception.sqlstate, '0A000')
+        self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1, None)])
+        # Past PG_STATEMENTS_KEPT, statements still run, parsed each time.
+        with patched(PG_STATEMENTS_KEPT=len(conn._statements)):
+            for n in range(3):
+                self.assertEqual(conn.execute(f'SELECT {n} + ?', (1,)).fetchone()[0], n + 1)
+        self.assertNotIn('SELECT 0 + $1', [row[0] for row in conn.execute(kept)])
+
+    def test_a_deferred_statement_goes_with_the_next_and_its_error_is_raised_there(self):
+        conn = self.connect()
+        conn.execute('CREATE TABLE deferred (n INTEGER)')
+        conn.execute('BEGIN')
+        conn.defer('SAVEPOINT s')
+        conn.execute('INSERT INTO deferred VALUES (?)', (1,))
+        conn.defer('ROLLBACK TO s')
+        conn.defer('RELEASE s')
+        conn.execute('INSERT INTO deferred VALUES (?)', (2,))
+        conn.commit()
+        self.assertFalse(conn.in_transaction)
+        self.assertEqual(conn.execute('SELECT n FROM deferred').fetchall(), [(2,)])
+        # Outside a transaction PostgreSQL refuses a savepoint: the next statement says so.
+        conn.defer('SAVEPOINT nowhere')
+        with self.assertRaises(server.PostgresError) as caught:
+            conn.execute('SELECT 1')
+        self.assertEqual(caught.exception.sqlstate, '25P01')
+        self.assertEqual(conn.execute('SELECT 2').fetchone()[0], 2)
+        # In a transaction its error aborts it: the error told is the cause, not the abort.
+        conn.execute('BEGIN')
+        conn.defer('ROLLBACK TO no_such_savepoint')
+        with self.assertRaises(server.PostgresError) as caught:
+            conn.execute('SELECT 3')
+        self.assertEqual(caught.exception.sqlstate, '3B001')
+        conn.rollback()
+
+    def test_a_connection_lost_inside_a_transaction_is_unavailable_then_closed(self):
+        conn = self.connect()
+        conn.execute('BEGIN')
+        pid = conn.execute('SELECT pg_backend_pid()').fetchone()[0]
+        self.assertEqual(self.pg.psql(f'SELECT pg_terminate_backend({pid}, 10000)').strip(), 't')
+        with self.assertRaises(server.PostgresUnavailable):
+            conn.execute('SELECT 1')
+        conn.rollback()         # nothing left to roll back: the server did
+        with self.assertRaises(server.PostgresUnavailable):
+            conn.commit()       # a commit that cannot have happened is never quiet
+        with self.assertRaises(server.PostgresUnavailable):
+            conn.execute('SELECT 1')
+        self.assertFalse(conn.usable())
+
+
+#: The schema of PostgresDatabaseTest's comparison, written once for both backends.
+_BOTH_MIGRATIONS = ['CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, '
+                    'qty INTEGER NOT NULL, price REAL, note TEXT)']
+
+
+async def _same_calls(db):
+    """The Database API's calls, each with what it gave: the same on SQLite and on PostgreSQL."""
+    seen = []
+
+    def transfer(conn, source, target, n):
+        with conn:
+            conn.execute('BEGIN IMMEDIATE')
+            conn.execute('UPDATE items SET qty = qty - ? WHERE name = ?', (n, source))
+            conn.execute('UPDATE items SET qty = qty + ? WHERE name = ?', (n, target))
+            return [tuple(row) for row in conn.execute('SELECT name, qty FROM items ORDER BY name')]
+
+    def half_done(conn):
+        with conn:
+            conn.execute('BEGIN IMMEDIATE')
+            conn.execute("UPDATE items SET note = 'changed'")
+            conn.execute("INSERT INTO items (name, qty) VALUES ('apple', 1)")
+
+    def add(conn, name, qty):
+        return conn.execute('INSERT INTO items (name, qty) VALUES (?, ?) RETURNING name', (name, qty)).fetchone()[0]
+
+    executed = await db.execute('INSERT INTO items (name, qty, price) VALUES (?, ?, ?) RETURNING id', ('apple', 3, 1.5))
+    seen.append(('insert returning', (executed, executed.lastrowid, executed.rowcount)))
+    executed = await db.execute('INSERT INTO items (name, qty, price) VALUES (?, ?, ?), (?, ?, ?) RETURNING id',
+                                ('pear', 0, 2.25, 'plum', 7, None))
+    seen.append(('two rows returning', (executed.lastrowid, executed.rowcount)))
+    seen.append(('update', (await db.execute('UPDATE items SET qty = qty + ? WHERE qty > ?', (1, 0))).rowcount))
+    seen.append(('update none', (await db.execute('UPDATE items SET qty = 1 WHERE qty < ?', (0,))).rowcount))
+    seen.append(('select', (await db.execute('SELECT * FROM items')).rowcount))
+    seen.append(('fetchall', await db.fetchall('SELECT id, name, qty, price, note FROM items ORDER BY id')))
+    seen.append(('fetchone', await db.fetchone('SELECT name FROM items WHERE qty = ?', (0,))))
+    seen.append(('fetchone none', await db.fetchone('SELECT name FROM items WHERE qty < ?', (0,))))
+    seen.append(('aggregates', await db.fetchone('SELECT COUNT(*) AS n, CAST(SUM(qty) AS BIGINT) AS total, '
+                                                 'MAX(price) AS top FROM items')))
+    seen.append(('quotes', await db.fetchone("SELECT '?' AS q, name FROM items WHERE name = ?", ("plum",))))
+    seen.append(('run', await db.run(transfer, 'plum', 'pear', 2)))
+    try:
+        await db.run(half_done)
+    except sqlite3.IntegrityError:
+        seen.append(('integrity error', 'raised'))
+    seen.append(('rolled back', await db.fetchall('SELECT note FROM items ORDER BY id')))
+    outcomes = await asyncio.gather(db.grouped(add, 'fig', 1), db.grouped(add, 'apple', 9),
+                                    db.grouped(add, 'kiwi', 2), return_exceptions=True)
+    seen.append(('grouped', [isinstance(o, sqlite3.IntegrityError) or o for o in outcomes]))
+    seen.append(('run_sync', await asyncio.to_thread(
+        db.run_sync, lambda conn, n: conn.execute('SELECT name FROM items WHERE qty = ?', (n,)).fetchone()[0], 2)))
+    seen.append(('delete', (await db.execute('DELETE FROM items WHERE qty < ?', (2,))).rowcount))
+    seen.append(('left', await db.fetchall('SELECT name, qty FROM items ORDER BY name')))
+    return seen
+
+
+class PostgresDatabaseTest(unittest.TestCase):
+    """Database on PostgreSQL: the API as on SQLite, migrations across hosts, 503s, reconnection."""
+
+    starts_early = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = PostgresServer(_PG_FAST)
+        cls.addClassCleanup(cls.pg.cleanup)
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def psql(self, url, sql):
+        return self.pg.psql(sql, db=urllib.parse.urlsplit(url).path[1:])
+
+    def test_the_same_calls_give_the_same_results_on_both_backends(self):
+        async def both():
+            results = []
+            for path in (os.path.join(self.tmp, 'app.db'), self.pg.new_database()):
+                db = server.Database(path, _BOTH_MIGRATIONS)
+                try:
+                    await db.open()
+                    results.append(await _same_calls(db))
+                finally:
+                    await db.close()
+            return results
+        sqlite_seen, postgres_seen = asyncio.run(both())
+        for (label, on_sqlite), (_, on_postgres) in zip(sqlite_seen, postgres_seen):
+            with self.subTest(label):
+                self.assertEqual(on_postgres, on_sqlite)
+        self.assertEqual(len(postgres_seen), len(sqlite_seen))
+        self.assertEqual(dict(sqlite_seen)['insert returning'], (1, 1, 1))
+        self.assertEqual(dict(sqlite_seen)['left'], [{'name': 'apple', 'qty': 4}, {'name': 'kiwi', 'qty': 2},
+                                                     {'name': 'pear', 'qty': 2}, {'name': 'plum', 'qty': 6}])
+
+    def test_migrations_run_once_and_a_second_database_runs_none_again(self):
+        url = self.pg.new_database()
+        scripts = ['CREATE TABLE runs (n INTEGER); INSERT INTO runs VALUES (1)',
+                   'CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO runs VALUES (2)']
+
+        async def open_and_close(migrations, name='m'):
+            db = server.Database(url, migrations, name=name)
+            try:
+                await db.open()
+                return await db.fetchall('SELECT n FROM runs ORDER BY n')
+            finally:
+                await db.close()
+        self.assertEqual(asyncio.run(open_and_close(scripts[:1])), [{'n': 1}])
+        self.assertEqual(asyncio.run(open_and_close(scripts)), [{'n': 1}, {'n': 2}])
+        self.assertEqual(asyncio.run(open_and_close(scripts)), [{'n': 1}, {'n': 2}])
+        self.assertEqual(self.psql(url, "SELECT app, number FROM server_migrations ORDER BY 2").split(), ['m|1', 'm|2'])
+        # Another app's scripts count apart; the types are SQLite's, read by PostgreSQL.
+        self.assertEqual(asyncio.run(open_and_close(['INSERT INTO runs VALUES (3)'], name='other')),
+                         [{'n': 1}, {'n': 2}, {'n': 3}])
+        self.assertEqual(self.psql(url, "SELECT data_type FROM information_schema.columns WHERE "
+                                        "table_name = 'notes' ORDER BY ordinal_position").split(), ['bigint', 'text'])
+
+    def test_databases_migrating_at_once_run_each_script_once(self):
+        url = self.pg.new_database()
+        scripts = ['CREATE TABLE runs (n INTEGER); INSERT INTO runs VALUES (1)',
+                   'CREATE TABLE more (n INTEGER); INSERT INTO runs VALUES (2)',
+                   'INSERT INTO runs VALUES (3)']
+
+        async def together(count):
+            dbs = [server.Database(url, scripts, name='m') for _ in range(count)]
+            try:
+                await asyncio.gather(*(db.open() for db in dbs))
+            finally:
+                await asyncio.gather(*(db.close() for db in dbs))
+        asyncio.run(together(4))
+        # And as separate processes would: each in a thread with its own event loop.
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            for future in [pool.submit(asyncio.run, together(1)) for _ in range(3)]:
+                future.result(60)
+        self.assertEqual(self.psql(url, 'SELECT n FROM runs ORDER BY n').split(), ['1', '2', '3'])
+        self.assertEqual(self.psql(url, "SELECT number FROM server_migrations WHERE app = 'm' ORDER BY 1").split(),
+                         ['1', '2', '3'])
+        self.assertEqual(self.psql(url, "SELECT count(*) FROM pg_tables WHERE tablename IN "
+                                        "('server_migrations', 'sessions', 'server_secrets')").strip(), '3')
+
+    def test_a_failing_migration_and_a_newer_database_stop_the_start(self):
+        url = self.pg.new_database()
+
+        async def open_(migrations, source=None):
+            db = server.Database(url, migrations, name='m', source=source)
+            try:
+                await db.open()
+            finally:
+                await db.close()
+        with self.assertRaises(server.StartupError) as caught:
+            asyncio.run(open_(['CREATE TABLE a (n INTEGER)', 'CREATE TABLE b (n INTEGER); SELEC oops'], 'app.py'))
+        message = str(caught.exception)
+        self.assertIn("migration 2 of app 'm' failed on PostgreSQL", message)
+        self.assertIn('syntax error', message)
+        self.assertIn('fix the script in app.py', message)
+        # Script 1 stays done; script 2 is undone whole, its row with it.
+        self.assertEqual(self.psql(url, "SELECT tablename FROM pg_tables WHERE tablename IN ('a', 'b')").split(), ['a'])
+        self.assertEqual(self.psql(url, 'SELECT number FROM server_migrations').split(), ['1'])
+        asyncio.run(open_(['CREATE TABLE a (n INTEGER)', 'CREATE TABLE b (n INTEGER)', 'SELECT 1']))
+        with self.assertRaises(server.StartupError) as caught:
+            asyncio.run(open_(['CREATE TABLE a (n INTEGER)']))
+        self.assertIn("was written by a newer server.py (app 'm' at migration 3, this one knows 1)",
+                      str(caught.exception))
+        self.assertNotIn(self.pg.password, str(caught.exception))
+        self.assertIn(':***@', str(caught.exception))
+
+    def test_a_statement_out_of_time_is_a_503(self):
+        url = self.pg.new_database()
+
+        def slow(conn):
+            conn.execute('BEGIN')
+            conn.execute("SET LOCAL statement_timeout = '100ms'")
+            conn.execute('SELECT pg_sleep(5)')
+
+        async def go():
+            db = server.Database(url)
+            try:
+                started = time.monotonic()
+                with self.assertRaises(server.HTTPError) as caught:
+                    await db.run(slow)
+                self.assertLess(time.monotonic() - started, 3)
+                # The connection goes back to the pool idle, its transaction rolled back.
+                self.assertEqual([conn.status for conn in db._pg_conns], [b'I'])
+                timeout = await db.fetchone('SHOW statement_timeout')
+                return caught.exception, timeout
+            finally:
+                await db.close()
+        error, timeout = asyncio.run(go())
+        self.assertEqual((error.status, error.headers), (503, {'Retry-After': str(server.PG_RETRY_AFTER_S)}))
+        self.assertEqual(error.__cause__.sqlstate, '57014')
+        self.assertEqual(timeout, {'statement_timeout': f'{server.PG_STATEMENT_TIMEOUT_MS // 1000}s'})
+
+    def test_a_restart_and_an_outage_are_survived_without_a_new_database(self):
+        url = self.pg.new_database()
+
+        def pid(conn):
+            return conn.execute('SELECT pg_backend_pid()').fetchone()[0]
+
+        async def go():
+            db = server.Database(url, ['CREATE TABLE hits (n INTEGER)'])
+            try:
+                await db.open()
+                await db.execute('INSERT INTO hits VALUES (?)', (1,))
+                before = await db.run(pid)
+                # A restart ends the pooled connections; the next call finds its own ended
+                # and opens another: no 503 once the server is back.
+                self.pg.restart()
+                await db.execute('INSERT INTO hits VALUES (?)', (2,))
+                self.assertNotEqual(await db.run(pid), before)
+                # Down: each call is a 503 with Retry-After, quickly.
+                self.pg.stop()
+                try:
+                    for sql in ('INSERT INTO hits VALUES (3)', 'SELECT 1'):
+                        started = time.monotonic()
+                        with self.assertRaises(server.HTTPError) as caught:
+                            await db.execute(sql)
+                        self.assertEqual((caught.exception.status, caught.exception.headers),
+                                         (503, {'Retry-After': str(server.PG_RETRY_AFTER_S)}))
+                        self.assertIsInstance(caught.exception.__cause__, server.PostgresUnavailable)
+                        self.assertLess(time.monotonic() - started, 3)
+                finally:
+                    self.pg.start()
+                await db.execute('INSERT INTO hits VALUES (?)', (4,))
+                # Connections the server ends (pg_terminate_backend) between calls: the next
+                # call sees its own ended, as after a restart, and opens another -- no 503.
+                ended = await db.run(pid)
+                self.assertIn('t', self.psql(url, 'SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity '
+                                                  "WHERE application_name = 'server.py'").split())
+                self.assertNotEqual(await db.run(pid), ended)
+                # Ended in the middle of a call's transaction: that call is a 503, the next works.
+                def cut_midway(conn):
+                    conn.execute('BEGIN')
+                    conn.execute('INSERT INTO hits VALUES (5)')
+                    self.psql(url, f'SELECT pg_terminate_backend({pid(conn)}, 10000)')
+                    conn.execute('INSERT INTO hits VALUES (6)')
+                with self.assertRaises(server.HTTPError) as caught:
+                    await db.run(cut_midway)
+                self.assertEqual(caught.exception.status, 503)
+                return await db.fetchall('SELECT n FROM hits ORDER BY n')
+            finally:
+                await db.close()
+        with self.assertLogs('server', 'WARNING') as logs:
+            self.assertEqual(asyncio.run(go()), [{'n': 1}, {'n': 2}, {'n': 4}])
+        self.assertEqual(len(logs.records), 3, logs.output)      # the three 503s, and nothing else
+        self.assertIn('database unavailable: cannot reach PostgreSQL at 127.0.0.1', logs.output[0])
+        self.assertIn('database unavailable: lost the connection', logs.output[2])
+
+
+class PostgresCommandTest(unittest.TestCase):
+    """server.py on PostgreSQL from the command line: start failures, and the owner commands."""
+
+    starts_early = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = shared_postgres()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.data = os.path.join(self.tmp, 'data')
+        # The owner commands and server.py see only the URL given, never this machine's PG*.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(('PG', 'SERVER_'))}
+
+    def run_server(self, *args, env=None):
+        return subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), *args],
+                              capture_output=True, text=True, timeout=60, env=dict(self.env, **(env or {})))
+
+    def command(self, *args):
+        """An owner command run in this process -> (exit code, stdout, stderr)."""
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = server.main([*args, '--data', self.data])
+        return code, out.getvalue(), err.getvalue()
+
+    def site_database(self):
+        """A new database with the site's tables, two messages and two uploads (chunks too)."""
+        url = self.pg.new_database()
+
+        async def migrate():
+            db = server.Database(url, server.SITE_MIGRATIONS, name='site')
+            try:
+                await db.open()
+            finally:
+                await db.close()
+        asyncio.run(migrate())
+        conn = server.PgConnection(server.parse_database_url(url, '')[1])
+        try:
+            with conn:
+                conn.execute('BEGIN')
+                for name, body, created in [('Ann', 'Hello,\nsecond line', 1700000000.0),
+                                            ('=Bob', 'Later', 1700000600.0)]:
+                    conn.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
+                                 (name, 'a@example.com', body, '192.0.2.1', created))
+                for stored, size in [('u1', 3), ('u2', 300000)]:
+                    conn.execute('INSERT INTO uploads (owner, name, stored, size, content_type, created) '
+                                 'VALUES (?, ?, ?, ?, ?, ?)', ('o', stored + '.txt', stored, size, 'text/plain', 1700000000.0))
+                    for seq in range(2):
+                        conn.execute('INSERT INTO upload_chunks VALUES (?, ?, ?, ?)', (stored, seq, b'x', 1700000000.0))
+            ids = [row[0] for row in conn.execute('SELECT id FROM messages ORDER BY id')]
+            uploads = [row[0] for row in conn.execute('SELECT id FROM uploads ORDER BY id')]
+        finally:
+            conn.close()
+        return url, ids, uploads
+
+    def psql(self, url, sql):
+        return self.pg.psql(sql, db=urllib.parse.urlsplit(url).path[1:])
+
+    def test_start_failures_are_one_line_without_the_password(self):
+        wrong = self.pg.test_url(sslmode='disable').replace(self.pg.password, 'Wr0ngPassw0rd')
+        nowhere = f'postgresql://app:Wr0ngPassw0rd@127.0.0.1:{free_port()}/app'
+        hidden = f'postgresql://app@127.0.0.1:{free_port()}/app?password=Wr0ngPassw0rd'
+        for url, code, says in [
+                (wrong, 1, 'password authentication failed for user "app_scram": fix --database (SERVER_DATABASE)'),
+                (nowhere, 1, 'Connection refused: start it, or fix --database (SERVER_DATABASE)'),
+                (hidden, 1, 'Connection refused: start it, or fix --database (SERVER_DATABASE)'),
+                ('mysql://app:Wr0ngPassw0rd@h/app', 2, "--database: 'mysql://app:***@h/app' is neither")]:
+            with self.subTest(url=url):
+                result = self.run_server('--port', '0', '--data', self.data, '--root', WWW, '--database', url)
+                self.assertEqual(result.returncode, code, result.stderr)
+                self.assertEqual(result.stdout, '')
+                self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+                self.assertIn(says, result.stderr)
+                if code == 1:
+                    self.assertIn(':***@' if 'password=' not in url else 'password=***', result.stderr)
+                    self.assertNotIn('Wr0ngPassw0rd', result.stderr)
+        # The same from SERVER_DATABASE.
+        result = self.run_server('--port', '0', '--data', self.data, '--root', WWW, env={'SERVER_DATABASE': wrong})
+        self.assertEqual(result.returncode, 1)
+        self.assertIn('password authentication failed', result.stderr)
+        self.assertNotIn('Wr0ngPassw0rd', result.stderr)
+
+    def test_messages(self):
+        url, ids, _ = self.site_database()
+        code, out, err = self.command('messages', '--database', url)
+        self.assertEqual((code, err), (0, ''))
+        self.assertEqual(out, f'#{ids[1]}  2023-11-14 22:23 UTC  =Bob <a@example.com>  from 192.0.2.1\n'
+                              f'    Later\n\n'
+                              f'#{ids[0]}  2023-11-14 22:13 UTC  Ann <a@example.com>  from 192.0.2.1\n'
+                              f'    Hello,\n    second line\n\n')
+        code, out, err = self.command('messages', '--csv', '--database', url)
+        self.assertEqual(code, 0)
+        self.assertEqual(list(csv.reader(io.StringIO(out))), [
+            ['id', 'created_utc', 'name', 'email', 'ip', 'message'],
+            [str(ids[1]), '2023-11-14 22:23 UTC', "'=Bob", 'a@example.com', '192.0.2.1', 'Later'],
+            [str(ids[0]), '2023-11-14 22:13 UTC', 'Ann', 'a@example.com', '192.0.2.1', 'Hello,\nsecond line']])
+        code, out, err = self.command('messages', '--delete', str(ids[0]), '999', '--database', url)
+        self.assertEqual((code, out), (1, f'deleted 1 message: #{ids[0]}\n'))
+        self.assertIn('no message #999', err)
+        self.assertEqual(self.psql(url, 'SELECT id FROM messages').split(), [str(ids[1])])
+        # SERVER_DATABASE instead of the flag, in a process of its own.
+        result = self.run_server('messages', '--data', self.data, env={'SERVER_DATABASE': url})
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn('Later', result.stdout)
+        self.assertNotIn('Hello', result.stdout)
+
+    def test_uploads(self):
+        url, _, ids = self.site_database()
+        code, out, err = self.command('uploads', '--database', url)
+        self.assertEqual((code, err), (0, ''))
+        self.assertEqual(out.splitlines(), [f'#{ids[0]}  2023-11-14 22:13 UTC     3 bytes  u1.txt',
+                                            f'#{ids[1]}  2023-11-14 22:13 UTC    293.0 KB  u2.txt'][::-1])
+        code, out, err = self.command('uploads', '--delete', str(ids[1]), '--database', url)
+        self.assertEqual((code, out, err), (0, f'deleted 1 upload: #{ids[1]}\n', ''))
+        self.assertEqual(self.psql(url, 'SELECT stored FROM uploads').split(), ['u1'])
+        self.assertEqual(self.psql(url, 'SELECT DISTINCT stored FROM upload_chunks').split(), ['u1'])
+        result = self.run_server('uploads', '--data', self.data, env={'SERVER_DATABASE': url})
+        self.assertEqual((result.returncode, result.stdout.count('\n')), (0, 1), result.stderr)
+
+    def test_commands_on_a_database_they_cannot_open(self):
+        wrong = self.pg.test_url(sslmode='disable').replace(self.pg.password, 'Wr0ngPassw0rd')
+        for args in (['messages'], ['uploads'], ['messages', '--delete', '1'], ['uploads', '--delete', '1']):
+            with self.subTest(args=args):
+                code, out, err = self.command(*args, '--database', wrong)
+                self.assertEqual((code, out), (1, ''))
+                self.assertIn('password authentication failed', err)
+                self.assertNotIn('Wr0ngPassw0rd', err)
+                self.assertEqual(len(err.splitlines()), 1, err)
+
+    def test_backup_is_a_private_dump_that_pg_restore_restores(self):
+        url, ids, uploads = self.site_database()
+        dest = os.path.join(self.tmp, 'backup')
+        code, out, err = self.command('backup', dest, '--database', url)
+        self.assertEqual((code, err), (0, ''), err)
+        dump = os.path.join(dest, 'database.dump')
+        self.assertIn(f'backup written to {dump}', out)
+        self.assertNotIn(self.pg.password, out)
+        self.assertEqual(os.stat(dump).st_mode & 0o777, 0o600)
+        self.assertEqual(os.listdir(self.tmp), ['backup'])       # no partial folder left
+        copy = self.pg.new_database()
+        restored = subprocess.run([self.pg.program('pg_restore'), '--no-owner', '--dbname', copy, dump],
+                                  capture_output=True, text=True, timeout=60, env=self.env)
+        self.assertEqual(restored.returncode, 0, restored.stderr)
+        self.assertEqual(self.psql(copy, 'SELECT id FROM messages ORDER BY id').split(), [str(i) for i in ids])
+        self.assertEqual(self.psql(copy, 'SELECT count(*) FROM upload_chunks').strip(), '4')
+        # A second backup into the same folder is refused; a wrong password is said without it.
+        code, out, err = self.command('backup', dest, '--database', url)
+        self.assertEqual(code, 1)
+        self.assertIn('is not an empty folder', err)
+        wrong = url.replace(self.pg.password, 'Wr0ngPassw0rd')
+        code, out, err = self.command('backup', os.path.join(self.tmp, 'other'), '--database', wrong)
+        self.assertEqual(code, 1)
+        self.assertIn('pg_dump failed', err)
+        self.assertNotIn('Wr0ngPassw0rd', err + out)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, 'other')))
+
+
 # --- 8. Static files ------------------------------------------------------------------------------
 
 class StaticTest(unittest.TestCase):
@@ -6783,24 +7689,6 @@ class NginxTest(unittest.TestCase):
     """The shipped nginx.conf, made local, in front of the real site."""
 
     def test_nginx_conf_in_front_of_the_app(self):
-        nginx = shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
-        if nginx is None:
-            self.skipTest('nginx is not installed')
-        tmp = tempfile.mkdtemp(prefix='server-nginx-')
-        self.addCleanup(shutil.rmtree, tmp, True)
-        # nginx's workers run as an unprivileged user when it starts as root: they read the
-        # static files from a copy they can reach, wherever this checkout lives (a clone in a
-        # folder only root may enter, as mktemp -d makes, is fine for the app, not for them).
-        os.chmod(tmp, 0o755)
-        www = os.path.join(tmp, 'www')
-        shutil.copytree(WWW, www)
-        for folder, _, files in os.walk(www):
-            os.chmod(folder, 0o755)
-            for name in files:
-                os.chmod(os.path.join(folder, name), 0o644)
-        pair = make_certificate(tmp)
-        if pair is None:
-            self.skipTest('openssl is not installed')
         live = LiveServer()
         self.addCleanup(live.stop)
 
@@ -6808,43 +7696,7 @@ class NginxTest(unittest.TestCase):
         async def whoami(request):
             return {'client': request.client, 'scheme': request.scheme, 'form': dict(request.form)}
 
-        http_port, https_port = free_port(), free_port()
-        with open(os.path.join(HERE, 'nginx.conf')) as f:
-            conf = f.read()
-        for old, new in [
-            ('user www-data;', ''),
-            ('pid /run/nginx.pid;', f'pid {tmp}/nginx.pid;'),
-            ('/var/log/nginx/', f'{tmp}/'),
-            ('listen [::]:80;', ''), ('listen [::]:443 ssl;', ''),
-            ('listen 80;', f'listen 127.0.0.1:{http_port};'),
-            ('listen 443 ssl;', f'listen 127.0.0.1:{https_port} ssl;'),
-            ('/etc/letsencrypt/live/example.com/fullchain.pem', pair[0]),
-            ('/etc/letsencrypt/live/example.com/privkey.pem', pair[1]),
-            ('/srv/portfolio/www', www),
-            ('server 127.0.0.1:8000;', f'server 127.0.0.1:{live.port};'),
-            ('http {', f'http {{\n    client_body_temp_path {tmp}/body;\n    proxy_temp_path {tmp}/proxy;\n'
-                       f'    fastcgi_temp_path {tmp}/fastcgi;\n    uwsgi_temp_path {tmp}/uwsgi;\n'
-                       f'    scgi_temp_path {tmp}/scgi;'),
-        ]:
-            self.assertIn(old, conf)
-            conf = conf.replace(old, new)
-        path = os.path.join(tmp, 'nginx.conf')
-        with open(path, 'w') as f:
-            f.write(conf)
-        check = subprocess.run([nginx, '-t', '-c', path, '-p', tmp], capture_output=True, text=True, timeout=30)
-        self.assertEqual(check.returncode, 0, check.stderr)
-        proc = subprocess.Popen([nginx, '-c', path, '-p', tmp, '-g', 'daemon off;'],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.addCleanup(lambda: (proc.terminate(), proc.wait(10), proc.stderr.close()))
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(('127.0.0.1', https_port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.fail('nginx did not start: ' + proc.stderr.read1().decode())
-                time.sleep(0.05)
+        http_port, https_port, certificate = nginx_in_front(self, [live.port])
 
         plain = http.client.HTTPConnection('127.0.0.1', http_port, timeout=5)
         self.addCleanup(plain.close)
@@ -6853,7 +7705,7 @@ class NginxTest(unittest.TestCase):
         resp.read()
         self.assertEqual(resp.status, 301)
         self.assertTrue(resp.getheader('Location').startswith('https://'))
-        context = ssl.create_default_context(cafile=pair[0])
+        context = ssl.create_default_context(cafile=certificate)
         conn = http.client.HTTPSConnection('127.0.0.1', https_port, context=context, timeout=5)
         self.addCleanup(conn.close)
         conn.request('GET', '/')
@@ -6874,13 +7726,13 @@ class NginxTest(unittest.TestCase):
         resp.read()
         self.assertEqual(resp.getheader('Cache-Control'), 'public, max-age=31536000, immutable')
         # TLS 1.2 offers no CBC suite (LUCKY13), only AEAD ones with forward secrecy.
-        cbc = ssl.create_default_context(cafile=pair[0])
+        cbc = ssl.create_default_context(cafile=certificate)
         cbc.maximum_version = ssl.TLSVersion.TLSv1_2
         cbc.set_ciphers('ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:AES128-SHA:AES128-GCM-SHA256')
         with self.assertRaises(ssl.SSLError):
             with socket.create_connection(('127.0.0.1', https_port), timeout=5) as raw:
                 cbc.wrap_socket(raw, server_hostname='127.0.0.1').close()
-        gcm = ssl.create_default_context(cafile=pair[0])
+        gcm = ssl.create_default_context(cafile=certificate)
         gcm.maximum_version = ssl.TLSVersion.TLSv1_2
         gcm.set_ciphers('ECDHE-RSA-AES128-GCM-SHA256')
         with socket.create_connection(('127.0.0.1', https_port), timeout=5) as raw:
@@ -8734,6 +9586,466 @@ class SiteSessionTest(unittest.TestCase):
                     self.assertEqual(resp.status, 403)
 
 
+# The site on several app hosts sharing one PostgreSQL.
+
+class AppHost(ServerProcess):
+    """One app host of the site: python3 server.py --database URL as a subprocess, its log
+    read as it comes (an outage makes it write a line a request, which a full pipe would
+    turn into a hung server)."""
+
+    def __init__(self, url, data, env):
+        super().__init__('--database', url, '--no-access-log', data=data, env=env)
+        self.log = []
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+
+    def _read_log(self):
+        for line in self.proc.stderr:
+            self.log.append(line.decode(errors='replace'))
+
+    def log_tail(self):
+        return ''.join(self.log[-20:])
+
+    def cleanup(self):
+        self.kill_all()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self._reader.join(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            pipe.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def start_hosts(cls, count, admin_password='hosts-admin-secret'):
+    """A throwaway PostgreSQL (``cls.pg``, its database ``cls.url``) and ``count`` app hosts
+    on it (``cls.hosts``), started together as a deployment's would: the first two share one
+    data folder, which PostgreSQL allows (the database holds every shared thing), the others
+    have one each. Everything stops after the class."""
+    cls.pg = PostgresServer()
+    cls.addClassCleanup(cls.pg.cleanup)
+    cls.url = cls.pg.new_database()
+    cls.admin_password = admin_password
+    shared = os.path.join(fresh_dir(cls, 'server-hosts-'), 'data')
+    folders = [shared, shared] + [None] * (count - 2)
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        cls.hosts = list(pool.map(lambda data: AppHost(cls.url, data, {'ADMIN_PASSWORD': admin_password}),
+                                  folders[:count]))
+    for host in cls.hosts:
+        cls.addClassCleanup(host.cleanup)
+    for host in cls.hosts:
+        if host.port is None:
+            host.proc.wait(10)
+            raise AssertionError(f'an app host did not start: {host.banner!r} {host.log_tail()}')
+
+
+def pg_column(pg, db_url, sql):
+    """The first column of ``sql``'s rows, as psql prints them, in the database of ``db_url``."""
+    db = urllib.parse.urlsplit(db_url).path[1:]
+    return pg.psql(sql, db=db).splitlines()
+
+
+def visit_number(text):
+    return int(re.search(r'viewed (\d+) times?\.', text).group(1))
+
+
+class HostTraffic:
+    """Visitors in a few threads, each in turn viewing the home page and sending a contact
+    message with a body of its own, until stopped; every answer is recorded with when its
+    request began and ended, and the bodies the site acknowledged are kept.
+
+    ``visit(traffic, thread, n)`` makes one visitor's requests through ``traffic.ask``, which
+    records them. A visit that raises ends the traffic, and ``stop`` raises it again.
+    """
+
+    def __init__(self, visit, threads=3):
+        self.visit = visit
+        self.answers = []              # (began, ended, what, status or exception, Retry-After)
+        self.acknowledged = set()
+        self.stopping = threading.Event()
+        self.changed = threading.Condition()
+        self.error = None
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, i):
+        try:
+            for n in itertools.count():
+                if self.stopping.is_set():
+                    return
+                self.visit(self, i, n)
+        except BaseException as exc:
+            with self.changed:
+                self.error = exc
+                self.stopping.set()
+                self.changed.notify_all()
+
+    def ask(self, what, send):
+        """Record ``send()``'s answer (a WebResponse) -> it, or None if it raised."""
+        began = time.monotonic()
+        try:
+            resp = send()
+        except (OSError, http.client.HTTPException) as exc:
+            resp, outcome, retry = None, type(exc).__name__, None
+        else:
+            outcome, retry = resp.status, resp.headers.get('retry-after')
+        with self.changed:
+            self.answers.append((began, time.monotonic(), what, outcome, retry))
+            self.changed.notify_all()
+        return resp
+
+    def acknowledge(self, body):
+        with self.changed:
+            self.acknowledged.add(body)
+            self.changed.notify_all()
+
+    def wait_for_more(self, count, timeout=20):
+        """Wait until ``count`` more messages are acknowledged than now."""
+        with self.changed:
+            goal = len(self.acknowledged) + count
+            if not self.changed.wait_for(lambda: len(self.acknowledged) >= goal or self.error, timeout):
+                raise AssertionError(f'traffic stalled: {self.answers[-10:]}')
+            if self.error:
+                raise self.error
+
+    def stop(self):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+        if any(thread.is_alive() for thread in self.threads):
+            raise AssertionError('a visitor hangs')
+        if self.error:
+            raise self.error
+
+
+class PostgresHostsTest(unittest.TestCase):
+    """Three app hosts on one PostgreSQL: whichever answers, a visitor sees one site, and
+    PostgreSQL restarted or down a while under traffic costs no acknowledged write."""
+
+    starts_early = True
+
+    @classmethod
+    def setUpClass(cls):
+        start_hosts(cls, 3)
+
+    def ports(self):
+        return [host.port for host in self.hosts]
+
+    def test_the_hosts_start_together_and_two_share_a_data_folder(self):
+        a, b, c = self.hosts
+        self.assertEqual(a.data, b.data)
+        self.assertNotEqual(a.data, c.data)
+        for host in self.hosts:
+            self.assertIsNone(host.proc.poll(), host.log_tail())
+            self.assertEqual(fetch(host.port, '/healthz'), (200, 'ok\n'))
+        # Each migration ran once, though the three hosts started at the same moment.
+        self.assertEqual(pg_column(self.pg, self.url, "SELECT COUNT(*) FROM server_migrations WHERE app = 'site'"),
+                         [str(len(server.SITE_MIGRATIONS))])
+
+    def test_a_session_begun_on_one_host_goes_on_on_another(self):
+        a, b, c = self.ports()
+        visitor = WebClient(a, forwarded_for='10.1.0.1')
+        token = visitor.csrf('/contact')                  # the session and its token: minted on A
+        visitor.port = c                                  # C has a data folder of its own
+        resp = visitor.post_form('/contact', {'csrf_token': token, 'name': 'Ann', 'email': 'ann@example.com',
+                                              'message': 'token from host A, sent to host C'})
+        self.assertEqual(resp.status, 303, resp.text[:300])
+        # The token is checked, not waved through: without A's session it is refused on C.
+        stranger = WebClient(c, forwarded_for='10.1.0.2')
+        resp = stranger.post_form('/contact', {'csrf_token': token, 'name': 'Eve', 'email': 'eve@example.com',
+                                               'message': 'a token that is not mine'})
+        self.assertEqual(resp.status, 403)
+        # Signed in on A, the owner is the owner on B and C; signed out on C, on A no more.
+        admin = signed_in_admin(a, self.admin_password, '10.1.0.3')
+        for port in (b, c):
+            admin.port = port
+            resp = admin.get('/admin')
+            self.assertEqual(resp.status, 200)
+            self.assertIn('token from host A, sent to host C', resp.text)
+        resp = admin.post_form('/admin/logout', {'csrf_token': admin.csrf('/admin')})
+        self.assertEqual(resp.status, 303)
+        admin.port = a
+        self.assertNotIn('token from host A, sent to host C', admin.get('/admin').text)
+
+    def test_messages_sent_through_one_host_are_read_through_another(self):
+        a, b, c = self.ports()
+        send_message(a, '10.2.0.1', 'posted on host A, read on host C')
+        admin = signed_in_admin(c, self.admin_password, '10.2.0.2')
+        self.assertIn('posted on host A, read on host C', admin.get('/admin').text)
+        result = run_owner_command('messages', '--database', self.url)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn('    posted on host A, read on host C\n', result.stdout)
+        self.assertIn('from 10.2.0.1', result.stdout)
+
+    def test_an_upload_made_through_one_host_downloads_through_the_others(self):
+        a, b, c = self.ports()
+        content = random.Random(23).randbytes(5 * server.UPLOAD_CHUNK_BYTES // 2 + 1001)
+        visitor = WebClient(a, forwarded_for='10.3.0.1')
+        resp = visitor.post_multipart('/upload', {'csrf_token': visitor.csrf('/upload')},
+                                      {'file': ('photos.bin', content, 'application/octet-stream')})
+        self.assertEqual(resp.status, 303, resp.text[:300])
+        for port in (b, c):           # B shares A's data folder, C does not: neither matters
+            visitor.port = port
+            page = visitor.get('/upload')
+            self.assertEqual(page.status, 200)
+            m = re.search(r'href="/upload/(\d+)" download>photos\.bin<', page.text)
+            self.assertIsNotNone(m, page.text[:2000])
+            resp = visitor.get(f'/upload/{m.group(1)}')
+            self.assertEqual(resp.status, 200)
+            self.assertTrue(resp.body == content, 'the download differs from the upload')
+            # Another visitor's session does not reach it, on any host.
+            self.assertEqual(WebClient(port, forwarded_for='10.3.0.2').get(f'/upload/{m.group(1)}').status, 404)
+        # The bytes are in PostgreSQL, in chunks, and in no host's data folder.
+        chunks = pg_column(self.pg, self.url, 'SELECT COUNT(*), SUM(LENGTH(data)) FROM upload_chunks '
+                           f'WHERE stored = (SELECT stored FROM uploads WHERE id = {int(m.group(1))})')
+        self.assertEqual(chunks, [f'3|{len(content)}'])
+        for host in self.hosts:
+            folder = os.path.join(host.data, 'uploads')
+            self.assertEqual(os.listdir(folder) if os.path.isdir(folder) else [], [])
+
+    def test_the_visit_counter_never_repeats_across_hosts(self):
+        ports = self.ports()
+        before = int(pg_column(self.pg, self.url, "SELECT value FROM counters WHERE name = 'visits'")[0])
+        views = 60
+
+        def view(i):
+            resp = WebClient(ports[i % len(ports)]).get('/')
+            self.assertEqual(resp.status, 200)
+            return visit_number(resp.text)
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            numbers = list(pool.map(view, range(views)))
+        self.assertEqual(sorted(numbers), list(range(before + 1, before + views + 1)))
+        self.assertEqual(pg_column(self.pg, self.url, "SELECT value FROM counters WHERE name = 'visits'"),
+                         [str(before + views)])
+
+    def concurrently(self, requests):
+        """Send the prepared ``requests`` (callables) at one moment -> their statuses."""
+        start = threading.Barrier(len(requests))
+
+        def send(request):
+            start.wait(10)
+            return request()
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+            return list(pool.map(send, requests))
+
+    def test_the_contact_limit_holds_across_hosts(self):
+        ports, address = self.ports(), '10.5.0.1'
+        sends = []
+        for i in range(server.CONTACT_LIMIT + 3):
+            visitor = WebClient(ports[i % 3], forwarded_for=address)
+            fields = {'csrf_token': visitor.csrf('/contact'), 'name': 'Ann', 'email': 'ann@example.com',
+                      'message': f'limit {i}'}
+            visitor.port = ports[(i + 1) % 3]
+            sends.append(functools.partial(lambda v, f: v.post_form('/contact', f).status, visitor, fields))
+        statuses = self.concurrently(sends)
+        self.assertEqual(sorted(statuses), [303] * server.CONTACT_LIMIT + [429] * 3)
+        self.assertEqual(pg_column(self.pg, self.url, f"SELECT COUNT(*) FROM messages WHERE ip = '{address}'"),
+                         [str(server.CONTACT_LIMIT)])
+
+    def test_the_admin_lockout_holds_across_hosts(self):
+        ports, address = self.ports(), '10.6.0.1'
+        sends = []
+        for i in range(server.ADMIN_MAX_FAILURES + 3):
+            visitor = WebClient(ports[i % 3], forwarded_for=address)
+            fields = {'csrf_token': visitor.csrf('/admin'), 'password': 'wrong'}
+            visitor.port = ports[(i + 1) % 3]
+            sends.append(functools.partial(lambda v, f: v.post_form('/admin/login', f).status, visitor, fields))
+        statuses = self.concurrently(sends)
+        self.assertEqual(sorted(statuses), [403] * server.ADMIN_MAX_FAILURES + [429] * 3)
+        # Locked out everywhere, the right password too; another address is not.
+        for port in ports:
+            visitor = WebClient(port, forwarded_for=address)
+            resp = visitor.post_form('/admin/login', {'csrf_token': visitor.csrf('/admin'),
+                                                      'password': self.admin_password})
+            self.assertEqual(resp.status, 429)
+            self.assertIn('retry-after', resp.headers)
+        signed_in_admin(ports[2], self.admin_password, '10.6.0.2')
+
+
+    def visit(self, traffic, i, n):
+        """Thread ``i``'s visitor ``n``: the home page on one host, the contact form from
+        the next, the message sent through the one after (a new client address each time,
+        so the contact limit stays out of it)."""
+        ports = [host.port for host in self.hosts]
+        port = ports[(i + n) % len(ports)]
+        traffic.ask('home', lambda: WebClient(port).get('/'))
+        visitor = WebClient(ports[(i + n + 1) % len(ports)], forwarded_for=f'10.{i}.{n // 256 % 256}.{n % 256}')
+        page = traffic.ask('form', lambda: visitor.get('/contact'))
+        if page is None or page.status != 200:
+            return
+        body = f'restart {i}-{n}'
+        visitor.port = ports[(i + n + 2) % len(ports)]
+        resp = traffic.ask('message', lambda: visitor.post_form('/contact', {
+            'csrf_token': WebClient.CSRF_RE.search(page.text).group(1), 'name': 'Ann',
+            'email': 'ann@example.com', 'message': body}))
+        if resp is not None and resp.status == 303:
+            traffic.acknowledge(body)
+
+    def test_a_transaction_the_server_cuts_off_is_a_503_and_the_next_call_reconnects(self):
+        # PostgreSQL ends a connection in a transaction (a restart, an administrator): the
+        # call is unavailable (503), never an error about the closed connection (500).
+        db = server.Database(self.pg.new_database())
+
+        def cut_off(conn):
+            conn.execute('BEGIN')
+            pid = conn.execute('SELECT pg_backend_pid()').fetchone()[0]
+            self.pg.psql(f'SELECT pg_terminate_backend({int(pid)})', db='postgres')
+            conn.execute('SELECT 1')
+
+        async def calls():
+            try:
+                with quiet_logs(), self.assertRaises(server.HTTPError) as caught:
+                    await db.run(cut_off)
+                self.assertEqual(caught.exception.status, 503)
+                self.assertEqual(await db.fetchone('SELECT 2 AS two'), {'two': 2})
+            finally:
+                await db.close()
+        asyncio.run(calls())
+
+    def test_after_a_postgresql_restart_the_first_requests_succeed(self):
+        # Each host's every database thread holds a connection, which the restart ends while
+        # idle: each is found closed and replaced before use, so no visitor meets it.
+        def views(port):
+            with concurrent.futures.ThreadPoolExecutor(3 * server.PG_POOL_SIZE) as pool:
+                return list(pool.map(lambda _: WebClient(port).get('/').status, range(3 * server.PG_POOL_SIZE)))
+        for host in self.hosts:
+            self.assertEqual(set(views(host.port)), {200})
+        self.pg.restart()
+        for host in self.hosts:
+            self.assertEqual(set(views(host.port)), {200}, host.log_tail())
+
+    def test_a_postgresql_restart_and_outage_under_traffic_loses_nothing_acknowledged(self):
+        # A form fetched before the outage, to send during it.
+        held = WebClient(self.hosts[0].port, forwarded_for='10.200.0.1')
+        token = held.csrf('/contact')
+        traffic = HostTraffic(self.visit)
+        self.addCleanup(traffic.stop)
+        traffic.wait_for_more(6)
+        self.pg.restart()                   # 'fast': PostgreSQL ends every connection
+        traffic.wait_for_more(6)
+        self.pg.stop()
+        outage = time.monotonic()
+        # While it is down: each host answers at once, 503 with Retry-After, never a 500.
+        for host in self.hosts:
+            for path in ('/', '/healthz'):
+                resp = WebClient(host.port).get(path)
+                self.assertEqual((path, resp.status), (path, 503), resp.text[:300])
+                self.assertIn('retry-after', resp.headers)
+            held.port = host.port
+            resp = held.post_form('/contact', {'csrf_token': token, 'name': 'Ann', 'email': 'ann@example.com',
+                                               'message': 'sent during the outage'})
+            self.assertEqual(resp.status, 503)
+            self.assertIn('retry-after', resp.headers)
+        back = time.monotonic()
+        self.pg.start()
+        # Back: every host answers again at once, none restarted.
+        for host in self.hosts:
+            for _ in range(server.PG_POOL_SIZE + 1):
+                resp = WebClient(host.port).get('/')
+                self.assertEqual(resp.status, 200, resp.text[:300])
+        traffic.wait_for_more(6)
+        traffic.stop()
+        for host in self.hosts:
+            self.assertIsNone(host.proc.poll(), host.log_tail())
+        # Every answer was one a client can act on: never a 500, a dropped connection or a
+        # hang; each 503 says when to try again; a request made wholly within the outage got
+        # one, but the contact form, which needs no database until it is sent.
+        for began, ended, what, outcome, retry in traffic.answers:
+            self.assertIn(outcome, (200, 303, 503), (what, outcome, [h.log_tail() for h in self.hosts]))
+            if outcome == 503:
+                self.assertIsNotNone(retry, what)
+            if outage <= began and ended <= back and what != 'form':
+                self.assertEqual(outcome, 503, what)
+        self.assertIn(503, [answer[3] for answer in traffic.answers])
+        stored = set(pg_column(self.pg, self.url, "SELECT body FROM messages WHERE body LIKE 'restart %'"))
+        self.assertEqual(traffic.acknowledged - stored, set())
+        self.assertNotIn('sent during the outage', stored)
+
+
+class PostgresNginxTest(unittest.TestCase):
+    """nginx in front of three app hosts on one PostgreSQL; one host is killed under load."""
+
+    starts_early = True
+
+    @classmethod
+    def setUpClass(cls):
+        if nginx_program() is None:
+            raise unittest.SkipTest('nginx is not installed')
+        start_hosts(cls, 3)
+
+    def visit(self, traffic, i, n):
+        """A visitor through nginx: the home page, the contact form, a message of its own.
+        Each comes from a loopback address of its own, as distinct visitors do: nginx passes
+        it on as the client's, so neither nginx's POST limit nor the site's contact limit
+        (both per address, both left as they are) refuses a visitor."""
+        address = next(self.addresses, None)
+        if address is None:
+            raise AssertionError('the visitors used every loopback address before the traffic was done')
+        conn = http.client.HTTPSConnection('127.0.0.1', self.https_port, context=self.context, timeout=10,
+                                           source_address=(address, 0))
+        with contextlib.closing(conn):
+            visitor = NginxVisitor(conn)
+            traffic.ask('home', lambda: visitor.request('GET', '/'))
+            page = traffic.ask('form', lambda: visitor.request('GET', '/contact'))
+            if page is None or page.status != 200:
+                return
+            body = f'nginx {i}-{n} from {address}'
+            fields = {'csrf_token': WebClient.CSRF_RE.search(page.text).group(1), 'name': 'Ann',
+                      'email': 'ann@example.com', 'message': body}
+            resp = traffic.ask('message', lambda: visitor.request(
+                'POST', '/contact', urllib.parse.urlencode(fields),
+                {'Content-Type': 'application/x-www-form-urlencoded'}))
+            if resp is not None and resp.status == 303 and resp.headers.get('location', '').endswith('/contact/thanks'):
+                traffic.acknowledge(body)
+
+    def test_a_host_killed_under_load_loses_no_acknowledged_write(self):
+        _, self.https_port, certificate = nginx_in_front(self, [host.port for host in self.hosts])
+        self.context = ssl.create_default_context(cafile=certificate)
+        self.addresses = iter([f'127.0.0.{n}' for n in range(2, 255)])
+        victim = self.hosts[1]
+        traffic = HostTraffic(self.visit, threads=4)
+        self.addCleanup(traffic.stop)
+        traffic.wait_for_more(8)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait(10)
+        dead = time.monotonic()
+        traffic.wait_for_more(12)
+        traffic.stop()
+        for host in self.hosts:
+            if host is not victim:
+                self.assertIsNone(host.proc.poll(), host.log_tail())
+        # Only a request in flight when the host died may fail, as nginx's 502 (a POST sent is
+        # never sent again: it may have been stored); every one made after succeeds.
+        failed = [answer for answer in traffic.answers if answer[3] not in (200, 303)]
+        for began, ended, what, outcome, retry in failed:
+            self.assertEqual(outcome, 502, (what, outcome))
+            self.assertLess(began, dead, (what, outcome))
+        self.assertLessEqual(len(failed), 4, failed)
+        self.assertTrue(any(began > dead and outcome == 303 for began, _, what, outcome, _ in traffic.answers))
+        stored = set(pg_column(self.pg, self.url, "SELECT body FROM messages WHERE body LIKE 'nginx %'"))
+        self.assertEqual(traffic.acknowledged - stored, set())
+
+
+class NginxVisitor:
+    """One visitor's keep-alive HTTPS connection to nginx, with its cookies."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.cookies = {}
+
+    def request(self, method, path, body=None, headers=None):
+        headers = dict(headers or {})
+        if self.cookies:
+            headers['Cookie'] = '; '.join(f'{k}={v}' for k, v in self.cookies.items())
+        self.conn.request(method, path, body=body, headers=headers)
+        resp = self.conn.getresponse()
+        data = resp.read()
+        for value in resp.msg.get_all('Set-Cookie') or []:
+            name, _, val = value.split(';', 1)[0].partition('=')
+            self.cookies[name.strip()] = val.strip()
+        return WebResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, [])
+
+
 # --- 13. CLI and main -----------------------------------------------------------------------------
 
 class CommandLineTest(unittest.TestCase):
@@ -9593,524 +10905,75 @@ class BenchHarnessTest(unittest.TestCase):
 
 
 
-# === PostgreSQL: several app hosts ===
+# README's Beyond one machine, and bench.py's hosts scenario.
 
-class AppHost(ServerProcess):
-    """One app host of the site: python3 server.py --database URL as a subprocess, its log
-    read as it comes (an outage makes it write a line a request, which a full pipe would
-    turn into a hung server)."""
-
-    def __init__(self, url, data, env):
-        super().__init__('--database', url, '--no-access-log', data=data, env=env)
-        self.log = []
-        self._reader = threading.Thread(target=self._read_log, daemon=True)
-        self._reader.start()
-
-    def _read_log(self):
-        for line in self.proc.stderr:
-            self.log.append(line.decode(errors='replace'))
-
-    def log_tail(self):
-        return ''.join(self.log[-20:])
-
-    def cleanup(self):
-        self.kill_all()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        self._reader.join(10)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            pipe.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+def readme_blocks(language):
+    """The text of every ```language block of README.md."""
+    with open(os.path.join(HERE, 'README.md'), encoding='utf-8') as f:
+        return re.findall(rf'^```{language}\n(.*?)^```[ \t]*$', f.read(), re.M | re.S)
 
 
-def start_hosts(cls, count, admin_password='hosts-admin-secret'):
-    """A throwaway PostgreSQL (``cls.pg``, its database ``cls.url``) and ``count`` app hosts
-    on it (``cls.hosts``), started together as a deployment's would: the first two share one
-    data folder, which PostgreSQL allows (the database holds every shared thing), the others
-    have one each. Everything stops after the class."""
-    cls.pg = PostgresServer()
-    cls.addClassCleanup(cls.pg.cleanup)
-    cls.url = cls.pg.new_database()
-    cls.admin_password = admin_password
-    shared = os.path.join(fresh_dir(cls, 'server-hosts-'), 'data')
-    folders = [shared, shared] + [None] * (count - 2)
-    with concurrent.futures.ThreadPoolExecutor(count) as pool:
-        cls.hosts = list(pool.map(lambda data: AppHost(cls.url, data, {'ADMIN_PASSWORD': admin_password}),
-                                  folders[:count]))
-    for host in cls.hosts:
-        cls.addClassCleanup(host.cleanup)
-    for host in cls.hosts:
-        if host.port is None:
-            host.proc.wait(10)
-            raise AssertionError(f'an app host did not start: {host.banner!r} {host.log_tail()}')
-
-
-def pg_column(pg, db_url, sql):
-    """The first column of ``sql``'s rows, as psql prints them, in the database of ``db_url``."""
-    db = urllib.parse.urlsplit(db_url).path[1:]
-    return pg.psql(sql, db=db).splitlines()
-
-
-def visit_number(text):
-    return int(re.search(r'viewed (\d+) times?\.', text).group(1))
-
-
-class HostTraffic:
-    """Visitors in a few threads, each in turn viewing the home page and sending a contact
-    message with a body of its own, until stopped; every answer is recorded with when its
-    request began and ended, and the bodies the site acknowledged are kept.
-
-    ``visit(traffic, thread, n)`` makes one visitor's requests through ``traffic.ask``, which
-    records them. A visit that raises ends the traffic, and ``stop`` raises it again.
-    """
-
-    def __init__(self, visit, threads=3):
-        self.visit = visit
-        self.answers = []              # (began, ended, what, status or exception, Retry-After)
-        self.acknowledged = set()
-        self.stopping = threading.Event()
-        self.changed = threading.Condition()
-        self.error = None
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-        for thread in self.threads:
-            thread.start()
-
-    def _run(self, i):
-        try:
-            for n in itertools.count():
-                if self.stopping.is_set():
-                    return
-                self.visit(self, i, n)
-        except BaseException as exc:
-            with self.changed:
-                self.error = exc
-                self.stopping.set()
-                self.changed.notify_all()
-
-    def ask(self, what, send):
-        """Record ``send()``'s answer (a WebResponse) -> it, or None if it raised."""
-        began = time.monotonic()
-        try:
-            resp = send()
-        except (OSError, http.client.HTTPException) as exc:
-            resp, outcome, retry = None, type(exc).__name__, None
-        else:
-            outcome, retry = resp.status, resp.headers.get('retry-after')
-        with self.changed:
-            self.answers.append((began, time.monotonic(), what, outcome, retry))
-            self.changed.notify_all()
-        return resp
-
-    def acknowledge(self, body):
-        with self.changed:
-            self.acknowledged.add(body)
-            self.changed.notify_all()
-
-    def wait_for_more(self, count, timeout=20):
-        """Wait until ``count`` more messages are acknowledged than now."""
-        with self.changed:
-            goal = len(self.acknowledged) + count
-            if not self.changed.wait_for(lambda: len(self.acknowledged) >= goal or self.error, timeout):
-                raise AssertionError(f'traffic stalled: {self.answers[-10:]}')
-            if self.error:
-                raise self.error
-
-    def stop(self):
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(30)
-        if any(thread.is_alive() for thread in self.threads):
-            raise AssertionError('a visitor hangs')
-        if self.error:
-            raise self.error
-
-
-class PostgresHostsTest(unittest.TestCase):
-    """Three app hosts on one PostgreSQL: whichever answers, a visitor sees one site, and
-    PostgreSQL restarted or down a while under traffic costs no acknowledged write."""
-
-    starts_early = True
-
-    @classmethod
-    def setUpClass(cls):
-        start_hosts(cls, 3)
-
-    def ports(self):
-        return [host.port for host in self.hosts]
-
-    def test_the_hosts_start_together_and_two_share_a_data_folder(self):
-        a, b, c = self.hosts
-        self.assertEqual(a.data, b.data)
-        self.assertNotEqual(a.data, c.data)
-        for host in self.hosts:
-            self.assertIsNone(host.proc.poll(), host.log_tail())
-            self.assertEqual(fetch(host.port, '/healthz'), (200, 'ok\n'))
-        # Each migration ran once, though the three hosts started at the same moment.
-        self.assertEqual(pg_column(self.pg, self.url, "SELECT COUNT(*) FROM server_migrations WHERE app = 'site'"),
-                         [str(len(server.SITE_MIGRATIONS))])
-
-    def test_a_session_begun_on_one_host_goes_on_on_another(self):
-        a, b, c = self.ports()
-        visitor = WebClient(a, forwarded_for='10.1.0.1')
-        token = visitor.csrf('/contact')                  # the session and its token: minted on A
-        visitor.port = c                                  # C has a data folder of its own
-        resp = visitor.post_form('/contact', {'csrf_token': token, 'name': 'Ann', 'email': 'ann@example.com',
-                                              'message': 'token from host A, sent to host C'})
-        self.assertEqual(resp.status, 303, resp.text[:300])
-        # The token is checked, not waved through: without A's session it is refused on C.
-        stranger = WebClient(c, forwarded_for='10.1.0.2')
-        resp = stranger.post_form('/contact', {'csrf_token': token, 'name': 'Eve', 'email': 'eve@example.com',
-                                               'message': 'a token that is not mine'})
-        self.assertEqual(resp.status, 403)
-        # Signed in on A, the owner is the owner on B and C; signed out on C, on A no more.
-        admin = signed_in_admin(a, self.admin_password, '10.1.0.3')
-        for port in (b, c):
-            admin.port = port
-            resp = admin.get('/admin')
-            self.assertEqual(resp.status, 200)
-            self.assertIn('token from host A, sent to host C', resp.text)
-        resp = admin.post_form('/admin/logout', {'csrf_token': admin.csrf('/admin')})
-        self.assertEqual(resp.status, 303)
-        admin.port = a
-        self.assertNotIn('token from host A, sent to host C', admin.get('/admin').text)
-
-    def test_messages_sent_through_one_host_are_read_through_another(self):
-        a, b, c = self.ports()
-        send_message(a, '10.2.0.1', 'posted on host A, read on host C')
-        admin = signed_in_admin(c, self.admin_password, '10.2.0.2')
-        self.assertIn('posted on host A, read on host C', admin.get('/admin').text)
-        result = run_owner_command('messages', '--database', self.url)
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn('    posted on host A, read on host C\n', result.stdout)
-        self.assertIn('from 10.2.0.1', result.stdout)
-
-    def test_an_upload_made_through_one_host_downloads_through_the_others(self):
-        a, b, c = self.ports()
-        content = random.Random(23).randbytes(5 * server.UPLOAD_CHUNK_BYTES // 2 + 1001)
-        visitor = WebClient(a, forwarded_for='10.3.0.1')
-        resp = visitor.post_multipart('/upload', {'csrf_token': visitor.csrf('/upload')},
-                                      {'file': ('photos.bin', content, 'application/octet-stream')})
-        self.assertEqual(resp.status, 303, resp.text[:300])
-        for port in (b, c):           # B shares A's data folder, C does not: neither matters
-            visitor.port = port
-            page = visitor.get('/upload')
-            self.assertEqual(page.status, 200)
-            m = re.search(r'href="/upload/(\d+)" download>photos\.bin<', page.text)
-            self.assertIsNotNone(m, page.text[:2000])
-            resp = visitor.get(f'/upload/{m.group(1)}')
-            self.assertEqual(resp.status, 200)
-            self.assertTrue(resp.body == content, 'the download differs from the upload')
-            # Another visitor's session does not reach it, on any host.
-            self.assertEqual(WebClient(port, forwarded_for='10.3.0.2').get(f'/upload/{m.group(1)}').status, 404)
-        # The bytes are in PostgreSQL, in chunks, and in no host's data folder.
-        chunks = pg_column(self.pg, self.url, 'SELECT COUNT(*), SUM(LENGTH(data)) FROM upload_chunks '
-                           f'WHERE stored = (SELECT stored FROM uploads WHERE id = {int(m.group(1))})')
-        self.assertEqual(chunks, [f'3|{len(content)}'])
-        for host in self.hosts:
-            folder = os.path.join(host.data, 'uploads')
-            self.assertEqual(os.listdir(folder) if os.path.isdir(folder) else [], [])
-
-    def test_the_visit_counter_never_repeats_across_hosts(self):
-        ports = self.ports()
-        before = int(pg_column(self.pg, self.url, "SELECT value FROM counters WHERE name = 'visits'")[0])
-        views = 60
-
-        def view(i):
-            resp = WebClient(ports[i % len(ports)]).get('/')
-            self.assertEqual(resp.status, 200)
-            return visit_number(resp.text)
-        with concurrent.futures.ThreadPoolExecutor(12) as pool:
-            numbers = list(pool.map(view, range(views)))
-        self.assertEqual(sorted(numbers), list(range(before + 1, before + views + 1)))
-        self.assertEqual(pg_column(self.pg, self.url, "SELECT value FROM counters WHERE name = 'visits'"),
-                         [str(before + views)])
-
-    def concurrently(self, requests):
-        """Send the prepared ``requests`` (callables) at one moment -> their statuses."""
-        start = threading.Barrier(len(requests))
-
-        def send(request):
-            start.wait(10)
-            return request()
-        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
-            return list(pool.map(send, requests))
-
-    def test_the_contact_limit_holds_across_hosts(self):
-        ports, address = self.ports(), '10.5.0.1'
-        sends = []
-        for i in range(server.CONTACT_LIMIT + 3):
-            visitor = WebClient(ports[i % 3], forwarded_for=address)
-            fields = {'csrf_token': visitor.csrf('/contact'), 'name': 'Ann', 'email': 'ann@example.com',
-                      'message': f'limit {i}'}
-            visitor.port = ports[(i + 1) % 3]
-            sends.append(functools.partial(lambda v, f: v.post_form('/contact', f).status, visitor, fields))
-        statuses = self.concurrently(sends)
-        self.assertEqual(sorted(statuses), [303] * server.CONTACT_LIMIT + [429] * 3)
-        self.assertEqual(pg_column(self.pg, self.url, f"SELECT COUNT(*) FROM messages WHERE ip = '{address}'"),
-                         [str(server.CONTACT_LIMIT)])
-
-    def test_the_admin_lockout_holds_across_hosts(self):
-        ports, address = self.ports(), '10.6.0.1'
-        sends = []
-        for i in range(server.ADMIN_MAX_FAILURES + 3):
-            visitor = WebClient(ports[i % 3], forwarded_for=address)
-            fields = {'csrf_token': visitor.csrf('/admin'), 'password': 'wrong'}
-            visitor.port = ports[(i + 1) % 3]
-            sends.append(functools.partial(lambda v, f: v.post_form('/admin/login', f).status, visitor, fields))
-        statuses = self.concurrently(sends)
-        self.assertEqual(sorted(statuses), [403] * server.ADMIN_MAX_FAILURES + [429] * 3)
-        # Locked out everywhere, the right password too; another address is not.
-        for port in ports:
-            visitor = WebClient(port, forwarded_for=address)
-            resp = visitor.post_form('/admin/login', {'csrf_token': visitor.csrf('/admin'),
-                                                      'password': self.admin_password})
-            self.assertEqual(resp.status, 429)
-            self.assertIn('retry-after', resp.headers)
-        signed_in_admin(ports[2], self.admin_password, '10.6.0.2')
-
-
-    def visit(self, traffic, i, n):
-        """Thread ``i``'s visitor ``n``: the home page on one host, the contact form from
-        the next, the message sent through the one after (a new client address each time,
-        so the contact limit stays out of it)."""
-        ports = [host.port for host in self.hosts]
-        port = ports[(i + n) % len(ports)]
-        traffic.ask('home', lambda: WebClient(port).get('/'))
-        visitor = WebClient(ports[(i + n + 1) % len(ports)], forwarded_for=f'10.{i}.{n // 256 % 256}.{n % 256}')
-        page = traffic.ask('form', lambda: visitor.get('/contact'))
-        if page is None or page.status != 200:
-            return
-        body = f'restart {i}-{n}'
-        visitor.port = ports[(i + n + 2) % len(ports)]
-        resp = traffic.ask('message', lambda: visitor.post_form('/contact', {
-            'csrf_token': WebClient.CSRF_RE.search(page.text).group(1), 'name': 'Ann',
-            'email': 'ann@example.com', 'message': body}))
-        if resp is not None and resp.status == 303:
-            traffic.acknowledge(body)
-
-    def test_a_transaction_the_server_cuts_off_is_a_503_and_the_next_call_reconnects(self):
-        # PostgreSQL ends a connection in a transaction (a restart, an administrator): the
-        # call is unavailable (503), never an error about the closed connection (500).
-        db = server.Database(self.pg.new_database())
-
-        def cut_off(conn):
-            conn.execute('BEGIN')
-            pid = conn.execute('SELECT pg_backend_pid()').fetchone()[0]
-            self.pg.psql(f'SELECT pg_terminate_backend({int(pid)})', db='postgres')
-            conn.execute('SELECT 1')
-
-        async def calls():
-            try:
-                with quiet_logs(), self.assertRaises(server.HTTPError) as caught:
-                    await db.run(cut_off)
-                self.assertEqual(caught.exception.status, 503)
-                self.assertEqual(await db.fetchone('SELECT 2 AS two'), {'two': 2})
-            finally:
-                await db.close()
-        asyncio.run(calls())
-
-    def test_after_a_postgresql_restart_the_first_requests_succeed(self):
-        # Each host's every database thread holds a connection, which the restart ends while
-        # idle: each is found closed and replaced before use, so no visitor meets it.
-        def views(port):
-            with concurrent.futures.ThreadPoolExecutor(3 * server.PG_POOL_SIZE) as pool:
-                return list(pool.map(lambda _: WebClient(port).get('/').status, range(3 * server.PG_POOL_SIZE)))
-        for host in self.hosts:
-            self.assertEqual(set(views(host.port)), {200})
-        self.pg.restart()
-        for host in self.hosts:
-            self.assertEqual(set(views(host.port)), {200}, host.log_tail())
-
-    def test_a_postgresql_restart_and_outage_under_traffic_loses_nothing_acknowledged(self):
-        # A form fetched before the outage, to send during it.
-        held = WebClient(self.hosts[0].port, forwarded_for='10.200.0.1')
-        token = held.csrf('/contact')
-        traffic = HostTraffic(self.visit)
-        self.addCleanup(traffic.stop)
-        traffic.wait_for_more(6)
-        self.pg.restart()                   # 'fast': PostgreSQL ends every connection
-        traffic.wait_for_more(6)
-        self.pg.stop()
-        outage = time.monotonic()
-        # While it is down: each host answers at once, 503 with Retry-After, never a 500.
-        for host in self.hosts:
-            for path in ('/', '/healthz'):
-                resp = WebClient(host.port).get(path)
-                self.assertEqual((path, resp.status), (path, 503), resp.text[:300])
-                self.assertIn('retry-after', resp.headers)
-            held.port = host.port
-            resp = held.post_form('/contact', {'csrf_token': token, 'name': 'Ann', 'email': 'ann@example.com',
-                                               'message': 'sent during the outage'})
-            self.assertEqual(resp.status, 503)
-            self.assertIn('retry-after', resp.headers)
-        back = time.monotonic()
-        self.pg.start()
-        # Back: every host answers again at once, none restarted.
-        for host in self.hosts:
-            for _ in range(server.PG_POOL_SIZE + 1):
-                resp = WebClient(host.port).get('/')
-                self.assertEqual(resp.status, 200, resp.text[:300])
-        traffic.wait_for_more(6)
-        traffic.stop()
-        for host in self.hosts:
-            self.assertIsNone(host.proc.poll(), host.log_tail())
-        # Every answer was one a client can act on: never a 500, a dropped connection or a
-        # hang; each 503 says when to try again; a request made wholly within the outage got
-        # one, but the contact form, which needs no database until it is sent.
-        for began, ended, what, outcome, retry in traffic.answers:
-            self.assertIn(outcome, (200, 303, 503), (what, outcome, [h.log_tail() for h in self.hosts]))
-            if outcome == 503:
-                self.assertIsNotNone(retry, what)
-            if outage <= began and ended <= back and what != 'form':
-                self.assertEqual(outcome, 503, what)
-        self.assertIn(503, [answer[3] for answer in traffic.answers])
-        stored = set(pg_column(self.pg, self.url, "SELECT body FROM messages WHERE body LIKE 'restart %'"))
-        self.assertEqual(traffic.acknowledged - stored, set())
-        self.assertNotIn('sent during the outage', stored)
-
-
-def nginx_program():
-    return shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
-
-
-def nginx_in_front(test, ports):
-    """The shipped nginx.conf, made local as NginxTest makes it, its ``upstream`` serving the
-    app hosts on ``ports`` -> (its HTTPS port, an SSL context trusting it); skipped without
-    nginx or openssl. The POST rate limit stays as shipped."""
-    nginx = nginx_program()
+def nginx_check(test, http_block):
+    """Run ``nginx -t`` on a configuration whose http block is ``http_block``."""
+    nginx = shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
     if nginx is None:
         test.skipTest('nginx is not installed')
-    tmp = fresh_dir(test, 'server-nginx-')
-    os.chmod(tmp, 0o755)            # its workers (another user when started as root) read the copy
-    www = os.path.join(tmp, 'www')
-    shutil.copytree(WWW, www)
-    for folder, _, files in os.walk(www):
-        os.chmod(folder, 0o755)
-        for name in files:
-            os.chmod(os.path.join(folder, name), 0o644)
-    pair = make_certificate(tmp)
-    if pair is None:
-        test.skipTest('openssl is not installed')
-    https_port = free_port()
-    with open(os.path.join(HERE, 'nginx.conf')) as f:
-        conf = f.read()
-    for old, new in [
-        ('user www-data;', ''),
-        ('pid /run/nginx.pid;', f'pid {tmp}/nginx.pid;'),
-        ('/var/log/nginx/', f'{tmp}/'),
-        ('listen [::]:80;', ''), ('listen [::]:443 ssl;', ''),
-        ('listen 80;', f'listen 127.0.0.1:{free_port()};'),
-        ('listen 443 ssl;', f'listen 127.0.0.1:{https_port} ssl;'),
-        ('/etc/letsencrypt/live/example.com/fullchain.pem', pair[0]),
-        ('/etc/letsencrypt/live/example.com/privkey.pem', pair[1]),
-        ('/srv/portfolio/www', www),
-        ('server 127.0.0.1:8000;', ' '.join(f'server 127.0.0.1:{port};' for port in ports)),
-        ('http {', f'http {{\n    client_body_temp_path {tmp}/body;\n    proxy_temp_path {tmp}/proxy;\n'
-                   f'    fastcgi_temp_path {tmp}/fastcgi;\n    uwsgi_temp_path {tmp}/uwsgi;\n'
-                   f'    scgi_temp_path {tmp}/scgi;'),
-    ]:
-        test.assertIn(old, conf)
-        conf = conf.replace(old, new)
+    tmp = fresh_dir(test, 'server-nginx-t-')
+    temp_paths = ''.join(f'    {kind}_temp_path {tmp}/{kind};\n'
+                         for kind in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'))
     path = os.path.join(tmp, 'nginx.conf')
     with open(path, 'w') as f:
-        f.write(conf)
-    check = subprocess.run([nginx, '-t', '-c', path, '-p', tmp], capture_output=True, text=True, timeout=30)
+        f.write(f'pid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\nevents {{}}\n'
+                f'http {{\n{temp_paths}{http_block}\n}}\n')
+    check = subprocess.run([nginx, '-t', '-e', f'{tmp}/error.log', '-c', path, '-p', tmp],
+                           capture_output=True, text=True, timeout=30)
     test.assertEqual(check.returncode, 0, check.stderr)
-    proc = subprocess.Popen([nginx, '-c', path, '-p', tmp, '-g', 'daemon off;'],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    test.addCleanup(lambda: (proc.terminate(), proc.wait(10), proc.stderr.close()))
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(('127.0.0.1', https_port), timeout=1).close()
-            return https_port, ssl.create_default_context(cafile=pair[0])
-        except OSError:
-            if time.monotonic() > deadline:
-                test.fail('nginx did not start: ' + proc.stderr.read1().decode())
-            time.sleep(0.05)
 
 
-class PostgresNginxTest(unittest.TestCase):
-    """nginx in front of three app hosts on one PostgreSQL; one host is killed under load."""
+class BeyondOneMachineTest(unittest.TestCase):
+    """README's "Beyond one machine" and bench.py's hosts scenario: what they give to nginx
+    and PostgreSQL is accepted as written."""
 
-    starts_early = True
+    def test_readme_upstream_block_passes_nginx_t(self):
+        blocks = [b for b in readme_blocks('nginx') if 'upstream portfolio' in b]
+        self.assertTrue(blocks, 'README.md has no ```nginx block with the upstream of several hosts')
+        for block in blocks:
+            self.assertGreaterEqual(block.count('server '), 2, block)
+            self.assertNotIn('non_idempotent', block)
+            nginx_check(self, block + f'server {{ listen 127.0.0.1:{free_port()}; '
+                                      f'location / {{ proxy_pass http://portfolio; }} }}')
 
-    @classmethod
-    def setUpClass(cls):
-        if nginx_program() is None:
-            raise unittest.SkipTest('nginx is not installed')
-        start_hosts(cls, 3)
+    def test_bench_balancer_conf_passes_nginx_t(self):
+        import bench
+        conf = bench.balancer_conf('/tmp', 8080, [8001, 8002, 8003])
+        http_block = conf[conf.index('http {') + len('http {'):conf.rindex('}')]
+        self.assertEqual(http_block.count('server 127.0.0.1:800'), 3)
+        # wrk's X-Real-IP must reach the apps as sent: the contact form's limit is per address.
+        self.assertNotIn('X-Real-IP', http_block)
+        nginx_check(self, re.sub(r'^\s*\w+_temp_path .*$', '', http_block, flags=re.M))
 
-    def visit(self, traffic, i, n):
-        """A visitor through nginx: the home page, the contact form, a message of its own.
-        Each comes from a loopback address of its own, as distinct visitors do: nginx passes
-        it on as the client's, so neither nginx's POST limit nor the site's contact limit
-        (both per address, both left as they are) refuses a visitor."""
-        address = next(self.addresses, None)
-        if address is None:
-            raise AssertionError('the visitors used every loopback address before the traffic was done')
-        conn = http.client.HTTPSConnection('127.0.0.1', self.https_port, context=self.context, timeout=10,
-                                           source_address=(address, 0))
-        with contextlib.closing(conn):
-            visitor = NginxVisitor(conn)
-            traffic.ask('home', lambda: visitor.request('GET', '/'))
-            page = traffic.ask('form', lambda: visitor.request('GET', '/contact'))
-            if page is None or page.status != 200:
-                return
-            body = f'nginx {i}-{n} from {address}'
-            fields = {'csrf_token': WebClient.CSRF_RE.search(page.text).group(1), 'name': 'Ann',
-                      'email': 'ann@example.com', 'message': body}
-            resp = traffic.ask('message', lambda: visitor.request(
-                'POST', '/contact', urllib.parse.urlencode(fields),
-                {'Content-Type': 'application/x-www-form-urlencoded'}))
-            if resp is not None and resp.status == 303 and resp.headers.get('location', '').endswith('/contact/thanks'):
-                traffic.acknowledge(body)
+    def test_bench_database_flag_takes_postgresql_urls_only(self):
+        import bench
+        args = bench.parse_args(['--scenarios', 'hosts', '--database', 'postgresql://u:p@db/bench'])
+        self.assertEqual((args.scenarios, args.database), (['hosts'], 'postgresql://u:p@db/bench'))
+        if os.path.exists(bench.NGINX):     # given a URL, it needs no PostgreSQL programs here
+            self.assertIsNone(bench.hosts_unavailable(args))
+        for bad in ('sqlite:', 'mysql://u:p@db/bench', ''):
+            with self.subTest(url=bad), contextlib.redirect_stderr(io.StringIO()), \
+                    self.assertRaises(SystemExit):
+                bench.parse_args(['--database', bad])
 
-    def test_a_host_killed_under_load_loses_no_acknowledged_write(self):
-        self.https_port, self.context = nginx_in_front(self, [host.port for host in self.hosts])
-        self.addresses = iter([f'127.0.0.{n}' for n in range(2, 255)])
-        victim = self.hosts[1]
-        traffic = HostTraffic(self.visit, threads=4)
-        self.addCleanup(traffic.stop)
-        traffic.wait_for_more(8)
-        os.kill(victim.proc.pid, signal.SIGKILL)
-        victim.proc.wait(10)
-        dead = time.monotonic()
-        traffic.wait_for_more(12)
-        traffic.stop()
-        for host in self.hosts:
-            if host is not victim:
-                self.assertIsNone(host.proc.poll(), host.log_tail())
-        # Only a request in flight when the host died may fail, as nginx's 502 (a POST sent is
-        # never sent again: it may have been stored); every one made after succeeds.
-        failed = [answer for answer in traffic.answers if answer[3] not in (200, 303)]
-        for began, ended, what, outcome, retry in failed:
-            self.assertEqual(outcome, 502, (what, outcome))
-            self.assertLess(began, dead, (what, outcome))
-        self.assertLessEqual(len(failed), 4, failed)
-        self.assertTrue(any(began > dead and outcome == 303 for began, _, what, outcome, _ in traffic.answers))
-        stored = set(pg_column(self.pg, self.url, "SELECT body FROM messages WHERE body LIKE 'nginx %'"))
-        self.assertEqual(traffic.acknowledged - stored, set())
-
-
-class NginxVisitor:
-    """One visitor's keep-alive HTTPS connection to nginx, with its cookies."""
-
-    def __init__(self, conn):
-        self.conn = conn
-        self.cookies = {}
-
-    def request(self, method, path, body=None, headers=None):
-        headers = dict(headers or {})
-        if self.cookies:
-            headers['Cookie'] = '; '.join(f'{k}={v}' for k, v in self.cookies.items())
-        self.conn.request(method, path, body=body, headers=headers)
-        resp = self.conn.getresponse()
-        data = resp.read()
-        for value in resp.msg.get_all('Set-Cookie') or []:
-            name, _, val = value.split(';', 1)[0].partition('=')
-            self.cookies[name.strip()] = val.strip()
-        return WebResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, [])
+    def test_readme_example_for_both_databases_runs_on_postgresql(self):
+        block = [b for b in readme_python_blocks() if "database='sqlite:'" in b[1]]
+        self.assertEqual(len(block), 1, 'README.md: the example for both databases is not there once')
+        pg = shared_postgres()
+        folder = fresh_dir(self, 'server-readme-pg-')
+        shutil.copy(os.path.join(HERE, 'server.py'), folder)
+        script = os.path.join(folder, 'app.py')
+        with open(script, 'w', encoding='utf-8') as f:
+            f.write(block[0][1].replace("database='sqlite:'", f'database={pg.new_database()!r}'))
+        done = subprocess.run([sys.executable, script], cwd=folder, capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
 
 
 # --- Running the suite: the test classes shared between two processes -----------------------------
@@ -10365,932 +11228,6 @@ def load_tests(loader, tests, pattern):
         return tests
     return ParallelSuite(tests, TEST_PROCESSES)
 
-
-# === PostgreSQL: client, Database, owner commands ===
-
-def _scram_expected(password, salt, iterations, client_first_bare, server_first, client_final_bare):
-    """RFC 5802 section 3, written out apart from server.py: (ClientProof, ServerSignature) base64."""
-    salted = hashlib.pbkdf2_hmac('sha256', password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b'Client Key', hashlib.sha256).digest()
-    auth = f'{client_first_bare},{server_first},{client_final_bare}'.encode()
-    signature = hmac.new(hashlib.sha256(client_key).digest(), auth, hashlib.sha256).digest()
-    proof = bytes(a ^ b for a, b in zip(client_key, signature))
-    server_key = hmac.new(salted, b'Server Key', hashlib.sha256).digest()
-    return (base64.b64encode(proof).decode(),
-            base64.b64encode(hmac.new(server_key, auth, hashlib.sha256).digest()).decode())
-
-
-class PostgresPureTest(unittest.TestCase):
-    """The PostgreSQL client's pure parts, fed real inputs: no server needed, never skipped."""
-
-    def test_parse_database_url_sqlite(self):
-        self.assertEqual(server.parse_database_url('sqlite:', '/d'), ('sqlite', '/d/app.db'))
-        self.assertEqual(server.parse_database_url('sqlite:other.db', '/d'), ('sqlite', '/d/other.db'))
-        self.assertEqual(server.parse_database_url('sqlite:/abs/x.db', '/d'), ('sqlite', '/abs/x.db'))
-        self.assertEqual(server.parse_database_url('SQLite:', '/d'), ('sqlite', '/d/app.db'))
-
-    def test_parse_database_url_postgresql(self):
-        kind, s = server.parse_database_url(
-            'postgresql://us%40er:p%40ss%3Aw%2Frd@db.example:6543/my%20db?sslmode=verify-full'
-            '&sslrootcert=/etc/ca.pem&connect_timeout=3', '/d')
-        self.assertEqual(kind, 'postgresql')
-        self.assertEqual((s['user'], s['password'], s['host'], s['port'], s['dbname']),
-                         ('us@er', 'p@ss:w/rd', 'db.example', 6543, 'my db'))
-        self.assertEqual((s['sslmode'], s['sslrootcert'], s['connect_timeout']), ('verify-full', '/etc/ca.pem', 3.0))
-        _, s = server.parse_database_url('postgres://app:pw@127.0.0.1/app', '/d')
-        self.assertEqual((s['port'], s['sslmode'], s['sslrootcert']), (5432, 'prefer', None))
-        self.assertEqual(s['connect_timeout'], server.PG_CONNECT_TIMEOUT_S)
-        _, s = server.parse_database_url('postgresql://app:pw@[::1]:5433/app', '/d')
-        self.assertEqual((s['host'], s['port']), ('::1', 5433))
-        _, s = server.parse_database_url('postgresql://app@/app?host=/run/pg', '/d')
-        self.assertEqual((s['host'], s['password']), ('/run/pg', os.environ.get('PGPASSWORD')))
-        for url, port in [('postgresql://app:pw@%2Ftmp%2Fsock/app', 5432),
-                          ('postgresql://app:pw@%2Ftmp%2Fsock:5433/app', 5433)]:
-            with self.subTest(url=url):
-                _, s = server.parse_database_url(url, '/d')
-                self.assertEqual((s['host'], s['port'], s['dbname']), ('/tmp/sock', port, 'app'))
-
-    def test_parse_database_url_refuses(self):
-        for url, says in [('mysql://x', 'neither'), ('postgresql:x', 'neither'),
-                          ('postgresql://app:pw@h:abc/app', 'port'), ('postgresql://app:pw@h:99999/app', 'port'),
-                          ('postgresql://app:pw@h/app?port=x', 'port'),
-                          ('postgresql://app:pw@h/app?sslmode=maybe', 'sslmode=maybe')]:
-            with self.subTest(url=url):
-                with self.assertRaises(ValueError) as caught:
-                    server.parse_database_url(url, '/d')
-                self.assertIn(says, str(caught.exception))
-                self.assertNotIn(':pw@', str(caught.exception))
-
-    def test_redact_url(self):
-        for url, shown in [
-                ('postgresql://app:s3cr%40t@h:5432/db', 'postgresql://app:***@h:5432/db'),
-                ('postgresql://app@h:5432/db', 'postgresql://app@h:5432/db'),
-                ('postgresql://h:5432/db', 'postgresql://h:5432/db'),
-                ('postgresql://app@h/db?sslmode=require&password=s3cret', 'postgresql://app@h/db?sslmode=require&password=***'),
-                ('postgresql://app@h/db?password=s3cret&sslmode=require', 'postgresql://app@h/db?password=***&sslmode=require'),
-                ('sqlite:', 'sqlite:')]:
-            with self.subTest(url=url):
-                self.assertEqual(server.redact_url(url), shown)
-
-    def test_placeholders_become_numbered_outside_quotes_and_comments(self):
-        sql = ("SELECT ?, '?', 'it''s ?', \"odd?name\", x -- why?\n"
-               "FROM t /* a ? here\n and ? there */ WHERE a = ? AND b = '?'")
-        self.assertEqual(server._pg_sql(sql), (
-            "SELECT $1, '?', 'it''s ?', \"odd?name\", x -- why?\n"
-            "FROM t /* a ? here\n and ? there */ WHERE a = $2 AND b = '?'", 2))
-        self.assertEqual(server._pg_sql('SELECT 1'), ('SELECT 1', 0))
-        self.assertEqual(server._pg_sql('VALUES (?,?,?)'), ('VALUES ($1,$2,$3)', 3))
-
-    def test_postgres_schema_reads_sqlite_types_as_sqlite_does(self):
-        script = ('CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, n integer NOT NULL, r REAL,\n'
-                  '  b BLOB, t TEXT, integer_count TEXT);\n'
-                  'CREATE TABLE b (id integer  primary   key, at real);')
-        self.assertEqual(server.postgres_schema(script), (
-            'CREATE TABLE a (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, n BIGINT NOT NULL, '
-            'r DOUBLE PRECISION,\n  b BYTEA, t TEXT, integer_count TEXT);\n'
-            'CREATE TABLE b (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, at DOUBLE PRECISION);'))
-
-    def test_timestamps_as_postgresql_prints_them(self):
-        utc = datetime.timezone.utc
-        for text, value in [
-                ('2024-02-29 13:14:15', datetime.datetime(2024, 2, 29, 13, 14, 15)),
-                ('2024-02-29 13:14:15.5', datetime.datetime(2024, 2, 29, 13, 14, 15, 500000)),
-                ('2024-02-29 13:14:15.000001', datetime.datetime(2024, 2, 29, 13, 14, 15, 1)),
-                ('2024-02-29 13:14:15.123+00', datetime.datetime(2024, 2, 29, 13, 14, 15, 123000, utc)),
-                ('2024-02-29 13:14:15+05:30', datetime.datetime(
-                    2024, 2, 29, 13, 14, 15, tzinfo=datetime.timezone(datetime.timedelta(hours=5, minutes=30)))),
-                ('1900-01-01 00:00:00-03', datetime.datetime(
-                    1900, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=-3)))),
-                ('1900-01-01 00:00:00+00:09:21', datetime.datetime(
-                    1900, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(minutes=9, seconds=21)))),
-                ('infinity', 'infinity'), ('-infinity', '-infinity'),
-                ('0044-03-15 00:00:00 BC', '0044-03-15 00:00:00 BC')]:
-            with self.subTest(text=text):
-                got = server._pg_timestamp(text)
-                self.assertEqual(got, value)
-                self.assertEqual(getattr(got, 'tzinfo', None), getattr(value, 'tzinfo', None))
-
-    def test_scram_reproduces_rfc_7677_computed_apart(self):
-        # RFC 7677 section 3's exchange. Its client sends n=user; PostgreSQL's sends n= (the
-        # user is in the startup message), which changes the AuthMessage and so the proofs:
-        # the expected ones are computed apart, by RFC 5802's formulas, which first must
-        # give the RFC's own proofs for its n=user.
-        nonce = 'rOprNGfwEbeRWgbNEkqO'
-        server_first = 'r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096'
-        final_bare = 'c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0'
-        salt = base64.b64decode('W22ZaJ0SNY7soEsUEjb6gQ==')
-        self.assertEqual(_scram_expected('pencil', salt, 4096, f'n=user,r={nonce}', server_first, final_bare),
-                         ('dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=', '6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4='))
-        proof, verifier = _scram_expected('pencil', salt, 4096, f'n=,r={nonce}', server_first, final_bare)
-        scram = server._scram_client('pencil', nonce)
-        self.assertEqual(next(scram), f'n,,n=,r={nonce}'.encode())
-        self.assertEqual(scram.send(server_first.encode()), f'{final_bare},p={proof}'.encode())
-        with self.assertRaises(StopIteration):
-            scram.send(f'v={verifier}'.encode())
-        # A server that does not know the password cannot give the signature.
-        for answer in ('v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=', 'v=', 'e=invalid-proof'):
-            with self.subTest(answer=answer):
-                scram = server._scram_client('pencil', nonce)
-                next(scram)
-                scram.send(server_first.encode())
-                with self.assertRaises(server.PostgresError) as caught:
-                    scram.send(answer.encode())
-                self.assertIn('could not prove', str(caught.exception))
-
-    def test_scram_refuses_a_nonce_that_is_not_ours(self):
-        for server_first in ('r=someoneelse,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096',
-                             'r=rOprNGfwEbeRWgbNEkqO,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096'):
-            with self.subTest(server_first=server_first):
-                scram = server._scram_client('pencil', 'rOprNGfwEbeRWgbNEkqO')
-                next(scram)
-                with self.assertRaises(server.PostgresError):
-                    scram.send(server_first.encode())
-
-
-#: These classes' servers skip fsync: CREATE DATABASE (one per test) takes a fraction of the
-#: time, and none of them crashes its server (a clean stop writes everything out).
-_PG_FAST = {'fsync': False}
-
-
-_shared_pg = {}      # pid -> the PostgresServer this process's classes share
-
-
-def shared_postgres():
-    """One PostgresServer per test process, for classes that never stop or restart it (each
-    uses databases of its own): a cluster costs seconds to make. Removed when the process
-    exits (its guard stops it even when the process is killed)."""
-    pg = _shared_pg.get(os.getpid())
-    if pg is None:
-        pg = _shared_pg[os.getpid()] = PostgresServer(_PG_FAST)
-        atexit.register(pg.cleanup)
-    return pg
-
-
-class PostgresClientTest(unittest.TestCase):
-    """PgConnection against a real PostgreSQL: logins, TLS, types, errors, the write lock, timeouts."""
-
-    starts_early = True
-
-    @classmethod
-    def setUpClass(cls):
-        cls.pg = shared_postgres()
-        cls.url = cls.pg.new_database()
-
-    def connect(self, url=None, **options):
-        conn = server.PgConnection(server.parse_database_url(url or self.url, '')[1], **options)
-        self.addCleanup(conn.close)
-        return conn
-
-    def needs_tls(self):
-        if self.pg.ca_file is None:
-            self.skipTest('openssl is not installed: the fixture has no TLS')
-
-    def test_scram_and_md5_logins(self):
-        for user in ('app_scram', 'app_md5'):
-            with self.subTest(user=user):
-                conn = self.connect(self.pg.test_url(user, sslmode='disable'))
-                self.assertEqual(conn.execute('SELECT current_user').fetchone()[0], user)
-                self.assertFalse(isinstance(conn._sock, ssl.SSLSocket))
-        # What each role's password is checked by: the server's own record of the login.
-        methods = self.pg.psql("SELECT rolname, substr(rolpassword, 1, 6) FROM pg_authid "
-                               "WHERE rolname IN ('app_scram', 'app_md5') ORDER BY 1")
-        self.assertIn('app_scram|SCRAM-', methods)
-        self.assertIn('app_md5|md5', methods)
-
-    def test_a_wrong_password_is_refused_with_its_sqlstate(self):
-        for user in ('app_scram', 'app_md5'):
-            with self.subTest(user=user):
-                url = self.pg.test_url(user, sslmode='disable').replace(self.pg.password, 'wrong-pw')
-                with self.assertRaises(server.PostgresError) as caught:
-                    self.connect(url)
-                self.assertNotIsInstance(caught.exception, server.PostgresUnavailable)
-                self.assertEqual(caught.exception.sqlstate, '28P01')
-                self.assertIn(f'password authentication failed for user "{user}"', caught.exception.message)
-        settings = dict(server.parse_database_url(self.url, '')[1], password=None)
-        with self.assertRaises(server.PostgresError) as caught:
-            server.PgConnection(settings)
-        self.assertIn('put it in the --database URL', str(caught.exception))
-
-    def test_tls_verify_full_with_the_ca(self):
-        self.needs_tls()
-        for host in ('localhost', '127.0.0.1'):
-            with self.subTest(host=host):
-                conn = self.connect(self.pg.test_url('app_tls', host=host, sslmode='verify-full',
-                                                     sslrootcert=self.pg.ca_file))
-                self.assertIsInstance(conn._sock, ssl.SSLSocket)
-                self.assertEqual(conn.execute('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')
-                                 .fetchone()[0], True)
-        # 127.1 reaches 127.0.0.1, by a name the certificate does not hold: verify-ca trusts
-        # the signature alone, verify-full wants the name too.
-        conn = self.connect(self.pg.test_url('app_tls', host='127.1', sslmode='verify-ca', sslrootcert=self.pg.ca_file))
-        self.assertIsInstance(conn._sock, ssl.SSLSocket)
-        with self.assertRaises(server.PostgresError) as caught:
-            self.connect(self.pg.test_url('app_tls', host='127.1', sslmode='verify-full', sslrootcert=self.pg.ca_file))
-        self.assertIn("certificate of PostgreSQL at 127.1 is not trusted (Hostname mismatch", str(caught.exception))
-        conn = self.connect(self.pg.test_url('app_tls', sslmode='require'))    # encrypted, not verified
-        self.assertIsInstance(conn._sock, ssl.SSLSocket)
-        conn = self.connect(self.pg.test_url('app_scram'))                      # prefer: TLS when offered
-        self.assertIsInstance(conn._sock, ssl.SSLSocket)
-
-    def test_tls_refusals(self):
-        self.needs_tls()
-        with self.assertRaises(server.PostgresError) as caught:
-            self.connect(self.pg.test_url('app_tls', sslmode='disable'))
-        self.assertIn('no encryption', caught.exception.message)
-        # A CA that did not sign the server's certificate: a self-signed one of our own, and
-        # the system's store.
-        tmp = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, tmp, True)
-        other_ca = os.path.join(tmp, 'other.pem')
-        subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
-                        '-nodes', '-days', '2', '-subj', '/CN=not the signer', '-keyout', os.path.join(tmp, 'k'),
-                        '-out', other_ca], check=True, capture_output=True, timeout=60)
-        for query in ({'sslrootcert': other_ca}, {}):
-            for mode in ('verify-full', 'verify-ca'):
-                with self.subTest(mode=mode, query=query):
-                    with self.assertRaises(server.PostgresError) as caught:
-                        self.connect(self.pg.test_url('app_tls', sslmode=mode, **query))
-                    self.assertNotIsInstance(caught.exception, server.PostgresUnavailable)
-                    self.assertIn('certificate of PostgreSQL at 127.0.0.1 is not trusted', str(caught.exception))
-                    self.assertIn('check sslrootcert', str(caught.exception))
-
-    def test_types_round_trip(self):
-        conn = self.connect()
-        conn.execute('CREATE TEMP TABLE kinds (i BIGINT, f DOUBLE PRECISION, n NUMERIC, b BOOLEAN, '
-                     't TEXT, y BYTEA, ts TIMESTAMP, tz TIMESTAMPTZ, d DATE)')
-        plus2 = datetime.timezone(datetime.timedelta(hours=2))
-        big = random.Random(7).randbytes(1024 * 1024 + 3)
-        rows = [
-            (2 ** 62, 0.1, decimal.Decimal('12345678901234567890.123456789'), True, 'héllo ✓ 😀\n\ttab',
-             bytes(range(256)), datetime.datetime(2024, 2, 29, 13, 14, 15, 123456),
-             datetime.datetime(2024, 2, 29, 13, 14, 15, 5, plus2), datetime.date(1999, 12, 31)),
-            (-2 ** 63, -1e300, decimal.Decimal('-0.000001'), False, '', b'', datetime.datetime(1, 1, 1),
-             datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc), datetime.date(1, 1, 1)),
-            (0, float('inf'), decimal.Decimal(0), None, None, big, None, None, None),
-            (None, None, None, None, "x'); DROP TABLE kinds; --", b'\0' * 10, None, None, None),
-            (None, None, None, None, 'what? $1 ?', b'\xff\x00?', None, None, None),
-        ]
-        for number, row in enumerate(rows):
-            conn.execute('INSERT INTO kinds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', row)
-            got = conn.execute('SELECT * FROM kinds').fetchall()[-1]
-            with self.subTest(row=number):
-                self.assertEqual(tuple(got), row)
-                self.assertEqual([type(v) for v in got], [type(v) for v in row])
-                if row[7] is not None:
-                    self.assertEqual(got[7].utcoffset(), datetime.timedelta(0))   # TimeZone=UTC
-        self.assertEqual(conn.execute('SELECT count(*) FROM kinds').fetchone()[0], len(rows))
-        row = conn.execute('SELECT 1 AS one, ?::text AS two, NULL AS three', ('2',)).fetchone()
-        self.assertEqual((row[0], row['two'], row['three'], row.keys()), (1, '2', None, ['one', 'two', 'three']))
-        self.assertEqual(dict(row), {'one': 1, 'two': '2', 'three': None})
-        self.assertEqual(conn.execute("SELECT 'nan'::float8, '-infinity'::float8, 1.5::real, 7::smallint").fetchone()[1:],
-                         (float('-inf'), 1.5, 7))
-        self.assertNotEqual(conn.execute("SELECT 'nan'::float8").fetchone()[0], 0.0)
-
-    def test_errors_carry_their_sqlstate_and_leave_the_connection_usable(self):
-        conn = self.connect()
-        with self.assertRaises(server.PostgresError) as caught:
-            conn.execute('SELEC 1')
-        self.assertEqual(caught.exception.sqlstate, '42601')
-        self.assertIn('syntax error', caught.exception.message)
-        self.assertEqual(conn.execute('SELECT 2').fetchone()[0], 2)
-        conn.execute('CREATE TEMP TABLE uniq (k TEXT PRIMARY KEY)')
-        conn.execute('INSERT INTO uniq VALUES (?)', ('a',))
-        with self.assertRaises(sqlite3.IntegrityError) as caught:
-            conn.execute('INSERT INTO uniq VALUES (?)', ('a',))
-        self.assertIsInstance(caught.exception, server.PostgresIntegrityError)
-        self.assertEqual(caught.exception.sqlstate, '23505')
-        self.assertIn('Key (k)=(a) already exists', caught.exception.detail)
-        self.assertFalse(conn.in_transaction)
-        with self.assertRaises(sqlite3.ProgrammingError):
-            conn.execute('SELECT ?', (1, 2))
-        # An error inside a transaction: `with conn` rolls it all back.
-        with self.assertRaises(server.PostgresIntegrityError):
-            with conn:
-                conn.execute('BEGIN')
-                conn.execute('INSERT INTO uniq VALUES (?)', ('b',))
-                self.assertTrue(conn.in_transaction)
-                conn.execute('INSERT INTO uniq VALUES (?)', ('a',))
-        self.assertFalse(conn.in_transaction)
-        self.assertEqual([r[0] for r in conn.execute('SELECT k FROM uniq')], ['a'])
-        with conn:
-            conn.execute('BEGIN')
-            conn.execute('INSERT INTO uniq VALUES (?)', ('c',))
-        self.assertEqual([r[0] for r in conn.execute('SELECT k FROM uniq ORDER BY k')], ['a', 'c'])
-        self.assertEqual(conn.executemany('INSERT INTO uniq VALUES (?)', [('d',), ('e',)]).rowcount, 2)
-        cursor = conn.execute('UPDATE uniq SET k = k || ? WHERE k > ?', ('!', 'c'))
-        self.assertEqual((cursor.rowcount, cursor.lastrowid), (2, None))
-
-    def test_begin_immediate_waits_for_the_writer_on_another_connection(self):
-        first, second, watcher = self.connect(), self.connect(), self.connect()
-        second_pid = second.execute('SELECT pg_backend_pid()').fetchone()[0]
-        first.execute('BEGIN IMMEDIATE')
-        first.execute('SELECT 1')       # the lock is taken with the first statement
-        began = threading.Event()
-        outcome = []
-
-        def begin():
-            try:
-                second.execute('BEGIN IMMEDIATE')       # sent with the next statement
-                second.execute('SELECT 1')
-                outcome.append('began')
-            except BaseException as exc:
-                outcome.append(exc)
-            began.set()
-        thread = threading.Thread(target=begin)
-        thread.start()
-        self.addCleanup(thread.join, 10)
-        try:
-            # The second waits on the lock the first holds: the server says so.
-            deadline = time.monotonic() + 10
-            while not watcher.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = ? "
-                                      "AND NOT granted", (second_pid,)).fetchone():
-                self.assertFalse(began.is_set(), outcome)
-                self.assertLess(time.monotonic(), deadline, 'the second BEGIN IMMEDIATE never waited')
-                time.sleep(0.01)
-            self.assertFalse(began.is_set())
-        finally:
-            first.commit()
-        self.assertTrue(began.wait(10))
-        self.assertEqual(outcome, ['began'])
-        self.assertTrue(second.in_transaction)
-        second.rollback()
-
-    def test_check_then_act_under_begin_immediate_holds_across_connections(self):
-        url = self.pg.new_database()
-        setup = self.connect(url)
-        setup.execute('CREATE TABLE seats (who BIGINT)')
-        limit, workers = 3, 6
-        conns = [self.connect(url) for _ in range(workers)]
-        start = threading.Barrier(workers)
-
-        def claim(conn, who):
-            start.wait(10)
-            with conn:
-                conn.execute('BEGIN IMMEDIATE')
-                taken = conn.execute('SELECT count(*) FROM seats').fetchone()[0]
-                conn.execute('SELECT pg_sleep(0.05)')   # a wide window between the check and the act
-                if taken < limit:
-                    conn.execute('INSERT INTO seats VALUES (?)', (who,))
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            for future in [pool.submit(claim, conn, i) for i, conn in enumerate(conns)]:
-                future.result(30)
-        self.assertEqual(setup.execute('SELECT count(*) FROM seats').fetchone()[0], limit)
-
-    def test_statement_timeout(self):
-        conn = self.connect(statement_timeout_ms=100)
-        started = time.monotonic()
-        with self.assertRaises(server.PostgresError) as caught:
-            conn.execute('SELECT pg_sleep(5)')
-        self.assertLess(time.monotonic() - started, 3)
-        self.assertEqual(caught.exception.sqlstate, '57014')
-        self.assertEqual(conn.execute('SELECT 1').fetchone()[0], 1)
-        self.assertEqual(self.connect().execute('SHOW statement_timeout').fetchone()[0],
-                         f'{server.PG_STATEMENT_TIMEOUT_MS // 1000}s')
-
-    def test_statements_are_prepared_once_per_connection_and_parameter_types(self):
-        conn = self.connect(self.pg.new_database())
-        kept = "SELECT statement, parameter_types::text FROM pg_prepared_statements ORDER BY prepare_time"
-        for value, answer in [(1, 2), (41, 42), (1.5, 2.5)]:
-            self.assertEqual(conn.execute('SELECT ? + 1 AS n', (value,)).fetchone()['n'], answer)
-        self.assertEqual(conn.execute(kept).fetchall()[:2], [('SELECT $1 + 1 AS n', '{bigint}'),
-                                                             ('SELECT $1 + 1 AS n', '{"double precision"}')])
-        # A statement that fails to parse is not kept; one that fails when it runs is, and
-        # both fail the same way again, never over a name taken or missing.
-        conn.execute('CREATE TABLE once (n INTEGER PRIMARY KEY)')
-        conn.execute('INSERT INTO once VALUES (?)', (1,))
-        for _ in range(2):
-            with self.assertRaises(server.PostgresError) as caught:
-                conn.execute('SELEC ?', (1,))
-            self.assertEqual(caught.exception.sqlstate, '42601')
-            with self.assertRaises(server.PostgresIntegrityError):
-                conn.execute('INSERT INTO once VALUES (?)', (1,))
-        # A table changed under a kept plan: that run fails, the next prepares it anew.
-        self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1,)])
-        conn.execute('ALTER TABLE once ADD COLUMN m INTEGER')
-        with self.assertRaises(server.PostgresError) as caught:
-            conn.execute('SELECT * FROM once')
-        self.assertEqual(caught.exception.sqlstate, '0A000')
-        self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1, None)])
-        # Past PG_STATEMENTS_KEPT, statements still run, parsed each time.
-        with patched(PG_STATEMENTS_KEPT=len(conn._statements)):
-            for n in range(3):
-                self.assertEqual(conn.execute(f'SELECT {n} + ?', (1,)).fetchone()[0], n + 1)
-        self.assertNotIn('SELECT 0 + $1', [row[0] for row in conn.execute(kept)])
-
-    def test_a_deferred_statement_goes_with_the_next_and_its_error_is_raised_there(self):
-        conn = self.connect()
-        conn.execute('CREATE TABLE deferred (n INTEGER)')
-        conn.execute('BEGIN')
-        conn.defer('SAVEPOINT s')
-        conn.execute('INSERT INTO deferred VALUES (?)', (1,))
-        conn.defer('ROLLBACK TO s')
-        conn.defer('RELEASE s')
-        conn.execute('INSERT INTO deferred VALUES (?)', (2,))
-        conn.commit()
-        self.assertFalse(conn.in_transaction)
-        self.assertEqual(conn.execute('SELECT n FROM deferred').fetchall(), [(2,)])
-        # Outside a transaction PostgreSQL refuses a savepoint: the next statement says so.
-        conn.defer('SAVEPOINT nowhere')
-        with self.assertRaises(server.PostgresError) as caught:
-            conn.execute('SELECT 1')
-        self.assertEqual(caught.exception.sqlstate, '25P01')
-        self.assertEqual(conn.execute('SELECT 2').fetchone()[0], 2)
-        # In a transaction its error aborts it: the error told is the cause, not the abort.
-        conn.execute('BEGIN')
-        conn.defer('ROLLBACK TO no_such_savepoint')
-        with self.assertRaises(server.PostgresError) as caught:
-            conn.execute('SELECT 3')
-        self.assertEqual(caught.exception.sqlstate, '3B001')
-        conn.rollback()
-
-    def test_a_connection_lost_inside_a_transaction_is_unavailable_then_closed(self):
-        conn = self.connect()
-        conn.execute('BEGIN')
-        pid = conn.execute('SELECT pg_backend_pid()').fetchone()[0]
-        self.assertEqual(self.pg.psql(f'SELECT pg_terminate_backend({pid}, 10000)').strip(), 't')
-        with self.assertRaises(server.PostgresUnavailable):
-            conn.execute('SELECT 1')
-        conn.rollback()         # nothing left to roll back: the server did
-        with self.assertRaises(server.PostgresUnavailable):
-            conn.commit()       # a commit that cannot have happened is never quiet
-        with self.assertRaises(server.PostgresUnavailable):
-            conn.execute('SELECT 1')
-        self.assertFalse(conn.usable())
-
-
-#: The schema of PostgresDatabaseTest's comparison, written once for both backends.
-_BOTH_MIGRATIONS = ['CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, '
-                    'qty INTEGER NOT NULL, price REAL, note TEXT)']
-
-
-async def _same_calls(db):
-    """The Database API's calls, each with what it gave: the same on SQLite and on PostgreSQL."""
-    seen = []
-
-    def transfer(conn, source, target, n):
-        with conn:
-            conn.execute('BEGIN IMMEDIATE')
-            conn.execute('UPDATE items SET qty = qty - ? WHERE name = ?', (n, source))
-            conn.execute('UPDATE items SET qty = qty + ? WHERE name = ?', (n, target))
-            return [tuple(row) for row in conn.execute('SELECT name, qty FROM items ORDER BY name')]
-
-    def half_done(conn):
-        with conn:
-            conn.execute('BEGIN IMMEDIATE')
-            conn.execute("UPDATE items SET note = 'changed'")
-            conn.execute("INSERT INTO items (name, qty) VALUES ('apple', 1)")
-
-    def add(conn, name, qty):
-        return conn.execute('INSERT INTO items (name, qty) VALUES (?, ?) RETURNING name', (name, qty)).fetchone()[0]
-
-    executed = await db.execute('INSERT INTO items (name, qty, price) VALUES (?, ?, ?) RETURNING id', ('apple', 3, 1.5))
-    seen.append(('insert returning', (executed, executed.lastrowid, executed.rowcount)))
-    executed = await db.execute('INSERT INTO items (name, qty, price) VALUES (?, ?, ?), (?, ?, ?) RETURNING id',
-                                ('pear', 0, 2.25, 'plum', 7, None))
-    seen.append(('two rows returning', (executed.lastrowid, executed.rowcount)))
-    seen.append(('update', (await db.execute('UPDATE items SET qty = qty + ? WHERE qty > ?', (1, 0))).rowcount))
-    seen.append(('update none', (await db.execute('UPDATE items SET qty = 1 WHERE qty < ?', (0,))).rowcount))
-    seen.append(('select', (await db.execute('SELECT * FROM items')).rowcount))
-    seen.append(('fetchall', await db.fetchall('SELECT id, name, qty, price, note FROM items ORDER BY id')))
-    seen.append(('fetchone', await db.fetchone('SELECT name FROM items WHERE qty = ?', (0,))))
-    seen.append(('fetchone none', await db.fetchone('SELECT name FROM items WHERE qty < ?', (0,))))
-    seen.append(('aggregates', await db.fetchone('SELECT COUNT(*) AS n, CAST(SUM(qty) AS BIGINT) AS total, '
-                                                 'MAX(price) AS top FROM items')))
-    seen.append(('quotes', await db.fetchone("SELECT '?' AS q, name FROM items WHERE name = ?", ("plum",))))
-    seen.append(('run', await db.run(transfer, 'plum', 'pear', 2)))
-    try:
-        await db.run(half_done)
-    except sqlite3.IntegrityError:
-        seen.append(('integrity error', 'raised'))
-    seen.append(('rolled back', await db.fetchall('SELECT note FROM items ORDER BY id')))
-    outcomes = await asyncio.gather(db.grouped(add, 'fig', 1), db.grouped(add, 'apple', 9),
-                                    db.grouped(add, 'kiwi', 2), return_exceptions=True)
-    seen.append(('grouped', [isinstance(o, sqlite3.IntegrityError) or o for o in outcomes]))
-    seen.append(('run_sync', await asyncio.to_thread(
-        db.run_sync, lambda conn, n: conn.execute('SELECT name FROM items WHERE qty = ?', (n,)).fetchone()[0], 2)))
-    seen.append(('delete', (await db.execute('DELETE FROM items WHERE qty < ?', (2,))).rowcount))
-    seen.append(('left', await db.fetchall('SELECT name, qty FROM items ORDER BY name')))
-    return seen
-
-
-class PostgresDatabaseTest(unittest.TestCase):
-    """Database on PostgreSQL: the API as on SQLite, migrations across hosts, 503s, reconnection."""
-
-    starts_early = True
-
-    @classmethod
-    def setUpClass(cls):
-        cls.pg = PostgresServer(_PG_FAST)
-        cls.addClassCleanup(cls.pg.cleanup)
-
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-
-    def psql(self, url, sql):
-        return self.pg.psql(sql, db=urllib.parse.urlsplit(url).path[1:])
-
-    def test_the_same_calls_give_the_same_results_on_both_backends(self):
-        async def both():
-            results = []
-            for path in (os.path.join(self.tmp, 'app.db'), self.pg.new_database()):
-                db = server.Database(path, _BOTH_MIGRATIONS)
-                try:
-                    await db.open()
-                    results.append(await _same_calls(db))
-                finally:
-                    await db.close()
-            return results
-        sqlite_seen, postgres_seen = asyncio.run(both())
-        for (label, on_sqlite), (_, on_postgres) in zip(sqlite_seen, postgres_seen):
-            with self.subTest(label):
-                self.assertEqual(on_postgres, on_sqlite)
-        self.assertEqual(len(postgres_seen), len(sqlite_seen))
-        self.assertEqual(dict(sqlite_seen)['insert returning'], (1, 1, 1))
-        self.assertEqual(dict(sqlite_seen)['left'], [{'name': 'apple', 'qty': 4}, {'name': 'kiwi', 'qty': 2},
-                                                     {'name': 'pear', 'qty': 2}, {'name': 'plum', 'qty': 6}])
-
-    def test_migrations_run_once_and_a_second_database_runs_none_again(self):
-        url = self.pg.new_database()
-        scripts = ['CREATE TABLE runs (n INTEGER); INSERT INTO runs VALUES (1)',
-                   'CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO runs VALUES (2)']
-
-        async def open_and_close(migrations, name='m'):
-            db = server.Database(url, migrations, name=name)
-            try:
-                await db.open()
-                return await db.fetchall('SELECT n FROM runs ORDER BY n')
-            finally:
-                await db.close()
-        self.assertEqual(asyncio.run(open_and_close(scripts[:1])), [{'n': 1}])
-        self.assertEqual(asyncio.run(open_and_close(scripts)), [{'n': 1}, {'n': 2}])
-        self.assertEqual(asyncio.run(open_and_close(scripts)), [{'n': 1}, {'n': 2}])
-        self.assertEqual(self.psql(url, "SELECT app, number FROM server_migrations ORDER BY 2").split(), ['m|1', 'm|2'])
-        # Another app's scripts count apart; the types are SQLite's, read by PostgreSQL.
-        self.assertEqual(asyncio.run(open_and_close(['INSERT INTO runs VALUES (3)'], name='other')),
-                         [{'n': 1}, {'n': 2}, {'n': 3}])
-        self.assertEqual(self.psql(url, "SELECT data_type FROM information_schema.columns WHERE "
-                                        "table_name = 'notes' ORDER BY ordinal_position").split(), ['bigint', 'text'])
-
-    def test_databases_migrating_at_once_run_each_script_once(self):
-        url = self.pg.new_database()
-        scripts = ['CREATE TABLE runs (n INTEGER); INSERT INTO runs VALUES (1)',
-                   'CREATE TABLE more (n INTEGER); INSERT INTO runs VALUES (2)',
-                   'INSERT INTO runs VALUES (3)']
-
-        async def together(count):
-            dbs = [server.Database(url, scripts, name='m') for _ in range(count)]
-            try:
-                await asyncio.gather(*(db.open() for db in dbs))
-            finally:
-                await asyncio.gather(*(db.close() for db in dbs))
-        asyncio.run(together(4))
-        # And as separate processes would: each in a thread with its own event loop.
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            for future in [pool.submit(asyncio.run, together(1)) for _ in range(3)]:
-                future.result(60)
-        self.assertEqual(self.psql(url, 'SELECT n FROM runs ORDER BY n').split(), ['1', '2', '3'])
-        self.assertEqual(self.psql(url, "SELECT number FROM server_migrations WHERE app = 'm' ORDER BY 1").split(),
-                         ['1', '2', '3'])
-        self.assertEqual(self.psql(url, "SELECT count(*) FROM pg_tables WHERE tablename IN "
-                                        "('server_migrations', 'sessions', 'server_secrets')").strip(), '3')
-
-    def test_a_failing_migration_and_a_newer_database_stop_the_start(self):
-        url = self.pg.new_database()
-
-        async def open_(migrations, source=None):
-            db = server.Database(url, migrations, name='m', source=source)
-            try:
-                await db.open()
-            finally:
-                await db.close()
-        with self.assertRaises(server.StartupError) as caught:
-            asyncio.run(open_(['CREATE TABLE a (n INTEGER)', 'CREATE TABLE b (n INTEGER); SELEC oops'], 'app.py'))
-        message = str(caught.exception)
-        self.assertIn("migration 2 of app 'm' failed on PostgreSQL", message)
-        self.assertIn('syntax error', message)
-        self.assertIn('fix the script in app.py', message)
-        # Script 1 stays done; script 2 is undone whole, its row with it.
-        self.assertEqual(self.psql(url, "SELECT tablename FROM pg_tables WHERE tablename IN ('a', 'b')").split(), ['a'])
-        self.assertEqual(self.psql(url, 'SELECT number FROM server_migrations').split(), ['1'])
-        asyncio.run(open_(['CREATE TABLE a (n INTEGER)', 'CREATE TABLE b (n INTEGER)', 'SELECT 1']))
-        with self.assertRaises(server.StartupError) as caught:
-            asyncio.run(open_(['CREATE TABLE a (n INTEGER)']))
-        self.assertIn("was written by a newer server.py (app 'm' at migration 3, this one knows 1)",
-                      str(caught.exception))
-        self.assertNotIn(self.pg.password, str(caught.exception))
-        self.assertIn(':***@', str(caught.exception))
-
-    def test_a_statement_out_of_time_is_a_503(self):
-        url = self.pg.new_database()
-
-        def slow(conn):
-            conn.execute('BEGIN')
-            conn.execute("SET LOCAL statement_timeout = '100ms'")
-            conn.execute('SELECT pg_sleep(5)')
-
-        async def go():
-            db = server.Database(url)
-            try:
-                started = time.monotonic()
-                with self.assertRaises(server.HTTPError) as caught:
-                    await db.run(slow)
-                self.assertLess(time.monotonic() - started, 3)
-                # The connection goes back to the pool idle, its transaction rolled back.
-                self.assertEqual([conn.status for conn in db._pg_conns], [b'I'])
-                timeout = await db.fetchone('SHOW statement_timeout')
-                return caught.exception, timeout
-            finally:
-                await db.close()
-        error, timeout = asyncio.run(go())
-        self.assertEqual((error.status, error.headers), (503, {'Retry-After': str(server.PG_RETRY_AFTER_S)}))
-        self.assertEqual(error.__cause__.sqlstate, '57014')
-        self.assertEqual(timeout, {'statement_timeout': f'{server.PG_STATEMENT_TIMEOUT_MS // 1000}s'})
-
-    def test_a_restart_and_an_outage_are_survived_without_a_new_database(self):
-        url = self.pg.new_database()
-
-        def pid(conn):
-            return conn.execute('SELECT pg_backend_pid()').fetchone()[0]
-
-        async def go():
-            db = server.Database(url, ['CREATE TABLE hits (n INTEGER)'])
-            try:
-                await db.open()
-                await db.execute('INSERT INTO hits VALUES (?)', (1,))
-                before = await db.run(pid)
-                # A restart ends the pooled connections; the next call finds its own ended
-                # and opens another: no 503 once the server is back.
-                self.pg.restart()
-                await db.execute('INSERT INTO hits VALUES (?)', (2,))
-                self.assertNotEqual(await db.run(pid), before)
-                # Down: each call is a 503 with Retry-After, quickly.
-                self.pg.stop()
-                try:
-                    for sql in ('INSERT INTO hits VALUES (3)', 'SELECT 1'):
-                        started = time.monotonic()
-                        with self.assertRaises(server.HTTPError) as caught:
-                            await db.execute(sql)
-                        self.assertEqual((caught.exception.status, caught.exception.headers),
-                                         (503, {'Retry-After': str(server.PG_RETRY_AFTER_S)}))
-                        self.assertIsInstance(caught.exception.__cause__, server.PostgresUnavailable)
-                        self.assertLess(time.monotonic() - started, 3)
-                finally:
-                    self.pg.start()
-                await db.execute('INSERT INTO hits VALUES (?)', (4,))
-                # Connections the server ends (pg_terminate_backend) between calls: the next
-                # call sees its own ended, as after a restart, and opens another -- no 503.
-                ended = await db.run(pid)
-                self.assertIn('t', self.psql(url, 'SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity '
-                                                  "WHERE application_name = 'server.py'").split())
-                self.assertNotEqual(await db.run(pid), ended)
-                # Ended in the middle of a call's transaction: that call is a 503, the next works.
-                def cut_midway(conn):
-                    conn.execute('BEGIN')
-                    conn.execute('INSERT INTO hits VALUES (5)')
-                    self.psql(url, f'SELECT pg_terminate_backend({pid(conn)}, 10000)')
-                    conn.execute('INSERT INTO hits VALUES (6)')
-                with self.assertRaises(server.HTTPError) as caught:
-                    await db.run(cut_midway)
-                self.assertEqual(caught.exception.status, 503)
-                return await db.fetchall('SELECT n FROM hits ORDER BY n')
-            finally:
-                await db.close()
-        with self.assertLogs('server', 'WARNING') as logs:
-            self.assertEqual(asyncio.run(go()), [{'n': 1}, {'n': 2}, {'n': 4}])
-        self.assertEqual(len(logs.records), 3, logs.output)      # the three 503s, and nothing else
-        self.assertIn('database unavailable: cannot reach PostgreSQL at 127.0.0.1', logs.output[0])
-        self.assertIn('database unavailable: lost the connection', logs.output[2])
-
-
-class PostgresCommandTest(unittest.TestCase):
-    """server.py on PostgreSQL from the command line: start failures, and the owner commands."""
-
-    starts_early = True
-
-    @classmethod
-    def setUpClass(cls):
-        cls.pg = shared_postgres()
-
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.data = os.path.join(self.tmp, 'data')
-        # The owner commands and server.py see only the URL given, never this machine's PG*.
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(('PG', 'SERVER_'))}
-
-    def run_server(self, *args, env=None):
-        return subprocess.run([sys.executable, os.path.join(HERE, 'server.py'), *args],
-                              capture_output=True, text=True, timeout=60, env=dict(self.env, **(env or {})))
-
-    def command(self, *args):
-        """An owner command run in this process -> (exit code, stdout, stderr)."""
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = server.main([*args, '--data', self.data])
-        return code, out.getvalue(), err.getvalue()
-
-    def site_database(self):
-        """A new database with the site's tables, two messages and two uploads (chunks too)."""
-        url = self.pg.new_database()
-
-        async def migrate():
-            db = server.Database(url, server.SITE_MIGRATIONS, name='site')
-            try:
-                await db.open()
-            finally:
-                await db.close()
-        asyncio.run(migrate())
-        conn = server.PgConnection(server.parse_database_url(url, '')[1])
-        try:
-            with conn:
-                conn.execute('BEGIN')
-                for name, body, created in [('Ann', 'Hello,\nsecond line', 1700000000.0),
-                                            ('=Bob', 'Later', 1700000600.0)]:
-                    conn.execute('INSERT INTO messages (name, email, body, ip, created) VALUES (?, ?, ?, ?, ?)',
-                                 (name, 'a@example.com', body, '192.0.2.1', created))
-                for stored, size in [('u1', 3), ('u2', 300000)]:
-                    conn.execute('INSERT INTO uploads (owner, name, stored, size, content_type, created) '
-                                 'VALUES (?, ?, ?, ?, ?, ?)', ('o', stored + '.txt', stored, size, 'text/plain', 1700000000.0))
-                    for seq in range(2):
-                        conn.execute('INSERT INTO upload_chunks VALUES (?, ?, ?, ?)', (stored, seq, b'x', 1700000000.0))
-            ids = [row[0] for row in conn.execute('SELECT id FROM messages ORDER BY id')]
-            uploads = [row[0] for row in conn.execute('SELECT id FROM uploads ORDER BY id')]
-        finally:
-            conn.close()
-        return url, ids, uploads
-
-    def psql(self, url, sql):
-        return self.pg.psql(sql, db=urllib.parse.urlsplit(url).path[1:])
-
-    def test_start_failures_are_one_line_without_the_password(self):
-        wrong = self.pg.test_url(sslmode='disable').replace(self.pg.password, 'Wr0ngPassw0rd')
-        nowhere = f'postgresql://app:Wr0ngPassw0rd@127.0.0.1:{free_port()}/app'
-        hidden = f'postgresql://app@127.0.0.1:{free_port()}/app?password=Wr0ngPassw0rd'
-        for url, code, says in [
-                (wrong, 1, 'password authentication failed for user "app_scram": fix --database (SERVER_DATABASE)'),
-                (nowhere, 1, 'Connection refused: start it, or fix --database (SERVER_DATABASE)'),
-                (hidden, 1, 'Connection refused: start it, or fix --database (SERVER_DATABASE)'),
-                ('mysql://app:Wr0ngPassw0rd@h/app', 2, "--database: 'mysql://app:***@h/app' is neither")]:
-            with self.subTest(url=url):
-                result = self.run_server('--port', '0', '--data', self.data, '--root', WWW, '--database', url)
-                self.assertEqual(result.returncode, code, result.stderr)
-                self.assertEqual(result.stdout, '')
-                self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
-                self.assertIn(says, result.stderr)
-                if code == 1:
-                    self.assertIn(':***@' if 'password=' not in url else 'password=***', result.stderr)
-                    self.assertNotIn('Wr0ngPassw0rd', result.stderr)
-        # The same from SERVER_DATABASE.
-        result = self.run_server('--port', '0', '--data', self.data, '--root', WWW, env={'SERVER_DATABASE': wrong})
-        self.assertEqual(result.returncode, 1)
-        self.assertIn('password authentication failed', result.stderr)
-        self.assertNotIn('Wr0ngPassw0rd', result.stderr)
-
-    def test_messages(self):
-        url, ids, _ = self.site_database()
-        code, out, err = self.command('messages', '--database', url)
-        self.assertEqual((code, err), (0, ''))
-        self.assertEqual(out, f'#{ids[1]}  2023-11-14 22:23 UTC  =Bob <a@example.com>  from 192.0.2.1\n'
-                              f'    Later\n\n'
-                              f'#{ids[0]}  2023-11-14 22:13 UTC  Ann <a@example.com>  from 192.0.2.1\n'
-                              f'    Hello,\n    second line\n\n')
-        code, out, err = self.command('messages', '--csv', '--database', url)
-        self.assertEqual(code, 0)
-        self.assertEqual(list(csv.reader(io.StringIO(out))), [
-            ['id', 'created_utc', 'name', 'email', 'ip', 'message'],
-            [str(ids[1]), '2023-11-14 22:23 UTC', "'=Bob", 'a@example.com', '192.0.2.1', 'Later'],
-            [str(ids[0]), '2023-11-14 22:13 UTC', 'Ann', 'a@example.com', '192.0.2.1', 'Hello,\nsecond line']])
-        code, out, err = self.command('messages', '--delete', str(ids[0]), '999', '--database', url)
-        self.assertEqual((code, out), (1, f'deleted 1 message: #{ids[0]}\n'))
-        self.assertIn('no message #999', err)
-        self.assertEqual(self.psql(url, 'SELECT id FROM messages').split(), [str(ids[1])])
-        # SERVER_DATABASE instead of the flag, in a process of its own.
-        result = self.run_server('messages', '--data', self.data, env={'SERVER_DATABASE': url})
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn('Later', result.stdout)
-        self.assertNotIn('Hello', result.stdout)
-
-    def test_uploads(self):
-        url, _, ids = self.site_database()
-        code, out, err = self.command('uploads', '--database', url)
-        self.assertEqual((code, err), (0, ''))
-        self.assertEqual(out.splitlines(), [f'#{ids[0]}  2023-11-14 22:13 UTC     3 bytes  u1.txt',
-                                            f'#{ids[1]}  2023-11-14 22:13 UTC    293.0 KB  u2.txt'][::-1])
-        code, out, err = self.command('uploads', '--delete', str(ids[1]), '--database', url)
-        self.assertEqual((code, out, err), (0, f'deleted 1 upload: #{ids[1]}\n', ''))
-        self.assertEqual(self.psql(url, 'SELECT stored FROM uploads').split(), ['u1'])
-        self.assertEqual(self.psql(url, 'SELECT DISTINCT stored FROM upload_chunks').split(), ['u1'])
-        result = self.run_server('uploads', '--data', self.data, env={'SERVER_DATABASE': url})
-        self.assertEqual((result.returncode, result.stdout.count('\n')), (0, 1), result.stderr)
-
-    def test_commands_on_a_database_they_cannot_open(self):
-        wrong = self.pg.test_url(sslmode='disable').replace(self.pg.password, 'Wr0ngPassw0rd')
-        for args in (['messages'], ['uploads'], ['messages', '--delete', '1'], ['uploads', '--delete', '1']):
-            with self.subTest(args=args):
-                code, out, err = self.command(*args, '--database', wrong)
-                self.assertEqual((code, out), (1, ''))
-                self.assertIn('password authentication failed', err)
-                self.assertNotIn('Wr0ngPassw0rd', err)
-                self.assertEqual(len(err.splitlines()), 1, err)
-
-    def test_backup_is_a_private_dump_that_pg_restore_restores(self):
-        url, ids, uploads = self.site_database()
-        dest = os.path.join(self.tmp, 'backup')
-        code, out, err = self.command('backup', dest, '--database', url)
-        self.assertEqual((code, err), (0, ''), err)
-        dump = os.path.join(dest, 'database.dump')
-        self.assertIn(f'backup written to {dump}', out)
-        self.assertNotIn(self.pg.password, out)
-        self.assertEqual(os.stat(dump).st_mode & 0o777, 0o600)
-        self.assertEqual(os.listdir(self.tmp), ['backup'])       # no partial folder left
-        copy = self.pg.new_database()
-        restored = subprocess.run([self.pg.program('pg_restore'), '--no-owner', '--dbname', copy, dump],
-                                  capture_output=True, text=True, timeout=60, env=self.env)
-        self.assertEqual(restored.returncode, 0, restored.stderr)
-        self.assertEqual(self.psql(copy, 'SELECT id FROM messages ORDER BY id').split(), [str(i) for i in ids])
-        self.assertEqual(self.psql(copy, 'SELECT count(*) FROM upload_chunks').strip(), '4')
-        # A second backup into the same folder is refused; a wrong password is said without it.
-        code, out, err = self.command('backup', dest, '--database', url)
-        self.assertEqual(code, 1)
-        self.assertIn('is not an empty folder', err)
-        wrong = url.replace(self.pg.password, 'Wr0ngPassw0rd')
-        code, out, err = self.command('backup', os.path.join(self.tmp, 'other'), '--database', wrong)
-        self.assertEqual(code, 1)
-        self.assertIn('pg_dump failed', err)
-        self.assertNotIn('Wr0ngPassw0rd', err + out)
-        self.assertFalse(os.path.exists(os.path.join(self.tmp, 'other')))
-
-
-# === Beyond one machine: README and bench ===
-
-def readme_blocks(language):
-    """The text of every ```language block of README.md."""
-    with open(os.path.join(HERE, 'README.md'), encoding='utf-8') as f:
-        return re.findall(rf'^```{language}\n(.*?)^```[ \t]*$', f.read(), re.M | re.S)
-
-
-def nginx_check(test, http_block):
-    """Run ``nginx -t`` on a configuration whose http block is ``http_block``."""
-    nginx = shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
-    if nginx is None:
-        test.skipTest('nginx is not installed')
-    tmp = fresh_dir(test, 'server-nginx-t-')
-    temp_paths = ''.join(f'    {kind}_temp_path {tmp}/{kind};\n'
-                         for kind in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'))
-    path = os.path.join(tmp, 'nginx.conf')
-    with open(path, 'w') as f:
-        f.write(f'pid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\nevents {{}}\n'
-                f'http {{\n{temp_paths}{http_block}\n}}\n')
-    check = subprocess.run([nginx, '-t', '-e', f'{tmp}/error.log', '-c', path, '-p', tmp],
-                           capture_output=True, text=True, timeout=30)
-    test.assertEqual(check.returncode, 0, check.stderr)
-
-
-class BeyondOneMachineTest(unittest.TestCase):
-    """README's "Beyond one machine" and bench.py's hosts scenario: what they give to nginx
-    and PostgreSQL is accepted as written."""
-
-    def test_readme_upstream_block_passes_nginx_t(self):
-        blocks = [b for b in readme_blocks('nginx') if 'upstream portfolio' in b]
-        self.assertTrue(blocks, 'README.md has no ```nginx block with the upstream of several hosts')
-        for block in blocks:
-            self.assertGreaterEqual(block.count('server '), 2, block)
-            self.assertNotIn('non_idempotent', block)
-            nginx_check(self, block + f'server {{ listen 127.0.0.1:{free_port()}; '
-                                      f'location / {{ proxy_pass http://portfolio; }} }}')
-
-    def test_bench_balancer_conf_passes_nginx_t(self):
-        import bench
-        conf = bench.balancer_conf('/tmp', 8080, [8001, 8002, 8003])
-        http_block = conf[conf.index('http {') + len('http {'):conf.rindex('}')]
-        self.assertEqual(http_block.count('server 127.0.0.1:800'), 3)
-        # wrk's X-Real-IP must reach the apps as sent: the contact form's limit is per address.
-        self.assertNotIn('X-Real-IP', http_block)
-        nginx_check(self, re.sub(r'^\s*\w+_temp_path .*$', '', http_block, flags=re.M))
-
-    def test_bench_database_flag_takes_postgresql_urls_only(self):
-        import bench
-        args = bench.parse_args(['--scenarios', 'hosts', '--database', 'postgresql://u:p@db/bench'])
-        self.assertEqual((args.scenarios, args.database), (['hosts'], 'postgresql://u:p@db/bench'))
-        if os.path.exists(bench.NGINX):     # given a URL, it needs no PostgreSQL programs here
-            self.assertIsNone(bench.hosts_unavailable(args))
-        for bad in ('sqlite:', 'mysql://u:p@db/bench', ''):
-            with self.subTest(url=bad), contextlib.redirect_stderr(io.StringIO()), \
-                    self.assertRaises(SystemExit):
-                bench.parse_args(['--database', bad])
-
-    def test_readme_example_for_both_databases_runs_on_postgresql(self):
-        block = [b for b in readme_python_blocks() if "database='sqlite:'" in b[1]]
-        self.assertEqual(len(block), 1, 'README.md: the example for both databases is not there once')
-        pg = shared_postgres()
-        folder = fresh_dir(self, 'server-readme-pg-')
-        shutil.copy(os.path.join(HERE, 'server.py'), folder)
-        script = os.path.join(folder, 'app.py')
-        with open(script, 'w', encoding='utf-8') as f:
-            f.write(block[0][1].replace("database='sqlite:'", f'database={pg.new_database()!r}'))
-        done = subprocess.run([sys.executable, script], cwd=folder, capture_output=True, text=True, timeout=60)
-        self.assertEqual(done.returncode, 0, done.stderr)
 
 
 if __name__ == '__main__':
