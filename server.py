@@ -74,6 +74,7 @@ import smtplib
 import socket
 import sqlite3
 import ssl
+import stringprep
 import struct
 import subprocess
 import sys
@@ -2838,9 +2839,9 @@ class PostgresUnavailable(PostgresError, sqlite3.OperationalError):
     closed, and the next call opens a new one."""
 
 
-# SQLSTATEs after which the connection cannot go on: the server is shutting down, or
-# a connection exception (class 08).
-_PG_GONE_STATES = ('57P01', '57P02', '57P03')
+# SQLSTATEs after which the connection cannot go on: the server is shutting down or full
+# (too many connections), or a connection exception (class 08).
+_PG_GONE_STATES = ('57P01', '57P02', '57P03', '53300')
 # The statement ran out of time (statement_timeout), or met a lock or a deadlock it lost:
 # the database is busy, as SQLite's SQLITE_BUSY says.
 _PG_BUSY_STATES = ('57014', '55P03', '40P01', '40001')
@@ -2900,7 +2901,14 @@ def database_path(url, data):
 def redact_url(url):
     """The URL with its password, if any, replaced by ***: for banners and messages."""
     url = re.sub(r'([?&]password=)[^&#]*', r'\1***', url)       # libpq's ?password=, too
-    return re.sub(r'(//[^:/@]*:)[^@/]*@', r'\1***@', url)
+    head, slashes, rest = url.partition('//')
+    # The user information ends at the last @ before the query, as parse_database_url reads
+    # it: a password may hold an @ or a / that was not percent-encoded.
+    before_query, mark, query = rest.partition('?')
+    userinfo, at, host = before_query.rpartition('@')
+    if not slashes or not at or ':' not in userinfo:
+        return url
+    return f'{head}//{userinfo.partition(":")[0]}:***@{host}{mark}{query}'
 
 
 def _os_user():
@@ -2920,7 +2928,7 @@ def _scram_client(password, nonce=None):
     fields = dict(item.split('=', 1) for item in server_first.split(','))
     if not fields.get('r', '').startswith(nonce) or len(fields['r']) == len(nonce):
         raise PostgresError('the server answered SCRAM with a nonce that is not ours')
-    salted = hashlib.pbkdf2_hmac('sha256', unicodedata.normalize('NFKC', password).encode(),
+    salted = hashlib.pbkdf2_hmac('sha256', _saslprep(password).encode(),
                                  base64.b64decode(fields['s']), int(fields['i']))
     client_key = hmac.digest(salted, b'Client Key', 'sha256')
     final_bare = f'c=biws,r={fields["r"]}'
@@ -2932,6 +2940,27 @@ def _scram_client(password, nonce=None):
     expected = base64.b64encode(hmac.digest(server_key, auth_message, 'sha256')).decode()
     if not hmac.compare_digest(server_final.partition('v=')[2], expected):
         raise PostgresError('the server could not prove it knows the password (SCRAM)')
+
+
+def _saslprep(password):
+    """SASLprep (RFC 4013), as PostgreSQL applies it to a SCRAM password: non-ASCII spaces
+    become spaces, characters mapped to nothing go, then NFKC. A password it refuses
+    (prohibited characters, mixed directions) is used as it is, as PostgreSQL does."""
+    mapped = ''.join(' ' if stringprep.in_table_c12(c) else c for c in password
+                     if not stringprep.in_table_b1(c))
+    prepared = unicodedata.normalize('NFKC', mapped)
+    prohibited = (stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
+                  stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
+                  stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9)
+    if any(test(c) for c in prepared for test in prohibited):
+        return password
+    if any(stringprep.in_table_d1(c) for c in prepared):
+        # Right-to-left text must start and end with such a character and hold no
+        # left-to-right one (RFC 3454 section 6).
+        if (any(stringprep.in_table_d2(c) for c in prepared)
+                or not (stringprep.in_table_d1(prepared[0]) and stringprep.in_table_d1(prepared[-1]))):
+            return password
+    return prepared
 
 
 def _pg_timestamp(text):
@@ -2949,6 +2978,14 @@ def _pg_timestamp(text):
     return value
 
 
+def _pg_date(text):
+    """A date (DateStyle ISO) -> date; 'infinity', BC and years past 9999 stay text."""
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        return text
+
+
 def _pg_bool(text):
     return text == 't'
 
@@ -2961,7 +2998,7 @@ def _pg_bytea(text):
 _PG_FROM_TEXT = {
     16: _pg_bool, 17: _pg_bytea, 20: int, 21: int, 23: int, 26: int,
     700: float, 701: float, 1700: decimal.Decimal,
-    1082: datetime.date.fromisoformat, 1114: _pg_timestamp, 1184: _pg_timestamp,
+    1082: _pg_date, 1114: _pg_timestamp, 1184: _pg_timestamp,
 }
 
 
@@ -2989,8 +3026,9 @@ def _pg_param(value):
     raise sqlite3.ProgrammingError(f'a parameter of type {type(value).__name__} is not supported')
 
 
-# '?' placeholders -> $1, $2 …, outside quotes and comments, as sqlite3 reads them.
-_PG_PLACEHOLDER_RE = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|(\?)""", re.S)
+# '?' placeholders -> $1, $2 …, outside quotes, dollar quotes and comments.
+_PG_PLACEHOLDER_RE = re.compile(r"""[Ee]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|"(?:[^"]|"")*"|"""
+                                r"""\$([A-Za-z_]\w*|)\$.*?\$\1\$|--[^\n]*|/\*.*?\*/|(\?)""", re.S)
 
 
 @functools.lru_cache(maxsize=512)
@@ -3000,7 +3038,7 @@ def _pg_sql(sql):
 
     def number(match):
         nonlocal count
-        if match.group(1) is None:
+        if match.group(2) is None:
             return match.group(0)
         count += 1
         return f'${count}'
@@ -3069,6 +3107,73 @@ class PgCursor:
         return iter(self.fetchall())
 
 
+def _pg_socket(settings):
+    """A socket to the server ``settings`` name: a unix socket, or TCP with TLS as sslmode
+    says (SSLRequest first, then the handshake)."""
+    host, timeout, mode = settings['host'], settings['connect_timeout'], settings['sslmode']
+    if host.startswith('/'):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(os.path.join(host, f'.s.PGSQL.{settings["port"]}'))
+        return sock             # a unix socket never needs TLS
+    sock = socket.create_connection((host, settings['port']), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)     # a host that vanished
+    if mode == 'disable':
+        return sock
+    sock.sendall(struct.pack('!ii', 8, 80877103))          # SSLRequest
+    answer = sock.recv(1)
+    if answer != b'S':
+        if mode in ('require', 'verify-ca', 'verify-full'):
+            sock.close()
+            raise PostgresError(f'PostgreSQL at {host} does not offer TLS, and sslmode={mode} '
+                                f'requires it: turn ssl on in postgresql.conf or change sslmode')
+        if answer != b'N':
+            sock.close()
+            raise EOFError('the server answered SSLRequest with neither S nor N')
+        return sock
+    context = ssl.create_default_context(cafile=settings['sslrootcert'])
+    if mode == 'verify-ca' or (mode == 'require' and settings['sslrootcert']):
+        context.check_hostname = False      # libpq's require checks the CA once it has one
+    elif mode != 'verify-full':
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise PostgresError(f'the certificate of PostgreSQL at {host} is not trusted '
+                            f'({exc.verify_message}): check sslrootcert and the host name') from None
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _pg_description(payload):
+    """A RowDescription -> (column name -> index, the converters of the columns)."""
+    count = struct.unpack_from('!h', payload)[0]
+    names, types, at = {}, [], 2
+    for i in range(count):
+        end = payload.index(b'\0', at)
+        names.setdefault(payload[at:end].decode(), i)
+        types.append(_PG_FROM_TEXT.get(struct.unpack_from('!i', payload, end + 7)[0]))
+        at = end + 19
+    return names, types
+
+def _pg_row(payload, types, names):
+    """A DataRow, its values converted -> PgRow."""
+    values, at = [], 2
+    for convert in types:
+        size = struct.unpack_from('!i', payload, at)[0]
+        at += 4
+        if size < 0:
+            values.append(None)
+            continue
+        text = payload[at:at + size].decode()
+        at += size
+        values.append(convert(text) if convert else text)
+    return PgRow(values, names)
+
+
 class PgConnection:
     """One connection to PostgreSQL, used by one thread at a time, in autocommit mode as
     Database opens sqlite3's: ``execute(sql, params)`` with '?' placeholders (the values
@@ -3093,7 +3198,7 @@ class PgConnection:
         self._sock = None
         timeout = PG_STATEMENT_TIMEOUT_MS if statement_timeout_ms is None else statement_timeout_ms
         try:
-            self._sock = self._open(settings)
+            self._sock = _pg_socket(settings)
             self._startup(settings, timeout)
             # The connect timeout was for reaching the server; a statement may take its own
             # time, and a server that answers nothing for longer than that is gone.
@@ -3109,53 +3214,23 @@ class PgConnection:
 
     # Connection and authentication (protocol 3.0: StartupMessage, then Authentication*).
 
-    def _open(self, settings):
-        host, timeout, mode = settings['host'], settings['connect_timeout'], settings['sslmode']
-        if host.startswith('/'):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(os.path.join(host, f'.s.PGSQL.{settings["port"]}'))
-            return sock             # a unix socket never needs TLS
-        sock = socket.create_connection((host, settings['port']), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)     # a host that vanished
-        if mode == 'disable':
-            return sock
-        sock.sendall(struct.pack('!ii', 8, 80877103))          # SSLRequest
-        answer = sock.recv(1)
-        if answer != b'S':
-            if mode in ('require', 'verify-ca', 'verify-full'):
-                sock.close()
-                raise PostgresError(f'PostgreSQL at {host} does not offer TLS, and sslmode={mode} '
-                                    f'requires it: turn ssl on in postgresql.conf or change sslmode')
-            if answer != b'N':
-                raise EOFError('the server answered SSLRequest with neither S nor N')
-            return sock
-        context = ssl.create_default_context(cafile=settings['sslrootcert'])
-        if mode not in ('verify-ca', 'verify-full'):
-            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # libpq's require
-        elif mode == 'verify-ca':
-            context.check_hostname = False
-        try:
-            return context.wrap_socket(sock, server_hostname=host)
-        except ssl.SSLCertVerificationError as exc:
-            sock.close()
-            raise PostgresError(f'the certificate of PostgreSQL at {host} is not trusted '
-                                f'({exc.verify_message}): check sslrootcert') from None
-
     def _startup(self, settings, timeout_ms):
         params = {'user': settings['user'], 'database': settings['dbname'],
                   'application_name': 'server.py', 'client_encoding': 'UTF8',
-                  'DateStyle': 'ISO', 'TimeZone': 'UTC',
+                  'DateStyle': 'ISO', 'TimeZone': 'UTC', 'bytea_output': 'hex',
                   'statement_timeout': str(int(timeout_ms))}
         body = b''.join(f'{key}\0{value}\0'.encode() for key, value in params.items()) + b'\0'
         self._sock.sendall(struct.pack('!ii', len(body) + 8, 196608) + body)
-        scram = None
+        scram = proven = None
         while True:
             kind, payload = self._read_message()
             if kind == b'R':
                 code = struct.unpack_from('!i', payload)[0]
                 if code == 0:
+                    if scram is not None and not proven:
+                        # A server that skips its proof may be one that does not know the password.
+                        raise PostgresError('the server signed us in without proving it knows the '
+                                            'password (SCRAM): is it the database the URL names?')
                     continue
                 password = settings['password']
                 if password is None and code in (3, 5, 10):
@@ -3179,6 +3254,7 @@ class PgConnection:
                     with contextlib.suppress(StopIteration):
                         scram.send(payload[4:])
                         raise PostgresError('the SCRAM exchange did not end where it should')
+                    proven = True
                 else:
                     raise PostgresError(f'PostgreSQL asks for an authentication this client does '
                                         f'not speak (code {code}): use scram-sha-256 or md5 in pg_hba.conf')
@@ -3212,7 +3288,7 @@ class PgConnection:
         if kind == b'E':
             raise self._error(payload)
         if kind == b'S':
-            name, value = payload.rstrip(b'\0').split(b'\0', 1)
+            name, _, value = payload[:-1].partition(b'\0')
             self.parameters[name.decode()] = value.decode()
         elif kind == b'N':
             fields = self._fields(payload)
@@ -3224,8 +3300,10 @@ class PgConnection:
         return {chr(item[0]): item[1:].decode(errors='replace')
                 for item in payload.split(b'\0') if item}
 
-    def _error(self, payload):
-        fields = self._fields(payload)
+    @staticmethod
+    def _error(payload):
+        """An ErrorResponse -> the exception its SQLSTATE calls for."""
+        fields = PgConnection._fields(payload)
         state = fields.get('C', '')
         cls = PostgresIntegrityError if state.startswith('23') else \
             PostgresUnavailable if state in _PG_GONE_STATES or state.startswith('08') else PostgresError
@@ -3249,9 +3327,9 @@ class PgConnection:
                 if kind in b'DTC' and waits > 1:      # a deferred statement's rows: not ours
                     continue
                 if kind == b'D':
-                    rows.append(self._row(payload, types, names))
+                    rows.append(_pg_row(payload, types, names))
                 elif kind == b'T':
-                    names, types = self._description(payload)
+                    names, types = _pg_description(payload)
                 elif kind == b'C':
                     tag = payload.rstrip(b'\0').split()
                     if tag[0] in (b'INSERT', b'UPDATE', b'DELETE', b'MERGE', b'COPY') and tag[-1].isdigit():
@@ -3261,50 +3339,34 @@ class PgConnection:
                 elif kind == b'Z':
                     self.status = payload[:1]
                     waits -= 1
-                    if waits:
-                        continue
-                    if failure is not None:
-                        raise failure
-                    return rows, rowcount, names
+                    if not waits:
+                        break
                 elif kind == b'E':
                     # The first error is the one to tell (a deferred statement's, then the
                     # aborted transaction's); read on to the last ReadyForQuery.
                     failure = failure or self._error(payload)
-                elif kind not in b'123nIs':             # *Complete, NoData, EmptyQuery, Suspended
+                elif kind in b'GH':     # COPY: its data would need a protocol of its own
+                    failure = failure or PostgresError('COPY FROM STDIN and TO STDOUT are not '
+                                                       'supported: use INSERT and SELECT')
+                    if kind == b'G':
+                        # The server waits for data, and ignored the Sync sent before: refuse
+                        # the data, then Sync again for the ReadyForQuery.
+                        self._sock.sendall(self._message(b'f', b'not supported\0') + b'S\0\0\0\x04')
+                elif kind not in b'23nIsdc':    # *Complete, NoData, EmptyQuery, Suspended, COPY's
                     self._other(kind, payload)
         except (OSError, EOFError, struct.error) as exc:
             self.close()
             raise PostgresUnavailable(f'lost the connection to PostgreSQL: {exc}') from None
-        except PostgresUnavailable:
+        except BaseException:
+            # Whatever stopped the reading (a server gone, a value no converter knew)
+            # left the reply half read: the connection cannot be trusted with another.
             self.close()
             raise
+        if failure is not None:
+            raise failure
+        return rows, rowcount, names
 
-    @staticmethod
-    def _description(payload):
-        count = struct.unpack_from('!h', payload)[0]
-        names, types, at = {}, [], 2
-        for i in range(count):
-            end = payload.index(b'\0', at)
-            names.setdefault(payload[at:end].decode(), i)
-            types.append(_PG_FROM_TEXT.get(struct.unpack_from('!i', payload, end + 7)[0]))
-            at = end + 19
-        return names, types
-
-    @staticmethod
-    def _row(payload, types, names):
-        values, at = [], 2
-        for convert in types:
-            size = struct.unpack_from('!i', payload, at)[0]
-            at += 4
-            if size < 0:
-                values.append(None)
-                continue
-            text = payload[at:at + size].decode()
-            at += size
-            values.append(convert(text) if convert else text)
-        return PgRow(values, names)
-
-    def execute(self, sql, params=()):
+    def execute(self, sql, params=(), _retry=False):
         if self._sock is None:
             raise PostgresUnavailable('the connection to PostgreSQL is closed')
         if ' '.join(sql.split()).upper() == 'BEGIN IMMEDIATE':
@@ -3340,8 +3402,18 @@ class PgConnection:
         try:
             rows, rowcount, names = self._exchange(messages)
         except PostgresError as exc:
-            if exc.sqlstate == '0A000':     # its table changed under the kept plan: prepare anew
-                self._statements.pop((text, types), None)
+            # A kept statement the server no longer has (DISCARD ALL, a pooler), or whose
+            # table changed under its plan: prepared anew, and run again unless a transaction
+            # (which the failure ended) was under way.
+            if not parse and exc.sqlstate in ('26000', '0A000'):
+                if exc.sqlstate == '26000':
+                    self._statements.clear()
+                else:
+                    del self._statements[(text, types)]
+                    if self.status == b'I':     # in a failed transaction it would fail too
+                        self.defer(f'DEALLOCATE {name.decode()}')
+                if self.status == b'I' and not _retry:
+                    return self.execute(sql, params, _retry=True)
             raise
         finally:
             self._parsing = None
@@ -3359,8 +3431,16 @@ class PgConnection:
         return PgCursor([], total, None)
 
     def executescript(self, script):
-        """Run several statements (no parameters), in the simple query protocol."""
-        self._exchange(self._query(script))
+        """Run several statements (no parameters), in the simple query protocol. The server
+        answers once all have run, each within statement_timeout: the socket waits as long."""
+        timeout = self._sock.gettimeout() if self._sock is not None else None
+        try:
+            if self._sock is not None:
+                self._sock.settimeout(None)
+            self._exchange(self._query(script))
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(timeout)
 
     @staticmethod
     def _message(kind, payload):
@@ -3385,12 +3465,22 @@ class PgConnection:
         return not readable
 
     def commit(self):
-        if self.in_transaction:
+        if self.status == b'I' and self._sock is not None:
+            self._deferred = []     # a BEGIN not sent yet: nothing to commit, no lock to take
+        elif self.status == b'E' and self._sock is not None:
+            # A statement failed and its error was caught: PostgreSQL ended the transaction
+            # (its COMMIT would quietly roll back), where SQLite would commit the rest.
+            self._exchange(self._query('ROLLBACK'))
+            raise PostgresError('a statement failed in this transaction, so PostgreSQL ended it: '
+                                'nothing of it was committed', '25P02')
+        elif self.in_transaction:
             self._exchange(self._query('COMMIT'))
 
     def rollback(self):
+        if self.status == b'I':
+            self._deferred = []
         # A connection lost in a transaction has nothing left to roll back: the server did.
-        if self.in_transaction and self._sock is not None:
+        elif self._sock is not None:
             self._exchange(self._query('ROLLBACK'))
 
     def __enter__(self):
@@ -3398,6 +3488,8 @@ class PgConnection:
 
     def __exit__(self, kind, exc, tb):
         if self._sock is None:
+            if kind is None and self.in_transaction:
+                raise PostgresUnavailable('the connection to PostgreSQL was lost before the commit')
             return
         if kind is None:
             self.commit()
@@ -3476,6 +3568,7 @@ class Database:
         self._pg_conns = set()
         self._migrated = False
         self._lock = threading.Lock()
+        self._migrating = threading.Lock()     # the first connection's migrations, once
         self._groups = weakref.WeakKeyDictionary()   # event loop -> _Group (a test may run several)
 
     @property
@@ -3612,7 +3705,7 @@ class Database:
                 conn = self._local.conn = PgConnection(parse_database_url(self.path, '')[1])
                 self._pg_conns.add(conn)
                 if not self._migrated:
-                    with self._lock:
+                    with self._migrating:
                         if not self._migrated:
                             _migrate_postgres(self, conn)
                             self._migrated = True
@@ -3803,8 +3896,18 @@ def _run_group(conn, calls):
             quietly('SAVEPOINT call')
             try:
                 value = fn(conn, *args)
+                if getattr(conn, 'status', None) == b'E':
+                    # It caught a statement's error and went on: on PostgreSQL that error
+                    # ended the transaction, so what the call wrote cannot be kept.
+                    raise PostgresError('a statement of this call failed and the call went on; on '
+                                        'PostgreSQL a failed statement ends the transaction', '25P02')
             except Exception as exc:
-                conn.execute('ROLLBACK TO call')
+                try:
+                    conn.execute('ROLLBACK TO call')
+                except Exception:
+                    # The transaction itself failed (its write lock, its connection): that is
+                    # every call's error.
+                    raise exc from None
                 if isinstance(exc, StopIteration):    # a future refuses it, as a coroutine would
                     exc = RuntimeError('a grouped call raised StopIteration')
                 outcomes.append((False, exc))
@@ -3814,7 +3917,8 @@ def _run_group(conn, calls):
         conn.execute('COMMIT')
     except BaseException:
         if conn.in_transaction:
-            conn.execute('ROLLBACK')
+            with contextlib.suppress(sqlite3.Error):    # the error that got here is the one to tell
+                conn.execute('ROLLBACK')
         raise
     return outcomes
 
@@ -7227,12 +7331,18 @@ def _upload_response(app, row):
         return _attachment(os.path.join(app.upload_dir, row['stored']), row['name'])
 
     async def chunks():
+        sent = 0
         for seq in itertools.count():
             chunk = await app.db.fetchone('SELECT data FROM upload_chunks WHERE stored = ? AND seq = ?',
                                           (row['stored'], seq))
             if chunk is None:
-                return
+                break
+            sent += len(chunk['data'])
             yield chunk['data']
+        if sent != row['size']:
+            # Deleted (or expired) while it was read: the connection is cut, so the client
+            # never takes a part for the whole file.
+            raise RuntimeError(f'upload {row["stored"]} ended after {sent} of {row["size"]} bytes')
     return _attachment(None, row['name'], chunks())     # sent chunked: a stream's length is not framed
 
 
@@ -7645,6 +7755,9 @@ def _contact_errors(values):
         errors['message'] = 'Please write a message.'
     elif len(values['message']) > 5000:
         errors['message'] = 'Your message can be at most 5000 characters.'
+    elif '\0' in values['message']:
+        # No text a person types holds one, and PostgreSQL's text cannot.
+        errors['message'] = 'Your message holds a character that cannot be kept (NUL).'
     return errors
 
 
@@ -8519,7 +8632,7 @@ def dump_postgres(url, dest):
     settings = parse_database_url(url, '')[1]
     env = dict(os.environ, PGHOST=settings['host'], PGPORT=str(settings['port']), PGUSER=settings['user'],
                PGDATABASE=settings['dbname'], PGSSLMODE=settings['sslmode'],
-               PGCONNECT_TIMEOUT=str(int(settings['connect_timeout'])))
+               PGCONNECT_TIMEOUT=str(max(1, round(settings['connect_timeout']))))
     for name, key in (('PGPASSWORD', 'password'), ('PGSSLROOTCERT', 'sslrootcert')):
         if settings[key]:
             env[name] = settings[key]

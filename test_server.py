@@ -42,6 +42,7 @@ import signal
 import socket
 import sqlite3
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -3173,7 +3174,6 @@ class StorageTest(unittest.TestCase):
         values = [
             ("'); DROP TABLE messages;--", 'a@example.com', "Robert'); DROP TABLE messages;--"),
             ('" OR 1=1 --', 'b@example.com', '" OR ""="'),
-            ('nul', 'c@example.com', 'before\x00after'),
             ('emoji 😀 é ñ 中文', 'd@example.com', '\U0001F600\u200b\ufeff <script>x</script>'),
             ('percent %s %d ?', 'e@example.com', '?, ?); --'),
         ]
@@ -3185,6 +3185,12 @@ class StorageTest(unittest.TestCase):
                                                       'message': message})
                 self.assertEqual(resp.status, 303, resp.text[:500])
                 self.assertEqual(resp.headers['location'], '/contact/thanks')
+        # A NUL is refused with the form, on either database (PostgreSQL's text cannot hold one).
+        token = browser.csrf('/contact')
+        resp = browser.post_form('/contact', {'csrf_token': token, 'name': 'nul', 'email': 'c@example.com',
+                                              'message': 'before\x00after'})
+        self.assertEqual(resp.status, 400)
+        self.assertIn('cannot be kept (NUL)', resp.text)
         rows = self.query('SELECT name, email, body, ip FROM messages WHERE ip = ? ORDER BY id', ('192.0.2.61',))
         self.assertEqual([tuple(r[:3]) for r in rows], values)
         self.assertEqual(self.query("SELECT name FROM sqlite_master WHERE name = 'messages'"), [('messages',)])
@@ -4379,9 +4385,62 @@ class PostgresPureTest(unittest.TestCase):
                 ('postgresql://h:5432/db', 'postgresql://h:5432/db'),
                 ('postgresql://app@h/db?sslmode=require&password=s3cret', 'postgresql://app@h/db?sslmode=require&password=***'),
                 ('postgresql://app@h/db?password=s3cret&sslmode=require', 'postgresql://app@h/db?password=***&sslmode=require'),
+                ('postgresql://app:p@ss@db/app', 'postgresql://app:***@db/app'),     # an @ not encoded
+                ('postgresql://app:pa/ss@db/app?sslmode=require', 'postgresql://app:***@db/app?sslmode=require'),
                 ('sqlite:', 'sqlite:')]:
             with self.subTest(url=url):
                 self.assertEqual(server.redact_url(url), shown)
+
+    def test_placeholders_stay_text_in_escape_strings_and_dollar_quotes(self):
+        self.assertEqual(server._pg_sql("SELECT ?, E'it\\'s ?', $$ ? $$, $f$ ?'$f$, ?"),
+                         ("SELECT $1, E'it\\'s ?', $$ ? $$, $f$ ?'$f$, $2", 2))
+
+    def test_saslprep_as_postgresql_prepares_a_password(self):
+        for password, prepared in [('pass\u00adword', 'password'),     # soft hyphen: mapped to nothing
+                                   ('a\u00a0b', 'a b'),                 # a non-ASCII space
+                                   ('\u2168', 'IX'),                    # NFKC
+                                   ('plain', 'plain'),
+                                   ('bad\u0007bell', 'bad\u0007bell')]:  # prohibited: used as it is
+            with self.subTest(password=password):
+                self.assertEqual(server._saslprep(password), prepared)
+
+    def test_server_errors_by_their_sqlstate(self):
+        def error(state):
+            fields = b'SERROR\0VERROR\0C' + state.encode() + b'\0Mwhat\0\0'
+            return server.PgConnection._error(fields)
+        self.assertIsInstance(error('23505'), sqlite3.IntegrityError)
+        for state in ('53300', '57P01', '57P03', '08006'):      # full, shutting down, starting, cut
+            self.assertIsInstance(error(state), server.PostgresUnavailable)
+        self.assertNotIsInstance(error('28P01'), server.PostgresUnavailable)
+
+    def test_a_server_that_skips_its_scram_proof_is_refused(self):
+        # A stand-in for a server that does not know the password: it asks for SCRAM, then
+        # says "signed in" without the final message that proves it.
+        listener = socket.create_server(('127.0.0.1', 0))
+        self.addCleanup(listener.close)
+
+        def message(kind, payload):
+            return kind + struct.pack('!i', len(payload) + 4) + payload
+
+        def impostor():
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)                                          # the startup message
+                conn.sendall(message(b'R', struct.pack('!i', 10) + b'SCRAM-SHA-256\0\0'))
+                first = conn.recv(65536)
+                nonce = first.split(b'r=', 1)[1].decode()
+                conn.sendall(message(b'R', struct.pack('!i', 11) + f'r={nonce}x,s=c2FsdA==,i=4096'.encode()))
+                conn.recv(65536)                                          # the client's proof
+                conn.sendall(message(b'R', struct.pack('!i', 0)) + message(b'Z', b'I'))
+                conn.recv(65536)
+        thread = threading.Thread(target=impostor, daemon=True)
+        thread.start()
+        port = listener.getsockname()[1]
+        settings = server.parse_database_url(f'postgresql://app:pw@127.0.0.1:{port}/app?sslmode=disable', '')[1]
+        with self.assertRaises(server.PostgresError) as caught:
+            server.PgConnection(settings)
+        self.assertIn('without proving it knows the password', str(caught.exception))
+        thread.join(10)
 
     def test_placeholders_become_numbered_outside_quotes_and_comments(self):
         sql = ("SELECT ?, '?', 'it''s ?', \"odd?name\", x -- why?\n"
@@ -4715,18 +4774,98 @@ class PostgresClientTest(unittest.TestCase):
             self.assertEqual(caught.exception.sqlstate, '42601')
             with self.assertRaises(server.PostgresIntegrityError):
                 conn.execute('INSERT INTO once VALUES (?)', (1,))
-        # A table changed under a kept plan: that run fails, the next prepares it anew.
+        # A table changed under a kept plan: prepared anew and run again, outside a
+        # transaction; inside one (which the failure ended) the error is the caller's.
         self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1,)])
         conn.execute('ALTER TABLE once ADD COLUMN m INTEGER')
+        self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1, None)])
+        conn.execute('ALTER TABLE once ADD COLUMN k INTEGER')
+        conn.execute('BEGIN')
         with self.assertRaises(server.PostgresError) as caught:
             conn.execute('SELECT * FROM once')
         self.assertEqual(caught.exception.sqlstate, '0A000')
-        self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1, None)])
+        conn.rollback()
+        self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1, None, None)])
+        # Statements the server forgot (DISCARD ALL, as a pooler may): prepared again.
+        conn.execute('DISCARD ALL')
+        self.assertEqual(conn.execute('SELECT * FROM once').fetchall(), [(1, None, None)])
+        self.assertEqual([row[0] for row in conn.execute(kept)], ['SELECT * FROM once', kept])
         # Past PG_STATEMENTS_KEPT, statements still run, parsed each time.
         with patched(PG_STATEMENTS_KEPT=len(conn._statements)):
             for n in range(3):
                 self.assertEqual(conn.execute(f'SELECT {n} + ?', (1,)).fetchone()[0], n + 1)
         self.assertNotIn('SELECT 0 + $1', [row[0] for row in conn.execute(kept)])
+
+    def test_values_no_python_type_holds_and_odd_parameters_keep_the_stream_in_step(self):
+        conn = self.connect()
+        conn.execute("SET application_name = ''")       # a parameter status with an empty value
+        self.assertEqual(conn.execute("SELECT 'infinity'::date, '0044-03-15 BC'::date, '2024-02-29'::date")
+                         .fetchone(), ('infinity', '0044-03-15 BC', datetime.date(2024, 2, 29)))
+        self.assertEqual(conn.execute('SELECT 1').fetchall(), [(1,)])
+        self.assertEqual(conn.execute('SELECT 2').fetchall(), [(2,)])
+
+    def test_bytes_come_back_whole_whatever_the_databases_bytea_output(self):
+        url = self.pg.new_database()
+        self.pg.psql(f"ALTER DATABASE {urllib.parse.urlsplit(url).path[1:]} SET bytea_output = 'escape'")
+        conn = self.connect(url)
+        self.assertEqual(conn.execute('SHOW bytea_output').fetchone()[0], 'hex')
+        data = bytes(range(256))
+        self.assertEqual(conn.execute('SELECT ?::bytea', (data,)).fetchone()[0], data)
+
+    def test_copy_is_refused_and_the_connection_goes_on(self):
+        conn = self.connect(self.pg.new_database())
+        conn.execute('CREATE TABLE c (n INTEGER)')
+        for sql in ('COPY c FROM STDIN', 'COPY c TO STDOUT'):
+            with self.subTest(sql=sql):
+                started = time.monotonic()
+                with self.assertRaises(server.PostgresError) as caught:
+                    conn.execute(sql)
+                self.assertLess(time.monotonic() - started, 3)
+                self.assertNotIsInstance(caught.exception, server.PostgresUnavailable)
+                self.assertEqual(conn.execute('SELECT 5').fetchone()[0], 5)
+
+    def test_a_script_may_take_longer_than_the_socket_waits_for_one_statement(self):
+        settings = dict(server.parse_database_url(self.url, '')[1], connect_timeout=0.3)
+        conn = server.PgConnection(settings, statement_timeout_ms=500)
+        self.addCleanup(conn.close)
+        self.assertEqual(conn._sock.gettimeout(), 0.8)
+        conn.executescript('SELECT pg_sleep(0.4); SELECT pg_sleep(0.4); SELECT pg_sleep(0.4)')
+        self.assertEqual(conn._sock.gettimeout(), 0.8)
+        self.assertEqual(conn.execute('SELECT 6').fetchone()[0], 6)
+
+    def test_a_begin_immediate_never_sent_takes_no_lock_to_end(self):
+        holder, other = self.connect(), self.connect()
+        holder.execute('BEGIN IMMEDIATE')
+        holder.execute('SELECT 1')                      # holds the write lock
+        try:
+            for end in (other.rollback, other.commit):
+                with self.subTest(end=end.__name__):
+                    other.execute('BEGIN IMMEDIATE')
+                    started = time.monotonic()
+                    end()
+                    self.assertLess(time.monotonic() - started, 1)
+                    self.assertFalse(other.in_transaction)
+        finally:
+            holder.commit()
+
+    def test_a_caught_statement_error_never_commits_quietly(self):
+        conn = self.connect(self.pg.new_database())
+        conn.execute('CREATE TABLE once (n INTEGER PRIMARY KEY)')
+        with self.assertRaises(server.PostgresError) as caught:
+            with conn:
+                conn.execute('BEGIN')
+                conn.execute('INSERT INTO once VALUES (?)', (1,))
+                with contextlib.suppress(sqlite3.IntegrityError):
+                    conn.execute('INSERT INTO once VALUES (?)', (1,))
+        self.assertEqual(caught.exception.sqlstate, '25P02')
+        self.assertIn('nothing of it was committed', str(caught.exception))
+        self.assertEqual(conn.execute('SELECT count(*) FROM once').fetchone()[0], 0)
+        # A connection lost inside `with conn:` is never a quiet commit either.
+        with self.assertRaises(server.PostgresUnavailable):
+            with conn:
+                conn.execute('BEGIN')
+                conn.execute('INSERT INTO once VALUES (?)', (2,))
+                conn.close()
 
     def test_a_deferred_statement_goes_with_the_next_and_its_error_is_raised_there(self):
         conn = self.connect()
@@ -4840,6 +4979,62 @@ class PostgresDatabaseTest(unittest.TestCase):
 
     def psql(self, url, sql):
         return self.pg.psql(sql, db=urllib.parse.urlsplit(url).path[1:])
+
+    def test_a_group_that_cannot_take_the_write_lock_is_a_503_for_each_call(self):
+        url = self.pg.new_database()
+        holder = server.PgConnection(server.parse_database_url(url, '')[1])
+        self.addCleanup(holder.close)
+
+        def add(conn, n):
+            conn.execute('INSERT INTO g VALUES (?)', (n,))
+
+        async def go():
+            with patched(PG_STATEMENT_TIMEOUT_MS=300):
+                db = server.Database(url, ['CREATE TABLE g (n INTEGER)'])
+                try:
+                    await db.open()
+                    holder.execute('BEGIN IMMEDIATE')
+                    holder.execute('SELECT 1')           # another host holds the write lock
+                    try:
+                        return await asyncio.gather(db.grouped(add, 1), db.grouped(add, 2),
+                                                    return_exceptions=True)
+                    finally:
+                        holder.commit()
+                finally:
+                    await db.close()
+        outcomes = asyncio.run(go())
+        for outcome in outcomes:
+            self.assertIsInstance(outcome, server.HTTPError)
+            self.assertEqual((outcome.status, outcome.headers), (503, {'Retry-After': str(server.PG_RETRY_AFTER_S)}))
+            self.assertEqual(outcome.__cause__.sqlstate, '57014')
+        self.assertEqual(self.psql(url, 'SELECT count(*) FROM g').strip(), '0')
+
+    def test_a_grouped_call_that_swallows_a_statement_error_fails_alone(self):
+        url = self.pg.new_database()
+
+        def add(conn, n):
+            conn.execute('INSERT INTO s VALUES (?)', (n,))
+            return n
+
+        def add_twice_quietly(conn, n):
+            conn.execute('INSERT INTO s VALUES (?)', (n,))
+            with contextlib.suppress(sqlite3.IntegrityError):
+                conn.execute('INSERT INTO s VALUES (?)', (n,))
+            return n
+
+        async def go():
+            db = server.Database(url, ['CREATE TABLE s (n INTEGER PRIMARY KEY)'])
+            try:
+                await db.open()
+                return await asyncio.gather(db.grouped(add, 1), db.grouped(add_twice_quietly, 20),
+                                            db.grouped(add, 30), return_exceptions=True)
+            finally:
+                await db.close()
+        first, second, third = asyncio.run(go())
+        self.assertEqual((first, third), (1, 30))
+        self.assertIsInstance(second, server.PostgresError)
+        self.assertEqual(second.sqlstate, '25P02')
+        self.assertEqual(self.psql(url, 'SELECT n FROM s ORDER BY n').split(), ['1', '30'])
 
     def test_the_same_calls_give_the_same_results_on_both_backends(self):
         async def both():
@@ -9802,6 +9997,12 @@ class PostgresHostsTest(unittest.TestCase):
         for host in self.hosts:
             folder = os.path.join(host.data, 'uploads')
             self.assertEqual(os.listdir(folder) if os.path.isdir(folder) else [], [])
+        # Its last chunk gone (deleted while it was read): the download is cut, never
+        # passed off as the whole file.
+        pg_column(self.pg, self.url, 'DELETE FROM upload_chunks WHERE seq = 2 AND stored = '
+                  f'(SELECT stored FROM uploads WHERE id = {int(m.group(1))})')
+        with self.assertRaises(http.client.IncompleteRead):
+            visitor.get(f'/upload/{m.group(1)}')
 
     def test_the_visit_counter_never_repeats_across_hosts(self):
         ports = self.ports()
