@@ -2757,8 +2757,10 @@ class DataFolderInUse(StartupError):
     """Another server holds the data folder (or it cannot be locked)."""
 
 
-def claim_data_folder(data):
+def claim_data_folder(data, shared=False):
     """Make this process, and the workers it forks, the one server of ``data``; blocking.
+    ``shared``: one of the servers on PostgreSQL that may share it (their uploads arrive
+    there, each under a name of its own), which a server on SQLite then cannot claim.
 
     An advisory lock (flock) on the folder itself, so that no file removed from it can undo
     the claim: two servers on one folder would each sweep away the uploads the other is
@@ -2774,7 +2776,7 @@ def claim_data_folder(data):
     if fcntl is not None:
         fd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
@@ -2874,7 +2876,8 @@ def parse_database_url(url, data):
     try:
         port = parts.port or int(query.get('port', 5432))
     except ValueError:
-        raise ValueError(f'the port in {redact_url(url)!r} is not a number') from None
+        raise ValueError(f'the port in {redact_url(url)!r} is not a number from 1 to 65535 (in a '
+                         f'password, write @ as %40, / as %2F, : as %3A, # as %23, ? as %3F)') from None
     user = urllib.parse.unquote(user) or query.get('user') or os.environ.get('PGUSER') or _os_user()
     settings = {
         'host': query.get('host') or host or 'localhost',
@@ -3132,7 +3135,12 @@ def _pg_socket(settings):
             sock.close()
             raise EOFError('the server answered SSLRequest with neither S nor N')
         return sock
-    context = ssl.create_default_context(cafile=settings['sslrootcert'])
+    try:
+        context = ssl.create_default_context(cafile=settings['sslrootcert'])
+    except (OSError, ssl.SSLError) as exc:
+        sock.close()
+        raise PostgresError(f'sslrootcert={settings["sslrootcert"]}: {getattr(exc, "strerror", None) or exc}: '
+                            f'give the CA certificate (PEM) that signed the server\'s') from None
     if mode == 'verify-ca' or (mode == 'require' and settings['sslrootcert']):
         context.check_hostname = False      # libpq's require checks the CA once it has one
     elif mode != 'verify-full':
@@ -3569,6 +3577,7 @@ class Database:
         self._migrated = False
         self._lock = threading.Lock()
         self._migrating = threading.Lock()     # the first connection's migrations, once
+        self._outage = None         # PostgreSQL: since when it could not be reached, if now
         self._groups = weakref.WeakKeyDictionary()   # event loop -> _Group (a test may run several)
 
     @property
@@ -3709,14 +3718,18 @@ class Database:
                         if not self._migrated:
                             _migrate_postgres(self, conn)
                             self._migrated = True
+            if self._outage is not None:
+                outage, self._outage = self._outage, None
+                log.warning('database reachable again after %.1f s', time.monotonic() - outage)
             try:
                 return fn(conn, *args)
             finally:
                 conn.rollback()     # what a call left open (it raised) is undone, not kept
         except PostgresUnavailable as exc:
             self._drop(conn)
-            if self._migrated:      # before, it is the start that fails: open() says why, once
-                log.warning('database unavailable: %s', exc)
+            if self._migrated and self._outage is None:     # before, open() says why, once
+                self._outage = time.monotonic()
+                log.warning('database unavailable: %s (requests get 503 until it is back)', exc)
             raise HTTPError(503, 'the database is unavailable; try again',
                             {'Retry-After': str(PG_RETRY_AFTER_S)}) from exc
         except PostgresError as exc:
@@ -6850,9 +6863,10 @@ def serve_forever(app_factory, config):
     """
     if config.reload and not reloaded_child():
         return run_with_reload(config)
-    # A data folder is one server's; a PostgreSQL database is every host's that names it.
+    # A data folder is one server's on SQLite; servers on PostgreSQL may share one (the
+    # database is what they share), but never with a server on SQLite, whose start sweeps it.
     sqlite = parse_database_url(config.database, config.data)[0] == 'sqlite'
-    lock = claim_data_folder(config.data) if sqlite else None
+    lock = claim_data_folder(config.data, shared=not sqlite)
     try:
         if config.workers <= 1:
             return asyncio.run(serve(app_factory(), config))
@@ -7667,6 +7681,8 @@ def _site_pages(app, counter):
     async def healthz(request):
         try:
             await app.db.fetchone('SELECT 1 AS ok')
+        except HTTPError:           # unavailable or busy: the database's calls log that, once
+            return Response.text('database unavailable\n', 503, {'Retry-After': str(PG_RETRY_AFTER_S)})
         except Exception as exc:
             log.error('health check: database unavailable: %s', exc)
             return Response.text('database unavailable\n', 503, {'Retry-After': '5'})
@@ -8434,10 +8450,11 @@ def print_messages(argv):
     args = parser.parse_args(argv)
     if args.delete:
         return _delete_command(args, 'message', args.delete)
-    path = database_path(args.database, args.data)
-    if path == os.path.join(args.data, 'app.db') and not os.path.exists(path):
-        print(f'server.py: no database at {path} yet: no messages', file=sys.stderr)
-        return 0
+    with contextlib.suppress(ValueError):       # a bad URL: _open_site_database says so
+        path = database_path(args.database, args.data)
+        if path == os.path.join(args.data, 'app.db') and not os.path.exists(path):
+            print(f'server.py: no database at {path} yet: no messages', file=sys.stderr)
+            return 0
     conn = _open_site_database(args, readonly=True)
     if conn is None:
         return 1
@@ -8445,6 +8462,9 @@ def print_messages(argv):
         try:
             rows = conn.execute('SELECT id, created, name, email, ip, body FROM messages ORDER BY created DESC, id DESC').fetchall()
         except sqlite3.Error as exc:
+            if getattr(exc, 'sqlstate', '') == '42P01':     # no server has started on it yet
+                print('server.py: the database has no messages table yet: no messages', file=sys.stderr)
+                return 0
             print(f'server.py: cannot read messages: {exc}', file=sys.stderr)
             return 1
     finally:
@@ -8643,8 +8663,11 @@ def dump_postgres(url, dest):
         done = subprocess.run([pg_dump, '--format=custom', '--file', os.path.join(partial, 'database.dump')],
                               env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if done.returncode:
-            lines = done.stderr.strip().splitlines() or [f'exit status {done.returncode}']
-            raise StartupError(f'pg_dump failed: {lines[-1]}')
+            # pg_dump's own "pg_dump: error: ..." line says why; a hint may follow it.
+            lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+            why = next((line.split('error: ', 1)[1] for line in lines if 'error: ' in line),
+                       lines[-1] if lines else f'exit status {done.returncode}')
+            raise StartupError(f'pg_dump failed: {why}')
         os.chmod(os.path.join(partial, 'database.dump'), DATA_FILE_MODE)     # messages, addresses
         os.rename(partial, dest)
     except BaseException:

@@ -4167,6 +4167,23 @@ class SessionValuesTest(unittest.TestCase):
 class DataFolderTest(unittest.TestCase):
     """One server owns a data folder at a time, and keeps its files to the server's user."""
 
+    @unittest.skipIf(server.fcntl is None, 'no flock here')
+    def test_servers_on_postgresql_share_a_folder_that_no_server_on_sqlite_may_take(self):
+        data = fresh_dir(self)
+        held = []
+        self.addCleanup(lambda: [os.close(fd) for fd in held])
+        held += [server.claim_data_folder(data, shared=True), server.claim_data_folder(data, shared=True)]
+        # A server on SQLite sweeps the folder as it starts: it must wait until they are gone.
+        with self.assertRaises(server.DataFolderInUse) as caught:
+            server.claim_data_folder(data)
+        self.assertIn('is in use by another server (pid', str(caught.exception))
+        for fd in held:
+            os.close(fd)
+        held.clear()
+        held.append(server.claim_data_folder(data))
+        with self.assertRaises(server.DataFolderInUse):
+            server.claim_data_folder(data, shared=True)
+
     def start_slow_upload(self, port, content):
         """An upload whose head and first half are sent, its file part spooling: (browser, socket, rest)."""
         browser = WebClient(port)
@@ -4604,6 +4621,11 @@ class PostgresClientTest(unittest.TestCase):
 
     def test_tls_refusals(self):
         self.needs_tls()
+        with self.assertRaises(server.PostgresError) as caught:
+            self.connect(self.pg.test_url('app_tls', sslmode='verify-full', sslrootcert='/nonexistent/ca.pem'))
+        self.assertNotIsInstance(caught.exception, server.PostgresUnavailable)
+        self.assertIn('sslrootcert=/nonexistent/ca.pem: No such file or directory: give the CA certificate',
+                      str(caught.exception))
         with self.assertRaises(server.PostgresError) as caught:
             self.connect(self.pg.test_url('app_tls', sslmode='disable'))
         self.assertIn('no encryption', caught.exception.message)
@@ -5204,9 +5226,12 @@ class PostgresDatabaseTest(unittest.TestCase):
                 await db.close()
         with self.assertLogs('server', 'WARNING') as logs:
             self.assertEqual(asyncio.run(go()), [{'n': 1}, {'n': 2}, {'n': 4}])
-        self.assertEqual(len(logs.records), 3, logs.output)      # the three 503s, and nothing else
+        # Each outage is said once however many calls it fails (two here), and its end once.
+        self.assertEqual(len(logs.records), 4, logs.output)
         self.assertIn('database unavailable: cannot reach PostgreSQL at 127.0.0.1', logs.output[0])
+        self.assertIn('database reachable again after', logs.output[1])
         self.assertIn('database unavailable: lost the connection', logs.output[2])
+        self.assertIn('database reachable again after', logs.output[3])
 
 
 class PostgresCommandTest(unittest.TestCase):
@@ -5331,6 +5356,18 @@ class PostgresCommandTest(unittest.TestCase):
         self.assertEqual((result.returncode, result.stdout.count('\n')), (0, 1), result.stderr)
 
     def test_commands_on_a_database_they_cannot_open(self):
+        for url in ('postgresql://app:Wr0ngPassw0rd@h:99999/d', 'postgresql://app:p@ss:w/rd@h/d',
+                    'mysql://app:Wr0ngPassw0rd@h/d', '', 'postgresql://h/d?sslmode=bogus'):
+            for args in (['messages'], ['messages', '--csv'], ['uploads']):
+                with self.subTest(url=url, args=args):
+                    code, out, err = self.command(*args, '--database', url)
+                    self.assertEqual((code, out), (1, ''))
+                    self.assertEqual(len(err.splitlines()), 1, err)
+                    self.assertIn('server.py: --database: ', err)
+                    self.assertNotIn('Wr0ngPassw0rd', err)
+                    self.assertNotIn('ss:w', err)
+        code, out, err = self.command('messages', '--database', self.pg.new_database())
+        self.assertEqual((code, out, err), (0, '', 'server.py: the database has no messages table yet: no messages\n'))
         wrong = self.pg.test_url(sslmode='disable').replace(self.pg.password, 'Wr0ngPassw0rd')
         for args in (['messages'], ['uploads'], ['messages', '--delete', '1'], ['uploads', '--delete', '1']):
             with self.subTest(args=args):
