@@ -11372,8 +11372,8 @@ class ParallelSuite(unittest.TestSuite):
             result.addFailure(test, self._remote(event[2]))
         elif kind == 'error':
             result.addError(test or _Described(event[2]), self._remote(event[3]))
-        elif kind == 'skip':
-            result.addSkip(test, event[2])
+        elif kind == 'skip':        # a whole class's (setUpClass skipped it) has no test of its own
+            result.addSkip(test or _Described(test_id), event[2])
         elif kind in ('subfailure', 'suberror'):
             add = result.addFailure if kind == 'subfailure' else result.addError
             add(_Described(event[2]), self._remote(event[3]))
@@ -11455,6 +11455,30 @@ def _flatten(suite):
             yield from _flatten(item)
         else:
             yield item
+
+
+class ParallelSuiteTest(unittest.TestCase):
+    """The runner itself: what its workers report reaches the result whole."""
+
+    @unittest.skipUnless(hasattr(os, 'fork'), 'the parallel runner forks')
+    def test_a_class_skipped_by_its_setup_is_reported_as_skipped(self):
+        class Skipped(unittest.TestCase):
+            @classmethod
+            def setUpClass(cls):
+                raise unittest.SkipTest('a program it needs is not installed')
+
+            def test_never_run(self):
+                raise AssertionError('a skipped class ran')
+
+        class Runs(unittest.TestCase):
+            def test_runs(self):
+                pass
+        tests = unittest.TestSuite([unittest.TestLoader().loadTestsFromTestCase(cls) for cls in (Skipped, Runs)])
+        out = io.StringIO()
+        result = unittest.TextTestRunner(stream=out, verbosity=2).run(ParallelSuite(tests, 2))
+        self.assertTrue(result.wasSuccessful(), out.getvalue())
+        self.assertEqual((result.testsRun, len(result.skipped)), (1, 1), out.getvalue())
+        self.assertIn("skipped 'a program it needs is not installed'", out.getvalue())
 
 
 #: Workers that run the test classes side by side (see ParallelSuite).
