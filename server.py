@@ -6778,7 +6778,7 @@ async def serve(app, config, sock=None, ready=None, worker=False, supervisor=Non
     if ready is not None:
         ready(server)
     else:
-        print(f'server.py {__version__}: serving {scheme}://{host}:{server.port}/ '
+        print(f'server.py {__version__}: serving {scheme}://{host}:{server.port}/{_on_database(config)} '
               f'(pid {os.getpid()}; Ctrl+C stops)', flush=True)
     try:
         await stop.wait()
@@ -6854,6 +6854,14 @@ def run_with_reload(config):
         print(f'{prog}: change detected, restarting', file=sys.stderr)
 
 
+def _on_database(config):
+    """The banner's word on the database: nothing for SQLite's, the URL (without its
+    password) for a PostgreSQL that other hosts may share."""
+    if config.database.lower().startswith(('postgresql:', 'postgres:')):
+        return f' on {redact_url(config.database)}'
+    return ''
+
+
 def serve_forever(app_factory, config):
     """Run the server in this process, or supervise ``config.workers`` forked workers, or
     with ``config.reload`` run it in a child process restarted on changes (run_with_reload).
@@ -6923,8 +6931,8 @@ def supervise_workers(app_factory, config):
         workers.stop_all()
         raise StartupError(f'worker {failed} stopped before it could serve: see the log above')
     scheme = 'https' if config.certfile else 'http'
-    print(f'server.py {__version__}: serving {scheme}://{config.host}:{config.port}/ with '
-          f'{config.workers} workers (pid {os.getpid()}; Ctrl+C stops)', flush=True)
+    print(f'server.py {__version__}: serving {scheme}://{config.host}:{config.port}/{_on_database(config)} '
+          f'with {config.workers} workers (pid {os.getpid()}; Ctrl+C stops)', flush=True)
     if probe is not None:
         probe.close()
     workers.watch()

@@ -9970,6 +9970,9 @@ class PostgresHostsTest(unittest.TestCase):
         for host in self.hosts:
             self.assertIsNone(host.proc.poll(), host.log_tail())
             self.assertEqual(fetch(host.port, '/healthz'), (200, 'ok\n'))
+            # The first line names the database each host serves from, never its password.
+            self.assertIn(f'/ on {server.redact_url(self.url)} (pid ', host.banner)
+            self.assertNotIn(self.pg.password, host.banner)
         # Each migration ran once, though the three hosts started at the same moment.
         self.assertEqual(pg_column(self.pg, self.url, "SELECT COUNT(*) FROM server_migrations WHERE app = 'site'"),
                          [str(len(server.SITE_MIGRATIONS))])
