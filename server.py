@@ -3581,9 +3581,16 @@ class Database:
         self._groups = weakref.WeakKeyDictionary()   # event loop -> _Group (a test may run several)
 
     @property
-    def kind(self):
-        """'postgresql' or 'sqlite': which backend ``path`` names."""
-        return 'postgresql' if self.path.lower().startswith(('postgresql:', 'postgres:')) else 'sqlite'
+    def path(self):
+        """The SQLite file, or the PostgreSQL URL (an App on another --data or --database
+        sets it before it starts)."""
+        return self._path
+
+    @path.setter
+    def path(self, path):
+        self._path = path
+        # Which backend it names, told once here, not on every call.
+        self.kind = 'postgresql' if path.lower().startswith(('postgresql:', 'postgres:')) else 'sqlite'
 
     @property
     def where(self):
